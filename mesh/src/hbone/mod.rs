@@ -1,0 +1,29 @@
+//! HBONE: TCP connections carried as HTTP/2 CONNECT streams over mutual TLS (port 15008).
+//!
+//! - [`Pool`] (client) keeps HTTP/2 connections per (source identity, destination identity,
+//!   destination address) and opens one CONNECT stream per tunnelled TCP connection.
+//! - [`Server`] terminates mTLS + HTTP/2 and hands each CONNECT to a [`ConnectHandler`].
+//! - [`H2Stream`] is one tunnel: an `AsyncRead + AsyncWrite` byte stream; [`relay`] copies
+//!   between it and a TCP socket, propagating half-close and resets.
+
+mod conn;
+mod drain;
+mod error;
+mod pool;
+mod relay;
+mod request;
+mod server;
+mod settings;
+mod stream;
+
+pub use drain::{Drain, DrainWatch};
+pub use error::HboneError;
+pub use pool::{Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
+pub use relay::{relay, RelayError, RelayStats};
+pub use request::{forwarded_header, ConnectRequest, Refusal};
+pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
+pub use settings::H2Settings;
+pub use stream::H2Stream;
+
+/// The well-known HBONE port.
+pub const HBONE_PORT: u16 = 15008;

@@ -1,0 +1,355 @@
+//! The HBONE client: a pool of HTTP/2-over-mTLS connections keyed by (source identity,
+//! destination identity, destination address), one CONNECT stream per tunnel.
+//!
+//! Picking a connection takes a short per-key lock and never awaits under it; only opening a
+//! new connection is serialised per key, so a burst of tunnels to one peer shares connections
+//! instead of each dialling its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::HeaderMap;
+use parking_lot::Mutex;
+use tokio::net::TcpSocket;
+use tracing::debug;
+
+use super::conn::{self, ClientConn};
+use super::request::{build_connect, REASON_HEADER};
+use super::{H2Settings, H2Stream, HboneError};
+use crate::Identity;
+
+/// Creates the sockets HBONE connections leave from. ztunnel supplies one that opens them in a
+/// pod's network namespace and marks them so capture does not loop them back.
+pub trait SocketFactory: Send + Sync + 'static {
+    fn tcp_socket(&self, dest: SocketAddr) -> std::io::Result<TcpSocket>;
+}
+
+/// Plain sockets in the current network namespace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultSockets;
+
+impl SocketFactory for DefaultSockets {
+    fn tcp_socket(&self, dest: SocketAddr) -> std::io::Result<TcpSocket> {
+        if dest.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    }
+}
+
+/// Supplies the TLS client configuration for a (source, destination) identity pair.
+pub trait ClientTls: Send + Sync + 'static {
+    fn client_config(
+        &self,
+        source: &Identity,
+        destination: &Identity,
+    ) -> Result<Arc<rustls::ClientConfig>, String>;
+}
+
+impl ClientTls for crate::tls::TlsContext {
+    fn client_config(
+        &self,
+        source: &Identity,
+        destination: &Identity,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        crate::tls::TlsContext::client_config(self, source, std::slice::from_ref(destination))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Which connections a tunnel may share.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub source: Identity,
+    pub destination: Identity,
+    pub address: SocketAddr,
+}
+
+/// One tunnel to open.
+#[derive(Clone, Debug)]
+pub struct TunnelRequest {
+    /// Identity whose certificate the client presents.
+    pub source: Identity,
+    /// Identity the server must prove.
+    pub destination: Identity,
+    /// HBONE endpoint, normally `<destination ip>:15008`.
+    pub address: SocketAddr,
+    /// `:authority` of the CONNECT: the original destination `ip:port`.
+    pub authority: String,
+    /// Extra request headers: `forwarded`, `traceparent`, `baggage`.
+    pub headers: HeaderMap,
+}
+
+/// Counters for tests, metrics and the admin page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections opened since the pool was created.
+    pub connections_opened: u64,
+    /// Connections currently in the pool.
+    pub connections: usize,
+    /// Tunnels currently open.
+    pub active_streams: usize,
+}
+
+/// A pool of HBONE connections. Cheap to clone; all clones share the connections.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    tls: Arc<dyn ClientTls>,
+    sockets: Arc<dyn SocketFactory>,
+    settings: H2Settings,
+    keys: Mutex<HashMap<PoolKey, Arc<KeyState>>>,
+    opened: AtomicU64,
+}
+
+/// Connections of one key, plus the lock that serialises dialling new ones.
+#[derive(Default)]
+struct KeyState {
+    conns: Mutex<Vec<Arc<PooledConn>>>,
+    dialing: tokio::sync::Mutex<()>,
+}
+
+struct PooledConn {
+    sender: SendRequest<Bytes>,
+    /// Tunnels currently using this connection.
+    active: AtomicUsize,
+    /// When `active` last dropped to zero.
+    idle_since: Mutex<Instant>,
+    /// Set by the connection task when the connection has ended, or by us on a send failure.
+    closed: Arc<AtomicBool>,
+}
+
+/// A reserved stream on a pooled connection; released when the tunnel is dropped.
+pub(crate) struct Slot(Arc<PooledConn>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock() = Instant::now();
+        }
+    }
+}
+
+impl PooledConn {
+    fn usable(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    fn try_reserve(self: &Arc<Self>, limit: usize) -> Option<Slot> {
+        if !self.usable() {
+            return None;
+        }
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+impl KeyState {
+    fn try_reserve(&self, limit: usize) -> Option<(SendRequest<Bytes>, Slot)> {
+        let conns = self.conns.lock();
+        conns
+            .iter()
+            .find_map(|c| c.try_reserve(limit).map(|s| (c.sender.clone(), s)))
+    }
+}
+
+impl Pool {
+    /// Creates a pool; must be called inside a Tokio runtime (it starts the idle sweeper).
+    pub fn new(
+        tls: Arc<dyn ClientTls>,
+        sockets: Arc<dyn SocketFactory>,
+        settings: H2Settings,
+    ) -> Pool {
+        let inner = Arc::new(PoolInner {
+            tls,
+            sockets,
+            settings,
+            keys: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        });
+        tokio::spawn(sweep_idle(Arc::downgrade(&inner)));
+        Pool { inner }
+    }
+
+    /// Pool with plain sockets in the current network namespace.
+    pub fn with_default_sockets(tls: Arc<dyn ClientTls>, settings: H2Settings) -> Pool {
+        Pool::new(tls, Arc::new(DefaultSockets), settings)
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let keys = self.inner.keys.lock();
+        let mut stats = PoolStats {
+            connections_opened: self.inner.opened.load(Ordering::Relaxed),
+            ..PoolStats::default()
+        };
+        for state in keys.values() {
+            for c in state.conns.lock().iter().filter(|c| c.usable()) {
+                stats.connections += 1;
+                stats.active_streams += c.active.load(Ordering::Relaxed);
+            }
+        }
+        stats
+    }
+
+    /// Opens a tunnel: a CONNECT stream on a pooled connection (dialling one if needed).
+    /// Fails with [`HboneError::Refused`] when the server answers other than 200.
+    pub async fn connect(&self, req: TunnelRequest) -> Result<H2Stream, HboneError> {
+        let request = build_connect(&req.authority, &req.headers)?;
+        let key = PoolKey {
+            source: req.source,
+            destination: req.destination,
+            address: req.address,
+        };
+        let state = self.key_state(&key);
+        // A pooled connection can turn out dead between picking and using it (peer restart,
+        // GOAWAY); then one fresh connection is tried before giving up.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (sender, slot) = self.reserve(&key, &state).await?;
+            match open_stream(sender, request.clone(), &slot).await {
+                Ok((send, response)) => {
+                    return finish_connect(send, response, slot, &req.authority).await
+                }
+                Err(e) if attempts < 2 => {
+                    debug!(error = %e, peer = %key.address, "pooled connection unusable; retrying on a new one");
+                    slot.0.closed.store(true, Ordering::Release);
+                }
+                Err(e) => return Err(HboneError::Stream(e)),
+            }
+        }
+    }
+
+    fn key_state(&self, key: &PoolKey) -> Arc<KeyState> {
+        self.inner
+            .keys
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    async fn reserve(
+        &self,
+        key: &PoolKey,
+        state: &KeyState,
+    ) -> Result<(SendRequest<Bytes>, Slot), HboneError> {
+        let limit = self.inner.settings.max_streams_per_connection.max(1);
+        if let Some(found) = state.try_reserve(limit) {
+            return Ok(found);
+        }
+        let _dialing = state.dialing.lock().await;
+        // Someone else may have dialled while we waited for the lock.
+        if let Some(found) = state.try_reserve(limit) {
+            return Ok(found);
+        }
+        let conn = self.dial(key).await?;
+        let pooled = Arc::new(PooledConn {
+            sender: conn.sender,
+            active: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            closed: conn.closed,
+        });
+        let slot = pooled
+            .try_reserve(limit)
+            .ok_or(HboneError::ConnectionClosed { addr: key.address })?;
+        let sender = pooled.sender.clone();
+        let mut conns = state.conns.lock();
+        conns.retain(|c| c.usable());
+        conns.push(pooled);
+        Ok((sender, slot))
+    }
+
+    async fn dial(&self, key: &PoolKey) -> Result<ClientConn, HboneError> {
+        let tls = self
+            .inner
+            .tls
+            .client_config(&key.source, &key.destination)
+            .map_err(HboneError::TlsConfig)?;
+        let socket = self
+            .inner
+            .sockets
+            .tcp_socket(key.address)
+            .map_err(|source| HboneError::Connect {
+                addr: key.address,
+                source,
+            })?;
+        let conn = conn::open(key.address, socket, tls, &self.inner.settings).await?;
+        self.inner.opened.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %key.address, src = %key.source, dst = %key.destination, "HBONE connection opened");
+        Ok(conn)
+    }
+}
+
+type Opened = (h2::SendStream<Bytes>, h2::client::ResponseFuture);
+
+async fn open_stream(
+    sender: SendRequest<Bytes>,
+    request: http::Request<()>,
+    _slot: &Slot,
+) -> Result<Opened, h2::Error> {
+    let mut sender = sender.ready().await?;
+    let (response, send) = sender.send_request(request, false)?;
+    Ok((send, response))
+}
+
+async fn finish_connect(
+    send: h2::SendStream<Bytes>,
+    response: h2::client::ResponseFuture,
+    slot: Slot,
+    authority: &str,
+) -> Result<H2Stream, HboneError> {
+    let response = response.await?;
+    let status = response.status();
+    if status == http::StatusCode::OK {
+        return Ok(H2Stream::new(send, response.into_body(), Some(slot)));
+    }
+    let reason = response
+        .headers()
+        .get(REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Err(HboneError::Refused {
+        authority: authority.to_string(),
+        status,
+        reason,
+    })
+}
+
+/// Closes connections that stayed idle past the timeout and forgets dead ones. Ends when the
+/// pool is dropped.
+async fn sweep_idle(pool: Weak<PoolInner>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.settings.idle_timeout / 4).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let timeout = pool.settings.idle_timeout;
+        let mut keys = pool.keys.lock();
+        keys.retain(|_, state| {
+            let mut conns = state.conns.lock();
+            conns.retain(|c| {
+                let idle = c.active.load(Ordering::Acquire) == 0
+                    && c.idle_since.lock().elapsed() >= timeout;
+                // Dropping our handle lets h2 close the connection once no stream uses it.
+                c.usable() && !idle
+            });
+            !conns.is_empty() || Arc::strong_count(state) > 1
+        });
+    }
+}

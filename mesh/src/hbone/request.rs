@@ -1,0 +1,190 @@
+//! The HBONE request and response contract, free of I/O: building a CONNECT request, checking
+//! an incoming one, and the refusal statuses.
+
+use std::net::SocketAddr;
+
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+
+use crate::Identity;
+
+/// Response header carrying a human-readable refusal reason next to the status code.
+pub(crate) const REASON_HEADER: &str = "amesh-refusal-reason";
+
+/// A CONNECT request as the server's handler sees it, after the mTLS handshake.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// `:authority` of the CONNECT: the original destination, `ip:port` or `host:port`.
+    pub authority: http::uri::Authority,
+    /// The verified SPIFFE identity of the client.
+    pub peer_identity: Identity,
+    /// Address the TCP connection came from.
+    pub peer_addr: SocketAddr,
+    /// Address the TCP connection was accepted on (with eBPF steering, the original destination).
+    pub local_addr: SocketAddr,
+    /// All request headers (`forwarded`, `traceparent`, `baggage`, ...).
+    pub headers: HeaderMap,
+}
+
+impl ConnectRequest {
+    /// The target as a socket address, when the authority is `ip:port`.
+    pub fn target_addr(&self) -> Option<SocketAddr> {
+        self.authority.as_str().parse().ok()
+    }
+
+    /// The client address from the `forwarded: for="ip:port"` header, when present and valid.
+    pub fn forwarded_for(&self) -> Option<SocketAddr> {
+        let value = self.headers.get(http::header::FORWARDED)?.to_str().ok()?;
+        value.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            if !k.eq_ignore_ascii_case("for") {
+                return None;
+            }
+            v.trim_matches('"').parse().ok()
+        })
+    }
+}
+
+/// Why a server refuses a tunnel; each maps to the HBONE status code on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: the request is not a valid HBONE CONNECT (bad authority, unknown target).
+    BadRequest,
+    /// 401: the destination's authorization policy denies the peer.
+    Denied,
+    /// 503: the target could not be reached.
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::Denied => StatusCode::UNAUTHORIZED,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// `forwarded: for="<ip:port>"`, with `;host=<hostname>` when the service is known.
+pub fn forwarded_header(client: SocketAddr, host: Option<&str>) -> HeaderValue {
+    let value = match host {
+        Some(h) => format!("for=\"{client}\";host={h}"),
+        None => format!("for=\"{client}\""),
+    };
+    // Socket addresses and hostnames are visible ASCII; a caller-supplied hostname with control
+    // characters is dropped rather than failing the tunnel.
+    HeaderValue::from_str(&value).unwrap_or_else(|_| {
+        HeaderValue::from_str(&format!("for=\"{client}\"")).expect("socket address is ASCII")
+    })
+}
+
+/// Builds the CONNECT request for a tunnel to `authority`.
+pub(crate) fn build_connect(
+    authority: &str,
+    headers: &HeaderMap,
+) -> Result<Request<()>, crate::hbone::HboneError> {
+    let authority: http::uri::Authority = authority.parse().map_err(|e| {
+        crate::hbone::HboneError::BadRequest(format!("authority {authority:?}: {e}"))
+    })?;
+    if authority.port_u16().is_none() {
+        return Err(crate::hbone::HboneError::BadRequest(format!(
+            "authority {authority:?} has no port"
+        )));
+    }
+    let uri = http::Uri::builder()
+        .authority(authority)
+        .build()
+        .map_err(|e| crate::hbone::HboneError::BadRequest(e.to_string()))?;
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(uri)
+        .body(())
+        .map_err(|e| crate::hbone::HboneError::BadRequest(e.to_string()))?;
+    *req.headers_mut() = headers.clone();
+    Ok(req)
+}
+
+/// What the server does with an incoming request before a handler sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inspection {
+    /// A well-formed CONNECT to this authority.
+    Connect(http::uri::Authority),
+    /// A CONNECT that cannot be served: answer 400 on this stream only.
+    BadConnect(String),
+    /// Not HBONE at all: the peer is not speaking our protocol; close the connection.
+    NotConnect(Method),
+}
+
+pub(crate) fn inspect<B>(req: &Request<B>) -> Inspection {
+    if req.method() != Method::CONNECT {
+        return Inspection::NotConnect(req.method().clone());
+    }
+    match req.uri().authority() {
+        Some(a) if a.port_u16().is_some() => Inspection::Connect(a.clone()),
+        Some(a) => Inspection::BadConnect(format!("authority {a} has no port")),
+        None => Inspection::BadConnect("CONNECT without :authority".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_request_shape() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::FORWARDED,
+            forwarded_header("10.0.0.1:4000".parse().unwrap(), Some("svc.ns.svc")),
+        );
+        let req = build_connect("10.0.0.2:80", &h).unwrap();
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(req.uri().authority().unwrap().as_str(), "10.0.0.2:80");
+        assert_eq!(
+            req.headers()[http::header::FORWARDED],
+            "for=\"10.0.0.1:4000\";host=svc.ns.svc"
+        );
+        assert_eq!(
+            inspect(&req),
+            Inspection::Connect("10.0.0.2:80".parse().unwrap())
+        );
+        assert!(matches!(
+            build_connect("10.0.0.2", &h),
+            Err(crate::hbone::HboneError::BadRequest(_))
+        ));
+        assert!(matches!(
+            build_connect("not an authority", &h),
+            Err(crate::hbone::HboneError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn inspect_refuses_non_connect() {
+        let req = Request::get("http://x/").body(()).unwrap();
+        assert_eq!(inspect(&req), Inspection::NotConnect(Method::GET));
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com")
+            .body(())
+            .unwrap();
+        assert!(matches!(inspect(&req), Inspection::BadConnect(_)));
+    }
+
+    #[test]
+    fn forwarded_for_parses() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::FORWARDED,
+            HeaderValue::from_static("for=\"[fd00::1]:5000\";host=a.b"),
+        );
+        let req = ConnectRequest {
+            authority: "10.0.0.2:80".parse().unwrap(),
+            peer_identity: "spiffe://td/ns/a/sa/b".parse().unwrap(),
+            peer_addr: "10.0.0.9:1".parse().unwrap(),
+            local_addr: "10.0.0.2:15008".parse().unwrap(),
+            headers,
+        };
+        assert_eq!(req.forwarded_for(), Some("[fd00::1]:5000".parse().unwrap()));
+        assert_eq!(req.target_addr(), Some("10.0.0.2:80".parse().unwrap()));
+    }
+}

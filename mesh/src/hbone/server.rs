@@ -1,0 +1,287 @@
+//! The HBONE server: accepts mTLS + HTTP/2 connections and hands each CONNECT stream to a
+//! [`ConnectHandler`], which answers 200 (then carries bytes) or refuses with 400/401/503.
+//!
+//! A peer that is not speaking HBONE (no TLS, no h2, requests other than CONNECT) loses its own
+//! connection and nothing else. Drain: stop accepting, send GOAWAY, let streams finish until a
+//! deadline, then close what is left.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderValue, Response};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn, Instrument};
+
+use super::conn::keepalive;
+use super::request::{inspect, ConnectRequest, Inspection, Refusal, REASON_HEADER};
+use super::{DrainWatch, H2Settings, H2Stream, HboneError};
+
+/// Decides what to do with each CONNECT; runs in its own task per stream.
+pub trait ConnectHandler: Send + Sync + 'static {
+    fn handle(&self, req: ConnectRequest, tunnel: PendingTunnel)
+        -> impl Future<Output = ()> + Send;
+}
+
+/// Supplies the server TLS configuration for a connection accepted on `local` (so one listener
+/// can serve several identities, e.g. every pod behind eBPF steering).
+pub trait ServerTls: Send + Sync + 'static {
+    fn server_config(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String>;
+}
+
+impl ServerTls for Arc<rustls::ServerConfig> {
+    fn server_config(&self, _local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {
+        Ok(self.clone())
+    }
+}
+
+/// A CONNECT that has not been answered yet.
+pub struct PendingTunnel {
+    respond: SendResponse<Bytes>,
+    recv: RecvStream,
+}
+
+impl PendingTunnel {
+    /// Answers 200 and returns the tunnel.
+    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
+        let response = Response::builder()
+            .status(http::StatusCode::OK)
+            .body(())
+            .map_err(|e| HboneError::BadRequest(e.to_string()))?;
+        let send = self.respond.send_response(response, false)?;
+        Ok(H2Stream::new(send, self.recv, None))
+    }
+
+    /// Refuses the tunnel with the refusal's status; `reason` travels in a response header so
+    /// the client can say why.
+    pub fn refuse(mut self, refusal: Refusal, reason: &str) {
+        let mut response = Response::new(());
+        *response.status_mut() = refusal.status();
+        let printable: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&printable) {
+            response.headers_mut().insert(REASON_HEADER, v);
+        }
+        // The client may already be gone; nothing is left to tell it then.
+        let _ = self.respond.send_response(response, true);
+    }
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Connections closed because TLS or HTTP/2 setup failed or the peer was not HBONE.
+    pub rejected_connections: AtomicU64,
+    /// CONNECT streams handed to the handler.
+    pub tunnels: AtomicU64,
+}
+
+/// An HBONE server. Cheap to clone.
+pub struct Server<H> {
+    handler: Arc<H>,
+    tls: Arc<dyn ServerTls>,
+    settings: H2Settings,
+    stats: Arc<ServerStats>,
+}
+
+impl<H> Clone for Server<H> {
+    fn clone(&self) -> Self {
+        Server {
+            handler: self.handler.clone(),
+            tls: self.tls.clone(),
+            settings: self.settings.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<H: ConnectHandler> Server<H> {
+    pub fn new(tls: Arc<dyn ServerTls>, handler: H, settings: H2Settings) -> Self {
+        Server {
+            handler: Arc::new(handler),
+            tls,
+            settings,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
+    }
+
+    /// Accepts connections until `drain` fires, then waits up to `deadline` for open
+    /// connections to finish their streams and closes the rest.
+    pub async fn serve(self, listener: TcpListener, mut drain: DrainWatch, deadline: Duration) {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        let server = self.clone();
+                        let drain = drain.clone();
+                        conns.spawn(
+                            async move { server.serve_conn(tcp, peer, drain).await }
+                                .instrument(tracing::debug_span!("hbone_conn", %peer)),
+                        );
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accepting HBONE connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                () = drain.signaled() => break,
+            }
+        }
+        drop(listener);
+        info!(open = conns.len(), "HBONE server draining");
+        let finished = tokio::time::timeout(deadline, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            warn!(
+                open = conns.len(),
+                "drain deadline passed; closing remaining HBONE connections"
+            );
+            conns.shutdown().await;
+        }
+    }
+
+    async fn serve_conn(&self, tcp: TcpStream, peer: SocketAddr, mut drain: DrainWatch) {
+        match self.setup(tcp, peer).await {
+            Ok((conn, identity, local)) => {
+                self.run_conn(conn, identity, peer, local, &mut drain).await
+            }
+            Err(reason) => {
+                self.stats
+                    .rejected_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%reason, "closing connection from non-HBONE peer");
+            }
+        }
+    }
+
+    async fn setup(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(H2Conn, crate::Identity, SocketAddr), String> {
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let config = self.tls.server_config(local)?;
+        let setup = async {
+            let tls = TlsAcceptor::from(config)
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() != Some(b"h2") {
+                return Err("peer did not negotiate ALPN h2".to_string());
+            }
+            let identity = crate::tls::peer_identity(session)
+                .ok_or_else(|| "peer presented no SPIFFE identity".to_string())?;
+            let conn = self
+                .settings
+                .server_builder()
+                .handshake(tls)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+            Ok((conn, identity, local))
+        };
+        tokio::time::timeout(self.settings.handshake_timeout, setup)
+            .await
+            .map_err(|_| format!("handshake with {peer} timed out"))?
+    }
+
+    async fn run_conn(
+        &self,
+        mut conn: H2Conn,
+        identity: crate::Identity,
+        peer: SocketAddr,
+        local: SocketAddr,
+        drain: &mut DrainWatch,
+    ) {
+        let ping = keepalive(
+            conn.ping_pong(),
+            self.settings.keepalive_interval,
+            self.settings.keepalive_timeout,
+        );
+        tokio::pin!(ping);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                next = conn.accept() => match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "HBONE connection ended with error");
+                        break;
+                    }
+                    Some(Ok((request, respond))) => {
+                        let inspection = inspect(&request);
+                        let (parts, recv) = request.into_parts();
+                        let tunnel = PendingTunnel { respond, recv };
+                        match inspection {
+                            Inspection::Connect(authority) => {
+                                self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+                                let req = ConnectRequest {
+                                    authority,
+                                    peer_identity: identity.clone(),
+                                    peer_addr: peer,
+                                    local_addr: local,
+                                    headers: parts.headers,
+                                };
+                                let handler = self.handler.clone();
+                                let span = tracing::debug_span!("tunnel", authority = %req.authority);
+                                tokio::spawn(async move { handler.handle(req, tunnel).await }.instrument(span));
+                            }
+                            Inspection::BadConnect(why) => tunnel.refuse(Refusal::BadRequest, &why),
+                            Inspection::NotConnect(method) => {
+                                // Not an HBONE client: answer this stream, then close the
+                                // connection gracefully so its other streams still finish.
+                                tunnel.refuse(
+                                    Refusal::BadRequest,
+                                    &format!("{method} is not served here; HBONE accepts only CONNECT"),
+                                );
+                                self.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                                if !closing {
+                                    closing = true;
+                                    conn.graceful_shutdown();
+                                }
+                            }
+                        }
+                    }
+                },
+                () = drain.signaled(), if !closing => {
+                    closing = true;
+                    conn.graceful_shutdown();
+                }
+                () = &mut ping => {
+                    debug!("peer stopped answering keepalive PINGs; closing connection");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+type H2Conn = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;

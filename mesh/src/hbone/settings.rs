@@ -1,0 +1,73 @@
+//! HTTP/2 and connection tuning shared by the HBONE client and server.
+
+use std::time::Duration;
+
+/// Tuning for HBONE connections. Defaults follow Istio's ztunnel so that mixed meshes behave
+/// alike: 4 MiB stream window, 16 MiB connection window, 1 MiB frames, PING every 10 s.
+#[derive(Clone, Debug)]
+pub struct H2Settings {
+    /// Initial flow-control window of each stream (bytes in flight per tunnel).
+    pub stream_window: u32,
+    /// Flow-control window of the whole connection (bytes in flight over all its tunnels).
+    pub connection_window: u32,
+    /// Largest DATA frame we accept; HTTP/2 allows 16 KiB ..= 16 MiB - 1.
+    pub max_frame_size: u32,
+    /// Bytes a stream may queue for sending before its writer is made to wait.
+    pub max_send_buffer: usize,
+    /// Interval between keepalive PINGs on an otherwise quiet connection.
+    pub keepalive_interval: Duration,
+    /// How long a PING may stay unanswered before the connection is considered dead.
+    pub keepalive_timeout: Duration,
+    /// Client: concurrent tunnels per connection before the pool opens another connection.
+    pub max_streams_per_connection: usize,
+    /// Server: SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
+    pub max_concurrent_streams: u32,
+    /// Client: a connection with no tunnels for this long is closed.
+    pub idle_timeout: Duration,
+    /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
+            max_frame_size: 1 << 20,
+            max_send_buffer: 1 << 20,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+            max_streams_per_connection: 100,
+            max_concurrent_streams: 1000,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl H2Settings {
+    pub(crate) fn client_builder(&self) -> h2::client::Builder {
+        let mut b = h2::client::Builder::new();
+        b.initial_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_frame_size(self.clamped_frame_size())
+            .max_send_buffer_size(self.max_send_buffer)
+            .enable_push(false);
+        b
+    }
+
+    pub(crate) fn server_builder(&self) -> h2::server::Builder {
+        let mut b = h2::server::Builder::new();
+        b.initial_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_frame_size(self.clamped_frame_size())
+            .max_send_buffer_size(self.max_send_buffer)
+            .max_concurrent_streams(self.max_concurrent_streams);
+        b
+    }
+
+    // h2 panics on frame sizes outside the range HTTP/2 allows; clamp instead.
+    fn clamped_frame_size(&self) -> u32 {
+        self.max_frame_size.clamp(16 << 10, (16 << 20) - 1)
+    }
+}

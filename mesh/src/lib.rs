@@ -1,0 +1,9 @@
+//! Library shared by the amesh binaries (ztunnel, waypoint, controller): SPIFFE identities,
+//! mutual TLS, workload certificates and the HBONE tunnel (mTLS + HTTP/2 CONNECT).
+
+pub mod certs;
+pub mod hbone;
+pub mod identity;
+pub mod tls;
+
+pub use identity::{Identity, IdentityError};
