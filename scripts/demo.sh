@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/amesh/target}"
 
-cargo run --release --locked -p amesh-mesh --example hbone_tunnel
+cargo run --locked -p amesh-mesh --example hbone_tunnel

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common_certs::{id, TestCa, HOUR, TD};
 use amesh_proto::istio::v1::auth::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use amesh_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use common_certs::{id, TestCa, HOUR, TD};
 use mesh::certs::{
     generate_csr, CaClient, CaClientConfig, CaError, CertError, CertManager, CertStore,
     CertificateProvider, LocalCa, SignFuture, TrustRoots, WorkloadCert, CA_KEY_FILE,
@@ -255,7 +255,7 @@ async fn manager_fetches_then_refreshes_near_half_life() {
         .await
         .unwrap();
     assert_eq!(provider.calls(), 1);
-    assert_eq!(manager.managed(), [web.clone()]);
+    assert_eq!(manager.managed(), std::slice::from_ref(&web));
     // The root came with the chain.
     assert!(roots.snapshot().contains(&ca.ca.root_der()));
 
@@ -344,7 +344,7 @@ async fn forget_and_drop_stop_refreshing() {
 
     manager.forget(&a);
     assert!(store.get(&a).is_none());
-    assert_eq!(manager.managed(), [b.clone()]);
+    assert_eq!(manager.managed(), std::slice::from_ref(&b));
     advance(3.0 * 3600.0).await;
     // Only b kept refreshing (a few times over three hours at ~30 min each).
     let calls = provider.calls();
@@ -419,7 +419,9 @@ impl IstioCertificateService for TestCaService {
             .ca
             .sign_csr(&req.csr, &identity, ttl)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        Ok(tonic::Response::new(IstioCertificateResponse { cert_chain: chain }))
+        Ok(tonic::Response::new(IstioCertificateResponse {
+            cert_chain: chain,
+        }))
     }
 }
 
@@ -467,7 +469,10 @@ async fn ca_client_gets_certificates_over_grpc() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer node-token"));
     assert_eq!(seen[0].cluster_id.as_deref(), Some("Kubernetes"));
-    assert_eq!(seen[0].impersonated.as_deref(), Some("spiffe://cluster.local/ns/default/sa/web"));
+    assert_eq!(
+        seen[0].impersonated.as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/web")
+    );
     assert_eq!(seen[0].validity, 3600);
 
     // The manager works with it end to end and learns the root from the chain.
@@ -493,7 +498,11 @@ async fn ca_client_maps_refusals_to_readable_errors() {
     let wrong_token = CaClient::lazy(&uri, client_config("stolen")).unwrap();
     let err = wrong_token.sign(&web, &csr.pem, HOUR).await.unwrap_err();
     assert!(matches!(err, CaError::Unauthenticated { .. }), "{err:?}");
-    assert!(err.to_string().contains("check the node's bootstrap or ServiceAccount token"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("check the node's bootstrap or ServiceAccount token"),
+        "{err}"
+    );
     assert!(err.to_string().contains("token is not valid"), "{err}");
 
     // Rotating the token fixes it.
@@ -504,13 +513,26 @@ async fn ca_client_maps_refusals_to_readable_errors() {
     let other = id("kube-system", "secret");
     let csr = generate_csr(&other).unwrap();
     let err = client.sign(&other, &csr.pem, HOUR).await.unwrap_err();
-    assert!(matches!(&err, CaError::PermissionDenied { identity, .. } if identity == &other), "{err:?}");
-    assert!(err.to_string().contains("only obtain identities of pods scheduled on it"), "{err}");
+    assert!(
+        matches!(&err, CaError::PermissionDenied { identity, .. } if identity == &other),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("only obtain identities of pods scheduled on it"),
+        "{err}"
+    );
 
     // A CSR for another identity than the one asked for is refused by the CA's checks.
     let err = client.sign(&web, &csr.pem, HOUR).await.unwrap_err();
-    assert!(matches!(&err, CaError::Rpc { code, .. } if code == "InvalidArgument"), "{err:?}");
-    assert!(err.to_string().contains("only URI SAN must be exactly"), "{err}");
+    assert!(
+        matches!(&err, CaError::Rpc { code, .. } if code == "InvalidArgument"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("only URI SAN must be exactly"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -224,9 +224,9 @@ async fn server_requires_a_client_certificate() {
         server.server_config(&server_id()).unwrap(),
     )
     .await;
-    let err = s
-        .err()
-        .expect("server accepted a client without certificate");
+    let Err(err) = s else {
+        panic!("server accepted a client without certificate");
+    };
     let inner = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>());

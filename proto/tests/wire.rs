@@ -76,7 +76,7 @@ fn workload() {
         &[0x12, 0x07],       //   entry value = 2, LEN: PortList
         &[0x0a, 0x05],       //     ports = 1, LEN: Port
         &[0x08, 0x50],       //       service_port = 1, VARINT: 80
-        &[0x10, 0x90, 0x3f], // target_port = 2, VARINT: 8080 = varint 90 3f
+        &[0x10, 0x90, 0x3f], //       target_port = 2, VARINT: 8080 = varint 90 3f
         &[0xda, 0x01, 0x02], // capacity = 27, LEN: 27<<3|2 = 218 = da 01; UInt32Value
         &[0x08, 0x03],       //   value = 1, VARINT: 3
     ]);

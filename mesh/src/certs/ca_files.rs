@@ -32,7 +32,7 @@ const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// What the files hold once read and checked.
 pub(super) struct CaMaterial {
-    pub key_pem: String,
+    pub key: KeyPair,
     pub ca_cert: CertificateDer<'static>,
     /// Certificates between the leaf and the root (empty for a self-signed CA).
     pub middle: Vec<CertificateDer<'static>>,
@@ -104,7 +104,7 @@ fn load(dir: &Path) -> Result<CaMaterial, CaError> {
         Vec::new()
     };
     Ok(CaMaterial {
-        key_pem,
+        key,
         ca_cert,
         middle,
         root,

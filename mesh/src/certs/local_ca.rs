@@ -10,7 +10,7 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::ca_files::{self, CaMaterial};
+use super::ca_files::{self, CaMaterial, CA_CERT_FILE};
 use super::csr::generate_csr;
 use super::error::CaError;
 use super::provider::{CertificateProvider, SignFuture};
@@ -37,20 +37,21 @@ pub struct LocalCa {
 
 impl LocalCa {
     /// Loads the CA from `dir`, or generates a self-signed root there (key file mode 0600) if the
-    /// directory holds none. Files follow Istio's `cacerts` names (see [`ca_files`]).
+    /// directory holds none. Files follow Istio's `cacerts` names:
+    /// [`CA_KEY_FILE`](super::CA_KEY_FILE), [`CA_CERT_FILE`],
+    /// [`ROOT_CERT_FILE`](super::ROOT_CERT_FILE) and optionally
+    /// [`CERT_CHAIN_FILE`](super::CERT_CHAIN_FILE) (for a supplied intermediate CA).
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
         let CaMaterial {
-            key_pem,
+            key,
             ca_cert,
             middle,
             root,
         } = ca_files::load_or_create(dir, trust_domain)?;
-        let fail = |e: rcgen::Error| CaError::CaFiles {
+        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| CaError::CaFiles {
             dir: dir.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let key = KeyPair::from_pem(&key_pem).map_err(fail)?;
-        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(fail)?;
+            reason: format!("{CA_CERT_FILE}: {e}"),
+        })?;
         let tail_pem = middle.iter().chain([&root]).map(|c| pem_of(c)).collect();
         Ok(LocalCa {
             trust_domain: trust_domain.to_string(),

@@ -59,8 +59,9 @@ impl WorkloadCert {
             reason: e.to_string(),
         })?;
         let certified = CertifiedKey::new(chain.clone(), signing_key);
-        // keys_match compares the key's public half with the leaf's SPKI; "Unknown" only happens
-        // for keys that cannot export their public half, which aws-lc keys always can.
+        // keys_match compares the key's public half with the leaf's SPKI. It answers "unknown"
+        // only for keys that cannot export their public half; aws-lc keys always can, so any
+        // error here is refused rather than waved through.
         certified.keys_match().map_err(|e| CertError::KeyMismatch {
             identity: identity.clone(),
             reason: e.to_string(),

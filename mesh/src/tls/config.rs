@@ -16,7 +16,7 @@ use super::error::TlsError;
 use super::resolve::StoreResolver;
 use super::verify::{ClientVerifier, ServerVerifier, SpiffeVerifier};
 use crate::certs::{CertStore, TrustRoots};
-use crate::{Identity, IdentityError};
+use crate::Identity;
 
 /// The only application protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -51,7 +51,9 @@ impl TlsContext {
     /// trusting `roots` (share the same handles with a `CertManager` so rotation and new roots
     /// apply here).
     pub fn new(trust_domain: &str, store: CertStore, roots: TrustRoots) -> Result<Self, TlsError> {
-        if let Err(IdentityError::TrustDomain { .. }) = Identity::new(trust_domain, "ns", "sa") {
+        // Validated as part of a SPIFFE ID, so that exactly the domains identities can carry
+        // are accepted (a '/' in it, for instance, would never match any peer).
+        if Identity::new(trust_domain, "ns", "sa").is_err() {
             return Err(TlsError::InvalidTrustDomain {
                 domain: trust_domain.to_string(),
             });
