@@ -19,7 +19,7 @@ mod stream;
 pub use drain::{Drain, DrainWatch};
 pub use error::HboneError;
 pub use pool::{Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
-pub use relay::{relay, RelayError, RelayStats};
+pub use relay::{relay, relay_tcp, RelayError, RelayStats};
 pub use request::{forwarded_header, ConnectRequest, Refusal};
 pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
 pub use settings::H2Settings;

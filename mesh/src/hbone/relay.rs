@@ -34,10 +34,12 @@ pub struct RelayStats {
 /// Which side broke a relay.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("TCP side failed: {0}")]
-    Tcp(#[source] io::Error),
-    #[error("tunnel failed: {0}")]
-    Tunnel(#[source] io::Error),
+    /// The TCP connection handed in first (the application's side) failed or was reset.
+    #[error("downstream connection failed: {0}")]
+    Downstream(#[source] io::Error),
+    /// The tunnel (or, for [`relay_tcp`], the upstream connection) failed or was reset.
+    #[error("upstream connection failed: {0}")]
+    Upstream(#[source] io::Error),
 }
 
 /// Copies both ways until both directions have ended, or either side fails.
@@ -52,8 +54,8 @@ pub async fn relay(mut tcp: TcpStream, tunnel: H2Stream) -> RelayStats {
     };
     if let Err(e) = result {
         match &e {
-            RelayError::Tcp(_) => writer.reset(Reason::CANCEL),
-            RelayError::Tunnel(_) => {
+            RelayError::Downstream(_) => writer.reset(Reason::CANCEL),
+            RelayError::Upstream(_) => {
                 // Abort the TCP connection instead of closing it cleanly.
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
             }
@@ -72,15 +74,15 @@ async fn tcp_to_tunnel(
     let mut buf = BytesMut::new();
     loop {
         // Allocate only once data is there, so an idle connection holds no buffer.
-        tcp.readable().await.map_err(RelayError::Tcp)?;
+        tcp.readable().await.map_err(RelayError::Downstream)?;
         buf.reserve(size);
         let n = match tcp.try_read_buf(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(RelayError::Tcp(e)),
+            Err(e) => return Err(RelayError::Downstream(e)),
         };
         if n == 0 {
-            return tunnel.finish().map_err(RelayError::Tunnel);
+            return tunnel.finish().map_err(RelayError::Upstream);
         }
         *count += n as u64;
         if n >= size && size < MAX_READ {
@@ -91,7 +93,7 @@ async fn tcp_to_tunnel(
         tunnel
             .send_chunk(buf.split().freeze())
             .await
-            .map_err(RelayError::Tunnel)?;
+            .map_err(RelayError::Upstream)?;
     }
 }
 
@@ -101,10 +103,65 @@ async fn tunnel_to_tcp(
     count: &mut u64,
 ) -> Result<(), RelayError> {
     while let Some(chunk) = tunnel.next_chunk().await {
-        let chunk = chunk.map_err(RelayError::Tunnel)?;
-        tcp.write_all(&chunk).await.map_err(RelayError::Tcp)?;
+        let chunk = chunk.map_err(RelayError::Upstream)?;
+        tcp.write_all(&chunk)
+            .await
+            .map_err(RelayError::Downstream)?;
         *count += chunk.len() as u64;
     }
     // END_STREAM: the peer is done sending; pass the FIN on and keep the other direction.
-    tcp.shutdown().await.map_err(RelayError::Tcp)
+    tcp.shutdown().await.map_err(RelayError::Downstream)
+}
+
+/// Copies between two TCP connections with the same semantics as [`relay`]: FIN passes on as
+/// FIN, and a reset or error on one side aborts the other with RST. `sent` counts bytes from
+/// `downstream` to `upstream`.
+pub async fn relay_tcp(mut downstream: TcpStream, mut upstream: TcpStream) -> RelayStats {
+    let mut stats = RelayStats::default();
+    let result = {
+        let (mut dr, mut dw) = downstream.split();
+        let (mut ur, mut uw) = upstream.split();
+        let up = tcp_to_tcp(
+            &mut dr,
+            &mut uw,
+            &mut stats.sent,
+            RelayError::Downstream,
+            RelayError::Upstream,
+        );
+        let down = tcp_to_tcp(
+            &mut ur,
+            &mut dw,
+            &mut stats.received,
+            RelayError::Upstream,
+            RelayError::Downstream,
+        );
+        tokio::try_join!(up, down)
+    };
+    if let Err(e) = result {
+        // Whichever side failed, abort both so neither mistakes the end for a clean close.
+        for s in [&downstream, &upstream] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+        stats.error = Some(e);
+    }
+    stats
+}
+
+async fn tcp_to_tcp(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    count: &mut u64,
+    read_err: fn(io::Error) -> RelayError,
+    write_err: fn(io::Error) -> RelayError,
+) -> Result<(), RelayError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; MIN_READ];
+    loop {
+        let n = from.read(&mut buf).await.map_err(read_err)?;
+        if n == 0 {
+            return to.shutdown().await.map_err(write_err);
+        }
+        to.write_all(&buf[..n]).await.map_err(write_err)?;
+        *count += n as u64;
+    }
 }

@@ -1,0 +1,340 @@
+//! The folder source: every `*.yaml` / `*.yml` file under a directory, recursively and in sorted
+//! path order, each split into documents that are parsed one by one, so that a bad object costs
+//! only itself.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::error::{ManifestError, ObjectRef};
+use super::split::{shift_line_numbers, split_documents};
+use super::validate::{self, FieldError};
+use super::{Manifests, Object, ObjectKey, DEFAULT_NAMESPACE};
+
+/// How deep `load_dir` descends; deeper trees are almost surely a symlink loop.
+const MAX_DEPTH: usize = 16;
+
+/// Outcome of loading manifests: what loaded, and what did not.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Every object that loaded.
+    pub manifests: Manifests,
+    /// Every object (or file) that did not, in file order.
+    pub errors: Vec<ManifestError>,
+}
+
+/// Loads every `*.yaml` / `*.yml` file under `path` (or `path` itself if it is a file).
+///
+/// Files and directories whose name starts with `.` are skipped: besides editor leftovers,
+/// this keeps a ConfigMap mount (`..data` and the timestamped directory it links to) from
+/// being read twice.
+pub fn load_dir(path: impl AsRef<Path>) -> LoadResult {
+    let path = path.as_ref();
+    let mut loader = Loader::default();
+    let mut files = Vec::new();
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else {
+        collect_files(path, 0, &mut files, &mut loader.result.errors);
+    }
+    files.sort();
+    for file in files {
+        match fs::read_to_string(&file) {
+            Ok(text) => loader.load_text(&file, &text),
+            Err(source) => loader.result.errors.push(ManifestError::Read { path: file, source }),
+        }
+    }
+    loader.result
+}
+
+/// Loads the documents of one YAML text; `origin` names it in errors.
+pub fn load_yaml(origin: impl AsRef<Path>, text: &str) -> LoadResult {
+    let mut loader = Loader::default();
+    loader.load_text(origin.as_ref(), text);
+    loader.result
+}
+
+fn collect_files(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, errors: &mut Vec<ManifestError>) {
+    if depth > MAX_DEPTH {
+        tracing::warn!(dir = %dir.display(), "not descending further: directory tree too deep");
+        return;
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(source) => {
+            errors.push(ManifestError::Read {
+                path: dir.to_path_buf(),
+                source,
+            });
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(source) => {
+                errors.push(ManifestError::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+                continue;
+            }
+        };
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // `fs::metadata` follows symlinks, so linked files and directories count.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => collect_files(&path, depth + 1, files, errors),
+            Ok(meta) if meta.is_file() && is_yaml(&path) => files.push(path),
+            Ok(_) => {}
+            Err(source) => errors.push(ManifestError::Read { path, source }),
+        }
+    }
+}
+
+fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// The kinds we read, by `apiVersion` and `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KnownKind {
+    Namespace,
+    Node,
+    Pod,
+    Deployment,
+    Service,
+    ServiceAccount,
+    Gateway,
+    HttpRoute,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    RequestAuthentication,
+}
+
+impl KnownKind {
+    fn of(api_version: &str, kind: &str) -> Option<Self> {
+        const GATEWAY_API: [&str; 2] = [
+            "gateway.networking.k8s.io/v1",
+            "gateway.networking.k8s.io/v1beta1",
+        ];
+        const ISTIO_SECURITY: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+        let known = match (api_version, kind) {
+            ("v1", "Namespace") => KnownKind::Namespace,
+            ("v1", "Node") => KnownKind::Node,
+            ("v1", "Pod") => KnownKind::Pod,
+            ("v1", "Service") => KnownKind::Service,
+            ("v1", "ServiceAccount") => KnownKind::ServiceAccount,
+            ("apps/v1", "Deployment") => KnownKind::Deployment,
+            (v, "Gateway") if GATEWAY_API.contains(&v) => KnownKind::Gateway,
+            (v, "HTTPRoute") if GATEWAY_API.contains(&v) => KnownKind::HttpRoute,
+            (v, "AuthorizationPolicy") if ISTIO_SECURITY.contains(&v) => {
+                KnownKind::AuthorizationPolicy
+            }
+            (v, "PeerAuthentication") if ISTIO_SECURITY.contains(&v) => {
+                KnownKind::PeerAuthentication
+            }
+            (v, "RequestAuthentication") if ISTIO_SECURITY.contains(&v) => {
+                KnownKind::RequestAuthentication
+            }
+            _ => return None,
+        };
+        Some(known)
+    }
+
+    fn is_cluster_scoped(self) -> bool {
+        matches!(self, KnownKind::Namespace | KnownKind::Node)
+    }
+}
+
+/// Accumulates objects across files, remembering where each came from to report duplicates.
+#[derive(Default)]
+struct Loader {
+    result: LoadResult,
+    origins: HashMap<(&'static str, ObjectKey), PathBuf>,
+}
+
+impl Loader {
+    fn load_text(&mut self, file: &Path, text: &str) {
+        for doc in split_documents(text) {
+            let offset = doc.first_line - 1;
+            let mut object = ObjectRef {
+                document: doc.index,
+                line: doc.first_line,
+                ..ObjectRef::default()
+            };
+            let invalid = |object: &ObjectRef, field: Option<String>, detail: String| {
+                ManifestError::Invalid {
+                    file: file.to_path_buf(),
+                    object: object.clone(),
+                    field,
+                    detail,
+                }
+            };
+
+            // First pass: a generic value, to learn what the document claims to be.
+            let value: Value = match serde_yaml::from_str(doc.text) {
+                Ok(value) => value,
+                Err(e) => {
+                    let detail = format!("not valid YAML: {}", shift_line_numbers(&e.to_string(), offset));
+                    self.result.errors.push(invalid(&object, None, detail));
+                    continue;
+                }
+            };
+            if value.is_null() {
+                continue;
+            }
+            let Some(map) = value.as_mapping() else {
+                let detail = "a manifest must be a mapping (a Kubernetes object)".to_owned();
+                self.result.errors.push(invalid(&object, None, detail));
+                continue;
+            };
+            let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+            let metadata = map.get("metadata");
+            object.kind = text_of(map.get("kind"));
+            object.name = text_of(metadata.and_then(|m| m.get("name")));
+            object.namespace = text_of(metadata.and_then(|m| m.get("namespace")));
+            let api_version = text_of(map.get("apiVersion"));
+            let (Some(api_version), Some(kind)) = (api_version, object.kind.clone()) else {
+                let field = if object.kind.is_none() { "kind" } else { "apiVersion" };
+                let detail = format!("{field}: missing, or not a string");
+                self.result.errors.push(invalid(&object, Some(field.into()), detail));
+                continue;
+            };
+            let Some(known) = KnownKind::of(&api_version, &kind) else {
+                tracing::debug!(
+                    file = %file.display(),
+                    document = doc.index,
+                    api_version,
+                    kind,
+                    "ignoring a kind amesh does not use"
+                );
+                continue;
+            };
+            if known.is_cluster_scoped() {
+                object.namespace = None;
+            } else if object.namespace.as_deref().is_none_or(str::is_empty) {
+                object.namespace = Some(DEFAULT_NAMESPACE.to_owned());
+            }
+
+            // Second pass: the typed object, from the text again so that errors carry the
+            // field path and position (a `Value` has neither).
+            let mut typed = match parse_typed(known, doc.text) {
+                Ok(typed) => typed,
+                Err(Rejected::Serde(e)) => {
+                    let message = e.to_string();
+                    let field = field_of_serde_message(&message);
+                    let detail = shift_line_numbers(&message, offset);
+                    self.result.errors.push(invalid(&object, field, detail));
+                    continue;
+                }
+                Err(Rejected::Field(e)) => {
+                    self.result.errors.push(invalid(&object, Some(e.field.clone()), e.to_string()));
+                    continue;
+                }
+            };
+            if typed.metadata().name.as_deref().is_none_or(str::is_empty) {
+                let detail = "metadata.name: missing or empty".to_owned();
+                self.result
+                    .errors
+                    .push(invalid(&object, Some("metadata.name".into()), detail));
+                continue;
+            }
+            typed.normalize_namespace();
+
+            let origin_key = (typed.kind(), ObjectKey::of(typed.metadata()));
+            if let Some(first) = self.origins.get(&origin_key) {
+                self.result.errors.push(ManifestError::Duplicate {
+                    file: file.to_path_buf(),
+                    object,
+                    first: first.clone(),
+                });
+                continue;
+            }
+            self.origins.insert(origin_key, file.to_path_buf());
+            self.result.manifests.insert(typed);
+        }
+    }
+}
+
+/// Why a document did not become an object.
+enum Rejected {
+    /// Wrong shape or type (serde's message carries the field path and position).
+    Serde(serde_yaml::Error),
+    /// Well-typed but invalid value.
+    Field(FieldError),
+}
+
+fn parse<T: DeserializeOwned>(text: &str) -> Result<T, Rejected> {
+    serde_yaml::from_str(text).map_err(Rejected::Serde)
+}
+
+fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
+    Ok(match kind {
+        KnownKind::Namespace => Object::Namespace(parse(text)?),
+        KnownKind::Node => Object::Node(parse(text)?),
+        KnownKind::Pod => Object::Pod(parse(text)?),
+        KnownKind::Deployment => Object::Deployment(parse(text)?),
+        KnownKind::Service => Object::Service(parse(text)?),
+        KnownKind::ServiceAccount => Object::ServiceAccount(parse(text)?),
+        KnownKind::Gateway => Object::Gateway(parse(text)?),
+        KnownKind::HttpRoute => Object::HttpRoute(parse(text)?),
+        KnownKind::AuthorizationPolicy => {
+            let policy: super::AuthorizationPolicy = parse(text)?;
+            validate::authorization_policy(&policy.spec).map_err(Rejected::Field)?;
+            Object::AuthorizationPolicy(policy)
+        }
+        KnownKind::PeerAuthentication => {
+            let policy: super::PeerAuthentication = parse(text)?;
+            validate::peer_authentication(&policy.spec).map_err(Rejected::Field)?;
+            Object::PeerAuthentication(policy)
+        }
+        KnownKind::RequestAuthentication => {
+            let policy: super::RequestAuthentication = parse(text)?;
+            validate::request_authentication(&policy.spec).map_err(Rejected::Field)?;
+            Object::RequestAuthentication(policy)
+        }
+    })
+}
+
+/// serde_yaml writes `<path>: <message> at line L column C` when the path is below the root.
+/// A path never holds whitespace, while a root-level message's first words always do
+/// (`invalid type: ...`) or have no `: ` at all (`missing field ...`).
+fn field_of_serde_message(message: &str) -> Option<String> {
+    let (head, _) = message.split_once(": ")?;
+    (!head.is_empty() && !head.contains(char::is_whitespace)).then(|| head.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_kinds() {
+        assert_eq!(KnownKind::of("v1", "Pod"), Some(KnownKind::Pod));
+        assert_eq!(
+            KnownKind::of("security.istio.io/v1beta1", "PeerAuthentication"),
+            Some(KnownKind::PeerAuthentication)
+        );
+        assert_eq!(KnownKind::of("networking.istio.io/v1", "VirtualService"), None);
+        assert_eq!(KnownKind::of("apps/v1", "StatefulSet"), None);
+        assert_eq!(KnownKind::of("v2", "Pod"), None);
+    }
+
+    #[test]
+    fn field_from_message() {
+        assert_eq!(
+            field_of_serde_message("spec.ports: invalid type: string \"x\", expected a sequence at line 3 column 4"),
+            Some("spec.ports".into())
+        );
+        assert_eq!(field_of_serde_message("invalid type: string, expected struct"), None);
+        assert_eq!(field_of_serde_message("missing field `kind`"), None);
+    }
+}

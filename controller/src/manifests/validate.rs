@@ -1,0 +1,287 @@
+//! Checks on the security kinds that their CRD schema or Istio's validating webhook would make
+//! at `kubectl apply` time. An object failing them is rejected when loaded, so translation only
+//! sees well-formed values: a port that is not a number can then never turn into "any port".
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::security::{
+    AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, PeerAuthenticationSpec,
+    RequestAuthenticationSpec, Source,
+};
+
+/// `when` keys ztunnel can evaluate (connection attributes); every other known key needs HTTP.
+pub const L4_CONDITION_KEYS: &[&str] = &[
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+];
+
+/// `when` keys Istio knows, exactly.
+const KNOWN_CONDITION_KEYS: &[&str] = &[
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+/// A rejected field: where (serde-style path) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.rules[0].to[0].operation.ports[1]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Validates an AuthorizationPolicy spec.
+pub fn authorization_policy(spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
+    if spec.selector.is_some() && spec.all_target_refs().next().is_some() {
+        return Err(err(
+            "spec.selector",
+            "selector and targetRef(s) are mutually exclusive",
+        ));
+    }
+    match (spec.action, &spec.provider) {
+        (Some(AuthorizationAction::Custom), None) => {
+            return Err(err("spec.provider", "action CUSTOM needs a provider"));
+        }
+        (action, Some(_)) if action != Some(AuthorizationAction::Custom) => {
+            return Err(err("spec.provider", "a provider is only valid with action CUSTOM"));
+        }
+        _ => {}
+    }
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let at = format!("{at}.from[{j}].source");
+            match &from.source {
+                None => return Err(err(at, "a source is required")),
+                Some(source) => self::source(&at, source)?,
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let at = format!("{at}.to[{j}].operation");
+            match &to.operation {
+                None => return Err(err(at, "an operation is required")),
+                Some(op) => operation(&at, op)?,
+            }
+        }
+        for (j, cond) in rule.when.iter().enumerate() {
+            condition(&format!("{at}.when[{j}]"), cond)?;
+        }
+    }
+    Ok(())
+}
+
+fn source(at: &str, s: &Source) -> Result<(), FieldError> {
+    let all = [
+        &s.principals,
+        &s.not_principals,
+        &s.request_principals,
+        &s.not_request_principals,
+        &s.namespaces,
+        &s.not_namespaces,
+        &s.service_accounts,
+        &s.not_service_accounts,
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+    ];
+    if all.iter().all(|v| v.is_empty()) {
+        return Err(err(at, "a source must set at least one field"));
+    }
+    for (name, values) in [
+        ("ipBlocks", &s.ip_blocks),
+        ("notIpBlocks", &s.not_ip_blocks),
+        ("remoteIpBlocks", &s.remote_ip_blocks),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+    ] {
+        for (k, v) in values.iter().enumerate() {
+            ip_block(&format!("{at}.{name}[{k}]"), v)?;
+        }
+    }
+    for (name, values) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
+        for (k, v) in values.iter().enumerate() {
+            if parse_service_account(v).is_none() {
+                return Err(err(
+                    format!("{at}.{name}[{k}]"),
+                    format!("{v:?} is not <namespace>/<service account>"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn operation(at: &str, op: &Operation) -> Result<(), FieldError> {
+    let all = [
+        &op.hosts,
+        &op.not_hosts,
+        &op.ports,
+        &op.not_ports,
+        &op.methods,
+        &op.not_methods,
+        &op.paths,
+        &op.not_paths,
+    ];
+    if all.iter().all(|v| v.is_empty()) {
+        return Err(err(at, "an operation must set at least one field"));
+    }
+    for (name, values) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
+        for (k, v) in values.iter().enumerate() {
+            port(&format!("{at}.{name}[{k}]"), v)?;
+        }
+    }
+    Ok(())
+}
+
+fn condition(at: &str, c: &Condition) -> Result<(), FieldError> {
+    let key = c.key.as_str();
+    let bracketed = |prefix: &str| key.starts_with(prefix) && key.ends_with(']');
+    let known = KNOWN_CONDITION_KEYS.contains(&key)
+        || bracketed("request.headers[")
+        || bracketed("request.auth.claims[")
+        || key.starts_with("experimental.envoy.filters.");
+    if !known {
+        return Err(err(format!("{at}.key"), format!("unknown attribute {:?}", c.key)));
+    }
+    if c.values.is_empty() && c.not_values.is_empty() {
+        return Err(err(at, "a condition needs values or notValues"));
+    }
+    for (name, values) in [("values", &c.values), ("notValues", &c.not_values)] {
+        for (k, v) in values.iter().enumerate() {
+            let at = format!("{at}.{name}[{k}]");
+            match c.key.as_str() {
+                "destination.port" => port(&at, v)?,
+                "source.ip" | "destination.ip" | "remote.ip" => ip_block(&at, v)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn port(at: &str, v: &str) -> Result<(), FieldError> {
+    parse_port(v)
+        .map(|_| ())
+        .ok_or_else(|| err(at, format!("{v:?} is not a port number (1-65535)")))
+}
+
+fn ip_block(at: &str, v: &str) -> Result<(), FieldError> {
+    parse_ip_block(v)
+        .map(|_| ())
+        .ok_or_else(|| err(at, format!("{v:?} is not an IP address or CIDR block")))
+}
+
+/// Parses a port written as a string in Istio's API.
+pub fn parse_port(v: &str) -> Option<u16> {
+    v.trim().parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// Parses `10.0.0.1` (a /32 or /128) or `10.0.0.0/16`.
+pub fn parse_ip_block(v: &str) -> Option<IpNet> {
+    let v = v.trim();
+    if v.contains('/') {
+        v.parse::<IpNet>().ok()
+    } else {
+        v.parse::<IpAddr>().ok().map(IpNet::from)
+    }
+}
+
+/// Parses `<namespace>/<service account>`.
+pub fn parse_service_account(v: &str) -> Option<(&str, &str)> {
+    let (ns, sa) = v.split_once('/')?;
+    let valid = |s: &str| !s.is_empty() && !s.contains(['/', '*']);
+    (valid(ns) && valid(sa)).then_some((ns, sa))
+}
+
+/// Validates a PeerAuthentication spec.
+pub fn peer_authentication(spec: &PeerAuthenticationSpec) -> Result<(), FieldError> {
+    let has_selector = spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty());
+    if !spec.port_level_mtls.is_empty() && !has_selector {
+        return Err(err(
+            "spec.portLevelMtls",
+            "port-level mTLS needs a workload selector (spec.selector.matchLabels)",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a RequestAuthentication spec.
+pub fn request_authentication(spec: &RequestAuthenticationSpec) -> Result<(), FieldError> {
+    if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
+        return Err(err(
+            "spec.selector",
+            "selector and targetRef(s) are mutually exclusive",
+        ));
+    }
+    for (i, rule) in spec.jwt_rules.iter().enumerate() {
+        if rule.issuer.trim().is_empty() {
+            return Err(err(format!("spec.jwtRules[{i}].issuer"), "must not be empty"));
+        }
+        if rule.jwks.is_some() && rule.jwks_uri.is_some() {
+            return Err(err(
+                format!("spec.jwtRules[{i}].jwks"),
+                "jwks and jwksUri are mutually exclusive",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_blocks() {
+        assert_eq!(parse_port("8080"), Some(8080));
+        assert_eq!(parse_port("0"), None);
+        assert_eq!(parse_port("eighty"), None);
+        assert_eq!(parse_port("70000"), None);
+        assert_eq!(
+            parse_ip_block("10.0.0.1").map(|n| n.to_string()),
+            Some("10.0.0.1/32".into())
+        );
+        assert_eq!(
+            parse_ip_block("fd00::/8").map(|n| n.to_string()),
+            Some("fd00::/8".into())
+        );
+        assert!(parse_ip_block("10.0.0.0/33").is_none());
+        assert_eq!(parse_service_account("ns/sa"), Some(("ns", "sa")));
+        assert!(parse_service_account("sa").is_none());
+        assert!(parse_service_account("ns/*").is_none());
+    }
+}

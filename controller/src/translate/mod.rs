@@ -1,0 +1,116 @@
+//! Manifests → the resources Istio's control plane serves to ztunnel: one
+//! `istio.workload.Address` per pod (a Workload) and per Service, and one
+//! `istio.security.Authorization` per L4-enforceable policy.
+//!
+//! | resource | name | from |
+//! |---|---|---|
+//! | Workload | `<cluster>//v1/Pod/<ns>/<pod>` | every pod with an IP and a node (`workload.rs`) |
+//! | Service | `<ns>/<hostname>` | every Service but ExternalName ones (`service.rs`) |
+//! | Authorization | `<ns>/<name>` | AuthorizationPolicy without targetRefs, ALLOW or DENY (`authz.rs`) |
+//! | Authorization | `<root ns>/istio_converted_static_strict`, `<ns>/converted_peer_authentication_<name>` | PeerAuthentication (`peer_auth.rs`) |
+//!
+//! How policies become L4 rules — HTTP-only attributes never widen an ALLOW, and make a DENY
+//! deny at L4 — and how mTLS modes become DENY policies is written in `authz.rs` and
+//! `peer_auth.rs`; in short:
+//!
+//! - AuthorizationPolicy with `targetRefs`: for the waypoint, not sent. AUDIT / CUSTOM: skipped
+//!   with a warning. ALLOW rule using `methods`, `paths`, `hosts`, `requestPrincipals`,
+//!   `remoteIpBlocks` or an HTTP `when` key: dropped (the policy allows only what its other
+//!   rules allow). DENY rule using them: those parts ignored, the rule denies at L4.
+//! - PeerAuthentication STRICT (mesh, namespace or workload level; the most specific set
+//!   mode wins): pods list `<root ns>/istio_converted_static_strict`, a DENY of connections
+//!   without a peer identity; port-level exceptions give a per-policy
+//!   `<ns>/converted_peer_authentication_<name>` DENY whose match adds
+//!   `not_destination_ports` (or `destination_ports` for STRICT ports under PERMISSIVE).
+//!
+//! The output is deterministic: every list is sorted by resource name, and map-like content
+//! (policy lists, port lists) in a fixed order, so unchanged input gives identical resources
+//! and the xDS server can version them by content.
+
+mod authz;
+mod peer_auth;
+mod service;
+mod workload;
+
+use amesh_proto::istio::security::Authorization;
+use amesh_proto::istio::workload::address::Type;
+use amesh_proto::istio::workload::Address;
+
+use crate::manifests::Manifests;
+use crate::model::Model;
+use crate::warnings::Warnings;
+pub use authz::string_match;
+pub use peer_auth::{CONVERTED_PREFIX, STATIC_STRICT_POLICY};
+pub use service::resource_name as service_resource_name;
+pub use workload::pod_uid;
+
+/// Cluster-wide settings of the translation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateOptions {
+    /// Trust domain of workload identities (`spiffe://<trust domain>/ns/..`).
+    pub trust_domain: String,
+    /// Cluster id, the first part of workload uids.
+    pub cluster_id: String,
+    /// DNS suffix of service hostnames (`<svc>.<ns>.svc.<domain suffix>`).
+    pub domain_suffix: String,
+    /// Istio's root namespace: policies there without a selector apply mesh-wide.
+    pub root_namespace: String,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".to_owned(),
+            cluster_id: "Kubernetes".to_owned(),
+            domain_suffix: "cluster.local".to_owned(),
+            root_namespace: "istio-system".to_owned(),
+        }
+    }
+}
+
+/// The resources for ztunnel, each with its xDS resource name, sorted by name.
+#[derive(Debug, Clone, Default)]
+pub struct Translated {
+    /// Workloads and services (`istio.workload.Address`).
+    pub addresses: Vec<(String, Address)>,
+    /// L4 policies (`istio.security.Authorization`).
+    pub authorizations: Vec<(String, Authorization)>,
+    /// Configuration problems found on the way (also logged), sorted.
+    pub warnings: Vec<String>,
+}
+
+/// Translates manifests into ztunnel's resources.
+pub fn translate(m: &Manifests, opts: &TranslateOptions) -> Translated {
+    let mut warnings = Warnings::default();
+    let model = Model::build(m, &opts.domain_suffix, &mut warnings);
+    let policies = authz::authorization_policies(m, opts, &mut warnings);
+    let peer = peer_auth::PeerAuthn::build(m, opts, &mut warnings);
+
+    let mut addresses = Vec::with_capacity(model.pods.len() + model.services.len());
+    for pod in &model.pods {
+        let w = workload::workload(pod, &model, opts, &policies, &peer, &mut warnings);
+        addresses.push((w.uid.clone(), wrap(Type::Workload(w))));
+    }
+    for svc in &model.services {
+        let s = service::service(svc, &model, &mut warnings);
+        addresses.push((service::resource_name(&s), wrap(Type::Service(s))));
+    }
+    addresses.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut authorizations: Vec<_> = policies
+        .into_iter()
+        .map(|p| (p.resource_name, p.authorization))
+        .chain(peer.authorizations())
+        .collect();
+    authorizations.sort_by(|a, b| a.0.cmp(&b.0));
+
+    Translated {
+        addresses,
+        authorizations,
+        warnings: warnings.into_sorted(),
+    }
+}
+
+fn wrap(t: Type) -> Address {
+    Address { r#type: Some(t) }
+}

@@ -1,0 +1,400 @@
+//! From manifests to a planned cluster (no I/O): Deployments expanded into Pods, pods scheduled
+//! on nodes, pod IPs and Service ClusterIPs assigned, and the objects a real cluster's API
+//! server would then hold (Pods with `spec.nodeName` and `status.podIP`, Services with
+//! `spec.clusterIP`, Nodes) built for the controller's folder source.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    HostIP, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec,
+    PodStatus, Service,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::plan::{self, fnv1a, AddressPlan, PlanError, MAX_NODES};
+use crate::state::{ServiceInfo, ServicePortInfo};
+
+/// The namespace of objects that do not name one.
+const DEFAULT_NAMESPACE: &str = "default";
+/// Kubernetes' alphabet for generated name suffixes (no vowels, no look-alikes).
+const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// Manifests that cannot become a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    #[error("pod {pod} asks for node {node:?} (spec.nodeName), but the lab has nodes node1..node{nodes}")]
+    UnknownNode {
+        pod: String,
+        node: String,
+        nodes: usize,
+    },
+    #[error("the lab needs 1..={MAX_NODES} nodes, not {0}")]
+    NodeCount(usize),
+    #[error("two pods are named {0} (a Pod and a Deployment's pod?)")]
+    DuplicatePod(String),
+    #[error("too many objects for the address plan: {0}")]
+    Plan(#[from] PlanError),
+}
+
+/// The input the lab reads: a view over the loaded manifests, so that this module does not
+/// depend on how they were loaded.
+#[derive(Debug, Default, Clone)]
+pub struct Input {
+    pub pods: Vec<Pod>,
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    /// User-provided Nodes (for their labels), by name.
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// A pod the lab will create.
+#[derive(Debug, Clone)]
+pub struct PlannedPod {
+    /// The Pod object as written for the controller.
+    pub pod: Pod,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// 1-based node number.
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// The pod's `version` label, for the echo app.
+    pub version: String,
+    /// TCP ports the echo app listens on.
+    pub ports: Vec<u16>,
+}
+
+/// The whole planned cluster.
+#[derive(Debug, Clone)]
+pub struct Expanded {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<PlannedPod>,
+    /// Services with their ClusterIPs filled in.
+    pub services: Vec<Service>,
+    pub service_infos: Vec<ServiceInfo>,
+}
+
+/// Expands, schedules and addresses everything.
+pub fn expand(input: &Input, nodes: usize, plan: &AddressPlan) -> Result<Expanded, ExpandError> {
+    if !(1..=MAX_NODES).contains(&nodes) {
+        return Err(ExpandError::NodeCount(nodes));
+    }
+    let services = assign_cluster_ips(&input.services, plan)?;
+    let mut pods: Vec<Pod> = input.pods.iter().map(normalized).collect();
+    for d in &input.deployments {
+        pods.extend(deployment_pods(d));
+    }
+    let mut seen = BTreeSet::new();
+    let mut planned = Vec::new();
+    let mut next_rr = 0usize;
+    let mut slots = vec![0usize; nodes + 1];
+    for mut pod in pods {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = format!("{namespace}/{name}");
+        if !seen.insert(key.clone()) {
+            return Err(ExpandError::DuplicatePod(key));
+        }
+        let spec = pod.spec.get_or_insert_with(PodSpec::default);
+        let node = match spec.node_name.as_deref() {
+            Some(wanted) => (1..=nodes)
+                .find(|n| plan::node_name(*n) == wanted)
+                .ok_or_else(|| ExpandError::UnknownNode {
+                    pod: key.clone(),
+                    node: wanted.to_string(),
+                    nodes,
+                })?,
+            None => {
+                next_rr += 1;
+                (next_rr - 1) % nodes + 1
+            }
+        };
+        spec.node_name = Some(plan::node_name(node));
+        let service_account = spec
+            .service_account_name
+            .get_or_insert_with(|| "default".to_string())
+            .clone();
+        let ip = plan.pod_ip(node, slots[node])?;
+        slots[node] += 1;
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let ports = listen_ports(&pod, &namespace, &labels, &services);
+        let uid = pod
+            .metadata
+            .uid
+            .get_or_insert_with(|| uid_of(&key))
+            .clone();
+        pod.status = Some(running_status(ip, plan.node_ip(node)?));
+        let version = labels
+            .get("version")
+            .or_else(|| labels.get("app.kubernetes.io/version"))
+            .cloned()
+            .unwrap_or_default();
+        planned.push(PlannedPod {
+            pod,
+            name,
+            namespace,
+            uid,
+            node,
+            ip,
+            service_account,
+            labels,
+            version,
+            ports,
+        });
+    }
+    let node_objects = (1..=nodes)
+        .map(|n| node_object(n, plan, input.nodes.get(&plan::node_name(n))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Expanded {
+        nodes: node_objects,
+        pods: planned,
+        service_infos: services.iter().map(service_info).collect(),
+        services,
+    })
+}
+
+/// A Pod as given, with the defaults the API server would fill in.
+fn normalized(pod: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        pod.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
+    }
+    pod
+}
+
+/// The pods of a Deployment, named as Kubernetes names them
+/// (`<deployment>-<template hash>-<suffix>`) and owned by the ReplicaSet Kubernetes would make
+/// (`<deployment>-<template hash>`), so that workload names derive as in a real cluster.
+fn deployment_pods(d: &Deployment) -> Vec<Pod> {
+    let namespace = d
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let spec = &d.spec;
+    let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+    // Serialising plain data cannot fail; an empty hash input would only make names less varied.
+    let template_json = serde_json::to_vec(&spec.template).unwrap_or_default();
+    let hash = safe_encode(fnv1a(&template_json), 10);
+    let rs_name = format!("{name}-{hash}");
+    let template_meta = spec.template.metadata.clone().unwrap_or_default();
+    (0..replicas)
+        .map(|i| {
+            let suffix = safe_encode(fnv1a(format!("{namespace}/{rs_name}/{i}").as_bytes()), 5);
+            let mut labels = template_meta.labels.clone().unwrap_or_default();
+            labels.insert("pod-template-hash".to_string(), hash.clone());
+            Pod {
+                metadata: ObjectMeta {
+                    name: Some(format!("{rs_name}-{suffix}")),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(labels),
+                    annotations: template_meta.annotations.clone(),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "apps/v1".to_string(),
+                        kind: "ReplicaSet".to_string(),
+                        name: rs_name.clone(),
+                        uid: uid_of(&format!("replicaset/{namespace}/{rs_name}")),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    }]),
+                    ..ObjectMeta::default()
+                },
+                spec: spec.template.spec.clone(),
+                status: None,
+            }
+        })
+        .collect()
+}
+
+/// The ports the echo app opens: every TCP containerPort, plus the numeric target ports of
+/// Services selecting the pod (manifests often leave containerPort out).
+fn listen_ports(
+    pod: &Pod,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    services: &[Service],
+) -> Vec<u16> {
+    let mut ports = BTreeSet::new();
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    for c in containers {
+        for p in c.ports.iter().flatten() {
+            let tcp = p.protocol.as_deref().is_none_or(|proto| proto == "TCP");
+            if let (true, Ok(port)) = (tcp, u16::try_from(p.container_port)) {
+                ports.insert(port);
+            }
+        }
+    }
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let same_ns = svc.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == namespace;
+        if !same_ns || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        for p in spec.ports.iter().flatten() {
+            if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+                continue;
+            }
+            let target = match &p.target_port {
+                Some(IntOrString::Int(t)) => *t,
+                Some(IntOrString::String(_)) => continue,
+                None => p.port,
+            };
+            if let Ok(t) = u16::try_from(target) {
+                ports.insert(t);
+            }
+        }
+    }
+    ports.into_iter().filter(|p| *p != 0).collect()
+}
+
+/// Services with `spec.clusterIP` set: explicit addresses are kept, `None` stays headless,
+/// ExternalName gets none, the rest get the next free address of the lab's service range.
+fn assign_cluster_ips(services: &[Service], plan: &AddressPlan) -> Result<Vec<Service>, ExpandError> {
+    let taken: BTreeSet<String> = services
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+        .collect();
+    let mut k = 0;
+    let mut out = Vec::with_capacity(services.len());
+    for svc in services {
+        let mut svc = svc.clone();
+        if svc.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+            svc.metadata.namespace = Some(DEFAULT_NAMESPACE.to_string());
+        }
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        let external = spec.type_.as_deref() == Some("ExternalName");
+        let unset = spec.cluster_ip.as_deref().is_none_or(str::is_empty);
+        if unset && !external {
+            let ip = loop {
+                let ip = plan.service_ip(k)?.to_string();
+                k += 1;
+                if !taken.contains(&ip) {
+                    break ip;
+                }
+            };
+            spec.cluster_ip = Some(ip.clone());
+            spec.cluster_ips = Some(vec![ip]);
+        }
+        out.push(svc);
+    }
+    Ok(out)
+}
+
+fn service_info(svc: &Service) -> ServiceInfo {
+    let spec = svc.spec.clone().unwrap_or_default();
+    ServiceInfo {
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        vip: spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        ports: spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| ServicePortInfo {
+                name: p.name,
+                port: u16::try_from(p.port).unwrap_or(0),
+                target_port: match p.target_port {
+                    Some(IntOrString::Int(t)) => t.to_string(),
+                    Some(IntOrString::String(s)) => s,
+                    None => p.port.to_string(),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The status a running, ready pod has.
+fn running_status(ip: Ipv4Addr, host: Ipv4Addr) -> PodStatus {
+    let condition = |t: &str| PodCondition {
+        type_: t.to_string(),
+        status: "True".to_string(),
+        ..PodCondition::default()
+    };
+    PodStatus {
+        phase: Some("Running".to_string()),
+        pod_ip: Some(ip.to_string()),
+        pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+        host_ip: Some(host.to_string()),
+        host_ips: Some(vec![HostIP { ip: host.to_string() }]),
+        conditions: Some(vec![
+            condition("PodScheduled"),
+            condition("Initialized"),
+            condition("ContainersReady"),
+            condition("Ready"),
+        ]),
+        ..PodStatus::default()
+    }
+}
+
+/// The Node object of node `n`, keeping the labels of a user-provided one.
+fn node_object(n: usize, plan: &AddressPlan, given: Option<&Node>) -> Result<Node, PlanError> {
+    let name = plan::node_name(n);
+    let mut meta = given.map(|g| g.metadata.clone()).unwrap_or_default();
+    meta.name = Some(name.clone());
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("kubernetes.io/hostname".to_string(), name.clone());
+    let cidr = plan.pod_cidr(n)?.to_string();
+    Ok(Node {
+        metadata: meta,
+        spec: Some(NodeSpec {
+            pod_cidr: Some(cidr.clone()),
+            pod_cidrs: Some(vec![cidr]),
+            ..NodeSpec::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".to_string(),
+                    address: plan.node_ip(n)?.to_string(),
+                },
+                NodeAddress {
+                    type_: "Hostname".to_string(),
+                    address: name,
+                },
+            ]),
+            ..NodeStatus::default()
+        }),
+    })
+}
+
+/// A stable UUID-shaped uid for an object key.
+fn uid_of(key: &str) -> String {
+    let a = fnv1a(key.as_bytes());
+    let b = fnv1a(format!("{key}#uid").as_bytes());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// `len` characters of Kubernetes' safe alphabet from a hash.
+fn safe_encode(mut h: u64, len: usize) -> String {
+    let mut s = String::with_capacity(len);
+    for _ in 0..len {
+        s.push(SAFE_ALPHABET[(h % SAFE_ALPHABET.len() as u64) as usize] as char);
+        h /= SAFE_ALPHABET.len() as u64;
+        if h == 0 {
+            h = fnv1a(s.as_bytes());
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+#[path = "expand_tests.rs"]
+mod tests;

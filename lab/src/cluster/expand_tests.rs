@@ -1,0 +1,160 @@
+use super::*;
+
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).unwrap()
+}
+
+fn input() -> Input {
+    Input {
+        pods: vec![yaml(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  serviceAccountName: sleep
+  containers: [{name: c, image: x}]
+"#,
+        )],
+        deployments: vec![yaml(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, version: v2}}
+    spec:
+      containers:
+      - name: web
+        image: x
+        ports: [{containerPort: 9080}, {containerPort: 53, protocol: UDP}]
+"#,
+        )],
+        services: vec![
+            yaml(
+                r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}, {name: http, port: 9080}]
+"#,
+            ),
+            yaml(
+                r#"
+apiVersion: v1
+kind: Service
+metadata: {name: fixed, namespace: shop}
+spec: {clusterIP: 10.128.128.1, ports: [{port: 1}]}
+"#,
+            ),
+            yaml(
+                r#"
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: shop}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 7000, targetPort: tcp}]}
+"#,
+            ),
+        ],
+        nodes: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn deployments_become_named_scheduled_addressed_pods() {
+    let plan = AddressPlan::new(0).unwrap();
+    let e = expand(&input(), 2, &plan).unwrap();
+    assert_eq!(e.pods.len(), 4);
+    let client = &e.pods[0];
+    assert_eq!((client.namespace.as_str(), client.name.as_str()), ("default", "client"));
+    assert_eq!(client.service_account, "sleep");
+    assert!(client.ports.is_empty());
+    // Round robin: client node1, replicas node2, node1, node2.
+    let nodes: Vec<usize> = e.pods.iter().map(|p| p.node).collect();
+    assert_eq!(nodes, vec![1, 2, 1, 2]);
+    let ips: Vec<String> = e.pods.iter().map(|p| p.ip.to_string()).collect();
+    assert_eq!(ips, ["10.128.1.2", "10.128.2.2", "10.128.1.3", "10.128.2.3"]);
+    let web = &e.pods[1];
+    assert_eq!(web.namespace, "shop");
+    assert_eq!(web.version, "v2");
+    assert_eq!(web.service_account, "default");
+    // containerPort 9080 (TCP) + Service targetPort 8080; not the UDP port.
+    assert_eq!(web.ports, vec![8080, 9080]);
+    let parts: Vec<&str> = web.name.split('-').collect();
+    assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("web", 10, 5));
+    assert_eq!(web.labels["pod-template-hash"], parts[1]);
+    let owner = &web.pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.clone()), ("ReplicaSet", format!("web-{}", parts[1])));
+    let status = web.pod.status.as_ref().unwrap();
+    assert_eq!(status.pod_ip.as_deref(), Some("10.128.2.2"));
+    assert_eq!(status.host_ip.as_deref(), Some("10.128.0.2"));
+    assert_eq!(web.pod.spec.as_ref().unwrap().node_name.as_deref(), Some("node2"));
+    // Names are stable across runs and distinct across replicas.
+    let again = expand(&input(), 2, &plan).unwrap();
+    assert_eq!(again.pods[1].name, web.name);
+    assert_ne!(e.pods[2].name, web.name);
+    assert_eq!(web.uid.len(), 36);
+    assert_ne!(e.pods[2].uid, web.uid);
+}
+
+#[test]
+fn services_get_free_cluster_ips_and_keep_explicit_ones() {
+    let plan = AddressPlan::new(0).unwrap();
+    let e = expand(&input(), 1, &plan).unwrap();
+    let vip = |name: &str| {
+        e.service_infos
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .vip
+            .map(|v| v.to_string())
+    };
+    // 10.128.128.1 is taken by "fixed", so "web" gets the next one.
+    assert_eq!(vip("web").as_deref(), Some("10.128.128.2"));
+    assert_eq!(vip("fixed").as_deref(), Some("10.128.128.1"));
+    assert_eq!(vip("headless"), None);
+    let web = e.service_infos.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!(web.ports[0].target_port, "8080");
+    assert_eq!(web.ports[1].target_port, "9080");
+    assert_eq!(
+        e.services[0].spec.as_ref().unwrap().cluster_ips,
+        Some(vec!["10.128.128.2".to_string()])
+    );
+}
+
+#[test]
+fn node_name_pins_a_pod_and_unknown_nodes_are_refused() {
+    let plan = AddressPlan::new(0).unwrap();
+    let mut i = input();
+    i.pods[0].spec.as_mut().unwrap().node_name = Some("node2".into());
+    let e = expand(&i, 2, &plan).unwrap();
+    assert_eq!(e.pods[0].node, 2);
+    let err = expand(&i, 1, &plan).unwrap_err();
+    assert!(err.to_string().contains("node2"), "{err}");
+    assert!(matches!(expand(&i, 0, &plan), Err(ExpandError::NodeCount(0))));
+}
+
+#[test]
+fn nodes_have_addresses_and_pod_cidrs() {
+    let plan = AddressPlan::new(1).unwrap();
+    let e = expand(&Input::default(), 3, &plan).unwrap();
+    assert_eq!(e.nodes.len(), 3);
+    let n3 = &e.nodes[2];
+    assert_eq!(n3.metadata.name.as_deref(), Some("node3"));
+    assert_eq!(n3.spec.as_ref().unwrap().pod_cidr.as_deref(), Some("10.129.3.0/24"));
+    let addrs = n3.status.as_ref().unwrap().addresses.as_ref().unwrap();
+    assert_eq!(addrs[0].address, "10.129.0.3");
+}
+
+#[test]
+fn safe_names() {
+    let s = safe_encode(12345, 10);
+    assert_eq!(s.len(), 10);
+    assert!(s.bytes().all(|b| SAFE_ALPHABET.contains(&b)));
+    assert_ne!(safe_encode(1, 5), safe_encode(2, 5));
+}

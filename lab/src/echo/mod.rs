@@ -1,0 +1,127 @@
+//! The echo app that stands in for every container of a lab pod. On each port it sniffs the
+//! first bytes: the HTTP/2 preface → HTTP/2 (h2c), an HTTP/1 request line → HTTP/1.1, anything
+//! else → raw TCP echo (bytes back until the client's EOF, then our own FIN).
+
+mod http;
+mod reply;
+mod sniff;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use self::http::ConnAddrs;
+pub use self::reply::EchoReply;
+pub use self::sniff::{classify, Protocol, Sniff, H2_PREFACE};
+use self::sniff::{Rewind, MAX_REQUEST_LINE};
+
+/// How long a connection may stay ambiguous (e.g. a raw client that sent just "GET") before it
+/// is treated as raw TCP.
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Who this echo app pretends to be.
+#[derive(Clone, Debug, Default)]
+pub struct EchoConfig {
+    pub pod: String,
+    pub namespace: String,
+    /// The pod's `version` label.
+    pub version: String,
+    pub node: String,
+    pub ports: Vec<u16>,
+}
+
+/// An echo app that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    #[error("cannot listen on port {port}: {source} (is another process using it in this pod?)")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds every port (all IPv4 addresses of the netns) and serves forever. With no ports it
+/// just waits, like a container that only makes outgoing calls.
+pub async fn run(config: EchoConfig) -> Result<(), EchoError> {
+    let config = Arc::new(config);
+    let mut listeners = Vec::new();
+    for &port in &config.ports {
+        let l = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|source| EchoError::Bind { port, source })?;
+        listeners.push(l);
+    }
+    tracing::info!(pod = %config.pod, namespace = %config.namespace, ports = ?config.ports, "echo app listening");
+    for l in listeners {
+        tokio::spawn(accept_loop(l, Arc::clone(&config)));
+    }
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, config: Arc<EchoConfig>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, Arc::clone(&config)));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection, whatever it speaks.
+pub async fn handle(mut stream: TcpStream, config: Arc<EchoConfig>) {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let addrs = ConnAddrs { peer, local };
+    let mut buf = BytesMut::with_capacity(1024);
+    let protocol = loop {
+        if let Sniff::Known(p) = classify(&buf) {
+            break p;
+        }
+        match tokio::time::timeout(SNIFF_TIMEOUT, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break Protocol::Raw,
+            Ok(Ok(_)) if buf.len() >= MAX_REQUEST_LINE => break Protocol::Raw,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "read failed");
+                return;
+            }
+        }
+    };
+    tracing::debug!(%peer, %local, ?protocol, "connection");
+    let prefix = buf.freeze();
+    match protocol {
+        Protocol::Raw => {
+            if let Err(e) = echo_raw(stream, &prefix).await {
+                tracing::debug!(%peer, error = %e, "raw echo ended with an error");
+            }
+        }
+        Protocol::Http1 | Protocol::Http2 => {
+            let io = Rewind::new(prefix, stream);
+            if let Err(e) = http::serve(io, protocol, config, addrs).await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+    }
+}
+
+/// Echoes bytes until the client half-closes, then half-closes too, so a client that shuts
+/// down its write side still receives everything it sent.
+async fn echo_raw(mut stream: TcpStream, prefix: &[u8]) -> std::io::Result<()> {
+    let (mut rd, mut wr) = stream.split();
+    wr.write_all(prefix).await?;
+    tokio::io::copy(&mut rd, &mut wr).await?;
+    wr.shutdown().await
+}

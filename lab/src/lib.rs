@@ -1,0 +1,29 @@
+//! amesh-lab: a whole cluster on one Linux machine. Nodes and pods are network namespaces
+//! behind a private bridge, every container is replaced by the built-in echo app, and all names
+//! and addresses derive from the lab's id and index so that labs never collide and leftovers of
+//! a crash can always be found and removed.
+//!
+//! - [`plan`]: names and the address plan.
+//! - [`topology`] over [`netns`] and [`cmd`]: the network (bridge, nodes, pods, routes).
+//! - [`cluster`]: [`Lab`] — manifests in, a running cluster out; [`hooks`] for the mesh.
+//! - [`reap`]: `down`, `down_all`, `cleanup_stale` from any process, via [`rundir`] and [`state`].
+//! - [`echo`]: the app in every pod; [`client`]: talking to it from inside a pod.
+
+pub mod client;
+pub mod cluster;
+pub mod cmd;
+pub mod echo;
+pub mod hooks;
+pub mod netns;
+pub mod plan;
+pub mod process;
+pub mod reap;
+pub mod rundir;
+pub mod state;
+pub mod summary;
+pub mod topology;
+
+pub use cluster::{Lab, LabError, LabOptions};
+pub use plan::{AddressPlan, LabId};
+pub use reap::{cleanup_stale, down, down_all};
+pub use state::{LabState, NodeInfo, PodInfo, ServiceInfo};

@@ -1,0 +1,267 @@
+//! `amesh-lab`: bring a lab cluster up from manifests, look at it, run commands in its pods,
+//! tear it down. Also the echo app and the keeper that lab processes run as.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use lab::client::{self, HttpVersion};
+use lab::echo::{self, EchoConfig};
+use lab::{reap, summary, Lab, LabId, LabOptions, LabState};
+
+#[derive(Parser)]
+#[command(name = "amesh-lab", about = "A cluster of network namespaces on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bring a lab up from a folder of Kubernetes manifests and print its summary.
+    Up {
+        /// Folder (or file) of manifests.
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Lab id (1-12 of [a-z0-9]); random if not given.
+        #[arg(long)]
+        id: Option<LabId>,
+        /// Stay in the foreground and tear the lab down on Ctrl-C / SIGTERM.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Tear a lab down (the only one, the one given, or all).
+    Down {
+        #[arg(long, conflicts_with = "all")]
+        id: Option<LabId>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        #[arg(long)]
+        id: Option<LabId>,
+        /// Pod name, or NAMESPACE/NAME.
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show the labs on this machine.
+    Status {
+        #[arg(long)]
+        id: Option<LabId>,
+        /// Print state.json instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Talk to an echo app from inside a pod: raw TCP echo, or an HTTP GET.
+    Client(ClientArgs),
+    /// (internal) The echo app of a pod.
+    #[command(hide = true)]
+    Echo(EchoArgs),
+    /// (internal) Holds a detached lab's lock until killed.
+    #[command(hide = true)]
+    Keep {
+        #[arg(long)]
+        id: LabId,
+    },
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    #[arg(long)]
+    id: Option<LabId>,
+    /// The pod to connect from (name or NAMESPACE/NAME).
+    #[arg(long)]
+    from: String,
+    /// Where to connect (IP:PORT).
+    addr: SocketAddr,
+    /// Send an HTTP/1.1 GET instead of a raw echo.
+    #[arg(long, conflicts_with = "http2")]
+    http1: bool,
+    /// Send an HTTP/2 (h2c) GET instead of a raw echo.
+    #[arg(long)]
+    http2: bool,
+    /// Path of the HTTP request.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Message of the raw echo.
+    #[arg(long, default_value = "hello")]
+    message: String,
+    #[arg(long, default_value_t = 5)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    #[arg(long)]
+    pod: String,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long, default_value = "")]
+    version: String,
+    #[arg(long, default_value = "")]
+    node: String,
+    /// Comma-separated TCP ports.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    ports: Vec<u16>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amesh-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Up {
+            dir,
+            nodes,
+            id,
+            foreground,
+        } => up(dir, nodes, id, foreground),
+        Cmd::Down { id, all } => {
+            if all {
+                for id in reap::down_all()? {
+                    println!("removed lab {id}");
+                }
+            } else {
+                let id = reap::resolve(id.as_ref())?;
+                reap::down(&id)?;
+                println!("removed lab {id}");
+            }
+            Ok(())
+        }
+        Cmd::Exec { id, pod, command } => {
+            let state = load(id.as_ref())?;
+            let pod = state.pod(&pod)?;
+            let err = Command::new("ip")
+                .args(["netns", "exec", &pod.netns])
+                .args(&command)
+                .exec();
+            bail!("cannot run `ip netns exec {} ...`: {err}", pod.netns)
+        }
+        Cmd::Status { id, json } => status(id, json),
+        Cmd::Client(args) => client_cmd(args),
+        Cmd::Echo(args) => {
+            let config = EchoConfig {
+                pod: args.pod,
+                namespace: args.namespace,
+                version: args.version,
+                node: args.node,
+                ports: args.ports,
+            };
+            // One thread per pod app is plenty, and keeps a lab of many pods light.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?;
+            rt.block_on(echo::run(config))?;
+            Ok(())
+        }
+        Cmd::Keep { id } => {
+            tracing::info!(lab = %id, "keeping the lab alive until killed");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn up(dir: PathBuf, nodes: usize, id: Option<LabId>, foreground: bool) -> anyhow::Result<()> {
+    let options = LabOptions {
+        id,
+        ..LabOptions::default()
+    };
+    let lab = Lab::up(&dir, nodes, options)
+        .with_context(|| format!("bringing up a lab from {}", dir.display()))?;
+    print!("{}", summary::render(lab.state(), true));
+    if !foreground {
+        let state = lab.detach()?;
+        println!("\n`amesh-lab exec POD -- CMD` runs a command in a pod; `amesh-lab down --id {}` removes the lab.", state.id);
+        return Ok(());
+    }
+    println!("\nrunning in the foreground; Ctrl-C tears the lab down");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+    .context("waiting for a signal")?;
+    lab.down()?;
+    Ok(())
+}
+
+fn load(id: Option<&LabId>) -> anyhow::Result<LabState> {
+    let id = reap::resolve(id)?;
+    Ok(LabState::load(&id)?)
+}
+
+fn status(id: Option<LabId>, json: bool) -> anyhow::Result<()> {
+    let labs = reap::list();
+    let labs: Vec<_> = labs
+        .into_iter()
+        .filter(|l| id.as_ref().is_none_or(|id| &l.id == id))
+        .collect();
+    if labs.is_empty() {
+        println!("no labs");
+        return Ok(());
+    }
+    for l in labs {
+        match (&l.state, json) {
+            (Some(state), true) => println!("{}", serde_json::to_string_pretty(state)?),
+            (Some(state), false) => print!("{}", summary::render(state, l.alive)),
+            (None, _) => println!("lab {}: leftovers without a state file (`amesh-lab down --id {}` removes them)", l.id, l.id),
+        }
+    }
+    Ok(())
+}
+
+fn client_cmd(args: ClientArgs) -> anyhow::Result<()> {
+    let state = load(args.id.as_ref())?;
+    let pod = state.pod(&args.from)?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let stream = client::connect_in(&pod.netns, args.addr, timeout)?;
+    let version = match (args.http1, args.http2) {
+        (true, _) => HttpVersion::Http1,
+        (_, true) => HttpVersion::Http2,
+        _ => {
+            let mut stream = stream;
+            let back = client::tcp_echo(&mut stream, args.message.as_bytes())?;
+            println!("{}", String::from_utf8_lossy(&back));
+            return Ok(());
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let authority = args.addr.to_string();
+    let (status, reply) = rt.block_on(client::http_get(stream, version, &authority, &args.path, timeout))?;
+    println!("{status}");
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The lab's network: a private root netns with a bridge, one netns per node on the bridge, one
+//! netns per pod behind a veth to its node. Plain routing, no NAT, no overlay: every pod reaches
+//! every pod by its own address, as a Kubernetes CNI guarantees.
+//!
+//! ```text
+//!  root netns: br0 10.X.0.254 ── node1 ─veth─ eth0 10.X.0.1 (netns node1) ── vethAAAA ─veth─ eth0 10.X.1.2/32 (pod)
+//!                             └─ node2 ─veth─ eth0 10.X.0.2 (netns node2) ── vethBBBB ─veth─ eth0 10.X.2.2/32 (pod)
+//! ```
+//!
+//! Pods route everything via `169.254.1.1` (the node end of their veth, permanent neighbour
+//! entry); nodes route each local pod's /32 to its veth and other nodes' pod CIDRs via those
+//! nodes' addresses.
+
+use std::net::Ipv4Addr;
+
+use crate::cmd::{ip_in, CmdError};
+use crate::netns::{self, NetnsError};
+use crate::plan::{
+    self, AddressPlan, LabId, PlanError, BRIDGE, POD_GATEWAY, POD_GATEWAY_MAC, UPLINK,
+};
+use crate::state::NodeInfo;
+
+/// A piece of the lab network that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("building {what}: {source}")]
+    Cmd {
+        what: String,
+        #[source]
+        source: CmdError,
+    },
+    #[error("building {what}: {source}")]
+    Netns {
+        what: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("network namespace {0} already exists: a leftover of another run? (`amesh-lab down --all` removes it)")]
+    Exists(String),
+}
+
+fn cmd_err(what: impl Into<String>) -> impl FnOnce(CmdError) -> TopologyError {
+    let what = what.into();
+    move |source| TopologyError::Cmd { what, source }
+}
+
+fn ns_err(what: impl Into<String>) -> impl FnOnce(NetnsError) -> TopologyError {
+    let what = what.into();
+    move |source| TopologyError::Netns { what, source }
+}
+
+fn new_netns(name: &str, what: &str) -> Result<(), TopologyError> {
+    if netns::exists(name) {
+        return Err(TopologyError::Exists(name.to_string()));
+    }
+    netns::add(name).map_err(ns_err(what))
+}
+
+/// Creates the root netns with the bridge `br0` and the root's own address on it.
+pub fn create_root(id: &LabId, plan: &AddressPlan) -> Result<String, TopologyError> {
+    let root = id.root_netns();
+    let what = format!("root netns {root}");
+    new_netns(&root, &what)?;
+    let addr = format!("{}/{}", plan.root_ip(), plan.node_cidr().prefix_len());
+    ip_in(&root, ["link", "add", BRIDGE, "type", "bridge"]).map_err(cmd_err(&what))?;
+    ip_in(&root, ["addr", "add", &addr, "dev", BRIDGE]).map_err(cmd_err(&what))?;
+    ip_in(&root, ["link", "set", BRIDGE, "up"]).map_err(cmd_err(&what))?;
+    Ok(root)
+}
+
+/// Creates node number `n`: its netns, a veth to the bridge, its address, forwarding on, and
+/// a route from the root netns to its pod CIDR.
+pub fn add_node(id: &LabId, plan: &AddressPlan, n: usize) -> Result<NodeInfo, TopologyError> {
+    let name = plan::node_name(n);
+    let node = NodeInfo {
+        netns: id.node_netns(&name),
+        ip: plan.node_ip(n)?,
+        pod_cidr: plan.pod_cidr(n)?,
+        number: n,
+        name,
+    };
+    let what = format!("node {} (netns {})", node.name, node.netns);
+    new_netns(&node.netns, &what)?;
+    // Before any interface exists, so that `default` applies to the veths made later. Loose or
+    // strict reverse-path filtering would drop replies ztunnel sends with a pod's address.
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ] {
+        netns::sysctl(&node.netns, key, value).map_err(ns_err(&what))?;
+    }
+    let root = id.root_netns();
+    let port = plan::node_port(n);
+    let addr = format!("{}/{}", node.ip, plan.node_cidr().prefix_len());
+    let cidr = node.pod_cidr.to_string();
+    let node_ip = node.ip.to_string();
+    let steps: [(&str, Vec<&str>); 6] = [
+        (
+            &root,
+            vec![
+                "link", "add", &port, "type", "veth", "peer", "name", UPLINK, "netns",
+                &node.netns,
+            ],
+        ),
+        (&root, vec!["link", "set", &port, "master", BRIDGE, "up"]),
+        (&node.netns, vec!["addr", "add", &addr, "dev", UPLINK]),
+        (&node.netns, vec!["link", "set", UPLINK, "up"]),
+        (&root, vec!["route", "add", &cidr, "via", &node_ip]),
+        (&node.netns, vec!["link", "set", "lo", "up"]),
+    ];
+    for (ns, args) in steps {
+        ip_in(ns, args).map_err(cmd_err(&what))?;
+    }
+    Ok(node)
+}
+
+/// Makes every node route the other nodes' pod CIDRs via their node addresses.
+pub fn route_between_nodes(nodes: &[NodeInfo]) -> Result<(), TopologyError> {
+    for from in nodes {
+        for to in nodes.iter().filter(|n| n.number != from.number) {
+            let what = format!("route {} -> {}", from.name, to.name);
+            let cidr = to.pod_cidr.to_string();
+            let via = to.ip.to_string();
+            ip_in(&from.netns, ["route", "add", &cidr, "via", &via]).map_err(cmd_err(what))?;
+        }
+    }
+    Ok(())
+}
+
+/// The network side of a pod, as created by [`add_pod`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNet {
+    pub netns: String,
+    /// Node side of the veth.
+    pub veth: String,
+}
+
+/// Creates a pod's netns and wires it to `node`: veth pair, the pod's /32 with a default route
+/// via the link-local gateway, and the node's /32 route back. This is what the main CNI plugin
+/// (the one amesh-cni chains after) does in a real cluster.
+pub fn add_pod(
+    id: &LabId,
+    node: &NodeInfo,
+    namespace: &str,
+    pod: &str,
+    ip: Ipv4Addr,
+) -> Result<PodNet, TopologyError> {
+    let net = PodNet {
+        netns: id.pod_netns(namespace, pod),
+        veth: plan::pod_veth(namespace, pod),
+    };
+    let what = format!("pod {namespace}/{pod} (netns {})", net.netns);
+    new_netns(&net.netns, &what)?;
+    for (key, value) in [
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ] {
+        netns::sysctl(&net.netns, key, value).map_err(ns_err(&what))?;
+    }
+    let pod_addr = format!("{ip}/32");
+    let gw = POD_GATEWAY.to_string();
+    let node_ip = node.ip.to_string();
+    let steps: [(&str, Vec<&str>); 8] = [
+        (
+            &node.netns,
+            vec![
+                "link", "add", &net.veth, "address", POD_GATEWAY_MAC, "type", "veth", "peer",
+                "name", UPLINK, "netns", &net.netns,
+            ],
+        ),
+        (&node.netns, vec!["link", "set", &net.veth, "up"]),
+        (&net.netns, vec!["addr", "add", &pod_addr, "dev", UPLINK]),
+        (&net.netns, vec!["link", "set", UPLINK, "up"]),
+        (
+            &net.netns,
+            vec!["route", "add", &gw, "dev", UPLINK, "scope", "link"],
+        ),
+        (
+            &net.netns,
+            vec!["route", "add", "default", "via", &gw, "dev", UPLINK],
+        ),
+        (
+            &net.netns,
+            vec![
+                "neigh", "replace", &gw, "lladdr", POD_GATEWAY_MAC, "dev", UPLINK, "nud",
+                "permanent",
+            ],
+        ),
+        (
+            &node.netns,
+            vec![
+                "route", "add", &pod_addr, "dev", &net.veth, "scope", "link", "src", &node_ip,
+            ],
+        ),
+    ];
+    for (ns, args) in steps {
+        ip_in(ns, args).map_err(cmd_err(&what))?;
+    }
+    Ok(net)
+}
+
+/// Deletes a pod's netns (its veth and the node's route go with it).
+pub fn delete_pod(netns_name: &str) -> Result<(), TopologyError> {
+    netns::delete(netns_name).map_err(ns_err(format!("deleting pod netns {netns_name}")))
+}
+
+/// Deletes every netns of lab `id`: pods, then nodes, then the root. Deleting a netns destroys
+/// its interfaces, and a veth dies with either end, so no link survives. Continues past
+/// failures and reports the first.
+pub fn destroy(id: &LabId) -> Result<(), TopologyError> {
+    let prefix = id.netns_prefix();
+    let root = id.root_netns();
+    let mut all: Vec<String> = netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    // Pods first (their names contain a dot), then nodes, the root last.
+    all.sort_by_key(|n| (n == &root, !n.contains('.')));
+    let mut first_err = None;
+    for name in all {
+        if let Err(e) = netns::delete(&name) {
+            tracing::warn!(netns = %name, error = %e, "cannot delete netns");
+            first_err.get_or_insert(ns_err(format!("deleting netns {name}"))(e));
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

@@ -1,0 +1,142 @@
+//! L4 authorization of inbound connections, with Istio's semantics.
+//!
+//! The policies that apply to a destination workload are the global ones, the NAMESPACE-scoped
+//! ones of its namespace and the ones it names ([`Snapshot::policies_for`]). Then: any matching
+//! DENY denies; else, with no ALLOW policy the connection is allowed; else a matching ALLOW
+//! allows; else it is denied. Dry-run policies take no part in the decision: they are
+//! evaluated on the side and what they would have changed is logged.
+
+mod matcher;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::state::{Policy, PolicyAction, Snapshot, Workload};
+use crate::Identity;
+
+use matcher::{policy_matches, Peer};
+
+/// What authorization knows about a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub src_ip: IpAddr,
+    /// The peer's verified identity; `None` for plaintext (15006) connections.
+    pub src_identity: Option<Identity>,
+    pub dst_ip: IpAddr,
+    /// The app's target port (after service port → target port mapping).
+    pub dst_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Why the verdict is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No DENY matched and no ALLOW policy applies.
+    NoAllowPolicies,
+    /// The named ALLOW policy matched.
+    AllowMatched,
+    /// The named DENY policy matched.
+    DenyMatched,
+    /// ALLOW policies apply, and none matched.
+    NoAllowMatched,
+}
+
+/// The outcome of [`authorize`], for the data path, access logs and the 401 reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The deciding policy, `ns/name`, when one policy decided.
+    pub policy: Option<String>,
+    pub reason: Reason,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.verdict == Verdict::Allow
+    }
+
+    fn by(verdict: Verdict, reason: Reason, policy: &Policy) -> Decision {
+        Decision {
+            verdict,
+            policy: Some(policy.key()),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let policy = self.policy.as_deref().unwrap_or("?");
+        match self.reason {
+            Reason::NoAllowPolicies => f.write_str("allowed: no ALLOW policy applies"),
+            Reason::AllowMatched => write!(f, "allowed by policy {policy}"),
+            Reason::DenyMatched => write!(f, "denied by DENY policy {policy}"),
+            Reason::NoAllowMatched => f.write_str("denied: no ALLOW policy matched"),
+        }
+    }
+}
+
+/// Decides whether `conn` may reach `dst`.
+pub fn authorize(snapshot: &Snapshot, dst: &Workload, conn: &ConnInfo) -> Decision {
+    let peer = Peer::new(conn);
+    let decision = decide(snapshot.policies_for(dst).filter(|p| !p.dry_run), &peer);
+    if snapshot.policies_for(dst).any(|p| p.dry_run) {
+        // What the decision would be if dry-run policies were enforced.
+        let shadow = decide(snapshot.policies_for(dst), &peer);
+        if shadow != decision {
+            tracing::info!(
+                src = %conn.src_ip,
+                identity = ?conn.src_identity,
+                dst = %conn.dst_ip,
+                port = conn.dst_port,
+                workload = %dst.uid,
+                actual = %decision,
+                dry_run = %shadow,
+                "dry-run policy would change the decision"
+            );
+        } else {
+            tracing::debug!(workload = %dst.uid, decision = %decision, "dry-run policies agree");
+        }
+    }
+    decision
+}
+
+fn decide<'a>(policies: impl Iterator<Item = &'a Arc<Policy>>, peer: &Peer<'_>) -> Decision {
+    let mut any_allow = false;
+    let mut allowed_by: Option<&Policy> = None;
+    for p in policies {
+        match p.action {
+            PolicyAction::Deny => {
+                if policy_matches(p, peer) {
+                    return Decision::by(Verdict::Deny, Reason::DenyMatched, p);
+                }
+            }
+            PolicyAction::Allow => {
+                any_allow = true;
+                // Keep looking after a match: a later DENY still wins.
+                if allowed_by.is_none() && policy_matches(p, peer) {
+                    allowed_by = Some(p);
+                }
+            }
+        }
+    }
+    match (allowed_by, any_allow) {
+        (Some(p), _) => Decision::by(Verdict::Allow, Reason::AllowMatched, p),
+        (None, false) => Decision {
+            verdict: Verdict::Allow,
+            policy: None,
+            reason: Reason::NoAllowPolicies,
+        },
+        (None, true) => Decision {
+            verdict: Verdict::Deny,
+            policy: None,
+            reason: Reason::NoAllowMatched,
+        },
+    }
+}

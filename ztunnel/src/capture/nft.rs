@@ -1,0 +1,218 @@
+//! nftables capture inside the pod's netns, with the behaviour of Istio's in-pod rules:
+//!
+//! - outbound TCP not marked by ztunnel and not to 127.0.0.1 → 15001;
+//! - DNS (UDP and TCP 53) not marked → 15053;
+//! - inbound TCP to the pod, not to 15008 and not marked → 15006;
+//! - loopback traffic, kubelet probes (from 169.254.7.127) and replies to them pass untouched;
+//! - packets of ztunnel's marked sockets (0x539) set connmark 0x111; output restores it as the
+//!   packet mark, and `fwmark 0x111/0xfff → table 100 (local 0.0.0.0/0 dev lo)` delivers the
+//!   app's replies to a spoofed client address back to ztunnel's transparent socket.
+//!
+//! Everything lives in one table (`inet amesh`) replaced atomically, so re-installing after a
+//! ztunnel restart is idempotent and never leaves the pod half-captured.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::{CaptureError, PodNetns};
+use crate::sockets::ports;
+
+/// Connmark that marks connections made by ztunnel's sockets.
+pub const CONNMARK: u32 = 0x111;
+/// Routing table for replies to spoofed sources.
+pub const ROUTE_TABLE: u32 = 100;
+/// Source address of kubelet probes (SNATed by the CNI).
+pub const PROBE_SOURCE: &str = "169.254.7.127";
+const MASK: u32 = 0xfff;
+const TABLE: &str = "amesh";
+
+/// The whole ruleset, as one nft transaction.
+pub fn ruleset(mark: u32) -> String {
+    let mark = mark & MASK;
+    format!(
+        r#"table inet {TABLE} {{}}
+delete table inet {TABLE}
+table inet {TABLE} {{
+  chain mangle_prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    meta mark & {MASK:#x} == {mark:#x} ct mark set ct mark & 0xfffff000 | {CONNMARK:#x}
+  }}
+  chain mangle_output {{
+    type route hook output priority mangle; policy accept;
+    ct mark & {MASK:#x} == {CONNMARK:#x} meta mark set ct mark
+  }}
+  chain nat_prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip saddr {PROBE_SOURCE} meta l4proto tcp return
+    meta mark & {MASK:#x} == {mark:#x} return
+    meta l4proto tcp ip daddr != 127.0.0.1 tcp dport != {hbone} redirect to :{inbound}
+    meta l4proto tcp ip6 daddr != ::1 tcp dport != {hbone} redirect to :{inbound}
+  }}
+  chain nat_output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr {PROBE_SOURCE} meta l4proto tcp return
+    meta mark & {MASK:#x} == {mark:#x} return
+    ct mark & {MASK:#x} == {CONNMARK:#x} return
+    udp dport 53 redirect to :{dns}
+    ip daddr != 127.0.0.1 tcp dport 53 redirect to :{dns}
+    oifname "lo" return
+    meta l4proto tcp ip daddr != 127.0.0.1 redirect to :{outbound}
+    meta l4proto tcp ip6 daddr != ::1 redirect to :{outbound}
+  }}
+}}
+"#,
+        hbone = ports::HBONE,
+        inbound = ports::INBOUND_PLAIN,
+        dns = ports::DNS,
+        outbound = ports::OUTBOUND,
+    )
+}
+
+async fn run(
+    pod: &PodNetns,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, CaptureError> {
+    let netns_arg = format!("--net={}", pod.netns.display());
+    let command = format!("{program} {}", args.join(" "));
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(&netns_arg)
+        .arg(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| CaptureError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|source| CaptureError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| CaptureError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(CaptureError::Command {
+            command,
+            netns: pod.netns.clone(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn exists(e: &CaptureError) -> bool {
+    matches!(e, CaptureError::Command { stderr, .. } if stderr.contains("File exists"))
+}
+
+fn missing(e: &CaptureError) -> bool {
+    matches!(e, CaptureError::Command { stderr, .. }
+        if stderr.contains("No such file") || stderr.contains("No such process") || stderr.contains("does not exist"))
+}
+
+/// Installs (or re-installs) capture in the pod's netns.
+pub async fn install(pod: &PodNetns) -> Result<(), CaptureError> {
+    let fwmark = format!("{CONNMARK:#x}/{MASK:#x}");
+    let table = ROUTE_TABLE.to_string();
+    for family in ["-4", "-6"] {
+        let rule = run(
+            pod,
+            "ip",
+            &[
+                family, "rule", "add", "fwmark", &fwmark, "pref", "32764", "lookup", &table,
+            ],
+            None,
+        )
+        .await;
+        match rule {
+            Err(e) if !exists(&e) => return Err(e),
+            _ => {}
+        }
+        let any = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
+        run(
+            pod,
+            "ip",
+            &[
+                family, "route", "replace", "local", any, "dev", "lo", "table", &table,
+            ],
+            None,
+        )
+        .await?;
+    }
+    run(pod, "nft", &["-f", "-"], Some(&ruleset(pod.mark))).await?;
+    Ok(())
+}
+
+/// Removes capture; a netns that is already gone counts as removed.
+pub async fn remove(pod: &PodNetns) -> Result<(), CaptureError> {
+    if !pod.netns.exists() {
+        return Ok(());
+    }
+    let fwmark = format!("{CONNMARK:#x}/{MASK:#x}");
+    let table = ROUTE_TABLE.to_string();
+    let script = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
+    run(pod, "nft", &["-f", "-"], Some(&script)).await?;
+    for family in ["-4", "-6"] {
+        match run(
+            pod,
+            "ip",
+            &[
+                family, "rule", "del", "fwmark", &fwmark, "pref", "32764", "lookup", &table,
+            ],
+            None,
+        )
+        .await
+        {
+            Err(e) if !missing(&e) => return Err(e),
+            _ => {}
+        }
+        match run(
+            pod,
+            "ip",
+            &[family, "route", "flush", "table", &table],
+            None,
+        )
+        .await
+        {
+            Err(e) if !missing(&e) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_names_istio_ports_and_marks() {
+        let r = ruleset(0x539);
+        assert!(r.contains("redirect to :15001"));
+        assert!(r.contains("redirect to :15006"));
+        assert!(r.contains("redirect to :15053"));
+        assert!(r.contains("tcp dport != 15008"));
+        assert!(r.contains("meta mark & 0xfff == 0x539"));
+        assert!(r.contains("ct mark set ct mark & 0xfffff000 | 0x111"));
+        assert!(r.contains("ip saddr 169.254.7.127"));
+    }
+}

@@ -1,0 +1,273 @@
+//! ztunnel configuration from environment variables. Names follow Istio's ztunnel where the
+//! meaning is the same, so existing DaemonSet manifests carry over.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::capture::CaptureMode;
+
+/// Where workload certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// Istio's `IstioCertificateService` at this URL (`CA_ADDRESS`).
+    Remote { address: String },
+    /// A CA key and root on local disk (`LOCAL_CA_DIR`): the lab before the controller, tests.
+    LocalDir(PathBuf),
+}
+
+/// Where workloads, services and policies come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Delta ADS at this URL (`XDS_ADDRESS`).
+    Xds { address: String },
+    /// Istio ztunnel's local YAML file (`LOCAL_XDS_PATH`), watched.
+    LocalFile(PathBuf),
+}
+
+/// Shared: one ztunnel for the node's pods. Dedicated: ztunnel serves the one workload whose
+/// network namespace it runs in (VMs, bare metal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyMode {
+    Shared,
+    Dedicated {
+        namespace: String,
+        name: String,
+        service_account: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub config_source: ConfigSource,
+    pub ca: CaSource,
+    pub trust_domain: String,
+    pub cluster_id: String,
+    pub node_name: String,
+    pub packet_mark: u32,
+    pub capture: CaptureMode,
+    pub proxy_mode: ProxyMode,
+    /// Unix socket the CNI plugin talks to.
+    pub cni_socket: PathBuf,
+    /// Persisted set of captured pods.
+    pub state_file: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    pub cert_ttl: Duration,
+    pub drain_deadline: Duration,
+    /// Bearer token for the CA and xDS (a ServiceAccount token, or the lab's bootstrap token).
+    pub token: Option<String>,
+    /// JSON access logs instead of text.
+    pub json_logs: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is required{hint}")]
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
+    #[error("{var}={value:?} is invalid: {why}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_map(&std::env::vars().collect())
+    }
+
+    pub fn from_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let invalid =
+            |var: &'static str, value: &str, why: &dyn std::fmt::Display| ConfigError::Invalid {
+                var,
+                value: value.to_string(),
+                why: why.to_string(),
+            };
+        let addr = |var: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
+            let v = get(var).unwrap_or_else(|| default.to_string());
+            v.parse().map_err(|e| invalid(var, &v, &e))
+        };
+        let config_source = match (get("XDS_ADDRESS"), get("LOCAL_XDS_PATH")) {
+            (_, Some(path)) => ConfigSource::LocalFile(path.into()),
+            (Some(address), None) => ConfigSource::Xds { address },
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    var: "XDS_ADDRESS",
+                    hint: " (or LOCAL_XDS_PATH for a local config file)",
+                })
+            }
+        };
+        let ca = match (get("CA_ADDRESS"), get("LOCAL_CA_DIR")) {
+            (_, Some(dir)) => CaSource::LocalDir(dir.into()),
+            (Some(address), None) => CaSource::Remote { address },
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    var: "CA_ADDRESS",
+                    hint: " (or LOCAL_CA_DIR for a CA on local disk)",
+                })
+            }
+        };
+        let packet_mark = match get("PACKET_MARK") {
+            None => crate::sockets::DEFAULT_MARK,
+            Some(v) => parse_u32(&v).ok_or_else(|| {
+                invalid("PACKET_MARK", &v, &"expected a number like 1337 or 0x539")
+            })?,
+        };
+        let capture =
+            CaptureMode::parse(&get("CAPTURE_MODE").unwrap_or_default()).map_err(|why| {
+                invalid(
+                    "CAPTURE_MODE",
+                    &get("CAPTURE_MODE").unwrap_or_default(),
+                    &why,
+                )
+            })?;
+        let proxy_mode = match get("PROXY_MODE").as_deref() {
+            None | Some("shared") => ProxyMode::Shared,
+            Some("dedicated") => {
+                let info = get("PROXY_WORKLOAD_INFO").ok_or(ConfigError::Missing {
+                    var: "PROXY_WORKLOAD_INFO",
+                    hint: " with PROXY_MODE=dedicated, as <namespace>/<name>/<service account>",
+                })?;
+                let parts: Vec<&str> = info.split('/').collect();
+                match parts[..] {
+                    [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
+                        ProxyMode::Dedicated {
+                            namespace: ns.into(),
+                            name: name.into(),
+                            service_account: sa.into(),
+                        }
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "PROXY_WORKLOAD_INFO",
+                            &info,
+                            &"expected <namespace>/<name>/<service account>",
+                        ))
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "PROXY_MODE",
+                    other,
+                    &"expected shared or dedicated",
+                ))
+            }
+        };
+        let secs = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            match get(var) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|e| invalid(var, &v, &e)),
+            }
+        };
+        let node_name = get("NODE_NAME").unwrap_or_default();
+        if node_name.is_empty() && proxy_mode == ProxyMode::Shared {
+            return Err(ConfigError::Missing {
+                var: "NODE_NAME",
+                hint: " (the Kubernetes node this ztunnel serves)",
+            });
+        }
+        Ok(Config {
+            config_source,
+            ca,
+            trust_domain: get("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
+            cluster_id: get("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+            node_name,
+            packet_mark,
+            capture,
+            proxy_mode,
+            cni_socket: get("AMESH_CNI_SOCKET")
+                .unwrap_or_else(|| crate::cni::DEFAULT_SOCKET.into())
+                .into(),
+            state_file: get("AMESH_STATE_FILE")
+                .unwrap_or_else(|| "/var/run/ztunnel/pods.json".into())
+                .into(),
+            admin_addr: addr("ADMIN_ADDR", "127.0.0.1:15000")?,
+            stats_addr: addr("STATS_ADDR", "0.0.0.0:15020")?,
+            readiness_addr: addr("READINESS_ADDR", "0.0.0.0:15021")?,
+            cert_ttl: secs("CERT_TTL_SECONDS", 24 * 3600)?,
+            drain_deadline: secs("DRAIN_DEADLINE_SECONDS", 5)?,
+            token: match get("AMESH_TOKEN_FILE") {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| invalid("AMESH_TOKEN_FILE", &path, &e))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => get("AMESH_TOKEN"),
+            },
+            json_logs: get("LOG_FORMAT").as_deref() == Some("json"),
+        })
+    }
+}
+
+fn parse_u32(v: &str) -> Option<u32> {
+    match v.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn istio_names_and_defaults() {
+        let c = Config::from_map(&env(&[
+            ("XDS_ADDRESS", "http://10.0.0.1:15010"),
+            ("CA_ADDRESS", "http://10.0.0.1:15010"),
+            ("NODE_NAME", "node1"),
+            ("PACKET_MARK", "0x539"),
+        ]))
+        .unwrap();
+        assert_eq!(c.packet_mark, 1337);
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert_eq!(c.proxy_mode, ProxyMode::Shared);
+        assert_eq!(c.admin_addr.port(), 15000);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = Config::from_map(&env(&[("CA_ADDRESS", "x"), ("NODE_NAME", "n")])).unwrap_err();
+        assert!(e.to_string().contains("XDS_ADDRESS"), "{e}");
+        let e = Config::from_map(&env(&[
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("LOCAL_CA_DIR", "/ca"),
+            ("PROXY_MODE", "dedicated"),
+            ("PROXY_WORKLOAD_INFO", "ns/name"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("PROXY_WORKLOAD_INFO"), "{e}");
+        let e = Config::from_map(&env(&[
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("LOCAL_CA_DIR", "/ca"),
+            ("NODE_NAME", "n"),
+            ("PACKET_MARK", "lots"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("PACKET_MARK=\"lots\""), "{e}");
+    }
+}

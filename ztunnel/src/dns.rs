@@ -1,0 +1,206 @@
+//! DNS proxy (15053 in the pod, UDP and TCP): answers A/AAAA for mesh service hostnames from the
+//! current config, so pods resolve service names to VIPs even without cluster DNS; forwards
+//! every other query to the node's upstream resolver.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use mesh::state::Snapshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tracing::debug;
+
+use crate::proxy::{Pod, Shared};
+
+/// Cluster DNS suffix of service hostnames.
+pub const DOMAIN_SUFFIX: &str = "svc.cluster.local";
+const TTL: u32 = 30;
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to do with a query.
+#[derive(Debug)]
+pub enum Resolution {
+    /// We know the name: this is the full answer.
+    Answer(Message),
+    /// Not a mesh name: ask the upstream resolver.
+    Forward,
+}
+
+/// Expands a query name the way a pod in `namespace` means it.
+fn candidates(name: &str, namespace: &str) -> Vec<String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let dots = name.matches('.').count();
+    let mut out = vec![name.clone()];
+    match dots {
+        0 => out.push(format!("{name}.{namespace}.{DOMAIN_SUFFIX}")),
+        1 => out.push(format!("{name}.{DOMAIN_SUFFIX}")),
+        _ if name.ends_with(".svc") => out.push(format!("{name}.cluster.local")),
+        _ => {}
+    }
+    out
+}
+
+/// Resolves one query message against the mesh config (sans-IO).
+pub fn resolve(snapshot: &Snapshot, namespace: &str, query: &Message) -> Resolution {
+    let Some(q) = query.queries.first() else {
+        return Resolution::Answer(Message::error_msg(
+            query.metadata.id,
+            query.metadata.op_code,
+            ResponseCode::FormErr,
+        ));
+    };
+    if !matches!(q.query_type(), RecordType::A | RecordType::AAAA) {
+        return Resolution::Forward;
+    }
+    let name = q.name().to_ascii();
+    let Some(service) = candidates(&name, namespace)
+        .iter()
+        .find_map(|c| snapshot.service_by_host(c))
+    else {
+        return Resolution::Forward;
+    };
+    let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    answer.metadata.authoritative = true;
+    answer.metadata.recursion_desired = query.metadata.recursion_desired;
+    answer.metadata.recursion_available = true;
+    answer.add_query(q.clone());
+    for ip in service.vips.iter().map(|v| v.address) {
+        let rdata = match (q.query_type(), ip) {
+            (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
+            (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
+            _ => continue,
+        };
+        answer.add_answer(Record::from_rdata(q.name().clone(), TTL, rdata));
+    }
+    Resolution::Answer(answer)
+}
+
+/// The first nameserver of the node's resolv.conf, if any.
+fn upstream() -> Option<SocketAddr> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    conf.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next() == Some("nameserver"))
+            .then(|| parts.next()?.parse::<IpAddr>().ok())
+            .flatten()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
+async fn forward(query: &[u8]) -> Option<Vec<u8>> {
+    let server = upstream()?;
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let socket = UdpSocket::bind(bind).await.ok()?;
+    socket.send_to(query, server).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// Answers one raw query; `None` when the query is not DNS at all (drop it).
+async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(raw).ok()?;
+    let resolution = resolve(&shared.state.snapshot(), &pod.info.namespace, &query);
+    let reply = match resolution {
+        Resolution::Answer(m) => m,
+        Resolution::Forward => match forward(raw).await {
+            Some(bytes) => return Some(bytes),
+            None => Message::error_msg(
+                query.metadata.id,
+                query.metadata.op_code,
+                ResponseCode::ServFail,
+            ),
+        },
+    };
+    reply.to_vec().ok()
+}
+
+pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, udp: UdpSocket, tcp: TcpListener) {
+    let udp = Arc::new(udp);
+    let udp_loop = {
+        let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
+        async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let raw = buf[..n].to_vec();
+                let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
+                tokio::spawn(async move {
+                    if let Some(reply) = handle(&shared, &pod, &raw).await {
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                });
+            }
+        }
+    };
+    let tcp_loop = async move {
+        loop {
+            let Ok((stream, _)) = tcp.accept().await else {
+                continue;
+            };
+            let (shared, pod) = (shared.clone(), pod.clone());
+            tokio::spawn(async move { serve_tcp_conn(&shared, &pod, stream).await });
+        }
+    };
+    tokio::join!(udp_loop, tcp_loop);
+}
+
+/// DNS over TCP: each message has a two-byte length prefix; several may follow on one stream.
+async fn serve_tcp_conn(shared: &Shared, pod: &Pod, mut stream: TcpStream) {
+    loop {
+        let len = match tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await {
+            Ok(Ok(l)) => l as usize,
+            _ => return,
+        };
+        let mut raw = vec![0u8; len];
+        if stream.read_exact(&mut raw).await.is_err() {
+            return;
+        }
+        let Some(reply) = handle(shared, pod, &raw).await else {
+            debug!("dropping a malformed DNS message over TCP");
+            return;
+        };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        if stream.write_u16(reply_len).await.is_err() || stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::candidates;
+
+    #[test]
+    fn short_names_expand_with_the_pod_namespace() {
+        assert_eq!(
+            candidates("reviews", "bookinfo"),
+            ["reviews", "reviews.bookinfo.svc.cluster.local"]
+        );
+        assert_eq!(
+            candidates("reviews.bookinfo.", "x"),
+            ["reviews.bookinfo", "reviews.bookinfo.svc.cluster.local"]
+        );
+        assert_eq!(
+            candidates("Reviews.Bookinfo.svc", "x"),
+            ["reviews.bookinfo.svc", "reviews.bookinfo.svc.cluster.local"]
+        );
+        assert_eq!(candidates("example.com.au", "x"), ["example.com.au"]);
+    }
+}

@@ -1,0 +1,16 @@
+//! ztunnel: amesh's per-node L4 proxy. It captures the traffic of ambient pods, carries it in
+//! HBONE tunnels with each pod's own identity, enforces L4 authorization and reports Istio's TCP
+//! metrics. `amesh-cni` (the chained CNI plugin) hands it pods over a unix socket.
+
+pub mod admin;
+pub mod capture;
+pub mod cni;
+pub mod config;
+pub mod dns;
+pub mod dump;
+pub mod metrics;
+pub mod netns;
+pub mod pods;
+pub mod proxy;
+pub mod run;
+pub mod sockets;

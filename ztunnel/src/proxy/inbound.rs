@@ -1,0 +1,134 @@
+//! Inbound HBONE (15008 in the pod): the peer proved its identity with mTLS; check the target is
+//! this pod, authorize, connect to the app from the original client address, and carry bytes.
+//! A live connection is re-checked whenever policy changes and cut if it is now denied.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh::authz::{authorize, ConnInfo};
+use mesh::hbone::{relay, ConnectHandler, ConnectRequest, PendingTunnel, Refusal};
+use tracing::{debug, info};
+
+use super::{Pod, Shared};
+use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
+
+/// The HBONE handler of one pod.
+pub struct Inbound {
+    pub shared: Arc<Shared>,
+    pub pod: Arc<Pod>,
+}
+
+impl ConnectHandler for Inbound {
+    async fn handle(&self, req: ConnectRequest, tunnel: PendingTunnel) {
+        let start = Instant::now();
+        let Some(target) = req.target_addr() else {
+            return tunnel.refuse(Refusal::BadRequest, "authority must be ip:port");
+        };
+        if target.ip() != self.pod.info.ip {
+            let why = format!(
+                "target {target} is not this pod ({}/{} at {})",
+                self.pod.info.namespace, self.pod.info.name, self.pod.info.ip
+            );
+            return tunnel.refuse(Refusal::BadRequest, &why);
+        }
+        let client = req.forwarded_for().unwrap_or(req.peer_addr);
+        let conn = ConnInfo {
+            src_ip: client.ip(),
+            src_identity: Some(req.peer_identity.clone()),
+            dst_ip: target.ip(),
+            dst_port: target.port(),
+        };
+        let snapshot = self.shared.state.snapshot();
+        let Some(dst_workload) = snapshot.workload_by_ip(target.ip()).cloned() else {
+            return tunnel.refuse(
+                Refusal::BadRequest,
+                "this pod is not in ztunnel's configuration yet",
+            );
+        };
+        let decision = authorize(&snapshot, &dst_workload, &conn);
+        let source_workload = snapshot.workload_by_ip(client.ip()).cloned();
+        if !decision.is_allowed() {
+            info!(target: "access", direction = "inbound", src.addr = %client, src.identity = %req.peer_identity,
+                dst.addr = %target, decision = %decision, "connection denied");
+            self.shared.metrics.denied(ConnLabels::new(
+                Reporter::Destination,
+                source_workload.as_deref(),
+                Some(&req.peer_identity),
+                Some(&dst_workload),
+                None,
+                SecurityPolicy::MutualTls,
+            ));
+            return tunnel.refuse(Refusal::Denied, &decision.to_string());
+        }
+        // Connect from the client's own address so the app sees who called it.
+        let upstream = match self
+            .pod
+            .sockets
+            .connect(target, Some(SocketAddr::new(client.ip(), 0)))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%target, error = %e, "app refused the connection");
+                return tunnel.refuse(
+                    Refusal::Unavailable,
+                    &format!("connecting to {target}: {e}"),
+                );
+            }
+        };
+        let Ok(stream) = tunnel.accept() else { return };
+        let labels = ConnLabels::new(
+            Reporter::Destination,
+            source_workload.as_deref(),
+            Some(&req.peer_identity),
+            Some(&dst_workload),
+            None,
+            SecurityPolicy::MutualTls,
+        );
+        let open = self.shared.metrics.open(labels);
+        let relay = relay(upstream, stream);
+        tokio::pin!(relay);
+        let mut changes = self.shared.state.subscribe();
+        let stats = loop {
+            tokio::select! {
+                stats = &mut relay => break Some(stats),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The config store is gone (shutdown): keep serving until drained.
+                        break Some((&mut relay).await);
+                    }
+                    let snapshot = self.shared.state.snapshot();
+                    let decision = authorize(&snapshot, &dst_workload, &conn);
+                    if !decision.is_allowed() {
+                        info!(target: "access", direction = "inbound", src.addr = %client, dst.addr = %target,
+                            decision = %decision, "policy changed: closing live connection");
+                        break None;
+                    }
+                }
+            }
+        };
+        match stats {
+            Some(stats) => {
+                // relay(app, tunnel): "sent" went from the app toward the client.
+                open.close(
+                    stats.received,
+                    stats.sent,
+                    stats.error.as_ref().map(|_| "UC"),
+                );
+                super::outbound::access_log(
+                    "inbound",
+                    client,
+                    target,
+                    &self.pod,
+                    source_workload.as_deref(),
+                    "hbone",
+                    &stats,
+                    start,
+                );
+            }
+            // Dropping the relay closes the tunnel and the app connection.
+            None => open.close(0, 0, Some("DENY")),
+        }
+    }
+}

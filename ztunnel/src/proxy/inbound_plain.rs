@@ -1,0 +1,100 @@
+//! Inbound plaintext (15006 in the pod): traffic that reached the pod without HBONE. There is
+//! no peer identity, so only policies that accept identity-less callers let it through — under
+//! STRICT PeerAuthentication the translated DENY policy refuses it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh::authz::{authorize, ConnInfo};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn, Instrument};
+
+use super::{original_dst, Pod, Shared};
+use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
+
+pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let pod = pod.clone();
+        let span = tracing::debug_span!("inbound_plain", pod = %pod.info.name, %peer);
+        tokio::spawn(async move { handle(shared, pod, tcp, peer).await }.instrument(span));
+    }
+}
+
+async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let target = match original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot read the original destination; closing");
+            return;
+        }
+    };
+    let snapshot = shared.state.snapshot();
+    let Some(dst_workload) = snapshot.workload_by_ip(pod.info.ip).cloned() else {
+        warn!("pod is not in ztunnel's configuration yet; refusing plaintext connection");
+        return;
+    };
+    let conn = ConnInfo {
+        src_ip: peer.ip(),
+        src_identity: None,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let source_workload = snapshot.workload_by_ip(peer.ip()).cloned();
+    let labels = ConnLabels::new(
+        Reporter::Destination,
+        source_workload.as_deref(),
+        None,
+        Some(&dst_workload),
+        None,
+        SecurityPolicy::None,
+    );
+    let decision = authorize(&snapshot, &dst_workload, &conn);
+    if !decision.is_allowed() {
+        info!(target: "access", direction = "inbound", protocol = "plaintext", src.addr = %peer,
+            dst.addr = %target, decision = %decision, "connection denied");
+        shared.metrics.denied(labels);
+        // Reset rather than close, so the client sees a refusal rather than an empty answer.
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+        return;
+    }
+    let open = shared.metrics.open(labels);
+    match pod
+        .sockets
+        .connect(target, Some(SocketAddr::new(peer.ip(), 0)))
+        .await
+    {
+        Ok(upstream) => {
+            let stats = mesh::hbone::relay_tcp(tcp, upstream).await;
+            open.close(
+                stats.sent,
+                stats.received,
+                stats.error.as_ref().map(|_| "UC"),
+            );
+            super::outbound::access_log(
+                "inbound",
+                peer,
+                target,
+                &pod,
+                source_workload.as_deref(),
+                "plaintext",
+                &stats,
+                start,
+            );
+        }
+        Err(e) => {
+            open.close(0, 0, Some("UF"));
+            warn!(%target, error = %e, "connecting to the app failed");
+        }
+    }
+}

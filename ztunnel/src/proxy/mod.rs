@@ -1,0 +1,96 @@
+//! The proxy flows of one captured pod: outbound (15001), inbound HBONE (15008) and inbound
+//! plaintext (15006). Each accepted connection is one task; config is read from the current
+//! immutable snapshot, never under a lock shared across connections.
+
+pub mod inbound;
+pub mod inbound_plain;
+pub mod outbound;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use mesh::certs::CertManager;
+use mesh::hbone::{H2Settings, Pool};
+use mesh::state::StateStore;
+use mesh::tls::TlsContext;
+use mesh::Identity;
+
+use crate::metrics::Metrics;
+use crate::netns::Netns;
+use crate::sockets::InPodSockets;
+
+/// Node-wide pieces every pod's proxy shares.
+pub struct Shared {
+    /// Workloads, services and policies (xDS or local file).
+    pub state: StateStore,
+    /// Certificates and trust roots for HBONE.
+    pub tls: TlsContext,
+    /// Keeps the certificates of local pods' identities fresh; `None` when certificates are
+    /// provisioned some other way (tests).
+    pub certs: Option<CertManager>,
+    pub metrics: Arc<Metrics>,
+    pub settings: H2Settings,
+    /// Packet mark of every socket ztunnel opens in a pod.
+    pub mark: u32,
+    /// Name of this node, as the config knows it.
+    pub node: String,
+}
+
+/// A captured pod, as the CNI plugin (or the state file) described it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub ip: IpAddr,
+    /// Path of the pod's network namespace.
+    pub netns: std::path::PathBuf,
+}
+
+/// A captured pod with its runtime handles.
+pub struct Pod {
+    pub info: PodInfo,
+    pub identity: Identity,
+    pub netns: Netns,
+    pub sockets: InPodSockets,
+    /// HBONE connections leaving this pod (created in its netns, with its certificate).
+    pub pool: Pool,
+}
+
+impl Pod {
+    pub fn new(shared: &Shared, info: PodInfo, netns: Netns) -> Result<Pod, mesh::IdentityError> {
+        let identity = Identity::new(
+            shared.tls.trust_domain(),
+            &info.namespace,
+            &info.service_account,
+        )?;
+        let sockets = InPodSockets {
+            netns: netns.clone(),
+            mark: shared.mark,
+        };
+        let pool = Pool::new(
+            Arc::new(shared.tls.clone()),
+            Arc::new(sockets.clone()),
+            shared.settings.clone(),
+        );
+        Ok(Pod {
+            info,
+            identity,
+            netns,
+            sockets,
+            pool,
+        })
+    }
+}
+
+/// Reads where a REDIRECTed connection was originally going.
+pub fn original_dst(tcp: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
+    let sock = socket2::SockRef::from(tcp);
+    let addr = match tcp.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP socket address"))
+}

@@ -1,0 +1,274 @@
+//! Outbound: the pod's app connected somewhere; capture brought it to 15001. Find out where it
+//! was going and carry it there: HBONE to a mesh workload (directly or behind a service VIP),
+//! plain TCP to a workload outside the mesh, passthrough for unknown destinations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use mesh::hbone::{forwarded_header, relay, TunnelRequest, HBONE_PORT};
+use mesh::state::{Service, Snapshot, TunnelProtocol, Workload};
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn, Instrument};
+
+use super::{original_dst, Pod, Shared};
+use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+pub enum Route {
+    /// HBONE to the workload's HBONE endpoint with this `:authority`.
+    Hbone {
+        workload: Arc<Workload>,
+        service: Option<Arc<Service>>,
+        target: SocketAddr,
+    },
+    /// Plain TCP to a known workload that is not in the mesh.
+    Plain {
+        workload: Arc<Workload>,
+        service: Option<Arc<Service>>,
+        target: SocketAddr,
+    },
+    /// Unknown destination: straight through.
+    Passthrough { target: SocketAddr },
+    /// A service without any healthy endpoint.
+    NoEndpoints { service: Arc<Service> },
+}
+
+/// Decides the route for a connection to `dst` (its original destination).
+pub fn route(snapshot: &Snapshot, dst: SocketAddr) -> Route {
+    if let Some(service) = snapshot.service_by_vip(dst.ip()) {
+        let endpoints: Vec<_> = snapshot
+            .endpoints(&service.key())
+            .iter()
+            .filter(|e| e.workload.healthy && !e.workload.addresses.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Route::NoEndpoints {
+                service: service.clone(),
+            };
+        }
+        let pick = endpoints[rand::rng().random_range(0..endpoints.len())];
+        let target_port = pick
+            .port_map
+            .get(&dst.port())
+            .copied()
+            .filter(|p| *p != 0)
+            .or_else(|| {
+                service
+                    .ports
+                    .iter()
+                    .find(|p| p.service_port == dst.port() && p.target_port != 0)
+                    .map(|p| p.target_port)
+            })
+            .unwrap_or(dst.port());
+        let target = SocketAddr::new(pick.workload.addresses[0], target_port);
+        return with_workload(pick.workload.clone(), Some(service.clone()), target);
+    }
+    if let Some(workload) = snapshot.workload_by_ip(dst.ip()) {
+        return with_workload(workload.clone(), None, dst);
+    }
+    Route::Passthrough { target: dst }
+}
+
+fn with_workload(
+    workload: Arc<Workload>,
+    service: Option<Arc<Service>>,
+    target: SocketAddr,
+) -> Route {
+    match workload.protocol {
+        TunnelProtocol::Hbone => Route::Hbone {
+            workload,
+            service,
+            target,
+        },
+        TunnelProtocol::Tcp => Route::Plain {
+            workload,
+            service,
+            target,
+        },
+    }
+}
+
+/// Accepts captured outbound connections of `pod` until the listener is dropped.
+pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let pod = pod.clone();
+        let span = tracing::debug_span!("outbound", pod = %pod.info.name, %peer);
+        tokio::spawn(async move { handle(shared, pod, tcp, peer).await }.instrument(span));
+    }
+}
+
+async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let dst = match original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot read the original destination; closing");
+            return;
+        }
+    };
+    let snapshot = shared.state.snapshot();
+    let route = route(&snapshot, dst);
+    let source = snapshot.workload_by_ip(pod.info.ip).cloned();
+    debug!(?route, "outbound route");
+    match route {
+        Route::Hbone {
+            workload,
+            service,
+            target,
+        } => {
+            let mut headers = HeaderMap::new();
+            let host = service.as_ref().map(|s| s.hostname.as_str());
+            headers.insert(http::header::FORWARDED, forwarded_header(peer, host));
+            let req = TunnelRequest {
+                source: pod.identity.clone(),
+                destination: workload.identity(),
+                address: SocketAddr::new(target.ip(), HBONE_PORT),
+                authority: target.to_string(),
+                headers,
+            };
+            let labels = ConnLabels::new(
+                Reporter::Source,
+                source.as_deref(),
+                Some(&pod.identity),
+                Some(&workload),
+                service.as_deref(),
+                SecurityPolicy::MutualTls,
+            );
+            let conn = shared.metrics.open(labels);
+            match pod.pool.connect(req).await {
+                Ok(tunnel) => {
+                    let stats = relay(tcp, tunnel).await;
+                    conn.close(
+                        stats.sent,
+                        stats.received,
+                        stats.error.as_ref().map(|_| "UC"),
+                    );
+                    access_log(
+                        "outbound",
+                        peer,
+                        target,
+                        &pod,
+                        Some(&workload),
+                        "hbone",
+                        &stats,
+                        start,
+                    );
+                }
+                Err(e) => {
+                    conn.close(0, 0, Some("UF"));
+                    warn!(target = %target, dst_workload = %workload.name, error = %e, "outbound HBONE connection failed");
+                }
+            }
+        }
+        Route::Plain {
+            workload,
+            service,
+            target,
+        } => {
+            let labels = ConnLabels::new(
+                Reporter::Source,
+                source.as_deref(),
+                Some(&pod.identity),
+                Some(&workload),
+                service.as_deref(),
+                SecurityPolicy::None,
+            );
+            let conn = shared.metrics.open(labels);
+            direct(
+                &pod,
+                tcp,
+                peer,
+                target,
+                start,
+                Some(&workload),
+                "plain",
+                conn,
+            )
+            .await;
+        }
+        Route::Passthrough { target } => {
+            let labels = ConnLabels::new(
+                Reporter::Source,
+                source.as_deref(),
+                Some(&pod.identity),
+                None,
+                None,
+                SecurityPolicy::None,
+            );
+            let conn = shared.metrics.open(labels);
+            direct(&pod, tcp, peer, target, start, None, "passthrough", conn).await;
+        }
+        Route::NoEndpoints { service } => {
+            warn!(service = %service.hostname, "service has no healthy endpoints; closing");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn direct(
+    pod: &Pod,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+    start: Instant,
+    workload: Option<&Workload>,
+    kind: &str,
+    conn: crate::metrics::OpenConn<'_>,
+) {
+    match pod.sockets.connect(target, None).await {
+        Ok(upstream) => {
+            let stats = mesh::hbone::relay_tcp(tcp, upstream).await;
+            conn.close(
+                stats.sent,
+                stats.received,
+                stats.error.as_ref().map(|_| "UC"),
+            );
+            access_log("outbound", peer, target, pod, workload, kind, &stats, start);
+        }
+        Err(e) => {
+            conn.close(0, 0, Some("UF"));
+            warn!(%target, error = %e, "outbound {kind} connection failed");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn access_log(
+    direction: &str,
+    src: SocketAddr,
+    dst: SocketAddr,
+    pod: &Pod,
+    peer_workload: Option<&Workload>,
+    kind: &str,
+    stats: &mesh::hbone::RelayStats,
+    start: Instant,
+) {
+    info!(
+        target: "access",
+        direction,
+        protocol = kind,
+        src.addr = %src,
+        dst.addr = %dst,
+        pod = %format!("{}/{}", pod.info.namespace, pod.info.name),
+        identity = %pod.identity,
+        peer.workload = peer_workload.map(|w| w.name.as_str()).unwrap_or(""),
+        bytes_sent = stats.sent,
+        bytes_recv = stats.received,
+        duration_ms = start.elapsed().as_millis() as u64,
+        error = stats.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        "connection complete"
+    );
+}

@@ -1,0 +1,210 @@
+//! Wiring: builds ztunnel's parts from its [`Config`] and runs them until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use mesh::certs::{
+    CaClient, CaClientConfig, CertManager, CertStore, CertificateProvider, LocalCa, TrustRoots,
+};
+use mesh::hbone::H2Settings;
+use mesh::state::StateStore;
+use mesh::tls::TlsContext;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::admin::{self, Admin, Endpoint, LogReload};
+use crate::capture::CaptureMode;
+use crate::config::{CaSource, Config, ConfigSource, ProxyMode};
+use crate::metrics::Metrics;
+use crate::pods::PodManager;
+use crate::proxy::Shared;
+
+/// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
+pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Result<()> {
+    let store = CertStore::new();
+    let (roots, provider): (TrustRoots, Arc<dyn CertificateProvider>) = match &config.ca {
+        CaSource::LocalDir(dir) => {
+            let ca = LocalCa::load_or_create(dir, &config.trust_domain)
+                .with_context(|| format!("loading the local CA in {}", dir.display()))?;
+            (ca.trust_roots(), Arc::new(ca))
+        }
+        CaSource::Remote { address } => {
+            let client = CaClient::lazy(
+                address,
+                CaClientConfig {
+                    cluster_id: config.cluster_id.clone(),
+                    token: config.token.clone(),
+                    impersonate: true,
+                },
+            )
+            .with_context(|| format!("CA_ADDRESS={address}"))?;
+            (TrustRoots::empty(), Arc::new(client))
+        }
+    };
+    let tls = TlsContext::new(&config.trust_domain, store.clone(), roots.clone())
+        .context("TRUST_DOMAIN")?;
+    let certs = CertManager::new(store, roots, provider, config.cert_ttl);
+    let state = StateStore::new();
+
+    // Config source. Keep the handle alive for the life of the process.
+    let (synced, _source) = start_config_source(&config, &state)?;
+
+    let shared = Arc::new(Shared {
+        state,
+        tls,
+        certs: Some(certs),
+        metrics: Arc::new(Metrics::new()),
+        settings: H2Settings::default(),
+        mark: config.packet_mark,
+        node: config.node_name.clone(),
+    });
+    let capture = match config.proxy_mode {
+        ProxyMode::Shared => config.capture,
+        // The operator set up capture around a dedicated ztunnel.
+        ProxyMode::Dedicated { .. } => CaptureMode::None,
+    };
+    let state_file = match config.proxy_mode {
+        ProxyMode::Shared => Some(config.state_file.clone()),
+        ProxyMode::Dedicated { .. } => None,
+    };
+    let pods = Arc::new(PodManager::new(shared.clone(), capture, state_file));
+    let ready = Arc::new(AtomicBool::new(false));
+    let quit = Arc::new(Notify::new());
+    let admin = Arc::new(Admin {
+        shared: shared.clone(),
+        pods: pods.clone(),
+        ready: ready.clone(),
+        log_reload,
+        quit: quit.clone(),
+    });
+    for (addr, endpoint) in [
+        (config.admin_addr, Endpoint::Admin),
+        (config.stats_addr, Endpoint::Stats),
+        (config.readiness_addr, Endpoint::Readiness),
+    ] {
+        let listener = bind(addr, endpoint).await?;
+        tokio::spawn(admin::serve(listener, admin.clone(), endpoint));
+    }
+
+    // Ready means: config synced, and every pod we had before a restart captured again.
+    synced.await;
+    match &config.proxy_mode {
+        ProxyMode::Shared => {
+            let restored = pods.restore().await;
+            info!(restored, "pods restored from the state file");
+            let listener = crate::cni::agent::bind(&config.cni_socket).with_context(|| {
+                format!("binding the CNI socket {}", config.cni_socket.display())
+            })?;
+            tokio::spawn(crate::cni::agent::serve(listener, pods.clone()));
+        }
+        ProxyMode::Dedicated {
+            namespace, name, ..
+        } => {
+            let ip = own_ip(&shared, namespace, name)
+                .with_context(|| format!("finding workload {namespace}/{name} in the config"))?;
+            pods.add(
+                format!("dedicated/{namespace}/{name}"),
+                name.clone(),
+                namespace.clone(),
+                ip,
+                "/proc/self/ns/net".into(),
+            )
+            .await
+            .context("serving the dedicated workload")?;
+        }
+    }
+    ready.store(true, Ordering::Release);
+    info!(node = %config.node_name, "ztunnel ready");
+
+    tokio::select! {
+        _ = shutdown_signal() => info!("signal received: draining"),
+        _ = quit.notified() => info!("/quitquitquit: draining"),
+    }
+    ready.store(false, Ordering::Release);
+    pods.shutdown(config.drain_deadline).await;
+    info!("drained; exiting");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, endpoint: Endpoint) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the {endpoint:?} endpoint on {addr} (is another ztunnel running?)")
+    })
+}
+
+/// Starts the configured source; the returned future resolves once the first config arrived.
+fn start_config_source(
+    config: &Config,
+    state: &StateStore,
+) -> anyhow::Result<(
+    futures::future::BoxFuture<'static, ()>,
+    Box<dyn std::any::Any + Send>,
+)> {
+    match &config.config_source {
+        ConfigSource::LocalFile(path) => {
+            // The first load must succeed: a ztunnel that starts on a broken file serves nothing.
+            mesh::state::load_file(path, state)
+                .with_context(|| format!("LOCAL_XDS_PATH={}", path.display()))?;
+            let handle = mesh::state::watch_file(path.clone(), state.clone());
+            Ok((Box::pin(async {}), Box::new(handle)))
+        }
+        ConfigSource::Xds { address } => {
+            let ip = local_ip().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            let node = amesh_proto::envoy::config::core::v3::Node {
+                id: mesh::xds::ztunnel_node_id(
+                    ip,
+                    &format!("ztunnel-{}", config.node_name),
+                    "istio-system",
+                ),
+                cluster: config.cluster_id.clone(),
+                ..Default::default()
+            };
+            let mut xds = mesh::xds::XdsConfig::new(address.clone(), node);
+            xds.token = config.token.clone();
+            let handle = mesh::xds::spawn(xds, Arc::new(state.clone()))
+                .with_context(|| format!("XDS_ADDRESS={address}"))?;
+            let synced = handle.wait_synced();
+            Ok((
+                Box::pin(async move {
+                    if let Err(e) = synced.await {
+                        warn!(error = %e, "xDS never synced");
+                    }
+                }),
+                Box::new(handle),
+            ))
+        }
+    }
+}
+
+fn local_ip() -> Option<std::net::IpAddr> {
+    // The address the kernel would use toward a private destination; no packet is sent.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.254:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+fn own_ip(shared: &Shared, namespace: &str, name: &str) -> anyhow::Result<std::net::IpAddr> {
+    let snapshot = shared.state.snapshot();
+    let ip = snapshot
+        .workloads()
+        .find(|w| w.namespace == namespace && w.name == name)
+        .and_then(|w| w.addresses.first().copied());
+    ip.ok_or_else(|| anyhow::anyhow!("no workload {namespace}/{name} with an address"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,161 @@
+//! Sockets ztunnel opens inside pods: the capture listeners and the marked, optionally
+//! source-spoofing, connections it makes on a pod's behalf.
+//!
+//! Every socket carries the packet mark (0x539 by default) so the pod's capture rules let it
+//! pass instead of redirecting it back to ztunnel.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+
+use crate::netns::Netns;
+
+/// Default packet mark of ztunnel's sockets (Istio's 1337).
+pub const DEFAULT_MARK: u32 = 0x539;
+
+fn new_socket(addr: &SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, ty, Some(proto))?;
+    s.set_cloexec(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn set_transparent(s: &Socket, v4: bool) -> io::Result<()> {
+    if v4 {
+        s.set_ip_transparent_v4(true)
+    } else {
+        s.set_ip_transparent_v6(true)
+    }
+}
+
+/// A TCP listener; `transparent` lets it accept connections for addresses that are not local
+/// (needed where a policy route delivers foreign destinations, and harmless elsewhere).
+pub fn tcp_listener(
+    addr: SocketAddr,
+    transparent: bool,
+    mark: u32,
+) -> io::Result<std::net::TcpListener> {
+    let s = new_socket(&addr, Type::STREAM, Protocol::TCP)?;
+    s.set_reuse_address(true)?;
+    if transparent {
+        set_transparent(&s, addr.is_ipv4())?;
+    }
+    s.set_mark(mark)?;
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+pub fn udp_socket(addr: SocketAddr, mark: u32) -> io::Result<std::net::UdpSocket> {
+    let s = new_socket(&addr, Type::DGRAM, Protocol::UDP)?;
+    s.set_reuse_address(true)?;
+    s.set_mark(mark)?;
+    s.bind(&SockAddr::from(addr))?;
+    Ok(s.into())
+}
+
+/// A marked TCP socket, bound to `source` with IP_TRANSPARENT when given (so the peer sees the
+/// original client address).
+pub fn tcp_socket(dest: SocketAddr, source: Option<SocketAddr>, mark: u32) -> io::Result<Socket> {
+    let s = new_socket(&dest, Type::STREAM, Protocol::TCP)?;
+    s.set_mark(mark)?;
+    s.set_tcp_nodelay(true)?;
+    if let Some(src) = source {
+        set_transparent(&s, src.is_ipv4())?;
+        // The same client port may already be in use toward another destination.
+        s.set_reuse_address(true)?;
+        s.bind(&SockAddr::from(src))?;
+    }
+    Ok(s)
+}
+
+/// Listeners ztunnel holds inside one pod's network namespace.
+pub struct PodListeners {
+    pub outbound: TcpListener,
+    pub inbound_plain: TcpListener,
+    pub hbone: TcpListener,
+    pub dns_udp: UdpSocket,
+    pub dns_tcp: TcpListener,
+}
+
+/// Ports of the in-pod listeners (Istio's).
+pub mod ports {
+    pub const OUTBOUND: u16 = 15001;
+    pub const INBOUND_PLAIN: u16 = 15006;
+    pub const HBONE: u16 = 15008;
+    pub const DNS: u16 = 15053;
+}
+
+impl PodListeners {
+    /// Opens every listener inside `netns`. Must run inside a Tokio runtime.
+    pub async fn open(netns: &Netns, mark: u32) -> io::Result<PodListeners> {
+        let any: std::net::IpAddr = std::net::Ipv4Addr::UNSPECIFIED.into();
+        let lo: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+        let (outbound, inbound_plain, hbone, dns_udp, dns_tcp) = netns
+            .run(move || {
+                Ok((
+                    tcp_listener(SocketAddr::new(any, ports::OUTBOUND), true, mark)?,
+                    tcp_listener(SocketAddr::new(any, ports::INBOUND_PLAIN), true, mark)?,
+                    tcp_listener(SocketAddr::new(any, ports::HBONE), true, mark)?,
+                    udp_socket(SocketAddr::new(lo, ports::DNS), mark)?,
+                    tcp_listener(SocketAddr::new(lo, ports::DNS), false, mark)?,
+                ))
+            })
+            .await?;
+        Ok(PodListeners {
+            outbound: TcpListener::from_std(outbound)?,
+            inbound_plain: TcpListener::from_std(inbound_plain)?,
+            hbone: TcpListener::from_std(hbone)?,
+            dns_udp: UdpSocket::from_std(dns_udp)?,
+            dns_tcp: TcpListener::from_std(dns_tcp)?,
+        })
+    }
+}
+
+/// Creates HBONE and plain upstream sockets inside a pod's netns, marked.
+#[derive(Clone)]
+pub struct InPodSockets {
+    pub netns: Netns,
+    pub mark: u32,
+}
+
+impl InPodSockets {
+    /// Connects from inside the pod, optionally from a spoofed `source`.
+    pub async fn connect(
+        &self,
+        dest: SocketAddr,
+        source: Option<SocketAddr>,
+    ) -> io::Result<TcpStream> {
+        let mark = self.mark;
+        let socket = self
+            .netns
+            .run(move || tcp_socket(dest, source, mark))
+            .await?;
+        TcpSocket::from_std_stream(socket.into())
+            .connect(dest)
+            .await
+    }
+}
+
+impl mesh::hbone::SocketFactory for InPodSockets {
+    fn tcp_socket(&self, dest: SocketAddr) -> io::Result<TcpSocket> {
+        let mark = self.mark;
+        let s = self
+            .netns
+            .run_blocking(move || tcp_socket(dest, None, mark))?;
+        Ok(TcpSocket::from_std_stream(s.into()))
+    }
+}
+
+/// Convenience for places that want `Arc<dyn SocketFactory>`.
+pub fn factory(netns: Netns, mark: u32) -> Arc<dyn mesh::hbone::SocketFactory> {
+    Arc::new(InPodSockets { netns, mark })
+}
