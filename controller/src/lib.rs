@@ -4,7 +4,7 @@
 //!   folder of YAML files (the lab's and the demo's source).
 //! - [`model`]: the mesh as the translation sees it (ambient pods with IPs, identities and
 //!   workload names, services with VIPs, waypoints, localities).
-//! - [`translate`]: the model and policies → `istio.workload.Address` and
+//! - [`translate`](mod@translate): the model and policies → `istio.workload.Address` and
 //!   `istio.security.Authorization` resources, as Istio's control plane builds them for ztunnel.
 //! - [`render`]: a stable, readable rendering of those resources (golden tests, config dumps).
 

@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-use amesh_proto::istio::security::{self, string_match::MatchType, Authorization, Match, StringMatch};
+use amesh_proto::istio::security::{
+    self, string_match::MatchType, Authorization, Match, StringMatch,
+};
 use amesh_proto::istio::workload::{
     self, address::Type, gateway_address::Destination, Address, GatewayAddress, NetworkAddress,
     Port, Service, Workload,
@@ -14,8 +16,8 @@ use serde_yaml::{Mapping, Value};
 
 use crate::translate::Translated;
 
-/// The whole translation: `addresses`, `authorizations` (each entry with its resource name) and
-/// `warnings`.
+/// The whole translation: `addresses`, `authorizations` (each entry led by its xDS resource
+/// name, `resource`) and `warnings`.
 pub fn translated(t: &Translated) -> Value {
     let mut m = Obj::default();
     m.list(
@@ -45,9 +47,10 @@ pub fn translated_yaml(t: &Translated) -> String {
     serde_yaml::to_string(&translated(t)).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
+/// `resource: <xDS resource name>` followed by the resource's own fields.
 fn named(name: &str, body: Value) -> Value {
     let mut m = Obj::default();
-    m.str("name", name);
+    m.str("resource", name);
     if let Value::Mapping(body) = body {
         m.0.extend(body);
     }
@@ -70,11 +73,19 @@ fn workload(w: &Workload) -> Value {
     m.str("uid", &w.uid);
     m.str("name", &w.name);
     m.str("namespace", &w.namespace);
-    m.list("addresses", w.addresses.iter().map(|a| Value::from(ip_text(a))).collect());
+    m.list(
+        "addresses",
+        w.addresses
+            .iter()
+            .map(|a| Value::from(ip_text(a)))
+            .collect(),
+    );
     m.str("hostname", &w.hostname);
     m.str("network", &w.network);
     m.enumeration("tunnelProtocol", w.tunnel_protocol, |v| {
-        workload::TunnelProtocol::try_from(v).ok().map(|e| e.as_str_name())
+        workload::TunnelProtocol::try_from(v)
+            .ok()
+            .map(|e| e.as_str_name())
     });
     m.str("trustDomain", &w.trust_domain);
     m.str("serviceAccount", &w.service_account);
@@ -84,7 +95,9 @@ fn workload(w: &Workload) -> Value {
     m.str("canonicalName", &w.canonical_name);
     m.str("canonicalRevision", &w.canonical_revision);
     m.enumeration("workloadType", w.workload_type, |v| {
-        workload::WorkloadType::try_from(v).ok().map(|e| e.as_str_name())
+        workload::WorkloadType::try_from(v)
+            .ok()
+            .map(|e| e.as_str_name())
     });
     m.str("workloadName", &w.workload_name);
     m.flag("nativeTunnel", w.native_tunnel);
@@ -118,7 +131,9 @@ fn workload(w: &Workload) -> Value {
             .collect(),
     );
     m.enumeration("status", w.status, |v| {
-        workload::WorkloadStatus::try_from(v).ok().map(|e| e.as_str_name())
+        workload::WorkloadStatus::try_from(v)
+            .ok()
+            .map(|e| e.as_str_name())
     });
     m.str("clusterId", &w.cluster_id);
     if let Some(l) = &w.locality {
@@ -130,7 +145,9 @@ fn workload(w: &Workload) -> Value {
     }
     if w.network_mode != 0 {
         m.enumeration("networkMode", w.network_mode, |v| {
-            workload::NetworkMode::try_from(v).ok().map(|e| e.as_str_name())
+            workload::NetworkMode::try_from(v)
+                .ok()
+                .map(|e| e.as_str_name())
         });
     }
     if let Some(c) = w.capacity {
@@ -144,11 +161,17 @@ fn service(s: &Service) -> Value {
     m.str("name", &s.name);
     m.str("namespace", &s.namespace);
     m.str("hostname", &s.hostname);
-    m.list("addresses", s.addresses.iter().map(network_address).collect());
+    m.list(
+        "addresses",
+        s.addresses.iter().map(network_address).collect(),
+    );
     m.list("ports", s.ports.iter().map(port).collect());
     m.list(
         "subjectAltNames",
-        s.subject_alt_names.iter().map(|n| Value::from(n.as_str())).collect(),
+        s.subject_alt_names
+            .iter()
+            .map(|n| Value::from(n.as_str()))
+            .collect(),
     );
     m.opt("waypoint", s.waypoint.as_ref().map(gateway));
     if let Some(lb) = &s.load_balancing {
@@ -166,7 +189,9 @@ fn service(s: &Service) -> Value {
                 .collect(),
         );
         l.enumeration("mode", lb.mode, |v| {
-            workload::load_balancing::Mode::try_from(v).ok().map(|e| e.as_str_name())
+            workload::load_balancing::Mode::try_from(v)
+                .ok()
+                .map(|e| e.as_str_name())
         });
         l.enumeration("healthPolicy", lb.health_policy, |v| {
             workload::load_balancing::HealthPolicy::try_from(v)
@@ -176,13 +201,17 @@ fn service(s: &Service) -> Value {
         m.val("loadBalancing", l.done());
     }
     m.enumeration("ipFamilies", s.ip_families, |v| {
-        workload::IpFamilies::try_from(v).ok().map(|e| e.as_str_name())
+        workload::IpFamilies::try_from(v)
+            .ok()
+            .map(|e| e.as_str_name())
     });
     m.flag("canonical", s.canonical);
     m.flag("ingressUseWaypoint", s.ingress_use_waypoint);
     if s.visibility != 0 {
         m.enumeration("visibility", s.visibility, |v| {
-            workload::service::Visibility::try_from(v).ok().map(|e| e.as_str_name())
+            workload::service::Visibility::try_from(v)
+                .ok()
+                .map(|e| e.as_str_name())
         });
     }
     m.done()
@@ -191,10 +220,13 @@ fn service(s: &Service) -> Value {
 fn port(p: &Port) -> Value {
     let mut m = Obj::default();
     m.num("servicePort", p.service_port);
-    m.num("targetPort", p.target_port);
+    // Shown even when 0: on a Service that means "named, resolved per workload".
+    m.val("targetPort", Value::from(p.target_port));
     if p.app_protocol != 0 {
         m.enumeration("appProtocol", p.app_protocol, |v| {
-            workload::AppProtocol::try_from(v).ok().map(|e| e.as_str_name())
+            workload::AppProtocol::try_from(v)
+                .ok()
+                .map(|e| e.as_str_name())
         });
     }
     m.done()

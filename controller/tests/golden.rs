@@ -10,14 +10,19 @@ use std::path::{Path, PathBuf};
 use controller::{load_dir, render, translate, TranslateOptions};
 
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(case)
 }
 
 fn check(case: &str) {
     let dir = case_dir(case);
     let loaded = load_dir(dir.join("input"));
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "{case}: input does not load: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "{case}: input does not load: {errors:#?}"
+    );
 
     let out = translate(&loaded.manifests, &TranslateOptions::default());
     let actual = format!(
@@ -87,8 +92,15 @@ fn every_case_is_tested() {
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in fs::read_dir(root).expect("golden dir") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
-        assert!(known.contains(&name.as_str()), "golden case {name} has no test");
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            known.contains(&name.as_str()),
+            "golden case {name} has no test"
+        );
     }
 }
 

@@ -63,14 +63,19 @@ pub enum HttpVersion {
 
 /// Opens a TCP connection from inside `netns` to `addr`. The socket belongs to that netns for
 /// its whole life, so the caller may use it from any thread (or hand it to tokio).
-pub fn connect_in(netns: &str, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
-    let stream = netns::run_in(netns, || TcpStream::connect_timeout(&addr, timeout))?.map_err(
-        |source| ClientError::Connect {
-            netns: netns.to_string(),
-            addr,
-            source,
-        },
-    )?;
+pub fn connect_in(
+    netns: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ClientError> {
+    let stream =
+        netns::run_in(netns, || TcpStream::connect_timeout(&addr, timeout))?.map_err(|source| {
+            ClientError::Connect {
+                netns: netns.to_string(),
+                addr,
+                source,
+            }
+        })?;
     let io = |source| ClientError::Io {
         addr: addr.to_string(),
         source,
@@ -98,7 +103,12 @@ pub fn tcp_echo(stream: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>, ClientErr
 }
 
 /// Connects from `netns` to `addr` and does a raw TCP echo of `msg`.
-pub fn tcp_echo_from(netns: &str, addr: SocketAddr, msg: &[u8], timeout: Duration) -> Result<Vec<u8>, ClientError> {
+pub fn tcp_echo_from(
+    netns: &str,
+    addr: SocketAddr,
+    msg: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
     let mut s = connect_in(netns, addr, timeout)?;
     tcp_echo(&mut s, msg)
 }

@@ -17,14 +17,20 @@ pub fn on_node_created(_lab: &mut Lab, _node: &NodeInfo) -> Result<(), LabError>
     Ok(())
 }
 
-/// The generated manifests are written. Hook: start the controller / write ztunnel config.
-pub fn on_manifests_written(_lab: &mut Lab) -> Result<(), LabError> {
-    Ok(())
+/// The generated manifests are written: translate them for ztunnel and start one per node.
+pub fn on_manifests_written(lab: &mut Lab) -> Result<(), LabError> {
+    match lab.state().mesh.clone() {
+        Some(opts) => crate::mesh::start(lab, &opts),
+        None => Ok(()),
+    }
 }
 
-/// A pod's network exists, its app is not started yet. Hook: run `amesh-cni` ADD.
-pub fn on_pod_created(_lab: &mut Lab, _pod: &PodInfo) -> Result<(), LabError> {
-    Ok(())
+/// A pod's network exists, its app is not started yet: `amesh-cni` ADD, as a runtime would.
+pub fn on_pod_created(lab: &mut Lab, pod: &PodInfo) -> Result<(), LabError> {
+    match lab.state().mesh.clone() {
+        Some(opts) => crate::mesh::add_pod(lab, &opts, pod),
+        None => Ok(()),
+    }
 }
 
 /// Every pod's app listens. Hook: wait until the mesh is ready for traffic.
@@ -34,4 +40,8 @@ pub fn on_lab_ready(_lab: &mut Lab) -> Result<(), LabError> {
 
 /// The lab is about to be torn down (or reaped after a crash). Hook: `amesh-cni` DEL per pod.
 /// Must not fail: it logs what went wrong and lets the teardown go on.
-pub fn on_teardown(_state: &LabState) {}
+pub fn on_teardown(state: &LabState) {
+    if let Some(opts) = &state.mesh {
+        crate::mesh::teardown(state, opts);
+    }
+}

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod echo;
 pub mod hooks;
+pub mod mesh;
 pub mod netns;
 pub mod plan;
 pub mod process;

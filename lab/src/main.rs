@@ -14,7 +14,10 @@ use lab::echo::{self, EchoConfig};
 use lab::{reap, summary, Lab, LabId, LabOptions, LabState};
 
 #[derive(Parser)]
-#[command(name = "amesh-lab", about = "A cluster of network namespaces on one machine")]
+#[command(
+    name = "amesh-lab",
+    about = "A cluster of network namespaces on one machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -34,6 +37,12 @@ enum Cmd {
         /// Stay in the foreground and tear the lab down on Ctrl-C / SIGTERM.
         #[arg(long)]
         foreground: bool,
+        /// Plain pods only: no ztunnel, no capture.
+        #[arg(long)]
+        no_mesh: bool,
+        /// ztunnel capture backend.
+        #[arg(long, default_value = "nft")]
+        capture: String,
     },
     /// Tear a lab down (the only one, the one given, or all).
     Down {
@@ -115,8 +124,7 @@ struct EchoArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -136,7 +144,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             nodes,
             id,
             foreground,
-        } => up(dir, nodes, id, foreground),
+            no_mesh,
+            capture,
+        } => up(dir, nodes, id, foreground, (!no_mesh).then_some(capture)),
         Cmd::Down { id, all } => {
             if all {
                 for id in reap::down_all()? {
@@ -185,19 +195,32 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     }
 }
 
-fn up(dir: PathBuf, nodes: usize, id: Option<LabId>, foreground: bool) -> anyhow::Result<()> {
+fn up(
+    dir: PathBuf,
+    nodes: usize,
+    id: Option<LabId>,
+    foreground: bool,
+    mesh: Option<String>,
+) -> anyhow::Result<()> {
+    let binary = lab::cluster::find_binary()?;
     let options = LabOptions {
         id,
+        mesh: mesh.map(|capture_mode| lab::mesh::MeshOptions {
+            capture_mode,
+            ..lab::mesh::MeshOptions::beside(&binary)
+        }),
+        binary: Some(binary),
         ..LabOptions::default()
     };
     let lab = Lab::up(&dir, nodes, options)
         .with_context(|| format!("bringing up a lab from {}", dir.display()))?;
-    print!("{}", summary::render(lab.state(), true));
     if !foreground {
         let state = lab.detach()?;
+        print!("{}", summary::render(&state, true));
         println!("\n`amesh-lab exec POD -- CMD` runs a command in a pod; `amesh-lab down --id {}` removes the lab.", state.id);
         return Ok(());
     }
+    print!("{}", summary::render(lab.state(), true));
     println!("\nrunning in the foreground; Ctrl-C tears the lab down");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -234,7 +257,10 @@ fn status(id: Option<LabId>, json: bool) -> anyhow::Result<()> {
         match (&l.state, json) {
             (Some(state), true) => println!("{}", serde_json::to_string_pretty(state)?),
             (Some(state), false) => print!("{}", summary::render(state, l.alive)),
-            (None, _) => println!("lab {}: leftovers without a state file (`amesh-lab down --id {}` removes them)", l.id, l.id),
+            (None, _) => println!(
+                "lab {}: leftovers without a state file (`amesh-lab down --id {}` removes them)",
+                l.id, l.id
+            ),
         }
     }
     Ok(())
@@ -260,7 +286,9 @@ fn client_cmd(args: ClientArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     let authority = args.addr.to_string();
-    let (status, reply) = rt.block_on(client::http_get(stream, version, &authority, &args.path, timeout))?;
+    let (status, reply) = rt.block_on(client::http_get(
+        stream, version, &authority, &args.path, timeout,
+    ))?;
     println!("{status}");
     println!("{}", serde_json::to_string_pretty(&reply)?);
     Ok(())

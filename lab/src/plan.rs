@@ -61,7 +61,9 @@ pub enum PlanError {
     BadIndex(u8),
     #[error("node number {0} out of range 1..={MAX_NODES}")]
     BadNode(usize),
-    #[error("pod slot {slot} on node {node} out of range: at most {MAX_PODS_PER_NODE} pods per node")]
+    #[error(
+        "pod slot {slot} on node {node} out of range: at most {MAX_PODS_PER_NODE} pods per node"
+    )]
     BadPodSlot { node: usize, slot: usize },
     #[error("service VIP #{0} out of range 10.X.128.0/17")]
     BadService(usize),
@@ -131,7 +133,11 @@ impl LabId {
             return full;
         }
         let hash = fnv1a(format!("{namespace}/{pod}").as_bytes());
-        format!("{}{:.80}-{hash:016x}", self.netns_prefix(), format!("{namespace}.{pod}"))
+        format!(
+            "{}{:.80}-{hash:016x}",
+            self.netns_prefix(),
+            format!("{namespace}.{pod}")
+        )
     }
 }
 
@@ -313,7 +319,10 @@ mod tests {
         assert_eq!(lab_of_netns("amesh-"), None);
         assert_eq!(lab_of_netns("other-t1-root"), None);
         let long = id.pod_netns("ns", &"p".repeat(250));
-        assert!(long.len() <= 120 && long.starts_with("amesh-t1-ns.p"), "{long}");
+        assert!(
+            long.len() <= 120 && long.starts_with("amesh-t1-ns.p"),
+            "{long}"
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{name} (pid {pid}) exited during startup with {status}; its log {log} ends with:\n{tail}")]
+    #[error(
+        "{name} (pid {pid}) exited during startup with {status}; its log {log} ends with:\n{tail}"
+    )]
     Exited {
         name: String,
         pid: i32,

@@ -35,7 +35,9 @@ pub enum RunDirError {
     Exists(LabId),
     #[error("all {MAX_LABS} lab slots are in use (`amesh-lab down --all` removes them)")]
     Full,
-    #[error("timed out after {0:?} waiting for {RUN_ROOT}/{GLOBAL_LOCK}: another amesh-lab seems stuck")]
+    #[error(
+        "timed out after {0:?} waiting for {RUN_ROOT}/{GLOBAL_LOCK}: another amesh-lab seems stuck"
+    )]
     GlobalLockTimeout(Duration),
     #[error(transparent)]
     Plan(#[from] PlanError),

@@ -58,6 +58,9 @@ pub struct LabState {
     pub processes: Vec<ProcessRecord>,
     /// Whether a keeper process holds the lab (it outlives the process that brought it up).
     pub detached: bool,
+    /// The mesh running in the lab; `None` for a lab without the mesh.
+    #[serde(default)]
+    pub mesh: Option<crate::mesh::MeshOptions>,
 }
 
 /// A node: a netns on the bridge that routes its pods.

@@ -25,9 +25,21 @@ pub fn render(state: &LabState, alive: bool) -> String {
     let nodes: Vec<Vec<String>> = state
         .nodes
         .iter()
-        .map(|n| vec![n.name.clone(), n.ip.to_string(), n.pod_cidr.to_string(), n.netns.clone()])
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.ip.to_string(),
+                n.pod_cidr.to_string(),
+                n.netns.clone(),
+            ]
+        })
         .collect();
-    table(&mut out, "nodes", &["NODE", "IP", "POD CIDR", "NETNS"], &nodes);
+    table(
+        &mut out,
+        "nodes",
+        &["NODE", "IP", "POD CIDR", "NETNS"],
+        &nodes,
+    );
     let pods: Vec<Vec<String>> = state
         .pods
         .iter()
@@ -52,7 +64,12 @@ pub fn render(state: &LabState, alive: bool) -> String {
             ]
         })
         .collect();
-    table(&mut out, "pods", &["NAMESPACE", "NAME", "IP", "NODE", "PORTS", "APP"], &pods);
+    table(
+        &mut out,
+        "pods",
+        &["NAMESPACE", "NAME", "IP", "NODE", "PORTS", "APP"],
+        &pods,
+    );
     let services: Vec<Vec<String>> = state
         .services
         .iter()
@@ -70,7 +87,12 @@ pub fn render(state: &LabState, alive: bool) -> String {
             ]
         })
         .collect();
-    table(&mut out, "services", &["NAMESPACE", "NAME", "VIP", "PORTS"], &services);
+    table(
+        &mut out,
+        "services",
+        &["NAMESPACE", "NAME", "VIP", "PORTS"],
+        &services,
+    );
     out
 }
 

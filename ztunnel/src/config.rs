@@ -50,6 +50,12 @@ pub struct Config {
     pub proxy_mode: ProxyMode,
     /// Unix socket the CNI plugin talks to.
     pub cni_socket: PathBuf,
+    /// istio-cni's ZDS socket (`INPOD_UDS`, as Istio's ztunnel). When set, pods come from
+    /// istio-cni over ZDS instead of from amesh-cni (see [`crate::zds`]).
+    pub inpod_uds: Option<PathBuf>,
+    /// How long a pod ADD waits for the pod to appear in the configuration
+    /// (`AMESH_POD_CONFIG_WAIT_SECONDS`).
+    pub pod_config_wait: Duration,
     /// Persisted set of captured pods.
     pub state_file: PathBuf,
     pub admin_addr: SocketAddr,
@@ -194,6 +200,11 @@ impl Config {
             cni_socket: get("AMESH_CNI_SOCKET")
                 .unwrap_or_else(|| crate::cni::DEFAULT_SOCKET.into())
                 .into(),
+            inpod_uds: get("INPOD_UDS").map(PathBuf::from),
+            pod_config_wait: secs(
+                "AMESH_POD_CONFIG_WAIT_SECONDS",
+                crate::pods::CONFIG_WAIT.as_secs(),
+            )?,
             state_file: get("AMESH_STATE_FILE")
                 .unwrap_or_else(|| "/var/run/ztunnel/pods.json".into())
                 .into(),

@@ -4,7 +4,7 @@
 //! Order on ADD matters: listeners first, then the redirect rules, so there is never a moment
 //! where capture sends the pod's traffic to a port nobody listens on. Any failure rolls back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +20,9 @@ use crate::netns::{Netns, NetnsError};
 use crate::proxy::{inbound::Inbound, inbound_plain, outbound, Pod, PodInfo, Shared};
 use crate::sockets::PodListeners;
 
-/// How long ADD waits for the pod to appear in the configuration.
-const CONFIG_WAIT: Duration = Duration::from_secs(15);
+/// How long ADD waits for the pod to appear in the configuration, unless configured
+/// (`AMESH_POD_CONFIG_WAIT_SECONDS`, see [`PodManager::with_config_wait`]).
+pub const CONFIG_WAIT: Duration = Duration::from_secs(15);
 /// How long ADD waits for the pod's certificate.
 const CERT_WAIT: Duration = Duration::from_secs(15);
 
@@ -75,6 +76,8 @@ pub struct PodManager {
     capture: CaptureMode,
     /// Where the captured set is persisted (`None`: not persisted).
     state_file: Option<PathBuf>,
+    /// How long ADD waits for the pod to appear in the configuration.
+    config_wait: Duration,
     pods: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
@@ -84,8 +87,21 @@ impl PodManager {
             shared,
             capture,
             state_file,
+            config_wait: CONFIG_WAIT,
             pods: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets how long ADD waits for the pod to appear in the configuration (tests and labs
+    /// shorten it so a pod that is not in the config fails fast).
+    pub fn with_config_wait(mut self, wait: Duration) -> Self {
+        self.config_wait = wait;
+        self
+    }
+
+    /// How long ADD waits for the pod to appear in the configuration.
+    pub fn config_wait(&self) -> Duration {
+        self.config_wait
     }
 
     /// Captures a pod if the configuration says it is in the mesh (HBONE). Returns whether it
@@ -103,7 +119,7 @@ impl PodManager {
             return Err(PodError::NotInConfig {
                 pod: label,
                 ip,
-                secs: CONFIG_WAIT.as_secs(),
+                secs: self.config_wait.as_secs(),
             });
         };
         if workload.protocol != TunnelProtocol::Hbone {
@@ -150,6 +166,27 @@ impl PodManager {
         }
         self.persist(&pods)?;
         Ok(true)
+    }
+
+    /// Stops capturing every pod whose uid is not in `keep` (after a pod source replayed its
+    /// whole set, e.g. ZDS's snapshot). Returns the uids removed; a failure to persist the set
+    /// is returned after every removal was attempted.
+    pub async fn retain(&self, keep: &HashSet<String>) -> Result<Vec<String>, PodError> {
+        let gone: Vec<String> = self
+            .pods
+            .lock()
+            .await
+            .keys()
+            .filter(|uid| !keep.contains(*uid))
+            .cloned()
+            .collect();
+        let mut result = Ok(());
+        for uid in &gone {
+            if let Err(e) = self.remove(uid).await {
+                result = Err(e);
+            }
+        }
+        result.map(|()| gone)
     }
 
     /// Pods currently captured.
@@ -241,7 +278,7 @@ impl PodManager {
                 }
             }
         };
-        tokio::time::timeout(CONFIG_WAIT, wait).await.ok()
+        tokio::time::timeout(self.config_wait, wait).await.ok()
     }
 
     fn pod_netns(&self, pod: &Pod) -> PodNetns {

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::error::{ManifestError, ObjectRef};
-use super::split::{shift_line_numbers, split_documents};
+use super::split::{shift_line_numbers, split_documents, RawDocument};
 use super::validate::{self, FieldError};
 use super::{Manifests, Object, ObjectKey, DEFAULT_NAMESPACE};
 
@@ -44,7 +44,10 @@ pub fn load_dir(path: impl AsRef<Path>) -> LoadResult {
     for file in files {
         match fs::read_to_string(&file) {
             Ok(text) => loader.load_text(&file, &text),
-            Err(source) => loader.result.errors.push(ManifestError::Read { path: file, source }),
+            Err(source) => loader
+                .result
+                .errors
+                .push(ManifestError::Read { path: file, source }),
         }
     }
     loader.result
@@ -57,7 +60,12 @@ pub fn load_yaml(origin: impl AsRef<Path>, text: &str) -> LoadResult {
     loader.result
 }
 
-fn collect_files(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, errors: &mut Vec<ManifestError>) {
+fn collect_files(
+    dir: &Path,
+    depth: usize,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<ManifestError>,
+) {
     if depth > MAX_DEPTH {
         tracing::warn!(dir = %dir.display(), "not descending further: directory tree too deep");
         return;
@@ -164,91 +172,14 @@ struct Loader {
 impl Loader {
     fn load_text(&mut self, file: &Path, text: &str) {
         for doc in split_documents(text) {
-            let offset = doc.first_line - 1;
-            let mut object = ObjectRef {
-                document: doc.index,
-                line: doc.first_line,
-                ..ObjectRef::default()
-            };
-            let invalid = |object: &ObjectRef, field: Option<String>, detail: String| {
-                ManifestError::Invalid {
-                    file: file.to_path_buf(),
-                    object: object.clone(),
-                    field,
-                    detail,
-                }
-            };
-
-            // First pass: a generic value, to learn what the document claims to be.
-            let value: Value = match serde_yaml::from_str(doc.text) {
-                Ok(value) => value,
+            let (object, typed) = match parse_document(file, &doc) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => continue,
                 Err(e) => {
-                    let detail = format!("not valid YAML: {}", shift_line_numbers(&e.to_string(), offset));
-                    self.result.errors.push(invalid(&object, None, detail));
+                    self.result.errors.push(*e);
                     continue;
                 }
             };
-            if value.is_null() {
-                continue;
-            }
-            let Some(map) = value.as_mapping() else {
-                let detail = "a manifest must be a mapping (a Kubernetes object)".to_owned();
-                self.result.errors.push(invalid(&object, None, detail));
-                continue;
-            };
-            let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-            let metadata = map.get("metadata");
-            object.kind = text_of(map.get("kind"));
-            object.name = text_of(metadata.and_then(|m| m.get("name")));
-            object.namespace = text_of(metadata.and_then(|m| m.get("namespace")));
-            let api_version = text_of(map.get("apiVersion"));
-            let (Some(api_version), Some(kind)) = (api_version, object.kind.clone()) else {
-                let field = if object.kind.is_none() { "kind" } else { "apiVersion" };
-                let detail = format!("{field}: missing, or not a string");
-                self.result.errors.push(invalid(&object, Some(field.into()), detail));
-                continue;
-            };
-            let Some(known) = KnownKind::of(&api_version, &kind) else {
-                tracing::debug!(
-                    file = %file.display(),
-                    document = doc.index,
-                    api_version,
-                    kind,
-                    "ignoring a kind amesh does not use"
-                );
-                continue;
-            };
-            if known.is_cluster_scoped() {
-                object.namespace = None;
-            } else if object.namespace.as_deref().is_none_or(str::is_empty) {
-                object.namespace = Some(DEFAULT_NAMESPACE.to_owned());
-            }
-
-            // Second pass: the typed object, from the text again so that errors carry the
-            // field path and position (a `Value` has neither).
-            let mut typed = match parse_typed(known, doc.text) {
-                Ok(typed) => typed,
-                Err(Rejected::Serde(e)) => {
-                    let message = e.to_string();
-                    let field = field_of_serde_message(&message);
-                    let detail = shift_line_numbers(&message, offset);
-                    self.result.errors.push(invalid(&object, field, detail));
-                    continue;
-                }
-                Err(Rejected::Field(e)) => {
-                    self.result.errors.push(invalid(&object, Some(e.field.clone()), e.to_string()));
-                    continue;
-                }
-            };
-            if typed.metadata().name.as_deref().is_none_or(str::is_empty) {
-                let detail = "metadata.name: missing or empty".to_owned();
-                self.result
-                    .errors
-                    .push(invalid(&object, Some("metadata.name".into()), detail));
-                continue;
-            }
-            typed.normalize_namespace();
-
             let origin_key = (typed.kind(), ObjectKey::of(typed.metadata()));
             if let Some(first) = self.origins.get(&origin_key) {
                 self.result.errors.push(ManifestError::Duplicate {
@@ -262,6 +193,92 @@ impl Loader {
             self.result.manifests.insert(typed);
         }
     }
+}
+
+/// One document → the object it holds (with its description for later errors), `None` for an
+/// empty document or a kind amesh does not use, or the reason it is rejected.
+fn parse_document(
+    file: &Path,
+    doc: &RawDocument<'_>,
+) -> Result<Option<(ObjectRef, Object)>, Box<ManifestError>> {
+    let offset = doc.first_line - 1;
+    let mut object = ObjectRef {
+        document: doc.index,
+        line: doc.first_line,
+        ..ObjectRef::default()
+    };
+    // Boxed: the error is several times the size of the happy path's result.
+    let invalid = |object: &ObjectRef, field: Option<String>, detail: String| {
+        Box::new(ManifestError::Invalid {
+            file: file.to_path_buf(),
+            object: object.clone(),
+            field,
+            detail,
+        })
+    };
+
+    // First pass: a generic value, to learn what the document claims to be.
+    let value: Value = serde_yaml::from_str(doc.text).map_err(|e| {
+        let detail = format!(
+            "not valid YAML: {}",
+            shift_line_numbers(&e.to_string(), offset)
+        );
+        invalid(&object, None, detail)
+    })?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let Some(map) = value.as_mapping() else {
+        let detail = "a manifest must be a mapping (a Kubernetes object)".to_owned();
+        return Err(invalid(&object, None, detail));
+    };
+    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let metadata = map.get("metadata");
+    object.kind = text_of(map.get("kind"));
+    object.name = text_of(metadata.and_then(|m| m.get("name")));
+    object.namespace = text_of(metadata.and_then(|m| m.get("namespace")));
+    let api_version = text_of(map.get("apiVersion"));
+    let (Some(api_version), Some(kind)) = (api_version, object.kind.clone()) else {
+        let field = if object.kind.is_none() {
+            "kind"
+        } else {
+            "apiVersion"
+        };
+        let detail = format!("{field}: missing, or not a string");
+        return Err(invalid(&object, Some(field.into()), detail));
+    };
+    let Some(known) = KnownKind::of(&api_version, &kind) else {
+        tracing::debug!(
+            file = %file.display(),
+            document = doc.index,
+            api_version,
+            kind,
+            "ignoring a kind amesh does not use"
+        );
+        return Ok(None);
+    };
+    if known.is_cluster_scoped() {
+        object.namespace = None;
+    } else if object.namespace.as_deref().is_none_or(str::is_empty) {
+        object.namespace = Some(DEFAULT_NAMESPACE.to_owned());
+    }
+
+    // Second pass: the typed object, from the text again so that errors carry the field path
+    // and position (a `Value` has neither).
+    let mut typed = parse_typed(known, doc.text).map_err(|rejected| match rejected {
+        Rejected::Serde(e) => {
+            let message = e.to_string();
+            let field = field_of_serde_message(&message);
+            invalid(&object, field, shift_line_numbers(&message, offset))
+        }
+        Rejected::Field(e) => invalid(&object, Some(e.field.clone()), e.to_string()),
+    })?;
+    if typed.metadata().name.as_deref().is_none_or(str::is_empty) {
+        let detail = "metadata.name: missing or empty".to_owned();
+        return Err(invalid(&object, Some("metadata.name".into()), detail));
+    }
+    typed.normalize_namespace();
+    Ok(Some((object, typed)))
 }
 
 /// Why a document did not become an object.
@@ -323,7 +340,10 @@ mod tests {
             KnownKind::of("security.istio.io/v1beta1", "PeerAuthentication"),
             Some(KnownKind::PeerAuthentication)
         );
-        assert_eq!(KnownKind::of("networking.istio.io/v1", "VirtualService"), None);
+        assert_eq!(
+            KnownKind::of("networking.istio.io/v1", "VirtualService"),
+            None
+        );
         assert_eq!(KnownKind::of("apps/v1", "StatefulSet"), None);
         assert_eq!(KnownKind::of("v2", "Pod"), None);
     }
@@ -331,10 +351,15 @@ mod tests {
     #[test]
     fn field_from_message() {
         assert_eq!(
-            field_of_serde_message("spec.ports: invalid type: string \"x\", expected a sequence at line 3 column 4"),
+            field_of_serde_message(
+                "spec.ports: invalid type: string \"x\", expected a sequence at line 3 column 4"
+            ),
             Some("spec.ports".into())
         );
-        assert_eq!(field_of_serde_message("invalid type: string, expected struct"), None);
+        assert_eq!(
+            field_of_serde_message("invalid type: string, expected struct"),
+            None
+        );
         assert_eq!(field_of_serde_message("missing field `kind`"), None);
     }
 }

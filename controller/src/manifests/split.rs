@@ -25,9 +25,8 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize; // byte offset of the current document
     let mut start_line = 1usize;
-    let mut line_no = 1usize;
     let mut offset = 0usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         let line_end = offset + line.len();
         if is_marker(line, "---") {
             push_document(&mut docs, &text[start..offset], start_line);
@@ -39,7 +38,6 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
             start_line = line_no + 1;
         }
         offset = line_end;
-        line_no += 1;
     }
     push_document(&mut docs, &text[start..], start_line);
     docs

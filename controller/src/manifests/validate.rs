@@ -71,7 +71,10 @@ pub fn authorization_policy(spec: &AuthorizationPolicySpec) -> Result<(), FieldE
             return Err(err("spec.provider", "action CUSTOM needs a provider"));
         }
         (action, Some(_)) if action != Some(AuthorizationAction::Custom) => {
-            return Err(err("spec.provider", "a provider is only valid with action CUSTOM"));
+            return Err(err(
+                "spec.provider",
+                "a provider is only valid with action CUSTOM",
+            ));
         }
         _ => {}
     }
@@ -172,7 +175,10 @@ fn condition(at: &str, c: &Condition) -> Result<(), FieldError> {
         || bracketed("request.auth.claims[")
         || key.starts_with("experimental.envoy.filters.");
     if !known {
-        return Err(err(format!("{at}.key"), format!("unknown attribute {:?}", c.key)));
+        return Err(err(
+            format!("{at}.key"),
+            format!("unknown attribute {:?}", c.key),
+        ));
     }
     if c.values.is_empty() && c.not_values.is_empty() {
         return Err(err(at, "a condition needs values or notValues"));
@@ -249,7 +255,10 @@ pub fn request_authentication(spec: &RequestAuthenticationSpec) -> Result<(), Fi
     }
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
         if rule.issuer.trim().is_empty() {
-            return Err(err(format!("spec.jwtRules[{i}].issuer"), "must not be empty"));
+            return Err(err(
+                format!("spec.jwtRules[{i}].issuer"),
+                "must not be empty",
+            ));
         }
         if rule.jwks.is_some() && rule.jwks_uri.is_some() {
             return Err(err(

@@ -100,10 +100,11 @@ impl ServiceInfo {
             }
         }
 
-        let distribution = spec
-            .traffic_distribution
-            .as_deref()
-            .or_else(|| annotations(&svc.metadata).get(labels::TRAFFIC_DISTRIBUTION).map(String::as_str));
+        let distribution = spec.traffic_distribution.as_deref().or_else(|| {
+            annotations(&svc.metadata)
+                .get(labels::TRAFFIC_DISTRIBUTION)
+                .map(String::as_str)
+        });
         let label_true = |l: Option<&BTreeMap<String, String>>| {
             l.and_then(|l| l.get(labels::INGRESS_USE_WAYPOINT))
                 .is_some_and(|v| v == "true")
@@ -125,7 +126,11 @@ impl ServiceInfo {
 }
 
 /// One port; `None` (reported) for ports ztunnel cannot carry or that are out of range.
-fn service_port(key: &ObjectKey, port: &ServicePort, warnings: &mut Warnings) -> Option<ServicePortInfo> {
+fn service_port(
+    key: &ObjectKey,
+    port: &ServicePort,
+    warnings: &mut Warnings,
+) -> Option<ServicePortInfo> {
     let name = port.name.clone().unwrap_or_default();
     if let Some(proto) = port.protocol.as_deref().filter(|p| *p != "TCP") {
         // ztunnel carries TCP only; a UDP twin of a TCP port (DNS) must not shadow it.
@@ -133,7 +138,10 @@ fn service_port(key: &ObjectKey, port: &ServicePort, warnings: &mut Warnings) ->
         return None;
     }
     let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
-        warnings.push(format!("service {key}: port {} is out of range; ignored", port.port));
+        warnings.push(format!(
+            "service {key}: port {} is out of range; ignored",
+            port.port
+        ));
         return None;
     };
     let target = match &port.target_port {
@@ -194,7 +202,10 @@ mod tests {
         assert_eq!(app_protocol(None, "tcp-db"), AppProtocol::Tcp);
         assert_eq!(app_protocol(None, "https"), AppProtocol::Tls);
         assert_eq!(app_protocol(None, "web"), AppProtocol::Unknown);
-        assert_eq!(app_protocol(Some("kubernetes.io/h2c"), "http"), AppProtocol::Http2);
+        assert_eq!(
+            app_protocol(Some("kubernetes.io/h2c"), "http"),
+            AppProtocol::Http2
+        );
         assert_eq!(app_protocol(Some("grpc"), "tcp"), AppProtocol::Grpc);
         assert_eq!(app_protocol(Some(""), "http"), AppProtocol::Http11);
     }

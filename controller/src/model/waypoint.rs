@@ -162,11 +162,17 @@ impl Waypoints {
         let origin = if explicit {
             format!("its {} label", labels::USE_WAYPOINT)
         } else {
-            format!("the {} label of namespace {namespace}", labels::USE_WAYPOINT)
+            format!(
+                "the {} label of namespace {namespace}",
+                labels::USE_WAYPOINT
+            )
         };
         let Some(waypoint) = self.waypoints.get(&key) else {
             let why = if self.other_gateways.contains(&key) {
-                format!("Gateway {key} is not of class {}", labels::WAYPOINT_GATEWAY_CLASS)
+                format!(
+                    "Gateway {key} is not of class {}",
+                    labels::WAYPOINT_GATEWAY_CLASS
+                )
             } else {
                 format!("there is no Gateway {key}")
             };

@@ -62,7 +62,12 @@ pub struct TranslatedPolicy {
 
 impl TranslatedPolicy {
     /// Whether this selector policy applies to a pod in `namespace` with `pod_labels`.
-    pub fn selects(&self, root_namespace: &str, namespace: &str, pod_labels: &BTreeMap<String, String>) -> bool {
+    pub fn selects(
+        &self,
+        root_namespace: &str,
+        namespace: &str,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> bool {
         let Some(selector) = &self.selector else {
             return false;
         };
@@ -98,8 +103,13 @@ fn convert(
         AuthorizationAction::Allow => Action::Allow,
         AuthorizationAction::Deny => Action::Deny,
         other => {
+            let name = if other == AuthorizationAction::Audit {
+                "AUDIT"
+            } else {
+                "CUSTOM"
+            };
             warnings.push(format!(
-                "AuthorizationPolicy {key}: action {other:?} is not enforced by ztunnel; policy skipped (bind it to a waypoint with targetRefs)"
+                "AuthorizationPolicy {key}: action {name} is not enforced by ztunnel; policy skipped (bind it to a waypoint with targetRefs)"
             ));
             return None;
         }
@@ -116,7 +126,10 @@ fn convert(
             .iter()
             .enumerate()
             .filter_map(|(i, rule)| {
-                let what = format!("AuthorizationPolicy {key}: {} rule {i}", action.as_str_name());
+                let what = format!(
+                    "AuthorizationPolicy {key}: {} rule spec.rules[{i}]",
+                    action.as_str_name()
+                );
                 convert_rule(action, rule, &what, warnings)
             })
             .collect(),
@@ -163,7 +176,11 @@ fn convert_rule(
     warnings: &mut Warnings,
 ) -> Option<Rule> {
     let mut l7: Vec<&str> = Vec::new();
-    let operations: Vec<&Operation> = rule.to.iter().filter_map(|t| t.operation.as_ref()).collect();
+    let operations: Vec<&Operation> = rule
+        .to
+        .iter()
+        .filter_map(|t| t.operation.as_ref())
+        .collect();
     let sources: Vec<&Source> = rule.from.iter().filter_map(|f| f.source.as_ref()).collect();
     for op in &operations {
         l7.extend(operation_l7_fields(op));
@@ -265,7 +282,11 @@ fn operation_l7_fields(op: &Operation) -> Vec<&'static str> {
         ("paths", &op.paths),
         ("notPaths", &op.not_paths),
     ];
-    fields.into_iter().filter(|(_, v)| !v.is_empty()).map(|(n, _)| n).collect()
+    fields
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, _)| n)
+        .collect()
 }
 
 fn source_l7_fields(src: &Source) -> Vec<&'static str> {
@@ -275,7 +296,11 @@ fn source_l7_fields(src: &Source) -> Vec<&'static str> {
         ("remoteIpBlocks", &src.remote_ip_blocks),
         ("notRemoteIpBlocks", &src.not_remote_ip_blocks),
     ];
-    fields.into_iter().filter(|(_, v)| !v.is_empty()).map(|(n, _)| n).collect()
+    fields
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Istio's string syntax: `*` present, `*suffix`, `prefix*`, else exact.
@@ -300,7 +325,11 @@ fn string_matches(values: &[String]) -> Vec<StringMatch> {
 
 // The policy was validated (`convert`), so every value parses.
 fn ports(values: &[String]) -> Vec<u32> {
-    values.iter().filter_map(|v| parse_port(v)).map(u32::from).collect()
+    values
+        .iter()
+        .filter_map(|v| parse_port(v))
+        .map(u32::from)
+        .collect()
 }
 
 fn ip_blocks(values: &[String]) -> Vec<Address> {

@@ -66,7 +66,8 @@ impl<'a> PeerAuthn<'a> {
     pub fn build(m: &'a Manifests, opts: &TranslateOptions, warnings: &mut Warnings) -> Self {
         let root = opts.root_namespace.as_str();
         let mut mesh: Vec<(&ObjectKey, &PeerAuthentication)> = Vec::new();
-        let mut namespaces: BTreeMap<&str, Vec<(&ObjectKey, &PeerAuthentication)>> = BTreeMap::new();
+        let mut namespaces: BTreeMap<&str, Vec<(&ObjectKey, &PeerAuthentication)>> =
+            BTreeMap::new();
         let mut workloads: BTreeMap<&str, Vec<(&ObjectKey, &PeerAuthentication)>> = BTreeMap::new();
         for (key, pa) in &m.peer_authentications {
             let has_selector = pa
@@ -86,10 +87,12 @@ impl<'a> PeerAuthn<'a> {
         let mesh = oldest(mesh, "the mesh", warnings);
         let namespaces = namespaces
             .into_iter()
-            .filter_map(|(ns, list)| Some((ns, oldest(list, &format!("namespace {ns}"), warnings)?)))
+            .filter_map(|(ns, list)| {
+                Some((ns, oldest(list, &format!("namespace {ns}"), warnings)?))
+            })
             .collect();
         for list in workloads.values_mut() {
-            list.sort_by(|a, b| age_order(a, b));
+            list.sort_by(age_order);
         }
         let mut index = PeerAuthn {
             root_namespace: root.to_owned(),
@@ -163,7 +166,9 @@ impl<'a> PeerAuthn<'a> {
     /// Mode inherited by pods of `namespace` from the namespace and mesh levels, DISABLE folded
     /// into PERMISSIVE.
     fn namespace_mode(&self, namespace: &str) -> MtlsMode {
-        let mode_of = |pa: Option<&&PeerAuthentication>| set_mode(pa.and_then(|pa| pa.spec.mtls.as_ref()).map(|m| m.mode()));
+        let mode_of = |pa: Option<&&PeerAuthentication>| {
+            set_mode(pa.and_then(|pa| pa.spec.mtls.as_ref()).map(|m| m.mode()))
+        };
         let ns_level = if namespace == self.root_namespace {
             None
         } else {
@@ -256,7 +261,11 @@ fn age_order(a: &Entry<'_>, b: &Entry<'_>) -> std::cmp::Ordering {
 }
 
 /// The oldest of several policies at one level, with a warning when there are several.
-fn oldest<'a>(mut list: Vec<Entry<'a>>, level: &str, warnings: &mut Warnings) -> Option<&'a PeerAuthentication> {
+fn oldest<'a>(
+    mut list: Vec<Entry<'a>>,
+    level: &str,
+    warnings: &mut Warnings,
+) -> Option<&'a PeerAuthentication> {
     list.sort_by(age_order);
     if list.len() > 1 {
         let names: Vec<String> = list.iter().map(|(k, _)| k.to_string()).collect();

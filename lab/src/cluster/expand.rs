@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    HostIP, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec,
-    PodStatus, Service,
+    HostIP, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus,
+    Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -123,11 +123,7 @@ pub fn expand(input: &Input, nodes: usize, plan: &AddressPlan) -> Result<Expande
         slots[node] += 1;
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let ports = listen_ports(&pod, &namespace, &labels, &services);
-        let uid = pod
-            .metadata
-            .uid
-            .get_or_insert_with(|| uid_of(&key))
-            .clone();
+        let uid = pod.metadata.uid.get_or_insert_with(|| uid_of(&key)).clone();
         pod.status = Some(running_status(ip, plan.node_ip(node)?));
         let version = labels
             .get("version")
@@ -222,7 +218,11 @@ fn listen_ports(
     services: &[Service],
 ) -> Vec<u16> {
     let mut ports = BTreeSet::new();
-    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
     for c in containers {
         for p in c.ports.iter().flatten() {
             let tcp = p.protocol.as_deref().is_none_or(|proto| proto == "TCP");
@@ -236,7 +236,12 @@ fn listen_ports(
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
             continue;
         };
-        let same_ns = svc.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == namespace;
+        let same_ns = svc
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE)
+            == namespace;
         if !same_ns || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             continue;
         }
@@ -259,7 +264,10 @@ fn listen_ports(
 
 /// Services with `spec.clusterIP` set: explicit addresses are kept, `None` stays headless,
 /// ExternalName gets none, the rest get the next free address of the lab's service range.
-fn assign_cluster_ips(services: &[Service], plan: &AddressPlan) -> Result<Vec<Service>, ExpandError> {
+fn assign_cluster_ips(
+    services: &[Service],
+    plan: &AddressPlan,
+) -> Result<Vec<Service>, ExpandError> {
     let taken: BTreeSet<String> = services
         .iter()
         .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
@@ -325,7 +333,9 @@ fn running_status(ip: Ipv4Addr, host: Ipv4Addr) -> PodStatus {
         pod_ip: Some(ip.to_string()),
         pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
         host_ip: Some(host.to_string()),
-        host_ips: Some(vec![HostIP { ip: host.to_string() }]),
+        host_ips: Some(vec![HostIP {
+            ip: host.to_string(),
+        }]),
         conditions: Some(vec![
             condition("PodScheduled"),
             condition("Initialized"),

@@ -71,14 +71,20 @@ fn deployments_become_named_scheduled_addressed_pods() {
     let e = expand(&input(), 2, &plan).unwrap();
     assert_eq!(e.pods.len(), 4);
     let client = &e.pods[0];
-    assert_eq!((client.namespace.as_str(), client.name.as_str()), ("default", "client"));
+    assert_eq!(
+        (client.namespace.as_str(), client.name.as_str()),
+        ("default", "client")
+    );
     assert_eq!(client.service_account, "sleep");
     assert!(client.ports.is_empty());
     // Round robin: client node1, replicas node2, node1, node2.
     let nodes: Vec<usize> = e.pods.iter().map(|p| p.node).collect();
     assert_eq!(nodes, vec![1, 2, 1, 2]);
     let ips: Vec<String> = e.pods.iter().map(|p| p.ip.to_string()).collect();
-    assert_eq!(ips, ["10.128.1.2", "10.128.2.2", "10.128.1.3", "10.128.2.3"]);
+    assert_eq!(
+        ips,
+        ["10.128.1.2", "10.128.2.2", "10.128.1.3", "10.128.2.3"]
+    );
     let web = &e.pods[1];
     assert_eq!(web.namespace, "shop");
     assert_eq!(web.version, "v2");
@@ -89,11 +95,17 @@ fn deployments_become_named_scheduled_addressed_pods() {
     assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("web", 10, 5));
     assert_eq!(web.labels["pod-template-hash"], parts[1]);
     let owner = &web.pod.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.clone()), ("ReplicaSet", format!("web-{}", parts[1])));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.clone()),
+        ("ReplicaSet", format!("web-{}", parts[1]))
+    );
     let status = web.pod.status.as_ref().unwrap();
     assert_eq!(status.pod_ip.as_deref(), Some("10.128.2.2"));
     assert_eq!(status.host_ip.as_deref(), Some("10.128.0.2"));
-    assert_eq!(web.pod.spec.as_ref().unwrap().node_name.as_deref(), Some("node2"));
+    assert_eq!(
+        web.pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node2")
+    );
     // Names are stable across runs and distinct across replicas.
     let again = expand(&input(), 2, &plan).unwrap();
     assert_eq!(again.pods[1].name, web.name);
@@ -136,7 +148,10 @@ fn node_name_pins_a_pod_and_unknown_nodes_are_refused() {
     assert_eq!(e.pods[0].node, 2);
     let err = expand(&i, 1, &plan).unwrap_err();
     assert!(err.to_string().contains("node2"), "{err}");
-    assert!(matches!(expand(&i, 0, &plan), Err(ExpandError::NodeCount(0))));
+    assert!(matches!(
+        expand(&i, 0, &plan),
+        Err(ExpandError::NodeCount(0))
+    ));
 }
 
 #[test]
@@ -146,7 +161,10 @@ fn nodes_have_addresses_and_pod_cidrs() {
     assert_eq!(e.nodes.len(), 3);
     let n3 = &e.nodes[2];
     assert_eq!(n3.metadata.name.as_deref(), Some("node3"));
-    assert_eq!(n3.spec.as_ref().unwrap().pod_cidr.as_deref(), Some("10.129.3.0/24"));
+    assert_eq!(
+        n3.spec.as_ref().unwrap().pod_cidr.as_deref(),
+        Some("10.129.3.0/24")
+    );
     let addrs = n3.status.as_ref().unwrap().addresses.as_ref().unwrap();
     assert_eq!(addrs[0].address, "10.129.0.3");
 }

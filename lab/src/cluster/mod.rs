@@ -36,6 +36,8 @@ pub struct LabOptions {
     pub binary: Option<PathBuf>,
     /// How long each process may take to start listening.
     pub startup_timeout: Duration,
+    /// Run the mesh (ztunnel per node, amesh-cni per pod); `None` for plain pods.
+    pub mesh: Option<crate::mesh::MeshOptions>,
 }
 
 impl Default for LabOptions {
@@ -44,6 +46,7 @@ impl Default for LabOptions {
             id: None,
             binary: None,
             startup_timeout: Duration::from_secs(10),
+            mesh: None,
         }
     }
 }
@@ -88,6 +91,7 @@ impl Lab {
             services: Vec::new(),
             processes: Vec::new(),
             detached: false,
+            mesh: options.mesh,
         };
         let mut lab = Lab {
             run: Some(run),
@@ -163,10 +167,21 @@ impl Lab {
 
     /// Starts a process inside `netns` and records it, so that teardown (and the reaping of a
     /// crashed lab) stops it. Its output goes to `<run dir>/logs/<name>.log`.
-    pub fn spawn(&mut self, name: &str, netns: &str, cmd: Command) -> Result<ProcessRecord, LabError> {
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        netns: &str,
+        cmd: Command,
+    ) -> Result<ProcessRecord, LabError> {
         let file: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let log = self.state.run_dir.join("logs").join(format!("{file}.log"));
         let (child, record) = process::spawn_in_netns(name, netns, cmd, &log, None)?;
@@ -179,7 +194,13 @@ impl Lab {
     /// Waits until the process started as `name` listens on all `ports`.
     pub fn wait_listening(&mut self, name: &str, ports: &[u16]) -> Result<(), LabError> {
         let timeout = self.startup_timeout;
-        let Some(record) = self.state.processes.iter().find(|p| p.name == name).cloned() else {
+        let Some(record) = self
+            .state
+            .processes
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+        else {
             return Ok(());
         };
         if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
@@ -222,19 +243,34 @@ impl Lab {
     }
 
     /// Runs `f` on a thread inside the pod's netns.
-    pub fn run_in_pod<T: Send, F: FnOnce() -> T + Send>(&self, pod: &str, f: F) -> Result<T, LabError> {
+    pub fn run_in_pod<T: Send, F: FnOnce() -> T + Send>(
+        &self,
+        pod: &str,
+        f: F,
+    ) -> Result<T, LabError> {
         let netns = self.pod(pod)?.netns.clone();
         Ok(netns::run_in(&netns, f)?)
     }
 
     /// A TCP connection from inside `pod` to `addr` (read/write timeouts set to `timeout`).
-    pub fn connect(&self, pod: &str, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, LabError> {
+    pub fn connect(
+        &self,
+        pod: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, LabError> {
         let netns = self.pod(pod)?.netns.clone();
         Ok(client::connect_in(&netns, addr, timeout)?)
     }
 
     /// A raw TCP echo of `msg` from inside `pod` to `addr`: returns what came back.
-    pub fn tcp_echo(&self, pod: &str, addr: SocketAddr, msg: &[u8], timeout: Duration) -> Result<Vec<u8>, LabError> {
+    pub fn tcp_echo(
+        &self,
+        pod: &str,
+        addr: SocketAddr,
+        msg: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, LabError> {
         let mut s = self.connect(pod, addr, timeout)?;
         client::tcp_echo(&mut s, msg).map_err(|e: ClientError| e.into())
     }

@@ -54,7 +54,11 @@ where
     }
 }
 
-async fn answer(req: Request<Incoming>, config: &EchoConfig, addrs: ConnAddrs) -> Response<Full<Bytes>> {
+async fn answer(
+    req: Request<Incoming>,
+    config: &EchoConfig,
+    addrs: ConnAddrs,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     // A body that breaks off mid-way is still answered: the client learns what arrived.
     let body_bytes = match body.collect().await {
@@ -77,7 +81,14 @@ async fn answer(req: Request<Incoming>, config: &EchoConfig, addrs: ConnAddrs) -
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get("host").cloned())
+        .unwrap_or_default();
     let reply = EchoReply {
+        authority,
         pod: config.pod.clone(),
         namespace: config.namespace.clone(),
         version: config.version.clone(),
@@ -120,8 +131,14 @@ mod tests {
 
     #[test]
     fn status_paths() {
-        assert_eq!(requested_status("/status/503"), Some(StatusCode::SERVICE_UNAVAILABLE));
-        assert_eq!(requested_status("/status/204/"), Some(StatusCode::NO_CONTENT));
+        assert_eq!(
+            requested_status("/status/503"),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(
+            requested_status("/status/204/"),
+            Some(StatusCode::NO_CONTENT)
+        );
         assert_eq!(requested_status("/status/abc"), None);
         assert_eq!(requested_status("/"), None);
     }

@@ -22,6 +22,9 @@ use self::sniff::{Rewind, MAX_REQUEST_LINE};
 /// is treated as raw TCP.
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Read buffer of a raw echo connection.
+const RAW_BUFFER: usize = 64 * 1024;
+
 /// Who this echo app pretends to be.
 #[derive(Clone, Debug, Default)]
 pub struct EchoConfig {
@@ -120,8 +123,10 @@ pub async fn handle(mut stream: TcpStream, config: Arc<EchoConfig>) {
 /// Echoes bytes until the client half-closes, then half-closes too, so a client that shuts
 /// down its write side still receives everything it sent.
 async fn echo_raw(mut stream: TcpStream, prefix: &[u8]) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.split();
+    let (rd, mut wr) = stream.split();
     wr.write_all(prefix).await?;
-    tokio::io::copy(&mut rd, &mut wr).await?;
+    // A larger buffer than `copy`'s 8 KiB: throughput benchmarks use this path as the baseline.
+    let mut rd = tokio::io::BufReader::with_capacity(RAW_BUFFER, rd);
+    tokio::io::copy_buf(&mut rd, &mut wr).await?;
     wr.shutdown().await
 }

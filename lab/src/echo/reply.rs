@@ -18,6 +18,8 @@ pub struct EchoReply {
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
     pub protocol: String,
     pub method: String,
+    /// The request's authority (`:authority` in HTTP/2, `Host` in HTTP/1).
+    pub authority: String,
     /// Path and query, as requested.
     pub path: String,
     /// The peer address the app saw: the client pod, unless something in between hid it.

@@ -149,7 +149,10 @@ mod tests {
             classify(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Sniff::Known(Protocol::Http1)
         );
-        assert_eq!(classify(b"POST /a HTTP/1.0\n"), Sniff::Known(Protocol::Http1));
+        assert_eq!(
+            classify(b"POST /a HTTP/1.0\n"),
+            Sniff::Known(Protocol::Http1)
+        );
         assert_eq!(classify(b"GET"), Sniff::Incomplete);
         assert_eq!(classify(b"GET /index"), Sniff::Incomplete);
         assert_eq!(classify(b"GET / SPDY/3\r\n"), Sniff::Known(Protocol::Raw));
@@ -166,7 +169,7 @@ mod tests {
         assert_eq!(classify(b"\x00"), Sniff::Known(Protocol::Raw));
         assert_eq!(classify(b"GETX/"), Sniff::Known(Protocol::Raw));
         assert_eq!(classify(&[b'A'; 30]), Sniff::Known(Protocol::Raw));
-        assert_eq!(classify(&vec![b'x'; 10]), Sniff::Known(Protocol::Raw));
+        assert_eq!(classify(&[b'x'; 10]), Sniff::Known(Protocol::Raw));
         let mut long = b"GET /".to_vec();
         long.resize(MAX_REQUEST_LINE, b'a');
         assert_eq!(classify(&long), Sniff::Known(Protocol::Raw));

@@ -1,0 +1,262 @@
+//! The mesh in the lab: a shared CA, ztunnel's config translated from the generated manifests
+//! (by the controller's library, written as Istio ztunnel's local file), one real `ztunnel`
+//! process per node in its netns, and `amesh-cni` run for every pod exactly as a container
+//! runtime runs a chained CNI plugin.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Lab, LabError};
+use crate::state::{LabState, NodeInfo, PodInfo};
+
+/// How the lab runs the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshOptions {
+    /// Directory holding the `ztunnel` and `amesh-cni` binaries.
+    pub bin_dir: PathBuf,
+    /// ztunnel's `CAPTURE_MODE`.
+    pub capture_mode: String,
+}
+
+impl MeshOptions {
+    /// Binaries next to the `amesh-lab` binary (cargo puts a workspace's binaries together).
+    pub fn beside(lab_binary: &Path) -> MeshOptions {
+        MeshOptions {
+            bin_dir: lab_binary
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into()),
+        }
+    }
+}
+
+fn hook_error(hook: &'static str, e: impl std::fmt::Display) -> LabError {
+    LabError::Hook {
+        hook,
+        source: e.to_string().into(),
+    }
+}
+
+/// `<run dir>/mesh`.
+pub fn mesh_dir(state: &LabState) -> PathBuf {
+    state.run_dir.join("mesh")
+}
+
+pub fn config_path(state: &LabState) -> PathBuf {
+    mesh_dir(state).join("ztunnel-config.yaml")
+}
+
+pub fn ca_dir(state: &LabState) -> PathBuf {
+    mesh_dir(state).join("ca")
+}
+
+fn node_dir(state: &LabState, node: &str) -> PathBuf {
+    mesh_dir(state).join(node)
+}
+
+pub fn cni_socket(state: &LabState, node: &str) -> PathBuf {
+    node_dir(state, node).join("cni.sock")
+}
+
+/// Name of a node's ztunnel process in the lab's process records.
+pub fn ztunnel_name(node: &str) -> String {
+    format!("ztunnel {node}")
+}
+
+/// Translates the lab's manifests (generated + input) into ztunnel's local config file.
+/// Written through a temporary file and a rename, so a watching ztunnel never reads half a file.
+pub fn write_config(state: &LabState) -> Result<usize, LabError> {
+    let loaded = controller::load_dir(&state.manifests_dir);
+    if !loaded.errors.is_empty() {
+        return Err(LabError::Manifests {
+            dir: state.manifests_dir.display().to_string(),
+            errors: loaded.errors.iter().map(|e| e.to_string()).collect(),
+        });
+    }
+    let translated =
+        controller::translate(&loaded.manifests, &controller::TranslateOptions::default());
+    for w in &translated.warnings {
+        tracing::warn!("translation: {w}");
+    }
+    let addresses: Vec<_> = translated
+        .addresses
+        .iter()
+        .map(|(_, a)| a.clone())
+        .collect();
+    let policies: Vec<_> = translated
+        .authorizations
+        .iter()
+        .map(|(_, a)| a.clone())
+        .collect();
+    let config = mesh::state::LocalConfig::from_resources(&addresses, &policies)
+        .map_err(|e| hook_error("on_manifests_written", e))?;
+    let yaml = config
+        .to_yaml()
+        .map_err(|e| hook_error("on_manifests_written", e))?;
+    let path = config_path(state);
+    std::fs::create_dir_all(mesh_dir(state)).map_err(|e| hook_error("on_manifests_written", e))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).map_err(|e| hook_error("on_manifests_written", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| hook_error("on_manifests_written", e))?;
+    Ok(addresses.len() + policies.len())
+}
+
+/// Writes the config, creates the CA and starts one ztunnel per node; waits until each is ready.
+pub fn start(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
+    let state = lab.state().clone();
+    write_config(&state)?;
+    // One root for the whole cluster, made before any ztunnel starts so none races to make it.
+    mesh::certs::LocalCa::load_or_create(&ca_dir(&state), "cluster.local")
+        .map_err(|e| hook_error("on_manifests_written", e))?;
+    let ztunnel = opts.bin_dir.join("ztunnel");
+    if !ztunnel.is_file() {
+        return Err(hook_error(
+            "on_manifests_written",
+            format!(
+                "{} not found: build it with `cargo build --bins`",
+                ztunnel.display()
+            ),
+        ));
+    }
+    for node in &state.nodes {
+        let dir = node_dir(&state, &node.name);
+        std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
+        let mut cmd = Command::new(&ztunnel);
+        cmd.env("LOCAL_XDS_PATH", config_path(&state))
+            .env("LOCAL_CA_DIR", ca_dir(&state))
+            .env("NODE_NAME", &node.name)
+            .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
+            .env("AMESH_STATE_FILE", dir.join("pods.json"))
+            .env("CAPTURE_MODE", &opts.capture_mode)
+            .env(
+                "RUST_LOG",
+                std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        lab.spawn(&ztunnel_name(&node.name), &node.netns, cmd)?;
+    }
+    for node in &state.nodes {
+        wait_ready(node, Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
+/// Polls a node's ztunnel readiness endpoint (`15021/healthz/ready` in the node netns).
+pub fn wait_ready(node: &NodeInfo, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::new(node.ip.into(), 15021);
+    loop {
+        let ready = crate::netns::run_in(&node.netns, move || http_status(addr, "/healthz/ready"))?;
+        if ready == Some(200) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(hook_error(
+                "on_node_created",
+                format!(
+                    "ztunnel on {} not ready after {timeout:?} (see its log in the lab's logs/)",
+                    node.name
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET `path` over HTTP/1.0; the status code, or None when nothing answers.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path).map(|(status, _)| status)
+}
+
+/// GET `path` over HTTP/1.0 from the calling thread's netns: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The chained CNI config a runtime would pass for `pod`.
+fn cni_stdin(state: &LabState, pod: &PodInfo) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "amesh-lab",
+        "type": "amesh-cni",
+        "ztunnel_socket": cni_socket(state, &pod.node),
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": format!("/run/netns/{}", pod.netns)}],
+            "ips": [{"address": format!("{}/32", pod.ip), "interface": 0}],
+        }
+    })
+    .to_string()
+}
+
+/// Runs `amesh-cni` with `command` for `pod`; Err carries the plugin's CNI error JSON.
+pub fn run_cni(
+    state: &LabState,
+    opts: &MeshOptions,
+    pod: &PodInfo,
+    command: &str,
+) -> Result<(), String> {
+    let mut child = Command::new(opts.bin_dir.join("amesh-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &pod.uid)
+        .env("CNI_NETNS", format!("/run/netns/{}", pod.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                pod.namespace, pod.name, pod.uid
+            ),
+        )
+        .env("CNI_PATH", &opts.bin_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running amesh-cni: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(cni_stdin(state, pod).as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for amesh-cni: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "amesh-cni {command} for {} failed: {} {}",
+            pod.key(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// CNI ADD for a pod; the pod must not start if it fails.
+pub fn add_pod(lab: &Lab, opts: &MeshOptions, pod: &PodInfo) -> Result<(), LabError> {
+    run_cni(lab.state(), opts, pod, "ADD").map_err(|e| hook_error("on_pod_created", e))
+}
+
+/// CNI DEL for every pod, best effort (ztunnel may already be gone).
+pub fn teardown(state: &LabState, opts: &MeshOptions) {
+    for pod in &state.pods {
+        if let Err(e) = run_cni(state, opts, pod, "DEL") {
+            tracing::debug!("{e}");
+        }
+    }
+}
