@@ -11,5 +11,8 @@ echo "[test] cargo fmt --check"
 cargo fmt --all --check
 echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# End-to-end tests run the workspace binaries (ztunnel, amesh-cni, amesh-lab); build them first.
+echo "[test] cargo build --bins"
+cargo build --workspace --bins --locked
 echo "[test] cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee /tmp/amesh-test.log

@@ -125,25 +125,114 @@ pub fn start(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
         ));
     }
     for node in &state.nodes {
-        let dir = node_dir(&state, &node.name);
-        std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
-        let mut cmd = Command::new(&ztunnel);
-        cmd.env("LOCAL_XDS_PATH", config_path(&state))
-            .env("LOCAL_CA_DIR", ca_dir(&state))
-            .env("NODE_NAME", &node.name)
-            .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
-            .env("AMESH_STATE_FILE", dir.join("pods.json"))
-            .env("CAPTURE_MODE", &opts.capture_mode)
-            .env(
-                "RUST_LOG",
-                std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        lab.spawn(&ztunnel_name(&node.name), &node.netns, cmd)?;
+        start_ztunnel(lab, opts, node)?;
     }
     for node in &state.nodes {
         wait_ready(node, Duration::from_secs(30))?;
     }
     Ok(())
+}
+
+/// Starts (or restarts) the ztunnel of `node` as a process of the lab, in the node's netns.
+/// Returns without waiting for readiness.
+pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Result<(), LabError> {
+    let state = lab.state().clone();
+    let ztunnel = opts.bin_dir.join("ztunnel");
+    if !ztunnel.is_file() {
+        return Err(hook_error(
+            "on_manifests_written",
+            format!(
+                "{} not found: build it with `cargo build --bins`",
+                ztunnel.display()
+            ),
+        ));
+    }
+    let dir = node_dir(&state, &node.name);
+    std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
+    let mut cmd = Command::new(&ztunnel);
+    cmd.env("LOCAL_XDS_PATH", config_path(&state))
+        .env("LOCAL_CA_DIR", ca_dir(&state))
+        .env("NODE_NAME", &node.name)
+        .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
+        .env("AMESH_STATE_FILE", dir.join("pods.json"))
+        .env("CAPTURE_MODE", &opts.capture_mode)
+        .env(
+            "RUST_LOG",
+            std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    lab.spawn(&ztunnel_name(&node.name), &node.netns, cmd)?;
+    Ok(())
+}
+
+/// Adds (or replaces) a manifest in the lab's input and re-translates ztunnel's config, as a
+/// user's `kubectl apply` followed by the control plane's push would.
+pub fn apply(lab: &Lab, name: &str, yaml: &str) -> Result<(), LabError> {
+    let dir = lab.state().manifests_dir.join("input");
+    std::fs::create_dir_all(&dir).map_err(|e| hook_error("apply", e))?;
+    std::fs::write(dir.join(format!("applied-{name}.yaml")), yaml)
+        .map_err(|e| hook_error("apply", e))?;
+    write_config(lab.state()).map(|_| ())
+}
+
+/// Removes a manifest added by [`apply`] and re-translates.
+pub fn remove(lab: &Lab, name: &str) -> Result<(), LabError> {
+    let path = lab
+        .state()
+        .manifests_dir
+        .join("input")
+        .join(format!("applied-{name}.yaml"));
+    std::fs::remove_file(path).map_err(|e| hook_error("remove", e))?;
+    write_config(lab.state()).map(|_| ())
+}
+
+/// A node's ztunnel `/metrics` text.
+pub fn metrics(node: &NodeInfo) -> Result<String, LabError> {
+    let addr = SocketAddr::new(node.ip.into(), 15020);
+    let got = crate::netns::run_in(&node.netns, move || http_get(addr, "/metrics"))?;
+    got.map(|(_, body)| body).ok_or_else(|| {
+        hook_error(
+            "metrics",
+            format!("no answer from ztunnel metrics on {}", node.name),
+        )
+    })
+}
+
+/// An HTTP/1.1 GET from inside `pod` to `addr`; the echo app's JSON answer.
+pub fn http_from(
+    lab: &Lab,
+    pod: &str,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<crate::echo::EchoReply, String> {
+    let netns = lab.pod(pod).map_err(|e| e.to_string())?.netns.clone();
+    let path = path.to_string();
+    let got =
+        crate::netns::run_in(&netns, move || http_get(addr, &path)).map_err(|e| e.to_string())?;
+    let (status, body) = got.ok_or_else(|| format!("no HTTP answer from {addr}"))?;
+    if status != 200 {
+        return Err(format!("status {status} from {addr}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("not an echo answer ({e}): {body}"))
+}
+
+/// `/etc/netns/<pod netns>/resolv.conf`: `ip netns exec` mounts it as the pod's resolv.conf,
+/// as a kubelet writes one per pod. The nameserver address is never reached: capture sends
+/// DNS to ztunnel's proxy.
+fn write_resolv_conf(state: &LabState, pod: &PodInfo) -> std::io::Result<()> {
+    let dir = PathBuf::from("/etc/netns").join(&pod.netns);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        format!(
+            "nameserver {}\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+            state.root_ip,
+            ns = pod.namespace
+        ),
+    )
+}
+
+fn remove_resolv_conf(pod: &PodInfo) {
+    let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&pod.netns));
 }
 
 /// Polls a node's ztunnel readiness endpoint (`15021/healthz/ready` in the node netns).
@@ -249,6 +338,7 @@ pub fn run_cni(
 
 /// CNI ADD for a pod; the pod must not start if it fails.
 pub fn add_pod(lab: &Lab, opts: &MeshOptions, pod: &PodInfo) -> Result<(), LabError> {
+    write_resolv_conf(lab.state(), pod).map_err(|e| hook_error("on_pod_created", e))?;
     run_cni(lab.state(), opts, pod, "ADD").map_err(|e| hook_error("on_pod_created", e))
 }
 
@@ -258,5 +348,6 @@ pub fn teardown(state: &LabState, opts: &MeshOptions) {
         if let Err(e) = run_cni(state, opts, pod, "DEL") {
             tracing::debug!("{e}");
         }
+        remove_resolv_conf(pod);
     }
 }

@@ -1,6 +1,7 @@
 //! ztunnel: amesh's per-node L4 proxy. It captures the traffic of ambient pods, carries it in
 //! HBONE tunnels with each pod's own identity, enforces L4 authorization and reports Istio's TCP
-//! metrics. `amesh-cni` (the chained CNI plugin) hands it pods over a unix socket.
+//! metrics. `amesh-cni` (the chained CNI plugin) hands it pods over a unix socket, or Istio's
+//! istio-cni does over ZDS ([`zds`]).
 
 pub mod admin;
 pub mod capture;
@@ -14,3 +15,4 @@ pub mod pods;
 pub mod proxy;
 pub mod run;
 pub mod sockets;
+pub mod zds;

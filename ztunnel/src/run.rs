@@ -61,16 +61,24 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         mark: config.packet_mark,
         node: config.node_name.clone(),
     });
+    // With ZDS (`INPOD_UDS`), istio-cni installs the in-pod rules and replays its pods on every
+    // connection, so ztunnel neither captures nor persists; amesh-cni's socket is not served.
+    let zds = config.inpod_uds.is_some();
     let capture = match config.proxy_mode {
+        ProxyMode::Shared if zds => CaptureMode::None,
         ProxyMode::Shared => config.capture,
         // The operator set up capture around a dedicated ztunnel.
         ProxyMode::Dedicated { .. } => CaptureMode::None,
     };
     let state_file = match config.proxy_mode {
+        ProxyMode::Shared if zds => None,
         ProxyMode::Shared => Some(config.state_file.clone()),
         ProxyMode::Dedicated { .. } => None,
     };
-    let pods = Arc::new(PodManager::new(shared.clone(), capture, state_file));
+    let pods = Arc::new(
+        PodManager::new(shared.clone(), capture, state_file)
+            .with_config_wait(config.pod_config_wait),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let quit = Arc::new(Notify::new());
     let admin = Arc::new(Admin {
@@ -91,18 +99,44 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
 
     // Ready means: config synced, and every pod we had before a restart captured again.
     synced.await;
-    match &config.proxy_mode {
-        ProxyMode::Shared => {
+    // Kept for the life of the process: dropping it stops the ZDS client.
+    let _zds_client = match (&config.proxy_mode, &config.inpod_uds) {
+        (ProxyMode::Shared, Some(socket)) => {
+            let socket = socket.clone();
+            info!(socket = %socket.display(), "taking pods from istio-cni (ZDS); waiting for its snapshot");
+            let mut client = crate::zds::spawn(socket, shared.clone(), pods.clone());
+            // As Istio's ztunnel: not ready before every pod istio-cni knows is served. That
+            // may take forever (istio-cni missing), so a stop request still gets through.
+            tokio::select! {
+                _ = client.wait_synced() => {}
+                _ = shutdown_signal() => {
+                    info!("signal received before istio-cni's snapshot: draining");
+                    pods.shutdown(config.drain_deadline).await;
+                    return Ok(());
+                }
+                _ = quit.notified() => {
+                    info!("/quitquitquit before istio-cni's snapshot: draining");
+                    pods.shutdown(config.drain_deadline).await;
+                    return Ok(());
+                }
+            }
+            Some(client)
+        }
+        (ProxyMode::Shared, None) => {
             let restored = pods.restore().await;
             info!(restored, "pods restored from the state file");
             let listener = crate::cni::agent::bind(&config.cni_socket).with_context(|| {
                 format!("binding the CNI socket {}", config.cni_socket.display())
             })?;
             tokio::spawn(crate::cni::agent::serve(listener, pods.clone()));
+            None
         }
-        ProxyMode::Dedicated {
-            namespace, name, ..
-        } => {
+        (
+            ProxyMode::Dedicated {
+                namespace, name, ..
+            },
+            _,
+        ) => {
             let ip = own_ip(&shared, namespace, name)
                 .with_context(|| format!("finding workload {namespace}/{name} in the config"))?;
             pods.add(
@@ -114,8 +148,9 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
             )
             .await
             .context("serving the dedicated workload")?;
+            None
         }
-    }
+    };
     ready.store(true, Ordering::Release);
     info!(node = %config.node_name, "ztunnel ready");
 

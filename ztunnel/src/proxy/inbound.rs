@@ -98,8 +98,13 @@ impl ConnectHandler for Inbound {
                         // The config store is gone (shutdown): keep serving until drained.
                         break Some((&mut relay).await);
                     }
+                    // Re-read the workload too: a new selector policy arrives as a change of
+                    // the workload's own policy list.
                     let snapshot = self.shared.state.snapshot();
-                    let decision = authorize(&snapshot, &dst_workload, &conn);
+                    let decision = match snapshot.workload_by_ip(target.ip()) {
+                        Some(current) => authorize(&snapshot, current, &conn),
+                        None => authorize(&snapshot, &dst_workload, &conn),
+                    };
                     if !decision.is_allowed() {
                         info!(target: "access", direction = "inbound", src.addr = %client, dst.addr = %target,
                             decision = %decision, "policy changed: closing live connection");

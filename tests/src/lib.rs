@@ -1,0 +1,112 @@
+//! Harness for the end-to-end scenarios: a lab with the mesh from a fixture folder, helpers to
+//! talk from pods and to wait for config to take effect, and a lock so scenarios run one at a
+//! time (each starts a cluster of processes; on two cores they would starve each other).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use lab;
+use lab::mesh::MeshOptions;
+use lab::{Lab, LabOptions};
+
+static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// A running lab with the mesh; torn down on drop (also when the test fails).
+pub struct MeshLab {
+    pub lab: Lab,
+    _serial: parking_lot::MutexGuard<'static, ()>,
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Capture backend under test: `CAPTURE_MODE` (default nft), so CI can run the suite per mode.
+pub fn capture_mode() -> String {
+    std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into())
+}
+
+impl MeshLab {
+    pub fn up(fixture_name: &str, nodes: usize) -> MeshLab {
+        let serial = SERIAL.lock();
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let binary = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
+        let options = LabOptions {
+            mesh: Some(MeshOptions {
+                capture_mode: capture_mode(),
+                ..MeshOptions::beside(&binary)
+            }),
+            binary: Some(binary),
+            startup_timeout: Duration::from_secs(20),
+            ..LabOptions::default()
+        };
+        let lab = Lab::up(&fixture(fixture_name), nodes, options).expect("lab up");
+        MeshLab {
+            lab,
+            _serial: serial,
+        }
+    }
+
+    pub fn ip(&self, pod: &str) -> IpAddr {
+        self.lab.pod(pod).expect("pod").ip.into()
+    }
+
+    pub fn vip(&self, service: &str) -> IpAddr {
+        self.lab
+            .state()
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.vip)
+            .expect("service VIP")
+            .into()
+    }
+
+    pub fn node(&self, name: &str) -> lab::NodeInfo {
+        self.lab
+            .state()
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .expect("node")
+    }
+
+    /// An HTTP GET from `pod`; the echo app's answer.
+    pub fn http(&self, pod: &str, addr: SocketAddr) -> Result<lab::echo::EchoReply, String> {
+        lab::mesh::http_from(&self.lab, pod, addr, "/")
+    }
+
+    /// A raw TCP echo from `pod`.
+    pub fn echo(&self, pod: &str, addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, String> {
+        self.lab
+            .tcp_echo(pod, addr, msg, Duration::from_secs(5))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Applies a manifest and waits until `check` holds (config reaches ztunnel by its file
+    /// watcher, so the effect is asynchronous); panics with `what` after 10 s.
+    pub fn apply_and_wait(&self, name: &str, yaml: &str, what: &str, check: impl Fn() -> bool) {
+        lab::mesh::apply(&self.lab, name, yaml).expect("apply manifest");
+        wait_for(what, Duration::from_secs(10), check);
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; panics naming `what` at the deadline.
+pub fn wait_for(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn addr(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}

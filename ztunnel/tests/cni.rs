@@ -1,0 +1,425 @@
+//! The real `amesh-cni` binary run as a container runtime runs it, against a real `ztunnel`
+//! process and real pod network namespaces: every failure answers CNI's error JSON and leaves
+//! the pod untouched; a success captures the pod and DEL releases it.
+//!
+//! Needs root (network namespaces, nft); namespaces are named `amesh-t-cni-<case>-<pid>` and
+//! always deleted, and ztunnel is always killed.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+// ---------- the pod's network namespace ----------
+
+/// A test network namespace, deleted on drop.
+struct TestNetns {
+    name: String,
+    path: PathBuf,
+}
+
+impl TestNetns {
+    fn new(case: &str) -> TestNetns {
+        let name = format!("amesh-t-cni-{case}-{}", std::process::id());
+        // A leftover of a crashed earlier run with the same pid would make `add` fail.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        let ns = TestNetns {
+            path: PathBuf::from(format!("/var/run/netns/{name}")),
+            name,
+        };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, program: &str, args: &[&str]) -> String {
+        let net = format!("--net={}", self.path.display());
+        let mut all = vec![net.as_str(), program];
+        all.extend_from_slice(args);
+        run("nsenter", &all)
+    }
+
+    /// TCP ports listening in the netns (from its /proc/net/tcp{,6}: state 0A is LISTEN).
+    fn listening_ports(&self) -> HashSet<u16> {
+        let mut ports = HashSet::new();
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            for line in self.exec("cat", &[file]).lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                if cols.len() > 3 && cols[3] == "0A" {
+                    if let Some((_, port)) = cols[1].rsplit_once(':') {
+                        ports.insert(u16::from_str_radix(port, 16).unwrap());
+                    }
+                }
+            }
+        }
+        ports
+    }
+
+    /// No nft rules, no capture listeners, no policy route: as the runtime created it.
+    fn assert_untouched(&self) {
+        let ruleset = self.exec("nft", &["list", "ruleset"]);
+        assert!(
+            ruleset.trim().is_empty(),
+            "nft rules left behind:\n{ruleset}"
+        );
+        let ports = self.listening_ports();
+        for port in [15001, 15006, 15008, 15053] {
+            assert!(!ports.contains(&port), "listener on {port} left behind");
+        }
+        for family in ["-4", "-6"] {
+            let rules = self.exec("ip", &[family, "rule", "list"]);
+            assert!(!rules.contains("lookup 100"), "policy route left:\n{rules}");
+        }
+    }
+
+    fn assert_captured(&self) {
+        let table = self.exec("nft", &["list", "table", "inet", "amesh"]);
+        assert!(table.contains("redirect to :15001"), "{table}");
+        let ports = self.listening_ports();
+        for port in [15001, 15006, 15008] {
+            assert!(ports.contains(&port), "no listener on {port}: {ports:?}");
+        }
+        let rules = self.exec("ip", &["-4", "rule", "list"]);
+        assert!(rules.contains("fwmark 0x111/0xfff lookup 100"), "{rules}");
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------- a real ztunnel ----------
+
+/// A ztunnel process on its own temp dir and ports, killed on drop.
+struct Ztunnel {
+    child: Child,
+    dir: tempfile::TempDir,
+    cni_socket: PathBuf,
+}
+
+impl Ztunnel {
+    /// Starts ztunnel with `workloads` (local-file YAML) and waits until it is ready.
+    fn start(workloads: &str) -> Ztunnel {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, workloads).unwrap();
+        let cni_socket = dir.path().join("amesh-cni.sock");
+        let [admin, stats, ready] = free_ports();
+        let log = std::fs::File::create(dir.path().join("ztunnel.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+            .env_clear()
+            // ztunnel runs nsenter, nft and ip.
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOCAL_XDS_PATH", &config)
+            .env("LOCAL_CA_DIR", dir.path().join("ca"))
+            .env("NODE_NAME", "node1")
+            .env("AMESH_CNI_SOCKET", &cni_socket)
+            .env("AMESH_STATE_FILE", dir.path().join("pods.json"))
+            .env("AMESH_POD_CONFIG_WAIT_SECONDS", "1")
+            .env("ADMIN_ADDR", admin.to_string())
+            .env("STATS_ADDR", stats.to_string())
+            .env("READINESS_ADDR", ready.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut z = Ztunnel {
+            child,
+            dir,
+            cni_socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_ready(ready) {
+            if let Some(status) = z.child.try_wait().unwrap() {
+                panic!("ztunnel exited ({status}):\n{}", z.log());
+            }
+            assert!(Instant::now() < deadline, "ztunnel not ready:\n{}", z.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        z
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ztunnel.log")).unwrap_or_default()
+    }
+
+    fn state_file(&self) -> Value {
+        let bytes = std::fs::read(self.dir.path().join("pods.json")).unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Ztunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- ztunnel log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Three loopback ports free right now (bound to port 0, then released).
+fn free_ports() -> [SocketAddr; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    [0, 1, 2].map(|i| listeners[i].local_addr().unwrap())
+}
+
+fn is_ready(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+fn workload(name: &str, ip: &str, protocol: &str) -> String {
+    format!(
+        "- name: {name}\n  namespace: demo\n  serviceAccount: {name}\n  workloadIps: [{ip}]\n  protocol: {protocol}\n  node: node1\n"
+    )
+}
+
+// ---------- the plugin ----------
+
+struct Outcome {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `amesh-cni` with the runtime's environment and `stdin`.
+fn plugin(env: &[(&str, &str)], stdin: &str) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amesh-cni"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Outcome {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The environment of a runtime's ADD/DEL for pod `demo/<name>`.
+fn runtime_env<'a>(command: &'a str, netns: &'a str, args: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", "c0ffee"),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+        ("CNI_ARGS", args),
+    ]
+}
+
+fn pod_args(name: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}")
+}
+
+fn prev_result(ip: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
+           "ips": [{"address": format!("{ip}/32"), "interface": 0}]})
+}
+
+fn net_conf(socket: &Path, prev: Option<Value>) -> String {
+    let mut conf = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "amesh-cni",
+                          "ztunnel_socket": socket});
+    if let Some(prev) = prev {
+        conf["prevResult"] = prev;
+    }
+    conf.to_string()
+}
+
+/// A failed invocation: non-zero exit and CNI's error JSON with `code` on stdout.
+fn assert_cni_error(out: &Outcome, code: u64) -> Value {
+    assert!(
+        !out.status.success(),
+        "expected failure, got {}",
+        out.stdout
+    );
+    let err: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", out.stdout));
+    assert_eq!(err["code"], code, "{err}");
+    assert_eq!(err["cniVersion"], "1.0.0", "{err}");
+    for field in ["msg", "details"] {
+        assert!(
+            err[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field} missing: {err}"
+        );
+    }
+    assert!(!out.stderr.is_empty(), "no diagnostic on stderr");
+    err
+}
+
+// ---------- cases ----------
+
+#[test]
+fn version_lists_supported_versions() {
+    let out = plugin(&[("CNI_COMMAND", "VERSION")], "");
+    assert!(out.status.success());
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let versions = v["supportedVersions"].as_array().unwrap();
+    for want in ["0.4.0", "1.0.0"] {
+        assert!(versions.iter().any(|x| x == want), "{v}");
+    }
+}
+
+#[test]
+fn bad_input_fails_without_touching_the_pod() {
+    let ns = TestNetns::new("bad");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("amesh-cni.sock");
+    let netns = ns.path.to_str().unwrap();
+    let args = pod_args("web");
+    let env = runtime_env("ADD", netns, &args);
+    let good = net_conf(&socket, Some(prev_result("10.78.0.9")));
+
+    // Malformed JSON on stdin: decoding error.
+    assert_cni_error(&plugin(&env, "{\"cniVersion\": \"1.0.0\", "), 6);
+    // A configuration meant for another plugin.
+    let other = good.replace("\"amesh-cni\"", "\"bridge\"");
+    assert_cni_error(&plugin(&env, &other), 7);
+    // Chained plugin without prevResult.
+    assert_cni_error(&plugin(&env, &net_conf(&socket, None)), 7);
+    // No CNI_NETNS: invalid environment.
+    let no_netns: Vec<_> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "CNI_NETNS")
+        .collect();
+    assert_cni_error(&plugin(&no_netns, &good), 4);
+    // A netns that does not exist: unknown container.
+    let gone = format!("{netns}-gone");
+    let err = assert_cni_error(&plugin(&runtime_env("ADD", &gone, &args), &good), 3);
+    assert!(err["details"].as_str().unwrap().contains(&gone), "{err}");
+    // Nobody listening on the socket: try again later.
+    let err = assert_cni_error(&plugin(&env, &good), 11);
+    assert!(
+        err["details"].as_str().unwrap().contains("amesh-cni.sock"),
+        "{err}"
+    );
+    // A stale socket file of a dead ztunnel: the same.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert_cni_error(&plugin(&env, &good), 11);
+
+    ns.assert_untouched();
+}
+
+#[test]
+fn pod_unknown_to_ztunnel_is_refused_and_left_untouched() {
+    let ns = TestNetns::new("refused");
+    // The config knows another pod, not this one.
+    let z = Ztunnel::start(&format!(
+        "workloads:\n{}",
+        workload("other", "10.78.1.2", "HBONE")
+    ));
+    let args = pod_args("web");
+    let env = runtime_env("ADD", ns.path.to_str().unwrap(), &args);
+    let conf = net_conf(&z.cni_socket, Some(prev_result("10.78.1.3")));
+    let started = Instant::now();
+    let err = assert_cni_error(&plugin(&env, &conf), 100);
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap()
+            .contains("not in ztunnel's configuration"),
+        "{err}"
+    );
+    // AMESH_POD_CONFIG_WAIT_SECONDS=1 bounds the wait.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    ns.assert_untouched();
+    assert_eq!(z.state_file(), Value::Null, "refused pod was persisted");
+}
+
+#[test]
+fn add_captures_and_del_releases() {
+    let ns = TestNetns::new("ok");
+    let z = Ztunnel::start(&format!(
+        "workloads:\n{}",
+        workload("web", "10.78.2.4", "HBONE")
+    ));
+    let netns = ns.path.to_str().unwrap();
+    let args = pod_args("web");
+    let prev = prev_result("10.78.2.4");
+    let conf = net_conf(&z.cni_socket, Some(prev.clone()));
+
+    let out = plugin(&runtime_env("ADD", netns, &args), &conf);
+    assert!(
+        out.status.success(),
+        "ADD failed: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let result: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(result, prev, "ADD must pass prevResult through");
+    ns.assert_captured();
+    assert_eq!(z.state_file()[0]["uid"], "uid-web");
+
+    // A runtime retry of the same ADD is harmless.
+    let out = plugin(&runtime_env("ADD", netns, &args), &conf);
+    assert!(out.status.success(), "{}", out.stdout);
+    ns.assert_captured();
+
+    let out = plugin(&runtime_env("DEL", netns, &args), &conf);
+    assert!(
+        out.status.success(),
+        "DEL failed: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    ns.assert_untouched();
+    assert_eq!(z.state_file(), json!([]));
+}
+
+#[test]
+fn del_without_ztunnel_succeeds() {
+    // DEL must not block pod deletion when ztunnel is down: nothing of ours can be running.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = net_conf(&dir.path().join("none.sock"), None);
+    let args = pod_args("web");
+    let out = plugin(&runtime_env("DEL", "/var/run/netns/gone", &args), &conf);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.trim().is_empty());
+}
