@@ -12,6 +12,7 @@
 pub mod client;
 pub mod cluster;
 pub mod cmd;
+pub mod demo;
 pub mod echo;
 pub mod hooks;
 pub mod mesh;

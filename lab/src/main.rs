@@ -44,6 +44,14 @@ enum Cmd {
         #[arg(long, default_value = "nft")]
         capture: String,
     },
+    /// Bring a lab up with the mesh, send traffic between every pod and service, print what
+    /// happened, and tear the lab down.
+    Demo {
+        /// Folder of manifests.
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+    },
     /// Tear a lab down (the only one, the one given, or all).
     Down {
         #[arg(long, conflicts_with = "all")]
@@ -147,6 +155,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             no_mesh,
             capture,
         } => up(dir, nodes, id, foreground, (!no_mesh).then_some(capture)),
+        Cmd::Demo { dir, nodes } => {
+            print!("{}", lab::demo::run(&dir, nodes)?);
+            Ok(())
+        }
         Cmd::Down { id, all } => {
             if all {
                 for id in reap::down_all()? {

@@ -185,6 +185,13 @@ pub fn remove(lab: &Lab, name: &str) -> Result<(), LabError> {
     write_config(lab.state()).map(|_| ())
 }
 
+/// The mesh config ztunnels currently serve, as the model `mesh::state` builds from it.
+pub fn state_model(state: &LabState) -> Result<::mesh::state::Model, LabError> {
+    ::mesh::state::LocalConfig::load(config_path(state))
+        .and_then(|c| c.into_model())
+        .map_err(|e| hook_error("state_model", e))
+}
+
 /// A node's ztunnel `/metrics` text.
 pub fn metrics(node: &NodeInfo) -> Result<String, LabError> {
     let addr = SocketAddr::new(node.ip.into(), 15020);

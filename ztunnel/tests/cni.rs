@@ -121,7 +121,23 @@ struct Ztunnel {
 impl Ztunnel {
     /// Starts ztunnel with `workloads` (local-file YAML) and waits until it is ready.
     fn start(workloads: &str) -> Ztunnel {
+        Ztunnel::start_with(workloads, None)
+    }
+
+    /// Same, with `nft` replaced by a shell script (to make capture fail).
+    fn start_with(workloads: &str, nft_script: Option<&str>) -> Ztunnel {
         let dir = tempfile::tempdir().unwrap();
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if let Some(script) = nft_script {
+            let bin = dir.path().join("bin");
+            std::fs::create_dir(&bin).unwrap();
+            let nft = bin.join("nft");
+            std::fs::write(&nft, script).unwrap();
+            let mut perms = std::fs::metadata(&nft).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&nft, perms).unwrap();
+            path = format!("{}:{path}", bin.display());
+        }
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, workloads).unwrap();
         let cni_socket = dir.path().join("amesh-cni.sock");
@@ -130,7 +146,7 @@ impl Ztunnel {
         let child = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
             .env_clear()
             // ztunnel runs nsenter, nft and ip.
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env("LOCAL_XDS_PATH", &config)
             .env("LOCAL_CA_DIR", dir.path().join("ca"))
             .env("NODE_NAME", "node1")
@@ -385,6 +401,19 @@ fn add_captures_and_del_releases() {
     let prev = prev_result("10.78.2.4");
     let conf = net_conf(&z.cni_socket, Some(prev.clone()));
 
+    // A path that exists but is no network namespace: ztunnel cannot enter it.
+    let not_netns = z.dir.path().join("config.yaml");
+    let bogus = runtime_env("ADD", not_netns.to_str().unwrap(), &args);
+    let err = assert_cni_error(&plugin(&bogus, &conf), 100);
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap()
+            .contains("network namespace"),
+        "{err}"
+    );
+    ns.assert_untouched();
+
     let out = plugin(&runtime_env("ADD", netns, &args), &conf);
     assert!(
         out.status.success(),
@@ -422,4 +451,52 @@ fn del_without_ztunnel_succeeds() {
     let out = plugin(&runtime_env("DEL", "/var/run/netns/gone", &args), &conf);
     assert!(out.status.success(), "{}", out.stdout);
     assert!(out.stdout.trim().is_empty());
+}
+
+/// Where the real nft is, for the stub to delegate to.
+fn real_nft() -> String {
+    run("sh", &["-c", "command -v nft"]).trim().to_string()
+}
+
+#[test]
+fn failed_capture_is_rolled_back() {
+    // nft refuses the capture ruleset (listeners and the policy route are in place by then)
+    // but works for everything else, so ztunnel's rollback can run.
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = -f ]; then\n  input=$(cat)\n  case \"$input\" in *chain*) echo 'Error: injected failure' >&2; exit 1;; esac\n  printf '%s\\n' \"$input\" | exec {nft} -f -\nfi\nexec {nft} \"$@\"\n",
+        nft = real_nft()
+    );
+    let ns = TestNetns::new("rollback");
+    let z = Ztunnel::start_with(
+        &format!("workloads:\n{}", workload("web", "10.78.3.4", "HBONE")),
+        Some(&script),
+    );
+    let args = pod_args("web");
+    let env = runtime_env("ADD", ns.path.to_str().unwrap(), &args);
+    let conf = net_conf(&z.cni_socket, Some(prev_result("10.78.3.4")));
+    let err = assert_cni_error(&plugin(&env, &conf), 100);
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure"),
+        "{err}"
+    );
+    ns.assert_untouched();
+    assert_eq!(z.state_file(), Value::Null, "failed pod was persisted");
+}
+
+#[test]
+fn missing_nft_is_rolled_back() {
+    // No working nft at all: the rollback cannot use nft either, and must still undo the rest.
+    let ns = TestNetns::new("nonft");
+    let z = Ztunnel::start_with(
+        &format!("workloads:\n{}", workload("web", "10.78.4.4", "HBONE")),
+        Some("#!/bin/sh\necho 'Error: injected failure' >&2\nexit 1\n"),
+    );
+    let args = pod_args("web");
+    let env = runtime_env("ADD", ns.path.to_str().unwrap(), &args);
+    let conf = net_conf(&z.cni_socket, Some(prev_result("10.78.4.4")));
+    assert_cni_error(&plugin(&env, &conf), 100);
+    ns.assert_untouched();
 }

@@ -440,3 +440,106 @@ async fn reconnects_when_the_socket_appears_later() {
     let del = Payload::Del(DelWorkload { uid: "x".into() });
     assert_eq!(blocking(|| cni.send(del, &[])), "");
 }
+
+// ---------- the real ztunnel binary with INPOD_UDS ----------
+
+/// Whether `GET /healthz/ready` on `addr` answers 200.
+fn is_ready(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut answer = String::new();
+    s.write_all(req).is_ok()
+        && s.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
+
+/// A ztunnel process, killed on drop (its log printed if the test failed).
+struct ZtunnelProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Drop for ZtunnelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- ztunnel log ---\n{log}");
+        }
+    }
+}
+
+#[test]
+fn ztunnel_takes_pods_from_inpod_uds() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = TestNetns::new("zdsbin");
+    let netns_file = File::open(&netns.path).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "workloads:\n- name: p1\n  namespace: ns1\n  serviceAccount: sa1\n  workloadIps: [{POD_IP}]\n  protocol: HBONE\n  node: node1\n"
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("ztunnel.sock");
+    let cni_socket = dir.path().join("amesh-cni.sock");
+    let mut cni = FakeCni::bind(&socket);
+    let ports: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<_> = ports.iter().map(|l| l.local_addr().unwrap()).collect();
+    drop(ports);
+    let log = dir.path().join("ztunnel.log");
+    let out = File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("INPOD_UDS", &socket)
+        .env("LOCAL_XDS_PATH", &config)
+        .env("LOCAL_CA_DIR", dir.path().join("ca"))
+        .env("NODE_NAME", "node1")
+        .env("AMESH_CNI_SOCKET", &cni_socket)
+        .env("AMESH_STATE_FILE", dir.path().join("pods.json"))
+        .env("ADMIN_ADDR", addrs[0].to_string())
+        .env("STATS_ADDR", addrs[1].to_string())
+        .env("READINESS_ADDR", addrs[2].to_string())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let _z = ZtunnelProcess { child, log };
+
+    cni.accept();
+    // Not ready before istio-cni's snapshot.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!is_ready(addrs[2]), "ready before the snapshot");
+    assert_eq!(cni.add("uid-1", "p1", &netns_file), "");
+    assert_eq!(cni.send(Payload::SnapshotSent(SnapshotSent {}), &[]), "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !is_ready(addrs[2]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready after the snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Listeners in the pod; the redirection is istio-cni's job, so no nft table of ours.
+    assert!(listening_ports(&netns.path).is_superset(&HashSet::from([15001, 15006, 15008])));
+    let net = format!("--net={}", netns.path.display());
+    let rules = run("nsenter", &[&net, "nft", "list", "ruleset"]);
+    assert!(rules.trim().is_empty(), "{rules}");
+    // Pods come from ZDS only: no amesh-cni socket, nothing persisted.
+    assert!(!cni_socket.exists());
+    assert!(!dir.path().join("pods.json").exists());
+    let del = Payload::Del(DelWorkload {
+        uid: "uid-1".into(),
+    });
+    assert_eq!(cni.send(del, &[]), "");
+    assert!(listening_ports(&netns.path).is_empty());
+}

@@ -162,7 +162,9 @@ pub async fn install(pod: &PodNetns) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Removes capture; a netns that is already gone counts as removed.
+/// Removes capture; a netns that is already gone counts as removed. Every step is tried even
+/// when an earlier one fails (this also rolls back a half-done install), and the first error is
+/// returned.
 pub async fn remove(pod: &PodNetns) -> Result<(), CaptureError> {
     if !pod.netns.exists() {
         return Ok(());
@@ -170,34 +172,34 @@ pub async fn remove(pod: &PodNetns) -> Result<(), CaptureError> {
     let fwmark = format!("{CONNMARK:#x}/{MASK:#x}");
     let table = ROUTE_TABLE.to_string();
     let script = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
-    run(pod, "nft", &["-f", "-"], Some(&script)).await?;
+    let mut first_error = None;
+    let mut keep = |r: Result<String, CaptureError>| {
+        if let Err(e) = r {
+            if !missing(&e) && first_error.is_none() {
+                first_error = Some(e);
+            }
+        }
+    };
+    keep(run(pod, "nft", &["-f", "-"], Some(&script)).await);
     for family in ["-4", "-6"] {
-        match run(
-            pod,
-            "ip",
-            &[
-                family, "rule", "del", "fwmark", &fwmark, "pref", "32764", "lookup", &table,
-            ],
-            None,
-        )
-        .await
-        {
-            Err(e) if !missing(&e) => return Err(e),
-            _ => {}
-        }
-        match run(
-            pod,
-            "ip",
-            &[family, "route", "flush", "table", &table],
-            None,
-        )
-        .await
-        {
-            Err(e) if !missing(&e) => return Err(e),
-            _ => {}
-        }
+        let rule = [
+            family, "rule", "del", "fwmark", &fwmark, "pref", "32764", "lookup", &table,
+        ];
+        keep(run(pod, "ip", &rule, None).await);
+        keep(
+            run(
+                pod,
+                "ip",
+                &[family, "route", "flush", "table", &table],
+                None,
+            )
+            .await,
+        );
     }
-    Ok(())
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
