@@ -17,7 +17,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn cli_up(id: &LabId, dir: &tempfile::TempDir) -> LabState {
     let path = dir.path().to_str().unwrap();
     let out = cli(
-        &["up", path, "--nodes", "2", "--id", id.as_str()],
+        &["up", path, "--nodes", "2", "--id", id.as_str(), "--no-mesh"],
         Duration::from_secs(30),
     );
     assert!(

@@ -299,3 +299,63 @@ fn killed_ztunnel_comes_back_without_rerunning_the_cni() {
     assert_eq!(reply.source.ip(), m.ip("client-a"));
     assert!(m.http("client-b", addr(m.ip("server-1"), 8080)).is_ok());
 }
+
+#[test]
+fn admin_endpoints_and_sigterm_drain() {
+    let m = MeshLab::up("l4", 2);
+    let node1 = m.node("node1");
+    let get = |addr: std::net::SocketAddr, path: &'static str| {
+        lab::netns::run_in(&node1.netns, move || lab::mesh::http_get(addr, path))
+            .unwrap()
+            .unwrap_or_else(|| panic!("no answer on {addr}{path}"))
+    };
+    let admin: std::net::SocketAddr = "127.0.0.1:15000".parse().unwrap();
+    let (status, body) = get(admin, "/config_dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).expect("config_dump is JSON");
+    let pods = dump["pods"].as_array().expect("pods");
+    // node1 captures its ambient pods (client-a, server-1), not the plain outsider.
+    let names: BTreeSet<&str> = pods.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["client-a", "server-1"]));
+    let certs = dump["certificates"].as_array().expect("certificates");
+    assert!(
+        certs
+            .iter()
+            .any(|c| c["identity"] == CLIENT_A && c["notAfter"].is_string()),
+        "{certs:?}"
+    );
+    assert!(dump["config"]["workloads"]
+        .as_array()
+        .is_some_and(|w| w.len() >= 5));
+    assert_eq!(get(admin, "/logging?level=debug").0, 200);
+    assert_eq!(get(admin, "/logging?level=ztunnel=loud").0, 400);
+    let ready = std::net::SocketAddr::new(node1.ip.into(), 15021);
+    assert_eq!(get(ready, "/healthz/ready").0, 200);
+
+    // SIGTERM: ztunnel drains and exits by itself within its deadline.
+    let name = lab::mesh::ztunnel_name("node1");
+    let pid = m
+        .lab
+        .state()
+        .processes
+        .iter()
+        .rev()
+        .find(|p| p.name == name)
+        .map(|p| p.pid)
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        "ztunnel to exit after SIGTERM",
+        Duration::from_secs(15),
+        || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+                    .unwrap_or(true)
+        },
+    );
+}

@@ -127,7 +127,13 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
     reply.to_vec().ok()
 }
 
-pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, udp: UdpSocket, tcp: TcpListener) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    mut drain: mesh::hbone::DrainWatch,
+) {
     let udp = Arc::new(udp);
     let udp_loop = {
         let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
@@ -156,7 +162,11 @@ pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, udp: UdpSocket, tcp: TcpL
             tokio::spawn(async move { serve_tcp_conn(&shared, &pod, stream).await });
         }
     };
-    tokio::join!(udp_loop, tcp_loop);
+    // Draining stops answering; in-flight lookups are short and need no deadline.
+    tokio::select! {
+        _ = async { tokio::join!(udp_loop, tcp_loop) } => {}
+        () = drain.signaled() => {}
+    }
 }
 
 /// DNS over TCP: each message has a two-byte length prefix; several may follow on one stream.

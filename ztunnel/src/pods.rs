@@ -252,17 +252,24 @@ impl PodManager {
         restored
     }
 
-    /// Stops every pod's tasks (not its capture: a restarted ztunnel takes the pods back).
+    /// Drains every pod at once (not its capture: a restarted ztunnel takes the pods back):
+    /// listeners stop accepting, HBONE connections get GOAWAY and finish their streams, and
+    /// whatever is left at `deadline` is cut.
     pub async fn shutdown(&self, deadline: Duration) {
         let mut pods = self.pods.lock().await;
+        let mut all = Vec::new();
         for (_, running) in pods.drain() {
             running.drain.start();
-            let mut tasks = running.tasks;
-            let _ = tokio::time::timeout(deadline, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            tasks.abort_all();
+            all.push(running);
+        }
+        let wait = async {
+            for running in all.iter_mut() {
+                while running.tasks.join_next().await.is_some() {}
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        for mut running in all {
+            running.tasks.abort_all();
         }
     }
 
@@ -347,16 +354,26 @@ impl PodManager {
         );
         tasks.spawn(
             server
-                .serve(listeners.hbone, watch, Duration::from_secs(5))
+                .serve(listeners.hbone, watch.clone(), Duration::from_secs(5))
                 .instrument(span.clone()),
         );
         tasks.spawn(
-            outbound::serve(self.shared.clone(), pod.clone(), listeners.outbound)
-                .instrument(span.clone()),
+            outbound::serve(
+                self.shared.clone(),
+                pod.clone(),
+                listeners.outbound,
+                watch.clone(),
+            )
+            .instrument(span.clone()),
         );
         tasks.spawn(
-            inbound_plain::serve(self.shared.clone(), pod.clone(), listeners.inbound_plain)
-                .instrument(span.clone()),
+            inbound_plain::serve(
+                self.shared.clone(),
+                pod.clone(),
+                listeners.inbound_plain,
+                watch.clone(),
+            )
+            .instrument(span.clone()),
         );
         tasks.spawn(
             crate::dns::serve(
@@ -364,6 +381,7 @@ impl PodManager {
                 pod.clone(),
                 listeners.dns_udp,
                 listeners.dns_tcp,
+                watch,
             )
             .instrument(span),
         );

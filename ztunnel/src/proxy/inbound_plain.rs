@@ -13,9 +13,18 @@ use tracing::{info, warn, Instrument};
 use super::{original_dst, Pod, Shared};
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
 
-pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    listener: TcpListener,
+    mut drain: mesh::hbone::DrainWatch,
+) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = drain.signaled() => return,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "inbound accept failed");

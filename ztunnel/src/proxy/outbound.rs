@@ -93,9 +93,18 @@ fn with_workload(
 }
 
 /// Accepts captured outbound connections of `pod` until the listener is dropped.
-pub async fn serve(shared: Arc<Shared>, pod: Arc<Pod>, listener: TcpListener) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    pod: Arc<Pod>,
+    listener: TcpListener,
+    mut drain: mesh::hbone::DrainWatch,
+) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = drain.signaled() => return,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "outbound accept failed");
