@@ -7,12 +7,20 @@
 //! - [`translate`](mod@translate): the model and policies → `istio.workload.Address` and
 //!   `istio.security.Authorization` resources, as Istio's control plane builds them for ztunnel.
 //! - [`render`]: a stable, readable rendering of those resources (golden tests, config dumps).
+//! - [`source`]: where manifests come from (a watched folder), as a stream of snapshots.
+//! - [`xds`]: the delta-ADS server pushing the translated resources to ztunnels.
+//! - [`ca`]: the certificate authority (`IstioCertificateService`) for node agents.
+//! - [`app`]: all of it wired on one gRPC port, as the `amesh-controller` binary runs it.
 
+pub mod app;
+pub mod ca;
 pub mod manifests;
 pub mod model;
 pub mod render;
+pub mod source;
 pub mod translate;
 mod warnings;
+pub mod xds;
 
 pub use manifests::{load_dir, LoadResult, ManifestError, Manifests};
 pub use translate::{translate, TranslateOptions, Translated};

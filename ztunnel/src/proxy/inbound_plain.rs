@@ -8,35 +8,22 @@ use std::time::Instant;
 
 use mesh::authz::{authorize, ConnInfo};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use super::{original_dst, Pod, Shared};
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
 
+/// Accepts plaintext inbound connections of `pod` until drained.
 pub async fn serve(
     shared: Arc<Shared>,
     pod: Arc<Pod>,
     listener: TcpListener,
-    mut drain: mesh::hbone::DrainWatch,
+    drain: mesh::hbone::DrainWatch,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = drain.signaled() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        let pod = pod.clone();
-        let span = tracing::debug_span!("inbound_plain", pod = %pod.info.name, %peer);
-        tokio::spawn(async move { handle(shared, pod, tcp, peer).await }.instrument(span));
-    }
+    super::accept_loop(listener, drain, "inbound", pod.clone(), move |tcp, peer| {
+        handle(shared.clone(), pod.clone(), tcp, peer)
+    })
+    .await
 }
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {

@@ -84,6 +84,38 @@ impl Pod {
     }
 }
 
+/// Accepts on `listener` until `drain` fires, running `handle` for each connection in its own
+/// task with a span naming the flow, the pod and the peer.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    mut drain: mesh::hbone::DrainWatch,
+    flow: &'static str,
+    pod: Arc<Pod>,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = drain.signaled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let span = tracing::debug_span!("conn", flow, pod = %pod.info.name, %peer);
+                tokio::spawn(handle(tcp, peer).instrument(span));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(flow, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Reads where a REDIRECTed connection was originally going.
 pub fn original_dst(tcp: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(tcp);

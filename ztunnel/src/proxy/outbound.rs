@@ -11,7 +11,7 @@ use mesh::hbone::{forwarded_header, relay, TunnelRequest, HBONE_PORT};
 use mesh::state::{Service, Snapshot, TunnelProtocol, Workload};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use super::{original_dst, Pod, Shared};
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
@@ -92,31 +92,21 @@ fn with_workload(
     }
 }
 
-/// Accepts captured outbound connections of `pod` until the listener is dropped.
+/// Accepts captured outbound connections of `pod` until drained.
 pub async fn serve(
     shared: Arc<Shared>,
     pod: Arc<Pod>,
     listener: TcpListener,
-    mut drain: mesh::hbone::DrainWatch,
+    drain: mesh::hbone::DrainWatch,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = drain.signaled() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        let pod = pod.clone();
-        let span = tracing::debug_span!("outbound", pod = %pod.info.name, %peer);
-        tokio::spawn(async move { handle(shared, pod, tcp, peer).await }.instrument(span));
-    }
+    super::accept_loop(
+        listener,
+        drain,
+        "outbound",
+        pod.clone(),
+        move |tcp, peer| handle(shared.clone(), pod.clone(), tcp, peer),
+    )
+    .await
 }
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {

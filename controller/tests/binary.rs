@@ -1,0 +1,204 @@
+//! The `amesh-controller` binary end to end on 127.0.0.1: it serves a folder of manifests to a
+//! real xDS client and node-agent CA client, applies a manifest edit within a second (a
+//! malformed object next to it does not block it), and exits cleanly on SIGTERM.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amesh_proto::envoy::config::core::v3::Node;
+use amesh_proto::envoy::service::discovery::v3::Resource;
+use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use mesh::certs::{generate_csr, CaClient, CaClientConfig};
+use mesh::xds::{self, ResourceHandler, XdsConfig};
+use mesh::Identity;
+use parking_lot::Mutex;
+
+/// (type, name) held by the client.
+#[derive(Default)]
+struct Names(Mutex<BTreeSet<(String, String)>>);
+
+impl ResourceHandler for Names {
+    fn apply(
+        &self,
+        type_url: &str,
+        upserts: Vec<Resource>,
+        removed: &[String],
+    ) -> Result<(), String> {
+        let mut held = self.0.lock();
+        for name in removed {
+            held.remove(&(type_url.to_owned(), name.clone()));
+        }
+        for r in upserts {
+            held.insert((type_url.to_owned(), r.name));
+        }
+        Ok(())
+    }
+}
+
+impl Names {
+    fn has(&self, type_url: &str, name: &str) -> bool {
+        self.0
+            .lock()
+            .contains(&(type_url.to_owned(), name.to_owned()))
+    }
+}
+
+/// Kills the child if the test fails before it stopped it.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn eventually(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn serves_a_folder_follows_edits_and_stops_on_sigterm() {
+    let work = tempfile::tempdir().unwrap();
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ambient_basic/input");
+    copy_dir(&golden, &manifests);
+    std::fs::write(
+        work.path().join("tokens"),
+        "# lab tokens\nsecret-1 node-1\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_amesh-controller"))
+        .args(["--manifests", manifests.to_str().unwrap()])
+        .args(["--xds-addr", &format!("127.0.0.1:{port}")])
+        .args(["--ca-dir", work.path().join("ca").to_str().unwrap()])
+        .args(["--tokens", work.path().join("tokens").to_str().unwrap()])
+        .args(["--poll-ms", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut controller = Controller(child);
+    let uri = format!("http://127.0.0.1:{port}");
+
+    // xDS: the client syncs with the folder's workloads.
+    let names = Arc::new(Names::default());
+    let node = Node {
+        id: xds::ztunnel_node_id([127, 0, 0, 1].into(), "ztunnel-1", "istio-system"),
+        ..Default::default()
+    };
+    let mut config = XdsConfig::new(uri.clone(), node);
+    config.initial_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(200);
+    let client = xds::spawn(config, names.clone()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.wait_synced())
+        .await
+        .expect("synced within 20 s")
+        .unwrap();
+    assert!(names.has(
+        ADDRESS_TYPE_URL,
+        "Kubernetes//v1/Pod/shop/web-v1-7d9f8c6b5-abcde"
+    ));
+
+    // An edit applies within a second (plus the poll), despite a malformed object beside it.
+    let policy = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all-tcp, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: [\"9999\"]}}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: shop}
+spec:
+  ports: \"not a list\"
+";
+    std::fs::write(manifests.join("policy.yaml"), policy).unwrap();
+    let took = eventually("the new policy to arrive", Duration::from_secs(3), || {
+        names.has(AUTHORIZATION_TYPE_URL, "shop/deny-all-tcp")
+    })
+    .await;
+    eprintln!("manifest edit reached the client in {took:?}");
+    assert!(took < Duration::from_millis(1500), "edit took {took:?}");
+
+    // Removal of the file removes the policy.
+    std::fs::remove_file(manifests.join("policy.yaml")).unwrap();
+    eventually("the policy to be removed", Duration::from_secs(3), || {
+        !names.has(AUTHORIZATION_TYPE_URL, "shop/deny-all-tcp")
+    })
+    .await;
+
+    // CA on the same port: node-1 obtains the identity of its pod.
+    let ca = CaClient::lazy(
+        &uri,
+        CaClientConfig {
+            cluster_id: "Kubernetes".into(),
+            token: Some("secret-1".into()),
+            impersonate: true,
+        },
+    )
+    .unwrap();
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let csr = generate_csr(&web).unwrap();
+    let chain = ca
+        .create_certificate(&web, &csr.pem, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(chain.len() >= 2);
+
+    // SIGTERM: the process ends on its own, successfully, and the client notices.
+    let pid = controller.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = controller.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let mut watch = client.watch_status();
+    tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|s| !s.connected))
+        .await
+        .expect("client saw the controller go")
+        .unwrap();
+    client.shutdown().await;
+}
