@@ -16,3 +16,7 @@ echo "[test] cargo build --bins"
 cargo build --workspace --bins --locked
 echo "[test] cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee /tmp/amesh-test.log
+# The same end-to-end scenarios with ztunnels fed from a local config file instead of the
+# controller (Istio ztunnel's LOCAL_XDS_PATH mode).
+echo "[test] end-to-end scenarios with the local-file control plane"
+AMESH_LAB_CONTROL_PLANE=file cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log

@@ -21,7 +21,36 @@ pub struct MeshOptions {
     pub bin_dir: PathBuf,
     /// ztunnel's `CAPTURE_MODE`.
     pub capture_mode: String,
+    /// Where ztunnels get config and certificates from.
+    #[serde(default)]
+    pub control_plane: ControlPlane,
 }
+
+/// The lab's source of ztunnel config and certificates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlPlane {
+    /// `amesh-controller` in the root netns: xDS and CA on port 15010, watching the manifests.
+    #[default]
+    Controller,
+    /// No controller: the lab translates the manifests into ztunnel's local file, and each
+    /// ztunnel signs its own certificates with the CA on disk.
+    LocalFile,
+}
+
+impl ControlPlane {
+    /// `AMESH_LAB_CONTROL_PLANE=file` selects the local file; anything else the controller.
+    pub fn from_env() -> ControlPlane {
+        match std::env::var("AMESH_LAB_CONTROL_PLANE").as_deref() {
+            Ok("file") => ControlPlane::LocalFile,
+            _ => ControlPlane::Controller,
+        }
+    }
+}
+
+/// The controller's xDS + CA port in the root netns.
+pub const CONTROLLER_PORT: u16 = 15010;
+/// Name of the controller process in the lab's process records.
+pub const CONTROLLER: &str = "amesh-controller";
 
 impl MeshOptions {
     /// Binaries next to the `amesh-lab` binary (cargo puts a workspace's binaries together).
@@ -32,6 +61,7 @@ impl MeshOptions {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
             capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into()),
+            control_plane: ControlPlane::from_env(),
         }
     }
 }
@@ -124,6 +154,9 @@ pub fn start(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
             ),
         ));
     }
+    if opts.control_plane == ControlPlane::Controller {
+        start_controller(lab, opts)?;
+    }
     for node in &state.nodes {
         start_ztunnel(lab, opts, node)?;
     }
@@ -131,6 +164,50 @@ pub fn start(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
         wait_ready(node, Duration::from_secs(30))?;
     }
     Ok(())
+}
+
+/// The bootstrap token a node's ztunnel presents to the controller (the lab's stand-in for a
+/// ServiceAccount token).
+fn node_token(state: &LabState, node: &str) -> String {
+    format!("lab-{}-{node}", state.id)
+}
+
+/// Starts (or restarts) `amesh-controller` in the root netns on the lab's manifests, and waits
+/// until it serves.
+pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
+    let state = lab.state().clone();
+    let binary = opts.bin_dir.join("amesh-controller");
+    if !binary.is_file() {
+        return Err(hook_error(
+            "on_manifests_written",
+            format!(
+                "{} not found: build it with `cargo build --bins`",
+                binary.display()
+            ),
+        ));
+    }
+    let tokens: String = state
+        .nodes
+        .iter()
+        .map(|n| format!("{} {}\n", node_token(&state, &n.name), n.name))
+        .collect();
+    let tokens_file = mesh_dir(&state).join("node-tokens");
+    std::fs::write(&tokens_file, tokens).map_err(|e| hook_error("on_manifests_written", e))?;
+    let mut cmd = Command::new(&binary);
+    cmd.arg("--manifests")
+        .arg(&state.manifests_dir)
+        .arg("--ca-dir")
+        .arg(ca_dir(&state))
+        .arg("--xds-addr")
+        .arg(format!("{}:{CONTROLLER_PORT}", state.root_ip))
+        .arg("--tokens")
+        .arg(&tokens_file)
+        .env(
+            "RUST_LOG",
+            std::env::var("AMESH_LAB_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    lab.spawn(CONTROLLER, &state.root_netns, cmd)?;
+    lab.wait_listening(CONTROLLER, &[CONTROLLER_PORT])
 }
 
 /// Starts (or restarts) the ztunnel of `node` as a process of the lab, in the node's netns.
@@ -150,9 +227,20 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
     let dir = node_dir(&state, &node.name);
     std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
     let mut cmd = Command::new(&ztunnel);
-    cmd.env("LOCAL_XDS_PATH", config_path(&state))
-        .env("LOCAL_CA_DIR", ca_dir(&state))
-        .env("NODE_NAME", &node.name)
+    match opts.control_plane {
+        ControlPlane::LocalFile => {
+            cmd.env("LOCAL_XDS_PATH", config_path(&state))
+                .env("LOCAL_CA_DIR", ca_dir(&state));
+        }
+        ControlPlane::Controller => {
+            let url = format!("http://{}:{CONTROLLER_PORT}", state.root_ip);
+            cmd.env("XDS_ADDRESS", &url)
+                .env("CA_ADDRESS", &url)
+                .env("AMESH_TOKEN", node_token(&state, &node.name));
+        }
+    }
+    cmd.env("NODE_NAME", &node.name)
+        .env("INSTANCE_IP", node.ip.to_string())
         .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
         .env("CAPTURE_MODE", &opts.capture_mode)
@@ -169,7 +257,11 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
 pub fn apply(lab: &Lab, name: &str, yaml: &str) -> Result<(), LabError> {
     let dir = lab.state().manifests_dir.join("input");
     std::fs::create_dir_all(&dir).map_err(|e| hook_error("apply", e))?;
-    std::fs::write(dir.join(format!("applied-{name}.yaml")), yaml)
+    // Write beside and rename: the controller watches this folder and must never read half a
+    // file (it only reads *.yaml, so the temporary name is invisible to it).
+    let tmp = dir.join(format!(".applied-{name}.tmp"));
+    std::fs::write(&tmp, yaml).map_err(|e| hook_error("apply", e))?;
+    std::fs::rename(&tmp, dir.join(format!("applied-{name}.yaml")))
         .map_err(|e| hook_error("apply", e))?;
     write_config(lab.state()).map(|_| ())
 }

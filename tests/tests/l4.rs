@@ -359,3 +359,47 @@ fn admin_endpoints_and_sigterm_drain() {
         },
     );
 }
+
+#[test]
+fn ztunnels_keep_serving_while_the_controller_is_down() {
+    let mut m = MeshLab::up("l4", 2);
+    let opts = m.lab.state().mesh.clone().unwrap();
+    if opts.control_plane != lab::mesh::ControlPlane::Controller {
+        eprintln!("skipped: the lab runs without a controller (AMESH_LAB_CONTROL_PLANE=file)");
+        return;
+    }
+    let server = addr(m.ip("server-1"), 8080);
+    assert!(m.http("client-b", server).is_ok());
+    let pid = m
+        .lab
+        .state()
+        .processes
+        .iter()
+        .rev()
+        .find(|p| p.name == lab::mesh::CONTROLLER)
+        .map(|p| p.pid)
+        .expect("controller process");
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Last good config and certificates keep serving, for new connections too.
+    for pod in ["client-a", "client-b"] {
+        let reply = m.http(pod, server).expect("served without the controller");
+        assert_eq!(reply.source.ip(), m.ip(pod));
+    }
+    // A policy applied while the controller is down takes effect once it is back.
+    lab::mesh::apply(&m.lab, "allow-a", ALLOW_A).unwrap();
+    assert!(
+        m.http("client-b", server).is_ok(),
+        "config changed without a controller"
+    );
+    lab::mesh::start_controller(&mut m.lab, &opts).unwrap();
+    wait_for(
+        "ztunnels to resync from the restarted controller",
+        Duration::from_secs(20),
+        || m.http("client-b", server).is_err(),
+    );
+    assert!(m.http("client-a", server).is_ok());
+}

@@ -187,7 +187,12 @@ fn start_config_source(
             Ok((Box::pin(async {}), Box::new(handle)))
         }
         ConfigSource::Xds { address } => {
-            let ip = local_ip().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            // INSTANCE_IP as in Istio's DaemonSet (the downward API's pod IP); else a guess.
+            let ip = std::env::var("INSTANCE_IP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .or_else(local_ip)
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
             let node = amesh_proto::envoy::config::core::v3::Node {
                 id: mesh::xds::ztunnel_node_id(
                     ip,

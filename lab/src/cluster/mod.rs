@@ -194,16 +194,18 @@ impl Lab {
     /// Waits until the process started as `name` listens on all `ports`.
     pub fn wait_listening(&mut self, name: &str, ports: &[u16]) -> Result<(), LabError> {
         let timeout = self.startup_timeout;
+        // The newest process of that name: a restarted one has a record of its own.
         let Some(record) = self
             .state
             .processes
             .iter()
+            .rev()
             .find(|p| p.name == name)
             .cloned()
         else {
             return Ok(());
         };
-        if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
+        if let Some((_, child)) = self.children.iter_mut().rev().find(|(n, _)| n == name) {
             process::wait_listening(child, &record, ports, timeout)?;
         }
         Ok(())
