@@ -48,6 +48,11 @@ pub struct Config {
     pub packet_mark: u32,
     pub capture: CaptureMode,
     pub proxy_mode: ProxyMode,
+    /// Inbound connections reach the app from the client's own address (`ENABLE_ORIG_SRC`, as
+    /// Istio's ztunnel). That needs the in-pod policy route ztunnel installs with its capture,
+    /// so it defaults to on in shared mode and off in dedicated mode, where the operator owns
+    /// the rules: without that route the app's replies to a spoofed source leave the host.
+    pub original_source: bool,
     /// Unix socket the CNI plugin talks to.
     pub cni_socket: PathBuf,
     /// istio-cni's ZDS socket (`INPOD_UDS`, as Istio's ztunnel). When set, pods come from
@@ -172,6 +177,14 @@ impl Config {
                 ))
             }
         };
+        let original_source = match get("ENABLE_ORIG_SRC").as_deref() {
+            None => proxy_mode == ProxyMode::Shared,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(invalid("ENABLE_ORIG_SRC", other, &"expected true or false"))
+            }
+        };
         let secs = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
             match get(var) {
                 None => Ok(Duration::from_secs(default)),
@@ -197,6 +210,7 @@ impl Config {
             packet_mark,
             capture,
             proxy_mode,
+            original_source,
             cni_socket: get("AMESH_CNI_SOCKET")
                 .unwrap_or_else(|| crate::cni::DEFAULT_SOCKET.into())
                 .into(),
@@ -258,6 +272,34 @@ mod tests {
         assert_eq!(c.trust_domain, "cluster.local");
         assert_eq!(c.proxy_mode, ProxyMode::Shared);
         assert_eq!(c.admin_addr.port(), 15000);
+        assert!(c.original_source);
+    }
+
+    #[test]
+    fn dedicated_mode_does_not_spoof_by_default() {
+        let base = [
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("LOCAL_CA_DIR", "/ca"),
+            ("PROXY_MODE", "dedicated"),
+            ("PROXY_WORKLOAD_INFO", "ns/vm-1/sa"),
+        ];
+        let c = Config::from_map(&env(&base)).unwrap();
+        assert_eq!(
+            c.proxy_mode,
+            ProxyMode::Dedicated {
+                namespace: "ns".into(),
+                name: "vm-1".into(),
+                service_account: "sa".into(),
+            }
+        );
+        assert!(!c.original_source);
+        let mut with = base.to_vec();
+        with.push(("ENABLE_ORIG_SRC", "true"));
+        assert!(Config::from_map(&env(&with)).unwrap().original_source);
+        with.pop();
+        with.push(("ENABLE_ORIG_SRC", "yes"));
+        let e = Config::from_map(&env(&with)).unwrap_err();
+        assert!(e.to_string().contains("ENABLE_ORIG_SRC"), "{e}");
     }
 
     #[test]

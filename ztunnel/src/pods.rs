@@ -78,6 +78,8 @@ pub struct PodManager {
     state_file: Option<PathBuf>,
     /// How long ADD waits for the pod to appear in the configuration.
     config_wait: Duration,
+    /// Whether inbound connections reach the app from the client's address.
+    original_source: bool,
     pods: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
@@ -88,6 +90,7 @@ impl PodManager {
             capture,
             state_file,
             config_wait: CONFIG_WAIT,
+            original_source: true,
             pods: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -96,6 +99,13 @@ impl PodManager {
     /// shorten it so a pod that is not in the config fails fast).
     pub fn with_config_wait(mut self, wait: Duration) -> Self {
         self.config_wait = wait;
+        self
+    }
+
+    /// Sets whether inbound connections reach the app from the client's own address (default
+    /// on; off where no policy route brings the app's replies back, as in dedicated mode).
+    pub fn with_original_source(mut self, on: bool) -> Self {
+        self.original_source = on;
         self
     }
 
@@ -308,11 +318,12 @@ impl PodManager {
     async fn start(&self, info: PodInfo) -> Result<Running, PodError> {
         let label = format!("{}/{}", info.namespace, info.name);
         let netns = Netns::open(&info.netns)?;
-        let pod =
-            Pod::new(&self.shared, info, netns.clone()).map_err(|source| PodError::Identity {
+        let pod = Pod::new(&self.shared, info, netns.clone(), self.original_source).map_err(
+            |source| PodError::Identity {
                 pod: label.clone(),
                 source,
-            })?;
+            },
+        )?;
         if let Some(certs) = &self.shared.certs {
             certs.ensure(&pod.identity);
             if tokio::time::timeout(CERT_WAIT, certs.wait_for(&pod.identity))

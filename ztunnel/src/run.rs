@@ -77,7 +77,8 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     };
     let pods = Arc::new(
         PodManager::new(shared.clone(), capture, state_file)
-            .with_config_wait(config.pod_config_wait),
+            .with_config_wait(config.pod_config_wait)
+            .with_original_source(config.original_source),
     );
     let ready = Arc::new(AtomicBool::new(false));
     let quit = Arc::new(Notify::new());

@@ -2,7 +2,7 @@
 //! process and real pod network namespaces: every failure answers CNI's error JSON and leaves
 //! the pod untouched; a success captures the pod and DEL releases it.
 //!
-//! Needs root (network namespaces, nft); namespaces are named `amesh-t-cni-<case>-<pid>` and
+//! Needs root (network namespaces, nft); namespaces are named `amt-cni-<case>-<pid>` and
 //! always deleted, and ztunnel is always killed.
 
 use std::collections::HashSet;
@@ -24,7 +24,7 @@ struct TestNetns {
 
 impl TestNetns {
     fn new(case: &str) -> TestNetns {
-        let name = format!("amesh-t-cni-{case}-{}", std::process::id());
+        let name = format!("amt-cni-{case}-{}", std::process::id());
         // A leftover of a crashed earlier run with the same pid would make `add` fail.
         let _ = Command::new("ip")
             .args(["netns", "del", &name])

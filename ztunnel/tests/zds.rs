@@ -2,7 +2,7 @@
 //! passed as SCM_RIGHTS, and a real [`PodManager`] (capture mode `None`: istio-cni owns the
 //! in-pod rules, so no nft is involved). Also the sans-IO decoder on hostile input.
 //!
-//! Needs root (network namespaces); the netns is named `amesh-t-zds-<pid>` and always deleted.
+//! Needs root (network namespaces); the netns is named `amt-zds-<pid>` and always deleted.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -169,7 +169,7 @@ struct TestNetns {
 
 impl TestNetns {
     fn new(tag: &str) -> TestNetns {
-        let name = format!("amesh-t-{tag}-{}", std::process::id());
+        let name = format!("amt-{tag}-{}", std::process::id());
         // A leftover of a crashed earlier run with the same pid would make `add` fail.
         let _ = Command::new("ip")
             .args(["netns", "del", &name])

@@ -1,8 +1,8 @@
 //! Inbound HBONE (15008 in the pod): the peer proved its identity with mTLS; check the target is
-//! this pod, authorize, connect to the app from the original client address, and carry bytes.
+//! this pod, authorize, connect to the app (from the original client address where the pod's
+//! policy route allows it, see [`super::Pod::original_source`]), and carry bytes.
 //! A live connection is re-checked whenever policy changes and cut if it is now denied.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,11 +61,12 @@ impl ConnectHandler for Inbound {
             ));
             return tunnel.refuse(Refusal::Denied, &decision.to_string());
         }
-        // Connect from the client's own address so the app sees who called it.
+        // Connect from the client's own address so the app sees who called it (where the
+        // pod's policy route allows it, see `Pod::original_source`).
         let upstream = match self
             .pod
             .sockets
-            .connect(target, Some(SocketAddr::new(client.ip(), 0)))
+            .connect(target, self.pod.upstream_source(client.ip()))
             .await
         {
             Ok(s) => s,

@@ -67,7 +67,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
     let open = shared.metrics.open(labels);
     match pod
         .sockets
-        .connect(target, Some(SocketAddr::new(peer.ip(), 0)))
+        .connect(target, pod.upstream_source(peer.ip()))
         .await
     {
         Ok(upstream) => {

@@ -56,10 +56,18 @@ pub struct Pod {
     pub sockets: InPodSockets,
     /// HBONE connections leaving this pod (created in its netns, with its certificate).
     pub pool: Pool,
+    /// Inbound connections reach the app from the client's address (IP_TRANSPARENT); works
+    /// only where the pod's policy route brings the app's replies back to ztunnel.
+    pub original_source: bool,
 }
 
 impl Pod {
-    pub fn new(shared: &Shared, info: PodInfo, netns: Netns) -> Result<Pod, mesh::IdentityError> {
+    pub fn new(
+        shared: &Shared,
+        info: PodInfo,
+        netns: Netns,
+        original_source: bool,
+    ) -> Result<Pod, mesh::IdentityError> {
         let identity = Identity::new(
             shared.tls.trust_domain(),
             &info.namespace,
@@ -80,7 +88,14 @@ impl Pod {
             netns,
             sockets,
             pool,
+            original_source,
         })
+    }
+
+    /// The address an inbound connection to the app leaves from: the client's (port chosen by
+    /// the kernel) or, without original source, whatever the kernel picks.
+    pub(crate) fn upstream_source(&self, client: IpAddr) -> Option<SocketAddr> {
+        self.original_source.then(|| SocketAddr::new(client, 0))
     }
 }
 
