@@ -54,6 +54,18 @@ fn hbone_same_node_cross_node_and_vip() {
         }
     }
     assert_eq!(seen.len(), 2, "VIP traffic reached only {seen:?}");
+    // Connections made to the service are reported with it on the destination side too.
+    for node in ["node1", "node2"] {
+        let metrics = lab::mesh::metrics(&m.node(node)).unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("destination_service=\"server.mesh.svc.cluster.local\"")),
+            "{node} reports no destination_service for VIP traffic:\n{metrics}"
+        );
+    }
 }
 
 #[test]

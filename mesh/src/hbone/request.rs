@@ -33,13 +33,19 @@ impl ConnectRequest {
 
     /// The client address from the `forwarded: for="ip:port"` header, when present and valid.
     pub fn forwarded_for(&self) -> Option<SocketAddr> {
+        self.forwarded_param("for")?.parse().ok()
+    }
+
+    /// The service hostname the client addressed, from `forwarded: ...;host=<hostname>`.
+    pub fn forwarded_host(&self) -> Option<&str> {
+        self.forwarded_param("host").filter(|h| !h.is_empty())
+    }
+
+    fn forwarded_param(&self, name: &str) -> Option<&str> {
         let value = self.headers.get(http::header::FORWARDED)?.to_str().ok()?;
         value.split(';').find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
-            if !k.eq_ignore_ascii_case("for") {
-                return None;
-            }
-            v.trim_matches('"').parse().ok()
+            k.eq_ignore_ascii_case(name).then(|| v.trim_matches('"'))
         })
     }
 }
@@ -185,6 +191,7 @@ mod tests {
             headers,
         };
         assert_eq!(req.forwarded_for(), Some("[fd00::1]:5000".parse().unwrap()));
+        assert_eq!(req.forwarded_host(), Some("a.b"));
         assert_eq!(req.target_addr(), Some("10.0.0.2:80".parse().unwrap()));
     }
 }

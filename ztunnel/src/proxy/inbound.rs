@@ -48,6 +48,11 @@ impl ConnectHandler for Inbound {
         };
         let decision = authorize(&snapshot, &dst_workload, &conn);
         let source_workload = snapshot.workload_by_ip(client.ip()).cloned();
+        // The service the client addressed (for `destination_service*` labels), when it says.
+        let service = req
+            .forwarded_host()
+            .and_then(|h| snapshot.service_by_host(h))
+            .cloned();
         if !decision.is_allowed() {
             info!(target: "access", direction = "inbound", src.addr = %client, src.identity = %req.peer_identity,
                 dst.addr = %target, decision = %decision, "connection denied");
@@ -56,7 +61,7 @@ impl ConnectHandler for Inbound {
                 source_workload.as_deref(),
                 Some(&req.peer_identity),
                 Some(&dst_workload),
-                None,
+                service.as_deref(),
                 SecurityPolicy::MutualTls,
             ));
             return tunnel.refuse(Refusal::Denied, &decision.to_string());
@@ -84,7 +89,7 @@ impl ConnectHandler for Inbound {
             source_workload.as_deref(),
             Some(&req.peer_identity),
             Some(&dst_workload),
-            None,
+            service.as_deref(),
             SecurityPolicy::MutualTls,
         );
         let open = self.shared.metrics.open(labels);
