@@ -1,5 +1,6 @@
-//! The controller as a whole: the folder source → debounced translation → ADS server, and the
-//! CA, both on one plaintext gRPC port. `main.rs` parses flags and calls [`run`].
+//! The controller as a whole: a source (a watched folder or the Kubernetes API) → debounced
+//! translation → ADS server, and the CA, both on one plaintext gRPC port. `main.rs` parses
+//! flags and calls [`run`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,17 +13,33 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::ca::{CaService, NodeTokens};
-use crate::source::FolderSource;
+use crate::source::{FolderSource, KubeSource};
 use crate::translate::TranslateOptions;
 use crate::xds::{spawn_publisher, AdsServer};
+
+/// Where the manifests come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A folder of YAML manifests, scanned every `poll`.
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// Time between two scans.
+        poll: Duration,
+    },
+    /// The Kubernetes API: of `kubeconfig`, or else as kube's `Config::infer` finds it
+    /// (`$KUBECONFIG`, `~/.kube/config`, the pod's service account).
+    Kube {
+        /// A kubeconfig file.
+        kubeconfig: Option<PathBuf>,
+    },
+}
 
 /// Everything the controller needs to run.
 #[derive(Debug)]
 pub struct Config {
-    /// Folder of manifests (watched).
-    pub manifests: PathBuf,
-    /// Time between two scans of the folder.
-    pub poll: Duration,
+    /// Where the manifests come from.
+    pub source: Source,
     /// Shortest time between two xDS publications.
     pub debounce: Duration,
     /// Where the CA root lives (generated there on first start).
@@ -49,7 +66,22 @@ pub async fn run(
         tracing::warn!("no node tokens configured (--tokens): the CA will refuse every request");
     }
 
-    let (manifests, source) = FolderSource::new(&config.manifests, config.poll).start();
+    let mut shutdown = Box::pin(shutdown);
+    let (manifests, source) = match &config.source {
+        Source::Folder { dir, poll } => FolderSource::new(dir, *poll).start(),
+        Source::Kube { kubeconfig } => {
+            let client = crate::source::kube::client(kubeconfig.as_deref()).await?;
+            // The first list can take long (or forever, if the API server is unreachable):
+            // a signal meanwhile still stops the controller.
+            tokio::select! {
+                started = KubeSource::new(client).start() => started,
+                () = &mut shutdown => {
+                    info!("stopped before the Kubernetes API was listed");
+                    return Ok(());
+                }
+            }
+        }
+    };
     let (resources, publisher) =
         spawn_publisher(manifests.clone(), config.translate.clone(), config.debounce);
     let ads = AdsServer::new(resources);

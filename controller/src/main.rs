@@ -1,5 +1,6 @@
 //! `amesh-controller`: serves ztunnels their config (delta ADS) and certificates (Istio CA
-//! service) from a watched folder of Kubernetes manifests. Flags are in [`Args`].
+//! service) from a watched folder of Kubernetes manifests or from the Kubernetes API. Flags are
+//! in [`Args`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use controller::app::{self, Config};
+use controller::app::{self, Config, Source};
 use controller::ca::{NodeTokens, DEFAULT_MAX_TTL};
 use controller::TranslateOptions;
 use tracing_subscriber::EnvFilter;
@@ -19,9 +20,16 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Debug, Parser)]
 #[command(name = "amesh-controller", version)]
 struct Args {
-    /// Folder of Kubernetes YAML manifests, watched for changes.
+    /// Where manifests come from: a folder (`--manifests`) or the Kubernetes API.
+    #[arg(long, env = "AMESH_SOURCE", value_enum, default_value_t = SourceKind::Folder)]
+    source: SourceKind,
+    /// Folder of Kubernetes YAML manifests, watched for changes (`--source folder`).
     #[arg(long, env = "AMESH_MANIFESTS")]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// Kubeconfig file (`--source kube`); without it `$KUBECONFIG`, `~/.kube/config`, then
+    /// the pod's service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Address of the plaintext gRPC port serving both ADS and the CA.
     #[arg(long, env = "AMESH_XDS_ADDR", default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
@@ -52,6 +60,15 @@ struct Args {
     debounce_ms: u64,
 }
 
+/// Values of `--source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SourceKind {
+    /// A watched folder of YAML manifests.
+    Folder,
+    /// The Kubernetes API (list and watch).
+    Kube,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -72,9 +89,18 @@ fn main() -> anyhow::Result<()> {
             .context("--node-token expects <token>=<node name>")?;
         tokens.insert(token, node);
     }
+    let source = match (args.source, args.manifests) {
+        (SourceKind::Folder, Some(dir)) => Source::Folder {
+            dir,
+            poll: Duration::from_millis(args.poll_ms.max(10)),
+        },
+        (SourceKind::Folder, None) => anyhow::bail!("--source folder needs --manifests DIR"),
+        (SourceKind::Kube, _) => Source::Kube {
+            kubeconfig: args.kubeconfig,
+        },
+    };
     let config = Config {
-        manifests: args.manifests,
-        poll: Duration::from_millis(args.poll_ms.max(10)),
+        source,
         debounce: Duration::from_millis(args.debounce_ms),
         ca_dir: args.ca_dir,
         tokens,

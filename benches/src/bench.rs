@@ -1,0 +1,240 @@
+//! One benchmark run, in order: lab up, idle ztunnel memory, load servers, a check that the
+//! two paths are what they claim, held connections, then every measurement repeated with the
+//! two paths interleaved (same minute, alternating which goes first), and the lab torn down.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::fixture::{BenchLab, PathKind};
+use crate::report::{self, Machine, PathRuns, Report, ZtunnelCost};
+use crate::servers::{Servers, ECHO_PORT};
+use crate::settings::Settings;
+use crate::ztunnel::{self, Ztunnel};
+use crate::{connrate, latency, throughput};
+
+/// Pause before reading memory, so that closed connections are gone and allocations settle.
+const SETTLE: Duration = Duration::from_secs(1);
+
+pub fn run(settings: &Settings) -> anyhow::Result<Report> {
+    let load_start = load_average();
+    progress("bringing up the lab (2 nodes, ztunnel per node)");
+    let bench = BenchLab::up(settings)?;
+    let ztunnels: Vec<Ztunnel> = bench
+        .ztunnel_pids()?
+        .into_iter()
+        .map(|(node, pid)| Ztunnel { node, pid })
+        .collect();
+    std::thread::sleep(SETTLE);
+    let rss_idle = ztunnel::rss_all(&ztunnels)?;
+
+    let servers = [
+        Servers::start(&bench.lab, &bench.direct.server)?,
+        Servers::start(&bench.lab, &bench.mesh.server)?,
+    ];
+    bench.check_paths(ECHO_PORT)?;
+
+    progress(&format!(
+        "holding {} tunnelled connections open",
+        settings.held_connections
+    ));
+    let rss_held = ztunnel::rss_with_held_connections(
+        &bench.lab,
+        &bench.mesh,
+        &ztunnels,
+        settings.held_connections,
+        SETTLE,
+    )?;
+
+    let mut runs = Runs {
+        mesh_cpu: vec![0.0; ztunnels.len()],
+        ..Runs::default()
+    };
+    for rep in 0..settings.repetitions {
+        progress(&format!("repetition {}/{}", rep + 1, settings.repetitions));
+        let order = if rep % 2 == 0 {
+            [PathKind::Direct, PathKind::Mesh]
+        } else {
+            [PathKind::Mesh, PathKind::Direct]
+        };
+        measure_rep(&bench, settings, &ztunnels, order, &mut runs)?;
+    }
+
+    std::thread::sleep(SETTLE);
+    let rss_after = ztunnel::rss_all(&ztunnels)?;
+    drop(servers);
+    progress("tearing the lab down");
+    bench.lab.down().context("tearing the lab down")?;
+
+    let ztunnel = ztunnels
+        .iter()
+        .enumerate()
+        .map(|(i, z)| ZtunnelCost {
+            node: z.node.clone(),
+            pid: z.pid,
+            rss_idle_kib: rss_idle[i],
+            rss_held_kib: rss_held[i],
+            rss_after_kib: rss_after[i],
+            kib_per_connection: (rss_held[i] as f64 - rss_idle[i] as f64)
+                / settings.held_connections as f64,
+            throughput_cpu_secs: runs.mesh_cpu[i],
+            cpu_secs_per_gb: runs.mesh_cpu[i] / (runs.mesh_bytes as f64 / 1e9),
+        })
+        .collect();
+    Ok(Report {
+        machine: machine(load_start),
+        settings: settings.clone(),
+        summary: report::summarise(&runs.direct, &runs.mesh),
+        ztunnel,
+        mesh_throughput_bytes: runs.mesh_bytes,
+        direct: runs.direct,
+        mesh: runs.mesh,
+        notes: report::NOTES.to_vec(),
+    })
+}
+
+/// Everything measured so far.
+#[derive(Default)]
+struct Runs {
+    direct: PathRuns,
+    mesh: PathRuns,
+    /// CPU seconds per ztunnel (node order) during the mesh throughput runs.
+    mesh_cpu: Vec<f64>,
+    /// Bytes delivered by the mesh throughput runs.
+    mesh_bytes: u64,
+}
+
+impl Runs {
+    fn of(&mut self, kind: PathKind) -> &mut PathRuns {
+        match kind {
+            PathKind::Direct => &mut self.direct,
+            PathKind::Mesh => &mut self.mesh,
+        }
+    }
+}
+
+/// One repetition of every measurement, each on both paths in `order`.
+fn measure_rep(
+    bench: &BenchLab,
+    s: &Settings,
+    ztunnels: &[Ztunnel],
+    order: [PathKind; 2],
+    runs: &mut Runs,
+) -> anyhow::Result<()> {
+    let lab = &bench.lab;
+    for kind in order {
+        let r = latency::run(
+            lab,
+            bench.path(kind),
+            s.rr_size,
+            s.rr_count,
+            Duration::from_secs(s.rr_max_secs),
+        )
+        .with_context(|| format!("latency, {}", kind.name()))?;
+        progress(&format!(
+            "  latency {:6}: p50 {:.0} µs, p99 {:.0} µs ({} exchanges)",
+            kind.name(),
+            r.p50_us,
+            r.p99_us,
+            r.exchanges
+        ));
+        runs.of(kind).latency.push(r);
+    }
+    let max = Duration::from_secs(s.conn_max_secs);
+    for (threads, total) in [(1, s.conn_serial), (s.conn_parallelism, s.conn_parallel)] {
+        for kind in order {
+            let r = connrate::run(lab, bench.path(kind), threads, total, max)
+                .with_context(|| format!("connection rate, {}", kind.name()))?;
+            progress(&format!(
+                "  connect {:6} x{threads}: {:.0}/s, setup p50 {:.0} µs ({} ok, {} failed)",
+                kind.name(),
+                r.per_s,
+                r.setup_p50_us,
+                r.connections,
+                r.errors
+            ));
+            let path = runs.of(kind);
+            if threads == 1 {
+                path.connect_serial.push(r);
+            } else {
+                path.connect_parallel.push(r);
+            }
+        }
+    }
+    for streams in [1, 4] {
+        for kind in order {
+            let cpu_before = ztunnel::cpu_all(ztunnels)?;
+            let r = throughput::run(
+                lab,
+                bench.path(kind),
+                streams,
+                s.throughput_duration(),
+                s.write_size,
+            )
+            .with_context(|| format!("throughput, {} streams, {}", streams, kind.name()))?;
+            let cpu_after = ztunnel::cpu_all(ztunnels)?;
+            progress(&format!(
+                "  throughput {:6} x{streams}: {:.2} Gbit/s",
+                kind.name(),
+                r.gbit_per_s
+            ));
+            if kind == PathKind::Mesh {
+                for (acc, (a, b)) in runs
+                    .mesh_cpu
+                    .iter_mut()
+                    .zip(cpu_after.iter().zip(&cpu_before))
+                {
+                    *acc += a - b;
+                }
+                runs.mesh_bytes += r.bytes;
+            }
+            let path = runs.of(kind);
+            if streams == 1 {
+                path.throughput_1_stream.push(r);
+            } else {
+                path.throughput_4_streams.push(r);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn progress(msg: &str) {
+    eprintln!("amesh-bench: {msg}");
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine(load_average_start: String) -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default(),
+        date: time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        load_average_start,
+        load_average_end: load_average(),
+    }
+}

@@ -1,0 +1,64 @@
+//! `amesh-bench`: the lab benchmark. Brings up a two-node lab with the mesh, measures the mesh
+//! path against the direct path in the same run, prints a markdown table and writes JSON.
+//!
+//! - [`settings`]: the command line and what bounds each measurement;
+//! - [`fixture`]: the lab and its two paths; [`servers`]: load servers in the server pods;
+//! - [`throughput`], [`latency`], [`connrate`], [`ztunnel`]: the measurements;
+//! - [`bench`]: the order they run in; [`report`]: medians, ratios, table and JSON.
+
+mod bench;
+mod connrate;
+mod fixture;
+mod latency;
+mod report;
+mod servers;
+mod settings;
+mod stats;
+mod throughput;
+mod ztunnel;
+
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = settings::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("amesh-bench builds network namespaces: run it as root");
+    }
+    raise_fd_limit();
+    let settings = settings::Settings::from_cli(&cli);
+    let report = bench::run(&settings)?;
+    println!("{}", report::markdown(&report));
+    if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&cli.out, json + "\n")
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+    eprintln!("amesh-bench: wrote {}", cli.out.display());
+    Ok(())
+}
+
+/// Held connections need two descriptors each in this process and one in each ztunnel (which
+/// inherit the limit): raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

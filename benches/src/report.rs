@@ -1,0 +1,285 @@
+//! The results: raw runs per path, medians with the mesh/direct ratios, ztunnel cost, the
+//! machine; rendered as a markdown table and serialised as JSON.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::connrate::ConnRun;
+use crate::latency::LatencyRun;
+use crate::settings::Settings;
+use crate::stats::median;
+use crate::throughput::ThroughputRun;
+
+/// Every run of one path, in order.
+#[derive(Debug, Default, Serialize)]
+pub struct PathRuns {
+    pub throughput_1_stream: Vec<ThroughputRun>,
+    pub throughput_4_streams: Vec<ThroughputRun>,
+    pub latency: Vec<LatencyRun>,
+    pub connect_serial: Vec<ConnRun>,
+    pub connect_parallel: Vec<ConnRun>,
+}
+
+/// One line of the summary: medians of both paths and how the mesh compares.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub key: &'static str,
+    pub label: String,
+    pub unit: &'static str,
+    pub direct: f64,
+    pub mesh: f64,
+    /// mesh / direct.
+    pub ratio: f64,
+    /// mesh − direct, for times (what the mesh adds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added: Option<f64>,
+}
+
+/// What one node's ztunnel cost.
+#[derive(Debug, Serialize)]
+pub struct ZtunnelCost {
+    pub node: String,
+    pub pid: i32,
+    /// Right after the lab came up, before any traffic.
+    pub rss_idle_kib: u64,
+    /// With the held connections open.
+    pub rss_held_kib: u64,
+    /// After every measurement.
+    pub rss_after_kib: u64,
+    /// (held − idle) / held connections.
+    pub kib_per_connection: f64,
+    /// CPU seconds spent during the mesh throughput runs.
+    pub throughput_cpu_secs: f64,
+    /// `throughput_cpu_secs` per 10^9 bytes the mesh throughput runs delivered.
+    pub cpu_secs_per_gb: f64,
+}
+
+/// The machine and the moment.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub date: String,
+    /// Profile the bench (and so ztunnel, beside it) was built with.
+    pub build: &'static str,
+    pub load_average_start: String,
+    pub load_average_end: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub summary: Vec<Row>,
+    pub ztunnel: Vec<ZtunnelCost>,
+    /// Bytes the mesh throughput runs delivered (the CPU figures are per these).
+    pub mesh_throughput_bytes: u64,
+    pub direct: PathRuns,
+    pub mesh: PathRuns,
+    pub notes: Vec<&'static str>,
+}
+
+pub const NOTES: &[&str] = &[
+    "Throughput counts the bytes the sink received (one direction, nothing echoed back).",
+    "Latency: 1 KiB request and 1 KiB response on one kept connection, one exchange at a time.",
+    "Connection setup: connect + 1-byte echo + close, timed per connection.",
+    "ztunnel CPU: utime+stime of each ztunnel during the mesh throughput runs; per GB = 10^9 bytes delivered.",
+    "Memory per connection: (RSS with the connections held open - idle RSS after lab up) / count, per node.",
+];
+
+/// Median of one figure over the runs of a path.
+fn med<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    median(runs.iter().map(f))
+}
+
+/// The summary rows from both paths' runs.
+pub fn summarise(direct: &PathRuns, mesh: &PathRuns) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut row = |key, label: &str, unit, time: bool, d: f64, m: f64| {
+        rows.push(Row {
+            key,
+            label: label.to_string(),
+            unit,
+            direct: d,
+            mesh: m,
+            ratio: m / d,
+            added: time.then_some(m - d),
+        })
+    };
+    let gbps = |r: &ThroughputRun| r.gbit_per_s;
+    row(
+        "throughput_1_stream",
+        "throughput, 1 stream",
+        "Gbit/s",
+        false,
+        med(&direct.throughput_1_stream, gbps),
+        med(&mesh.throughput_1_stream, gbps),
+    );
+    row(
+        "throughput_4_streams",
+        "throughput, 4 streams",
+        "Gbit/s",
+        false,
+        med(&direct.throughput_4_streams, gbps),
+        med(&mesh.throughput_4_streams, gbps),
+    );
+    let percentiles = [
+        ("latency_p50", "1 KiB request/response p50", 50),
+        ("latency_p90", "1 KiB request/response p90", 90),
+        ("latency_p99", "1 KiB request/response p99", 99),
+    ];
+    for (key, label, p) in percentiles {
+        let at = |r: &LatencyRun| match p {
+            50 => r.p50_us,
+            90 => r.p90_us,
+            _ => r.p99_us,
+        };
+        row(
+            key,
+            label,
+            "µs",
+            true,
+            med(&direct.latency, at),
+            med(&mesh.latency, at),
+        );
+    }
+    let conn_sets = [
+        (
+            ("connect_serial_per_s", "connect_serial_setup_p50"),
+            &direct.connect_serial,
+            &mesh.connect_serial,
+        ),
+        (
+            ("connect_parallel_per_s", "connect_parallel_setup_p50"),
+            &direct.connect_parallel,
+            &mesh.connect_parallel,
+        ),
+    ];
+    for ((rate_key, setup_key), runs_d, runs_m) in conn_sets {
+        let how = match runs_d.first().map(|r| r.threads) {
+            Some(t) if t > 1 => format!("{t} in parallel"),
+            _ => "serial".to_string(),
+        };
+        row(
+            rate_key,
+            &format!("connections, {how}"),
+            "conn/s",
+            false,
+            med(runs_d, |r| r.per_s),
+            med(runs_m, |r| r.per_s),
+        );
+        row(
+            setup_key,
+            &format!("connection setup p50, {how}"),
+            "µs",
+            true,
+            med(runs_d, |r| r.setup_p50_us),
+            med(runs_m, |r| r.setup_p50_us),
+        );
+    }
+    rows
+}
+
+/// The markdown the bench prints.
+pub fn markdown(r: &Report) -> String {
+    let s = &r.settings;
+    let m = &r.machine;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "## amesh lab benchmark: mesh (HBONE, {} capture) vs direct\n",
+        s.capture_mode
+    );
+    let _ = writeln!(
+        out,
+        "{} run, medians of {} repetition(s); {} s per throughput run; {} CPUs ({}), kernel {}, {}, {} build; load average {} at start, {} at end.\n",
+        s.mode, s.repetitions, s.throughput_secs, m.nproc, m.cpu, m.kernel, m.date, m.build,
+        m.load_average_start, m.load_average_end
+    );
+    let _ = writeln!(
+        out,
+        "| measurement | direct | mesh | mesh/direct | mesh − direct |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for row in &r.summary {
+        let added = row
+            .added
+            .map(|a| format!("{a:+.0} {}", row.unit))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {} | {} | {:.2} | {} |",
+            row.label,
+            row.unit,
+            num(row.direct),
+            num(row.mesh),
+            row.ratio,
+            added
+        );
+    }
+    let errors: usize = [&r.direct, &r.mesh]
+        .iter()
+        .flat_map(|p| p.connect_serial.iter().chain(&p.connect_parallel))
+        .map(|c| c.errors)
+        .sum();
+    if errors > 0 {
+        let _ = writeln!(
+            out,
+            "\n{errors} connection(s) failed during the connection-rate runs (see the JSON)."
+        );
+    }
+    let _ = writeln!(out, "\n| ztunnel | {} |", names(&r.ztunnel).join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(r.ztunnel.len()));
+    let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
+    let line = |out: &mut String, label: String, f: &dyn Fn(&ZtunnelCost) -> String| {
+        let cells: Vec<String> = r.ztunnel.iter().map(f).collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    };
+    line(&mut out, "RSS idle, after lab up (MiB)".into(), &|z| {
+        mib(z.rss_idle_kib)
+    });
+    line(
+        &mut out,
+        format!("RSS with {} connections open (MiB)", s.held_connections),
+        &|z| mib(z.rss_held_kib),
+    );
+    line(&mut out, "RSS after the run (MiB)".into(), &|z| {
+        mib(z.rss_after_kib)
+    });
+    line(&mut out, "memory per open connection (KiB)".into(), &|z| {
+        format!("{:.1}", z.kib_per_connection)
+    });
+    line(
+        &mut out,
+        "CPU during mesh throughput (s per GB)".into(),
+        &|z| format!("{:.2}", z.cpu_secs_per_gb),
+    );
+    let total: f64 = r.ztunnel.iter().map(|z| z.cpu_secs_per_gb).sum();
+    let _ = writeln!(
+        out,
+        "\nBoth ztunnels together: {total:.2} CPU s per GB over {:.1} GB moved through the mesh.",
+        r.mesh_throughput_bytes as f64 / 1e9
+    );
+    for n in &r.notes {
+        let _ = writeln!(out, "- {n}");
+    }
+    out
+}
+
+fn names(z: &[ZtunnelCost]) -> Vec<String> {
+    z.iter().map(|z| z.node.clone()).collect()
+}
+
+/// Three significant digits or so, without noise for large values.
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}

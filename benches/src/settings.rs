@@ -1,0 +1,118 @@
+//! What a run measures and for how long: the full run, `--quick` for CI smoke, and overrides.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+
+/// Command line of `amesh-bench`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "amesh-bench",
+    about = "Measures the mesh path (HBONE between two ztunnels) against the direct path on a \
+             two-node lab, in the same run: throughput, request/response latency, connection \
+             rate, ztunnel CPU and memory."
+)]
+pub struct Cli {
+    /// CI smoke: 2 s throughput runs, 2,000 round trips, small connection counts, one repetition.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the JSON result goes.
+    #[arg(long, default_value = "target/bench/lab.json")]
+    pub out: PathBuf,
+    /// Repetitions of every measurement (medians are reported).
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Seconds per throughput run.
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// ztunnel's capture mode.
+    #[arg(long, env = "CAPTURE_MODE", default_value = "nft")]
+    pub capture_mode: String,
+    /// Manifests folder of the cluster (default: the fixture shipped with the bench).
+    #[arg(long)]
+    pub fixture: Option<PathBuf>,
+}
+
+/// Everything that bounds a run; recorded in the JSON next to the results.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub mode: &'static str,
+    pub repetitions: usize,
+    /// Length of each throughput run.
+    pub throughput_secs: u64,
+    /// Size of each write in a throughput run.
+    pub write_size: usize,
+    /// Request and response size of the latency run.
+    pub rr_size: usize,
+    /// Round trips per latency run, unless `rr_max_secs` ends it first.
+    pub rr_count: usize,
+    pub rr_max_secs: u64,
+    /// Connections per serial connection-rate run (bounded by `conn_max_secs` too).
+    pub conn_serial: usize,
+    /// Connections per parallel run, spread over `conn_parallelism` threads.
+    pub conn_parallel: usize,
+    pub conn_parallelism: usize,
+    pub conn_max_secs: u64,
+    /// Tunnelled connections held open to measure ztunnel memory per connection.
+    pub held_connections: usize,
+    pub capture_mode: String,
+    pub fixture: PathBuf,
+}
+
+impl Settings {
+    pub fn from_cli(cli: &Cli) -> Settings {
+        let fixture = cli.fixture.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join("lab")
+        });
+        let base = if cli.quick {
+            Settings {
+                mode: "quick",
+                repetitions: 1,
+                throughput_secs: 2,
+                write_size: 256 * 1024,
+                rr_size: 1024,
+                rr_count: 2_000,
+                rr_max_secs: 2,
+                conn_serial: 300,
+                conn_parallel: 800,
+                conn_parallelism: 8,
+                conn_max_secs: 2,
+                held_connections: 1_000,
+                capture_mode: cli.capture_mode.clone(),
+                fixture,
+            }
+        } else {
+            // Connection counts stay well below the ephemeral port range even with every
+            // closed connection in TIME_WAIT for a minute (3 reps × 6,000 < 28,000).
+            Settings {
+                mode: "full",
+                repetitions: 3,
+                throughput_secs: 10,
+                write_size: 256 * 1024,
+                rr_size: 1024,
+                rr_count: 20_000,
+                rr_max_secs: 10,
+                conn_serial: 2_000,
+                conn_parallel: 4_000,
+                conn_parallelism: 8,
+                conn_max_secs: 10,
+                held_connections: 1_000,
+                capture_mode: cli.capture_mode.clone(),
+                fixture,
+            }
+        };
+        Settings {
+            repetitions: cli.reps.unwrap_or(base.repetitions).max(1),
+            throughput_secs: cli.seconds.unwrap_or(base.throughput_secs).max(1),
+            ..base
+        }
+    }
+
+    pub fn throughput_duration(&self) -> Duration {
+        Duration::from_secs(self.throughput_secs)
+    }
+}

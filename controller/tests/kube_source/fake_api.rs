@@ -1,0 +1,230 @@
+//! A fake Kubernetes API server speaking the real list/watch protocol over plain HTTP/1.1:
+//! `GET <collection>` answers a `<Kind>List` with its `metadata.resourceVersion`;
+//! `GET <collection>?watch=true&resourceVersion=N...` answers a chunked stream of
+//! newline-delimited watch events, fed by the test through a channel; a collection not served
+//! (a CRD not installed) answers 404 with a `Status`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How long a test waits for anything the source should do.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Every collection the controller reads: URL path, list kind, apiVersion.
+pub const COLLECTIONS: [(&str, &str, &str); 10] = [
+    ("/api/v1/namespaces", "NamespaceList", "v1"),
+    ("/api/v1/nodes", "NodeList", "v1"),
+    ("/api/v1/pods", "PodList", "v1"),
+    ("/api/v1/services", "ServiceList", "v1"),
+    ("/api/v1/serviceaccounts", "ServiceAccountList", "v1"),
+    (
+        "/apis/gateway.networking.k8s.io/v1/gateways",
+        "GatewayList",
+        "gateway.networking.k8s.io/v1",
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "HTTPRouteList",
+        "gateway.networking.k8s.io/v1",
+    ),
+    (
+        "/apis/security.istio.io/v1/authorizationpolicies",
+        "AuthorizationPolicyList",
+        "security.istio.io/v1",
+    ),
+    (
+        "/apis/security.istio.io/v1/peerauthentications",
+        "PeerAuthenticationList",
+        "security.istio.io/v1",
+    ),
+    (
+        "/apis/security.istio.io/v1/requestauthentications",
+        "RequestAuthenticationList",
+        "security.istio.io/v1",
+    ),
+];
+
+/// One watch request the server got. Events sent go out as they are; dropping it ends the
+/// response, as the API server's watch timeout does.
+pub struct Watch {
+    /// The `resourceVersion` the client asked to watch from.
+    pub resource_version: String,
+    events: mpsc::UnboundedSender<Value>,
+}
+
+impl Watch {
+    /// Sends one watch event, `{"type": ..., "object": ...}`.
+    pub fn send(&self, kind: &str, object: Value) {
+        let event = json!({"type": kind, "object": object});
+        self.events.send(event).expect("the client is watching");
+    }
+}
+
+/// The server side of one collection.
+struct Collection {
+    list_kind: &'static str,
+    api_version: &'static str,
+    served: AtomicBool,
+    /// resourceVersion and items of the next list.
+    list: Mutex<(String, Vec<Value>)>,
+    lists: AtomicUsize,
+    watches: mpsc::UnboundedSender<Watch>,
+}
+
+/// The test's handle on one collection.
+pub struct Served {
+    collection: Arc<Collection>,
+    watches: mpsc::UnboundedReceiver<Watch>,
+}
+
+impl Served {
+    /// What the next list returns.
+    pub fn set_list(&self, resource_version: &str, items: Vec<Value>) {
+        *self.collection.list.lock() = (resource_version.to_owned(), items);
+    }
+
+    /// Starts (or stops) serving the collection, as installing (or removing) a CRD does.
+    pub fn serve(&self, served: bool) {
+        self.collection.served.store(served, Ordering::SeqCst);
+    }
+
+    /// How many lists the server answered.
+    pub fn lists(&self) -> usize {
+        self.collection.lists.load(Ordering::SeqCst)
+    }
+
+    /// The next watch request the client makes.
+    pub async fn next_watch(&mut self) -> Watch {
+        tokio::time::timeout(DEADLINE, self.watches.recv())
+            .await
+            .expect("the client starts a watch in time")
+            .expect("the server is running")
+    }
+}
+
+/// The server's URL and a handle per collection path; every collection starts served, with
+/// an empty list at resourceVersion 1.
+pub async fn start() -> (String, HashMap<&'static str, Served>) {
+    let mut handles = HashMap::new();
+    let mut collections = HashMap::new();
+    for (path, list_kind, api_version) in COLLECTIONS {
+        let (watches_tx, watches) = mpsc::unbounded_channel();
+        let collection = Arc::new(Collection {
+            list_kind,
+            api_version,
+            served: AtomicBool::new(true),
+            list: Mutex::new(("1".to_owned(), Vec::new())),
+            lists: AtomicUsize::new(0),
+            watches: watches_tx,
+        });
+        collections.insert(path, collection.clone());
+        handles.insert(
+            path,
+            Served {
+                collection,
+                watches,
+            },
+        );
+    }
+    let collections = Arc::new(collections);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let collections = collections.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let collections = collections.clone();
+                    async move { Ok::<_, Infallible>(handle(&collections, req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), handles)
+}
+
+fn handle(
+    collections: &HashMap<&'static str, Arc<Collection>>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let query: HashMap<&str, &str> = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    let collection = collections
+        .get(req.uri().path())
+        .filter(|c| c.served.load(Ordering::SeqCst));
+    let Some(collection) = collection else {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the server could not find the requested resource",
+            "reason": "NotFound", "details": {}, "code": 404
+        });
+        return json_response(StatusCode::NOT_FOUND, &status);
+    };
+    if matches!(query.get("watch"), Some(&"true" | &"1")) {
+        let (events_tx, events) = mpsc::unbounded_channel::<Value>();
+        let watch = Watch {
+            resource_version: query.get("resourceVersion").unwrap_or(&"").to_string(),
+            events: events_tx,
+        };
+        // The test may not be waiting for this collection's watches: that is fine.
+        let _ = collection.watches.send(watch);
+        let lines = tokio_stream(events).map(|event| {
+            let mut line = serde_json::to_vec(&event).unwrap();
+            line.push(b'\n');
+            Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(StreamBody::new(lines)))
+            .unwrap();
+    }
+    collection.lists.fetch_add(1, Ordering::SeqCst);
+    let (resource_version, items) = collection.list.lock().clone();
+    let list = json!({
+        "kind": collection.list_kind,
+        "apiVersion": collection.api_version,
+        "metadata": {"resourceVersion": resource_version},
+        "items": items,
+    });
+    json_response(StatusCode::OK, &list)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
+        .unwrap()
+}
+
+fn tokio_stream(mut rx: mpsc::UnboundedReceiver<Value>) -> impl futures::Stream<Item = Value> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
