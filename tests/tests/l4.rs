@@ -106,13 +106,26 @@ fn the_node_link_carries_tls_not_plaintext() {
         .echo("client-a", addr(m.ip("server-2"), 8080), marker.as_bytes())
         .unwrap();
     assert_eq!(back, marker.as_bytes());
-    // Give the last packets time to be printed, then stop the capture.
+    // A grace period for tcpdump to print the last packets, then stop the capture.
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill")
         .args(["-INT", &tcpdump.id().to_string()])
         .status();
     let _ = tcpdump.wait();
-    drop(lines);
+    // On exit tcpdump reports "N packets captured" and "M packets received by filter": equal
+    // counts prove every packet of the exchange was printed, so the grace above hid nothing.
+    let stats: Vec<String> = lines.map_while(Result::ok).collect();
+    let count = |what: &str| {
+        stats
+            .iter()
+            .find(|l| l.contains(what))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let (captured, received) = (count("packets captured"), count("received by filter"));
+    assert!(
+        captured.is_some() && captured == received,
+        "tcpdump printed {captured:?} of {received:?} packets: {stats:?}"
+    );
     let text = std::fs::read_to_string(&dump).unwrap_or_default();
     let hbone = text.lines().filter(|l| l.contains(".15008")).count();
     assert!(
