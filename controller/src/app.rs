@@ -44,7 +44,7 @@ pub struct Config {
     pub debounce: Duration,
     /// Where the CA root lives (generated there on first start).
     pub ca_dir: PathBuf,
-    /// Node bootstrap tokens for the CA.
+    /// Node bootstrap tokens: the CA and (when any are configured) xDS streams require one.
     pub tokens: NodeTokens,
     /// Longest certificate validity granted.
     pub max_ttl: Duration,
@@ -63,7 +63,10 @@ pub async fn run(
         .with_context(|| format!("CA in {}", config.ca_dir.display()))?;
     info!(dir = %config.ca_dir.display(), trust_domain = ca.trust_domain(), "CA root ready");
     if config.tokens.is_empty() {
-        tracing::warn!("no node tokens configured (--tokens): the CA will refuse every request");
+        tracing::warn!(
+            "no node tokens configured (--tokens): the CA will refuse every request and xDS \
+             streams are not authenticated"
+        );
     }
 
     let mut shutdown = Box::pin(shutdown);
@@ -84,7 +87,10 @@ pub async fn run(
     };
     let (resources, publisher) =
         spawn_publisher(manifests.clone(), config.translate.clone(), config.debounce);
-    let ads = AdsServer::new(resources);
+    let mut ads = AdsServer::new(resources);
+    if !config.tokens.is_empty() {
+        ads = ads.with_tokens(Arc::new(config.tokens.clone()));
+    }
     let ca = CaService::new(Arc::new(ca), config.tokens, manifests, config.max_ttl);
 
     let addr = listener.local_addr().context("listener address")?;

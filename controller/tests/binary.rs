@@ -116,6 +116,8 @@ async fn serves_a_folder_follows_edits_and_stops_on_sigterm() {
         ..Default::default()
     };
     let mut config = XdsConfig::new(uri.clone(), node);
+    // The controller has node tokens, so xDS streams must present one, as ztunnel does.
+    config.token = Some("secret-1".into());
     config.initial_backoff = Duration::from_millis(20);
     config.max_backoff = Duration::from_millis(200);
     let client = xds::spawn(config, names.clone()).unwrap();

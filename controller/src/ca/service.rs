@@ -74,26 +74,7 @@ impl CaService {
 
     /// The node presenting the request's bearer token.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("no `authorization: Bearer <token>` header"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header is not `Bearer <token>`")
-            })?;
-        self.tokens
-            .node_of(token.trim())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "the bearer token is not a known node token; check the node's token against \
-                     the controller's --tokens file",
-                )
-            })
+        self.tokens.authenticate(request.metadata())
     }
 
     /// The TTL to grant: what was asked, at most `max_ttl`; nothing asked means `max_ttl`.

@@ -25,13 +25,25 @@ const RESPONSE_QUEUE: usize = 16;
 #[derive(Debug, Clone)]
 pub struct AdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
+    /// When set, every stream must present a known node token (as the CA requires).
+    tokens: Option<Arc<crate::ca::NodeTokens>>,
 }
 
 impl AdsServer {
     /// Serves the snapshots of `resources`. Streams end (cleanly, status OK) when its sender
     /// is dropped: that is how shutdown lets the server drain.
     pub fn new(resources: watch::Receiver<Arc<ResourceSet>>) -> Self {
-        AdsServer { resources }
+        AdsServer {
+            resources,
+            tokens: None,
+        }
+    }
+
+    /// Requires every stream to authenticate with one of `tokens`: the config names every
+    /// workload and policy of the cluster, so only nodes may read it.
+    pub fn with_tokens(mut self, tokens: Arc<crate::ca::NodeTokens>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// The gRPC service to add to a tonic server.
@@ -64,6 +76,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        if let Some(tokens) = &self.tokens {
+            let node = tokens.authenticate(request.metadata()).inspect_err(|e| {
+                info!(%peer, reason = e.message(), "xDS: refused an unauthenticated stream");
+            })?;
+            debug!(%peer, %node, "xDS: stream authenticated");
+        }
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let span = tracing::info_span!("ads", %peer);

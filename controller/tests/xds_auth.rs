@@ -1,0 +1,72 @@
+//! xDS streams require a node token when the controller has any: the config names every
+//! workload and policy of the cluster, so only nodes may read it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use amesh_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use amesh_proto::ADDRESS_TYPE_URL;
+use controller::ca::NodeTokens;
+use controller::xds::{AdsServer, ResourceSet};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn open_stream(url: String, token: Option<&str>) -> Result<(), tonic::Status> {
+    let mut client = tokio::time::timeout(WAIT, AggregatedDiscoveryServiceClient::connect(url))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let first = DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.to_string(),
+        resource_names_subscribe: vec!["*".to_string()],
+        ..Default::default()
+    };
+    let mut request = tonic::Request::new(futures::stream::iter(vec![first]));
+    if let Some(t) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let call = client.delta_aggregated_resources(request);
+    let mut responses = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("answer in time")?
+        .into_inner();
+    // An authenticated client gets its first (here empty) response for the type it asked.
+    let first = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .expect("first response in time")?
+        .expect("a response");
+    assert_eq!(first.type_url, ADDRESS_TYPE_URL);
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_need_a_known_node_token() {
+    let mut tokens = NodeTokens::default();
+    tokens.insert("secret-node1", "node1");
+    let (_tx, rx) = watch::channel(Arc::new(ResourceSet::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            AdsServer::new(rx)
+                .with_tokens(Arc::new(tokens))
+                .into_service(),
+        )
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    let task = tokio::spawn(server);
+
+    let none = open_stream(url.clone(), None).await.unwrap_err();
+    assert_eq!(none.code(), tonic::Code::Unauthenticated, "{none:?}");
+    assert!(none.message().contains("authorization"), "{none:?}");
+    let wrong = open_stream(url.clone(), Some("guess")).await.unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    assert!(wrong.message().contains("--tokens"), "{wrong:?}");
+    open_stream(url, Some("secret-node1"))
+        .await
+        .expect("a node with its token is served");
+    task.abort();
+}
