@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::fixture::{BenchLab, PathKind};
-use crate::report::{self, Machine, PathRuns, Report, ZtunnelCost};
+use crate::host::{load_average, machine};
+use crate::report::{self, PathRuns, Report, ZtunnelCost};
 use crate::servers::{Servers, ECHO_PORT};
 use crate::settings::Settings;
 use crate::ztunnel::{self, Ztunnel};
@@ -201,40 +202,4 @@ fn measure_rep(
 
 fn progress(msg: &str) {
     eprintln!("amesh-bench: {msg}");
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn machine(load_average_start: String) -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    Machine {
-        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|k| k.trim().to_string())
-            .unwrap_or_default(),
-        date: time::OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        load_average_start,
-        load_average_end: load_average(),
-    }
 }

@@ -9,6 +9,7 @@
 mod bench;
 mod connrate;
 mod fixture;
+mod host;
 mod latency;
 mod report;
 mod servers;

@@ -56,17 +56,7 @@ pub struct ZtunnelCost {
 }
 
 /// The machine and the moment.
-#[derive(Debug, Serialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu: String,
-    pub kernel: String,
-    pub date: String,
-    /// Profile the bench (and so ztunnel, beside it) was built with.
-    pub build: &'static str,
-    pub load_average_start: String,
-    pub load_average_end: String,
-}
+pub use crate::host::Machine;
 
 #[derive(Debug, Serialize)]
 pub struct Report {

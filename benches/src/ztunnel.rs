@@ -18,38 +18,11 @@ pub struct Ztunnel {
     pub pid: i32,
 }
 
-/// CPU seconds used so far (user + system, all threads).
-pub fn cpu_secs(pid: i32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat (did ztunnel exit?)"))?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line; `rest` starts at field 3.
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i - 3)
-            .context("short /proc/PID/stat")?
-            .parse()
-            .context("utime/stime not a number")
-    };
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
-}
+pub use crate::host::cpu_secs;
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: i32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status (did ztunnel exit?)"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")
+    crate::host::status_kib(pid, "VmRSS:")
 }
 
 /// RSS of every ztunnel, in node order.

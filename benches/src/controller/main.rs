@@ -5,6 +5,8 @@
 //!
 //! - [`manifests`]: the synthetic cluster; [`run`]: one repetition; [`report`]: table and JSON.
 
+#[path = "../host.rs"]
+mod host;
 mod manifests;
 mod report;
 mod run;

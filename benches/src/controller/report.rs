@@ -21,17 +21,7 @@ pub struct Settings {
 }
 
 /// The machine and the moment.
-#[derive(Debug, Serialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu: String,
-    pub kernel: String,
-    pub date: String,
-    /// Profile this bench was built with (the controller beside it has the same).
-    pub build: &'static str,
-    pub load_average_start: String,
-    pub load_average_end: String,
-}
+pub use crate::host::{load_average, machine, Machine};
 
 /// Medians over the repetitions.
 #[derive(Debug, Serialize)]
@@ -164,43 +154,6 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
         v[mid]
     } else {
         (v[mid - 1] + v[mid]) / 2.0
-    }
-}
-
-pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// The machine now; `load_average_end` is filled in by [`Report::new`].
-pub fn machine(load_average_start: String) -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    Machine {
-        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|k| k.trim().to_string())
-            .unwrap_or_default(),
-        date: time::OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        load_average_start,
-        load_average_end: String::new(),
     }
 }
 

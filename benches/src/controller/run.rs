@@ -197,7 +197,7 @@ pub fn run(
     };
     controller.check_alive()?;
     let (rss_kib, peak_rss_kib) = memory_kib(pid)?;
-    let cpu_secs = cpu_secs(pid)?;
+    let cpu_secs = crate::host::cpu_secs(pid)?;
     drop(controller);
 
     let first_synced = times.iter().map(|t| t.0).min().unwrap_or_default();
@@ -321,38 +321,10 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// (VmRSS, VmHWM) in KiB.
 fn memory_kib(pid: i32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// User + system CPU seconds of the whole process so far.
-fn cpu_secs(pid: i32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i - 3)
-            .context("short /proc/PID/stat")?
-            .parse()
-            .context("utime/stime not a number")
-    };
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
+    Ok((
+        crate::host::status_kib(pid, "VmRSS:")?,
+        crate::host::status_kib(pid, "VmHWM:")?,
+    ))
 }
 
 /// The `amesh-controller` binary: `--controller`, `AMESH_CONTROLLER_BIN`, or next to this
