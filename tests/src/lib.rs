@@ -75,6 +75,26 @@ impl MeshLab {
             .expect("node")
     }
 
+    /// Sends `signal` (`KILL`, `TERM`) to the newest lab process named `name` (a restarted
+    /// process has a record of its own); returns its pid.
+    pub fn signal(&self, name: &str, signal: &str) -> i32 {
+        let pid = self
+            .lab
+            .state()
+            .processes
+            .iter()
+            .rev()
+            .find(|p| p.name == name)
+            .map(|p| p.pid)
+            .unwrap_or_else(|| panic!("no lab process named {name:?}"));
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+        pid
+    }
+
     /// An HTTP GET from `pod`; the echo app's answer.
     pub fn http(&self, pod: &str, addr: SocketAddr) -> Result<lab::echo::EchoReply, String> {
         lab::mesh::http_from(&self.lab, pod, addr, "/")

@@ -296,20 +296,7 @@ fn killed_ztunnel_comes_back_without_rerunning_the_cni() {
     assert!(m.http("client-a", server).is_ok());
     let node2 = m.node("node2");
     let name = lab::mesh::ztunnel_name("node2");
-    let pid = m
-        .lab
-        .state()
-        .processes
-        .iter()
-        .rev()
-        .find(|p| p.name == name)
-        .map(|p| p.pid)
-        .expect("ztunnel process record");
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    m.signal(&name, "KILL");
     wait_for(
         "the killed ztunnel to stop serving",
         Duration::from_secs(10),
@@ -359,20 +346,7 @@ fn admin_endpoints_and_sigterm_drain() {
 
     // SIGTERM: ztunnel drains and exits by itself within its deadline.
     let name = lab::mesh::ztunnel_name("node1");
-    let pid = m
-        .lab
-        .state()
-        .processes
-        .iter()
-        .rev()
-        .find(|p| p.name == name)
-        .map(|p| p.pid)
-        .unwrap();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    let pid = m.signal(&name, "TERM");
     wait_for(
         "ztunnel to exit after SIGTERM",
         Duration::from_secs(15),
@@ -395,20 +369,7 @@ fn ztunnels_keep_serving_while_the_controller_is_down() {
     }
     let server = addr(m.ip("server-1"), 8080);
     assert!(m.http("client-b", server).is_ok());
-    let pid = m
-        .lab
-        .state()
-        .processes
-        .iter()
-        .rev()
-        .find(|p| p.name == lab::mesh::CONTROLLER)
-        .map(|p| p.pid)
-        .expect("controller process");
-    assert!(Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    m.signal(lab::mesh::CONTROLLER, "KILL");
     // Last good config and certificates keep serving, for new connections too.
     for pod in ["client-a", "client-b"] {
         let reply = m.http(pod, server).expect("served without the controller");
