@@ -294,7 +294,7 @@ fn parse<T: DeserializeOwned>(text: &str) -> Result<T, Rejected> {
 }
 
 fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
-    Ok(match kind {
+    let object = match kind {
         KnownKind::Namespace => Object::Namespace(parse(text)?),
         KnownKind::Node => Object::Node(parse(text)?),
         KnownKind::Pod => Object::Pod(parse(text)?),
@@ -303,22 +303,12 @@ fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
         KnownKind::ServiceAccount => Object::ServiceAccount(parse(text)?),
         KnownKind::Gateway => Object::Gateway(parse(text)?),
         KnownKind::HttpRoute => Object::HttpRoute(parse(text)?),
-        KnownKind::AuthorizationPolicy => {
-            let policy: super::AuthorizationPolicy = parse(text)?;
-            validate::authorization_policy(&policy.spec).map_err(Rejected::Field)?;
-            Object::AuthorizationPolicy(policy)
-        }
-        KnownKind::PeerAuthentication => {
-            let policy: super::PeerAuthentication = parse(text)?;
-            validate::peer_authentication(&policy.spec).map_err(Rejected::Field)?;
-            Object::PeerAuthentication(policy)
-        }
-        KnownKind::RequestAuthentication => {
-            let policy: super::RequestAuthentication = parse(text)?;
-            validate::request_authentication(&policy.spec).map_err(Rejected::Field)?;
-            Object::RequestAuthentication(policy)
-        }
-    })
+        KnownKind::AuthorizationPolicy => Object::AuthorizationPolicy(parse(text)?),
+        KnownKind::PeerAuthentication => Object::PeerAuthentication(parse(text)?),
+        KnownKind::RequestAuthentication => Object::RequestAuthentication(parse(text)?),
+    };
+    validate::object(&object).map_err(Rejected::Field)?;
+    Ok(object)
 }
 
 /// serde_yaml writes `<path>: <message> at line L column C` when the path is below the root.

@@ -58,6 +58,18 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     }
 }
 
+/// The checks Istio's admission webhook makes, for the kinds that have them. Every source
+/// (the folder, the Kubernetes API) runs each typed object through this one function, so a
+/// check added here guards all of them.
+pub fn object(object: &super::Object) -> Result<(), FieldError> {
+    match object {
+        super::Object::AuthorizationPolicy(p) => authorization_policy(&p.spec),
+        super::Object::PeerAuthentication(p) => peer_authentication(&p.spec),
+        super::Object::RequestAuthentication(p) => request_authentication(&p.spec),
+        _ => Ok(()),
+    }
+}
+
 /// Validates an AuthorizationPolicy spec.
 pub fn authorization_policy(spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
     if spec.selector.is_some() && spec.all_target_refs().next().is_some() {

@@ -157,7 +157,7 @@ impl Kind {
 
     /// The fast path: serde straight from the JSON value.
     fn typed(self, value: &Value) -> Result<Object, Fault> {
-        Ok(match self {
+        let object = match self {
             Kind::Namespace => Object::Namespace(from_value(value)?),
             Kind::Node => Object::Node(from_value(value)?),
             Kind::Pod => Object::Pod(from_value(value)?),
@@ -165,22 +165,12 @@ impl Kind {
             Kind::ServiceAccount => Object::ServiceAccount(from_value(value)?),
             Kind::Gateway => Object::Gateway(from_value(value)?),
             Kind::HttpRoute => Object::HttpRoute(from_value(value)?),
-            Kind::AuthorizationPolicy => {
-                let policy: crate::manifests::AuthorizationPolicy = from_value(value)?;
-                validate::authorization_policy(&policy.spec).map_err(Fault::Field)?;
-                Object::AuthorizationPolicy(policy)
-            }
-            Kind::PeerAuthentication => {
-                let policy: crate::manifests::PeerAuthentication = from_value(value)?;
-                validate::peer_authentication(&policy.spec).map_err(Fault::Field)?;
-                Object::PeerAuthentication(policy)
-            }
-            Kind::RequestAuthentication => {
-                let policy: crate::manifests::RequestAuthentication = from_value(value)?;
-                validate::request_authentication(&policy.spec).map_err(Fault::Field)?;
-                Object::RequestAuthentication(policy)
-            }
-        })
+            Kind::AuthorizationPolicy => Object::AuthorizationPolicy(from_value(value)?),
+            Kind::PeerAuthentication => Object::PeerAuthentication(from_value(value)?),
+            Kind::RequestAuthentication => Object::RequestAuthentication(from_value(value)?),
+        };
+        validate::object(&object).map_err(Fault::Field)?;
+        Ok(object)
     }
 
     /// The slow path, for a rejected object only: JSON is YAML, and the YAML loader's errors
