@@ -1,6 +1,7 @@
 //! The controller as a whole: a source (a watched folder or the Kubernetes API) → debounced
-//! translation → ADS server, and the CA, both on one plaintext gRPC port. `main.rs` parses
-//! flags and calls [`run`].
+//! translation → ADS server, and the CA, both served on a TLS port (15012, with a serving
+//! certificate from the mesh CA) and/or a plaintext port (15010, local by default).
+//! `main.rs` parses flags and calls [`run`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,8 +13,9 @@ use mesh::certs::LocalCa;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::ca::{CaService, NodeTokens};
+use crate::ca::{Authenticator, CaService, NodeTokens, TokenReviewer};
 use crate::source::{FolderSource, KubeSource};
+use crate::tls::ServingCert;
 use crate::translate::TranslateOptions;
 use crate::xds::{spawn_publisher, AdsServer};
 
@@ -35,6 +37,29 @@ pub enum Source {
     },
 }
 
+/// How the CA and xDS streams authenticate callers.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Node bootstrap tokens: the CA and (when any are configured) xDS streams require one.
+    NodeTokens(NodeTokens),
+    /// Kubernetes TokenReview of node agents' ServiceAccount tokens.
+    TokenReview {
+        /// Audiences the token must be for (Istio: `istio-ca`).
+        audiences: Vec<String>,
+        /// User names of node agents (`system:serviceaccount:<ns>:<sa>`).
+        node_agents: Vec<String>,
+    },
+}
+
+/// The sockets to serve on; at least one.
+#[derive(Debug)]
+pub struct Listeners {
+    /// TLS (15012).
+    pub tls: Option<TcpListener>,
+    /// Plaintext (15010): the lab's and local tools' port.
+    pub plaintext: Option<TcpListener>,
+}
+
 /// Everything the controller needs to run.
 #[derive(Debug)]
 pub struct Config {
@@ -44,36 +69,40 @@ pub struct Config {
     pub debounce: Duration,
     /// Where the CA root lives (generated there on first start).
     pub ca_dir: PathBuf,
-    /// Node bootstrap tokens: the CA and (when any are configured) xDS streams require one.
-    pub tokens: NodeTokens,
+    /// How callers authenticate.
+    pub auth: Auth,
+    /// Extra names (DNS or IP) of the TLS serving certificate, besides
+    /// [`tls::DEFAULT_NAMES`](crate::tls::DEFAULT_NAMES).
+    pub tls_names: Vec<String>,
     /// Longest certificate validity granted.
     pub max_ttl: Duration,
     /// Trust domain, cluster id and the rest of the translation's settings.
     pub translate: TranslateOptions,
 }
 
-/// Serves ADS and the CA on `listener` until `shutdown` resolves, then ends the ADS streams
+/// Serves ADS and the CA on `listeners` until `shutdown` resolves, then ends the ADS streams
 /// (clients keep their config and reconnect elsewhere or later) and returns.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let ca = LocalCa::load_or_create(&config.ca_dir, &config.translate.trust_domain)
-        .with_context(|| format!("CA in {}", config.ca_dir.display()))?;
-    info!(dir = %config.ca_dir.display(), trust_domain = ca.trust_domain(), "CA root ready");
-    if config.tokens.is_empty() {
-        tracing::warn!(
-            "no node tokens configured (--tokens): the CA will refuse every request and xDS \
-             streams are not authenticated"
-        );
+    if listeners.tls.is_none() && listeners.plaintext.is_none() {
+        anyhow::bail!("nothing to serve on: both the TLS and the plaintext port are off");
     }
+    let ca = Arc::new(
+        LocalCa::load_or_create(&config.ca_dir, &config.translate.trust_domain)
+            .with_context(|| format!("CA in {}", config.ca_dir.display()))?,
+    );
+    info!(dir = %config.ca_dir.display(), trust_domain = ca.trust_domain(), "CA root ready");
 
     let mut shutdown = Box::pin(shutdown);
+    let mut kube_client = None;
     let (manifests, source) = match &config.source {
         Source::Folder { dir, poll } => FolderSource::new(dir, *poll).start(),
         Source::Kube { kubeconfig } => {
             let client = crate::source::kube::client(kubeconfig.as_deref()).await?;
+            kube_client = Some(client.clone());
             // The first list can take long (or forever, if the API server is unreachable):
             // a signal meanwhile still stops the controller.
             tokio::select! {
@@ -85,38 +114,90 @@ pub async fn run(
             }
         }
     };
+    let auth: Authenticator = match config.auth {
+        Auth::NodeTokens(tokens) => tokens.into(),
+        Auth::TokenReview {
+            audiences,
+            node_agents,
+        } => {
+            let client = match kube_client {
+                Some(client) => client,
+                None => crate::source::kube::client(None).await?,
+            };
+            info!(
+                ?audiences,
+                ?node_agents,
+                "authenticating node agents with TokenReview"
+            );
+            TokenReviewer::new(client, audiences, node_agents, manifests.clone()).into()
+        }
+    };
+    if auth.accepts_nobody() {
+        tracing::warn!(
+            "no node tokens configured (--tokens): the CA will refuse every request and xDS \
+             streams are not authenticated"
+        );
+    }
     let (resources, publisher) =
         spawn_publisher(manifests.clone(), config.translate.clone(), config.debounce);
     let mut ads = AdsServer::new(resources);
-    if !config.tokens.is_empty() {
-        ads = ads.with_tokens(Arc::new(config.tokens.clone()));
+    if !auth.accepts_nobody() {
+        ads = ads.with_auth(auth.clone());
     }
-    let ca = CaService::new(Arc::new(ca), config.tokens, manifests, config.max_ttl);
+    let ca_service = CaService::new(ca.clone(), auth, manifests, config.max_ttl);
 
-    let addr = listener.local_addr().context("listener address")?;
-    info!(%addr, "serving xDS (delta ADS) and the CA, plaintext gRPC");
     // On shutdown the source stops, which closes the snapshot watch, which ends every ADS
     // stream: without that the graceful shutdown would wait on them forever.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
         info!("shutting down: closing xDS streams");
         source.abort();
         publisher.abort();
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
     };
     tokio::spawn(signal);
-    tonic::transport::Server::builder()
-        .add_service(ads.into_service())
-        .add_service(ca.into_service())
-        .serve_with_incoming_shutdown(
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let router = || {
+        tonic::transport::Server::builder()
+            .add_service(ads.clone().into_service())
+            .add_service(ca_service.clone().into_service())
+    };
+
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.tls {
+        let addr = listener.local_addr().context("TLS listener address")?;
+        let cert = Arc::new(
+            ServingCert::issue(ca.clone(), &config.tls_names, crate::tls::SERVING_TTL)
+                .context("TLS serving certificate")?,
+        );
+        info!(%addr, names = ?cert.names(), "serving xDS (delta ADS) and the CA over TLS");
+        let refresh = cert.spawn_refresh();
+        let incoming = crate::tls::incoming(listener, cert.server_config());
+        let serve = router().serve_with_incoming_shutdown(incoming, stopped());
+        servers.spawn(async move {
+            let result = serve.await.context("gRPC server (TLS)");
+            refresh.abort();
+            result
+        });
+    }
+    if let Some(listener) = listeners.plaintext {
+        let addr = listener.local_addr().context("listener address")?;
+        info!(%addr, "serving xDS (delta ADS) and the CA, plaintext gRPC");
+        let serve = router().serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
-            async {
-                let _ = stop_rx.await;
-            },
-        )
-        .await
-        .context("gRPC server")?;
+            stopped(),
+        );
+        servers.spawn(async move { serve.await.context("gRPC server (plaintext)") });
+    }
+    while let Some(done) = servers.join_next().await {
+        done.context("gRPC server task")??;
+    }
     info!("stopped");
     Ok(())
 }

@@ -10,7 +10,8 @@
 //! - [`source`]: where manifests come from (a watched folder), as a stream of snapshots.
 //! - [`xds`]: the delta-ADS server pushing the translated resources to ztunnels.
 //! - [`ca`]: the certificate authority (`IstioCertificateService`) for node agents.
-//! - [`app`]: all of it wired on one gRPC port, as the `amesh-controller` binary runs it.
+//! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
+//! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 
 pub mod app;
 pub mod ca;
@@ -18,6 +19,7 @@ pub mod manifests;
 pub mod model;
 pub mod render;
 pub mod source;
+pub mod tls;
 pub mod translate;
 mod warnings;
 pub mod xds;

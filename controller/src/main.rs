@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use controller::app::{self, Config, Source};
+use controller::app::{self, Auth, Config, Listeners, Source};
 use controller::ca::{NodeTokens, DEFAULT_MAX_TTL};
 use controller::TranslateOptions;
 use tracing_subscriber::EnvFilter;
@@ -30,9 +30,30 @@ struct Args {
     /// the pod's service account.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Address of the plaintext gRPC port serving both ADS and the CA.
+    /// Address of the plaintext gRPC port serving both ADS and the CA (Istio's 15010), or
+    /// `off`. Local by default: plaintext is for the lab and tools on the same host.
     #[arg(long, env = "AMESH_XDS_ADDR", default_value = "127.0.0.1:15010")]
-    xds_addr: SocketAddr,
+    xds_addr: String,
+    /// Address of the TLS gRPC port serving both ADS and the CA (Istio's 15012), or `off`. Its
+    /// certificate is signed by the mesh CA, so clients verify it with the mesh root.
+    #[arg(long, env = "AMESH_TLS_ADDR", default_value = "0.0.0.0:15012")]
+    tls_addr: String,
+    /// Extra DNS name or IP address in the TLS certificate (repeatable), besides
+    /// istiod.istio-system.svc, amesh-controller.istio-system.svc, localhost and 127.0.0.1.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+    /// How node agents authenticate: node bootstrap tokens (`--tokens`), or Kubernetes
+    /// TokenReview of their ServiceAccount token. Default: token-review with `--source kube`,
+    /// node-tokens otherwise.
+    #[arg(long, env = "AMESH_AUTH", value_enum)]
+    auth: Option<AuthKind>,
+    /// Audience a reviewed token must be for (repeatable; `--auth token-review`).
+    #[arg(long = "token-audience", default_value = controller::ca::token_review::DEFAULT_AUDIENCE)]
+    token_audiences: Vec<String>,
+    /// User name of a node agent allowed to obtain pod certificates and the mesh config
+    /// (repeatable; `--auth token-review`).
+    #[arg(long = "node-agent", default_value = controller::ca::token_review::DEFAULT_NODE_AGENT)]
+    node_agents: Vec<String>,
     /// Folder of the CA root (`ca-key.pem`, `ca-cert.pem`, `root-cert.pem`), created on first
     /// start and reused afterwards.
     #[arg(long, env = "AMESH_CA_DIR")]
@@ -58,6 +79,26 @@ struct Args {
     /// Shortest time between two xDS pushes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
+}
+
+/// Values of `--auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthKind {
+    /// Node bootstrap tokens from `--tokens` / `--node-token`.
+    NodeTokens,
+    /// Kubernetes TokenReview.
+    TokenReview,
+}
+
+/// An address flag: `off` (or empty) turns the port off.
+fn optional_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match value.trim() {
+        "" | "off" | "none" => Ok(None),
+        v => v
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{flag} {v:?}: expected host:port (an IP address) or `off`")),
+    }
 }
 
 /// Values of `--source`.
@@ -89,6 +130,27 @@ fn main() -> anyhow::Result<()> {
             .context("--node-token expects <token>=<node name>")?;
         tokens.insert(token, node);
     }
+    let auth_kind = args.auth.unwrap_or(match args.source {
+        SourceKind::Kube => AuthKind::TokenReview,
+        SourceKind::Folder => AuthKind::NodeTokens,
+    });
+    let auth = match auth_kind {
+        AuthKind::NodeTokens => Auth::NodeTokens(tokens),
+        AuthKind::TokenReview => {
+            if !tokens.is_empty() {
+                anyhow::bail!("--tokens/--node-token are for --auth node-tokens, not token-review");
+            }
+            Auth::TokenReview {
+                audiences: args.token_audiences,
+                node_agents: args.node_agents,
+            }
+        }
+    };
+    let tls_addr = optional_addr("--tls-addr", &args.tls_addr)?;
+    let plain_addr = optional_addr("--xds-addr", &args.xds_addr)?;
+    if tls_addr.is_none() && plain_addr.is_none() {
+        anyhow::bail!("--tls-addr and --xds-addr are both off: nothing to serve on");
+    }
     let source = match (args.source, args.manifests) {
         (SourceKind::Folder, Some(dir)) => Source::Folder {
             dir,
@@ -103,7 +165,8 @@ fn main() -> anyhow::Result<()> {
         source,
         debounce: Duration::from_millis(args.debounce_ms),
         ca_dir: args.ca_dir,
-        tokens,
+        auth,
+        tls_names: args.tls_sans,
         max_ttl: Duration::from_secs(args.max_cert_ttl_secs.max(1)),
         translate: TranslateOptions {
             trust_domain: args.trust_domain,
@@ -114,15 +177,25 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.xds_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.xds_addr))?;
+        let bind = |addr: Option<SocketAddr>| async move {
+            match addr {
+                Some(addr) => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .with_context(|| format!("cannot listen on {addr}")),
+                None => Ok(None),
+            }
+        };
+        let listeners = Listeners {
+            tls: bind(tls_addr).await?,
+            plaintext: bind(plain_addr).await?,
+        };
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             signal().await;
             let _ = stopped_tx.send(());
         };
-        let server = app::run(config, listener, shutdown);
+        let server = app::run(config, listeners, shutdown);
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result,

@@ -1,5 +1,6 @@
-//! The `amesh-controller` binary end to end on 127.0.0.1: it serves a folder of manifests to a
-//! real xDS client and node-agent CA client, applies a manifest edit within a second (a
+//! The `amesh-controller` binary end to end on 127.0.0.1: it serves a folder of manifests over
+//! TLS (port 15012's way, verified with the mesh root it wrote) to a real xDS client and
+//! node-agent CA client, applies a manifest edit within a second (a
 //! malformed object next to it does not block it), and exits cleanly on SIGTERM.
 
 use std::collections::BTreeSet;
@@ -12,6 +13,7 @@ use amesh_proto::envoy::config::core::v3::Node;
 use amesh_proto::envoy::service::discovery::v3::Resource;
 use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use mesh::certs::{generate_csr, CaClient, CaClientConfig};
+use mesh::control::ControlRoot;
 use mesh::xds::{self, ResourceHandler, XdsConfig};
 use mesh::Identity;
 use parking_lot::Mutex;
@@ -98,7 +100,8 @@ async fn serves_a_folder_follows_edits_and_stops_on_sigterm() {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_amesh-controller"))
         .args(["--manifests", manifests.to_str().unwrap()])
-        .args(["--xds-addr", &format!("127.0.0.1:{port}")])
+        .args(["--tls-addr", &format!("127.0.0.1:{port}")])
+        .args(["--xds-addr", "off"])
         .args(["--ca-dir", work.path().join("ca").to_str().unwrap()])
         .args(["--tokens", work.path().join("tokens").to_str().unwrap()])
         .args(["--poll-ms", "200"])
@@ -107,7 +110,15 @@ async fn serves_a_folder_follows_edits_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut controller = Controller(child);
-    let uri = format!("http://127.0.0.1:{port}");
+    let uri = format!("https://localhost:{port}");
+    // The root is written on the first start; clients trust it as ztunnel trusts the mounted
+    // istio-ca-root-cert.
+    let root_file = work.path().join("ca").join(mesh::certs::ROOT_CERT_FILE);
+    eventually("the CA root to be written", Duration::from_secs(10), || {
+        root_file.is_file()
+    })
+    .await;
+    let root = ControlRoot::load(&root_file).unwrap();
 
     // xDS: the client syncs with the folder's workloads.
     let names = Arc::new(Names::default());
@@ -116,6 +127,7 @@ async fn serves_a_folder_follows_edits_and_stops_on_sigterm() {
         ..Default::default()
     };
     let mut config = XdsConfig::new(uri.clone(), node);
+    config.root = Some(root.clone());
     // The controller has node tokens, so xDS streams must present one, as ztunnel does.
     config.token = Some("secret-1".into());
     config.initial_backoff = Duration::from_millis(20);
@@ -163,6 +175,7 @@ spec:
     // CA on the same port: node-1 obtains the identity of its pod.
     let ca = CaClient::lazy(
         &uri,
+        Some(&root),
         CaClientConfig {
             cluster_id: "Kubernetes".into(),
             token: Some("secret-1".into()),

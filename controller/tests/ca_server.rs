@@ -72,7 +72,7 @@ fn client(uri: &str, token: &str) -> CaClient {
         token: Some(token.into()),
         impersonate: true,
     };
-    CaClient::lazy(uri, config).unwrap()
+    CaClient::lazy(uri, None, config).unwrap()
 }
 
 fn id(ns: &str, sa: &str) -> Identity {

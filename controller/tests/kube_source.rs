@@ -39,7 +39,7 @@ impl Cluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let (url, api) = fake_api::start().await;
+        let (url, api, _reviews) = fake_api::start().await;
         api[NAMESPACES].set_list("5", vec![namespace("shop")]);
         for (path, resource_version, items) in lists {
             api[path].set_list(resource_version, items);

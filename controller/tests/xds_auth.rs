@@ -51,11 +51,7 @@ async fn streams_need_a_known_node_token() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tonic::transport::Server::builder()
-        .add_service(
-            AdsServer::new(rx)
-                .with_tokens(Arc::new(tokens))
-                .into_service(),
-        )
+        .add_service(AdsServer::new(rx).with_auth(tokens).into_service())
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     let task = tokio::spawn(server);
 

@@ -29,7 +29,8 @@ pub struct MeshOptions {
 /// The lab's source of ztunnel config and certificates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlPlane {
-    /// `amesh-controller` in the root netns: xDS and CA on port 15010, watching the manifests.
+    /// `amesh-controller` in the root netns: xDS and CA over TLS on port 15012, watching the
+    /// manifests.
     #[default]
     Controller,
     /// No controller: the lab translates the manifests into ztunnel's local file, and each
@@ -48,7 +49,7 @@ impl ControlPlane {
 }
 
 /// The controller's xDS + CA port in the root netns.
-pub const CONTROLLER_PORT: u16 = 15010;
+pub const CONTROLLER_PORT: u16 = 15012;
 /// Name of the controller process in the lab's process records.
 pub const CONTROLLER: &str = "amesh-controller";
 
@@ -198,8 +199,13 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
         .arg(&state.manifests_dir)
         .arg("--ca-dir")
         .arg(ca_dir(&state))
-        .arg("--xds-addr")
+        // TLS only, as in a cluster: the serving certificate names the root netns address and
+        // ztunnels verify it with the mesh root (their `istio-ca-root-cert`).
+        .arg("--tls-addr")
         .arg(format!("{}:{CONTROLLER_PORT}", state.root_ip))
+        .arg("--tls-san")
+        .arg(state.root_ip.to_string())
+        .args(["--xds-addr", "off"])
         .arg("--tokens")
         .arg(&tokens_file)
         .env(
@@ -233,9 +239,12 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
                 .env("LOCAL_CA_DIR", ca_dir(&state));
         }
         ControlPlane::Controller => {
-            let url = format!("http://{}:{CONTROLLER_PORT}", state.root_ip);
+            let url = format!("https://{}:{CONTROLLER_PORT}", state.root_ip);
+            let root = ca_dir(&state).join(mesh::certs::ROOT_CERT_FILE);
             cmd.env("XDS_ADDRESS", &url)
                 .env("CA_ADDRESS", &url)
+                .env("XDS_ROOT_CA", &root)
+                .env("CA_ROOT_CA", &root)
                 .env("AMESH_TOKEN", node_token(&state, &node.name));
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod certs;
+pub mod control;
 pub mod hbone;
 pub mod identity;
 pub mod state;

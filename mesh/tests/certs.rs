@@ -455,7 +455,7 @@ fn client_config(token: &str) -> CaClientConfig {
 async fn ca_client_gets_certificates_over_grpc() {
     let ca = TestCa::new();
     let (uri, seen) = serve_ca(&ca).await;
-    let client = Arc::new(CaClient::lazy(&uri, client_config("node-token")).unwrap());
+    let client = Arc::new(CaClient::lazy(&uri, None, client_config("node-token")).unwrap());
     let web = id("default", "web");
 
     let csr = generate_csr(&web).unwrap();
@@ -495,7 +495,7 @@ async fn ca_client_maps_refusals_to_readable_errors() {
     let web = id("default", "web");
     let csr = generate_csr(&web).unwrap();
 
-    let wrong_token = CaClient::lazy(&uri, client_config("stolen")).unwrap();
+    let wrong_token = CaClient::lazy(&uri, None, client_config("stolen")).unwrap();
     let err = wrong_token.sign(&web, &csr.pem, HOUR).await.unwrap_err();
     assert!(matches!(err, CaError::Unauthenticated { .. }), "{err:?}");
     assert!(
@@ -509,7 +509,7 @@ async fn ca_client_maps_refusals_to_readable_errors() {
     wrong_token.set_token(Some("node-token".into()));
     wrong_token.sign(&web, &csr.pem, HOUR).await.unwrap();
 
-    let client = CaClient::lazy(&uri, client_config("node-token")).unwrap();
+    let client = CaClient::lazy(&uri, None, client_config("node-token")).unwrap();
     let other = id("kube-system", "secret");
     let csr = generate_csr(&other).unwrap();
     let err = client.sign(&other, &csr.pem, HOUR).await.unwrap_err();
@@ -541,7 +541,7 @@ async fn ca_client_reports_an_unreachable_ca() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let client = CaClient::lazy(&format!("http://{addr}"), client_config("t")).unwrap();
+    let client = CaClient::lazy(&format!("http://{addr}"), None, client_config("t")).unwrap();
     let web = id("default", "web");
     let csr = generate_csr(&web).unwrap();
     let err = client.sign(&web, &csr.pem, HOUR).await.unwrap_err();

@@ -11,8 +11,15 @@ use crate::capture::CaptureMode;
 /// Where workload certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaSource {
-    /// Istio's `IstioCertificateService` at this URL (`CA_ADDRESS`).
-    Remote { address: String },
+    /// Istio's `IstioCertificateService` at this URL (`CA_ADDRESS`); for `https://`, verified
+    /// against the root in `root` (`CA_ROOT_CA`, default Istio's
+    /// `/var/run/secrets/istio/root-cert.pem`).
+    Remote {
+        address: String,
+        root: Option<PathBuf>,
+        /// Name to verify instead of the address's host (`ALT_CA_HOSTNAME`).
+        server_name: Option<String>,
+    },
     /// A CA key and root on local disk (`LOCAL_CA_DIR`): the lab before the controller, tests.
     LocalDir(PathBuf),
 }
@@ -20,8 +27,14 @@ pub enum CaSource {
 /// Where workloads, services and policies come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
-    /// Delta ADS at this URL (`XDS_ADDRESS`).
-    Xds { address: String },
+    /// Delta ADS at this URL (`XDS_ADDRESS`); for `https://`, verified against the root in
+    /// `root` (`XDS_ROOT_CA`, default as for the CA).
+    Xds {
+        address: String,
+        root: Option<PathBuf>,
+        /// Name to verify instead of the address's host (`ALT_XDS_HOSTNAME`).
+        server_name: Option<String>,
+    },
     /// Istio ztunnel's local YAML file (`LOCAL_XDS_PATH`), watched.
     LocalFile(PathBuf),
 }
@@ -112,7 +125,11 @@ impl Config {
         };
         let config_source = match (get("XDS_ADDRESS"), get("LOCAL_XDS_PATH")) {
             (_, Some(path)) => ConfigSource::LocalFile(path.into()),
-            (Some(address), None) => ConfigSource::Xds { address },
+            (Some(address), None) => ConfigSource::Xds {
+                root: root_for(&address, get("XDS_ROOT_CA")),
+                server_name: get("ALT_XDS_HOSTNAME"),
+                address,
+            },
             (None, None) => {
                 return Err(ConfigError::Missing {
                     var: "XDS_ADDRESS",
@@ -122,7 +139,11 @@ impl Config {
         };
         let ca = match (get("CA_ADDRESS"), get("LOCAL_CA_DIR")) {
             (_, Some(dir)) => CaSource::LocalDir(dir.into()),
-            (Some(address), None) => CaSource::Remote { address },
+            (Some(address), None) => CaSource::Remote {
+                root: root_for(&address, get("CA_ROOT_CA")),
+                server_name: get("ALT_CA_HOSTNAME"),
+                address,
+            },
             (None, None) => {
                 return Err(ConfigError::Missing {
                     var: "CA_ADDRESS",
@@ -241,6 +262,16 @@ impl Config {
     }
 }
 
+/// The root file to verify a TLS control plane with: the configured one, else Istio's mounted
+/// default; none for a plaintext address.
+fn root_for(address: &str, configured: Option<String>) -> Option<PathBuf> {
+    mesh::control::is_tls(address).then(|| {
+        configured
+            .unwrap_or_else(|| mesh::control::DEFAULT_ROOT_CA_PATH.into())
+            .into()
+    })
+}
+
 fn parse_u32(v: &str) -> Option<u32> {
     match v.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
@@ -273,6 +304,39 @@ mod tests {
         assert_eq!(c.proxy_mode, ProxyMode::Shared);
         assert_eq!(c.admin_addr.port(), 15000);
         assert!(c.original_source);
+    }
+
+    #[test]
+    fn tls_control_plane_roots() {
+        let c = Config::from_map(&env(&[
+            ("XDS_ADDRESS", "https://istiod.istio-system.svc:15012"),
+            ("CA_ADDRESS", "https://istiod.istio-system.svc:15012"),
+            ("CA_ROOT_CA", "/etc/ca/root.pem"),
+            ("NODE_NAME", "node1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.config_source,
+            ConfigSource::Xds {
+                address: "https://istiod.istio-system.svc:15012".into(),
+                root: Some(mesh::control::DEFAULT_ROOT_CA_PATH.into()),
+                server_name: None,
+            }
+        );
+        assert!(
+            matches!(c.ca, CaSource::Remote { root: Some(ref r), .. } if r == std::path::Path::new("/etc/ca/root.pem"))
+        );
+        let plain = Config::from_map(&env(&[
+            ("XDS_ADDRESS", "http://10.0.0.1:15010"),
+            ("CA_ADDRESS", "http://10.0.0.1:15010"),
+            ("XDS_ROOT_CA", "/unused.pem"),
+            ("NODE_NAME", "node1"),
+        ]))
+        .unwrap();
+        assert!(matches!(
+            plain.config_source,
+            ConfigSource::Xds { root: None, .. }
+        ));
     }
 
     #[test]

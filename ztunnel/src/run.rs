@@ -31,9 +31,16 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
                 .with_context(|| format!("loading the local CA in {}", dir.display()))?;
             (ca.trust_roots(), Arc::new(ca))
         }
-        CaSource::Remote { address } => {
+        CaSource::Remote {
+            address,
+            root,
+            server_name,
+        } => {
+            let root = load_root(root.as_deref(), "CA_ROOT_CA")?
+                .map(|r| r.with_server_name(server_name.clone()));
             let client = CaClient::lazy(
                 address,
+                root.as_ref(),
                 CaClientConfig {
                     cluster_id: config.cluster_id.clone(),
                     token: config.token.clone(),
@@ -187,7 +194,11 @@ fn start_config_source(
             let handle = mesh::state::watch_file(path.clone(), state.clone());
             Ok((Box::pin(async {}), Box::new(handle)))
         }
-        ConfigSource::Xds { address } => {
+        ConfigSource::Xds {
+            address,
+            root,
+            server_name,
+        } => {
             // INSTANCE_IP as in Istio's DaemonSet (the downward API's pod IP); else a guess.
             let ip = std::env::var("INSTANCE_IP")
                 .ok()
@@ -205,6 +216,8 @@ fn start_config_source(
             };
             let mut xds = mesh::xds::XdsConfig::new(address.clone(), node);
             xds.token = config.token.clone();
+            xds.root = load_root(root.as_deref(), "XDS_ROOT_CA")?
+                .map(|r| r.with_server_name(server_name.clone()));
             let handle = mesh::xds::spawn(xds, Arc::new(state.clone()))
                 .with_context(|| format!("XDS_ADDRESS={address}"))?;
             let synced = handle.wait_synced();
@@ -248,4 +261,14 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Reads the control plane's root certificate for a TLS address; `var` names the setting in
+/// errors.
+fn load_root(
+    path: Option<&std::path::Path>,
+    var: &str,
+) -> anyhow::Result<Option<mesh::control::ControlRoot>> {
+    path.map(|p| mesh::control::ControlRoot::load(p).with_context(|| var.to_string()))
+        .transpose()
 }

@@ -1,14 +1,19 @@
 //! The certificate authority (`istio.v1.auth.IstioCertificateService`): signs workload CSRs with
 //! a [`LocalCa`](mesh::certs::LocalCa) whose root is generated once and kept in a folder.
 //!
-//! - [`tokens`]: node bootstrap tokens (token → node name), the lab's stand-in for
-//!   Kubernetes TokenReview.
+//! - [`auth`]: who is calling: the node behind a bearer token, by one of
+//!   - [`tokens`]: node bootstrap tokens (token → node name), the lab's way, or
+//!   - [`token_review`]: Kubernetes TokenReview of the node agent's ServiceAccount token.
 //! - [`placement`]: which identities a node may obtain: those of the pods scheduled on it.
 //! - [`service`]: the gRPC service: authenticate, pick the identity, authorize, sign.
 
+pub mod auth;
 pub mod placement;
 pub mod service;
+pub mod token_review;
 pub mod tokens;
 
+pub use auth::Authenticator;
 pub use service::{CaService, DEFAULT_MAX_TTL};
+pub use token_review::TokenReviewer;
 pub use tokens::{NodeTokens, TokenError};

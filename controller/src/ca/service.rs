@@ -1,10 +1,13 @@
-//! `IstioCertificateService/CreateCertificate`: authenticate the node by its bearer token,
+//! `IstioCertificateService/CreateCertificate`: authenticate the node by its bearer token
+//! ([`Authenticator`]),
 //! read the identity asked for (`ImpersonatedIdentity`, else the CSR's URI SAN), check that a
 //! pod of that identity runs on the node, and sign with the local CA.
 //!
 //! | refusal | code |
 //! |---|---|
 //! | no or unknown token | UNAUTHENTICATED |
+//! | valid token of a caller that is not a node agent | PERMISSION_DENIED |
+//! | the Kubernetes API cannot review the token | UNAVAILABLE |
 //! | identity of no pod on the caller's node, or another trust domain | PERMISSION_DENIED |
 //! | malformed CSR or identity, CSR not for the identity asked | INVALID_ARGUMENT |
 
@@ -23,8 +26,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::auth::Authenticator;
 use super::placement;
-use super::tokens::NodeTokens;
 use crate::manifests::Manifests;
 
 /// Longest certificate validity granted unless configured otherwise (Istio's default TTL).
@@ -34,7 +37,7 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 #[derive(Clone)]
 pub struct CaService {
     ca: Arc<LocalCa>,
-    tokens: Arc<NodeTokens>,
+    auth: Authenticator,
     /// The current manifests: where pods are scheduled.
     manifests: watch::Receiver<Arc<Manifests>>,
     max_ttl: Duration,
@@ -44,24 +47,24 @@ impl std::fmt::Debug for CaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaService")
             .field("ca", &self.ca)
-            .field("tokens", &self.tokens)
+            .field("auth", &self.auth)
             .field("max_ttl", &self.max_ttl)
             .finish_non_exhaustive()
     }
 }
 
 impl CaService {
-    /// Signs with `ca` for the nodes of `tokens`, following pod placement in `manifests`;
-    /// grants at most `max_ttl`.
+    /// Signs with `ca` for the nodes `auth` recognises, following pod placement in
+    /// `manifests`; grants at most `max_ttl`.
     pub fn new(
         ca: Arc<LocalCa>,
-        tokens: NodeTokens,
+        auth: impl Into<Authenticator>,
         manifests: watch::Receiver<Arc<Manifests>>,
         max_ttl: Duration,
     ) -> Self {
         CaService {
             ca,
-            tokens: Arc::new(tokens),
+            auth: auth.into(),
             manifests,
             max_ttl,
         }
@@ -70,11 +73,6 @@ impl CaService {
     /// The gRPC service to add to a tonic server.
     pub fn into_service(self) -> IstioCertificateServiceServer<Self> {
         IstioCertificateServiceServer::new(self)
-    }
-
-    /// The node presenting the request's bearer token.
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        self.tokens.authenticate(request.metadata())
     }
 
     /// The TTL to grant: what was asked, at most `max_ttl`; nothing asked means `max_ttl`.
@@ -143,9 +141,13 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let peer = request.remote_addr();
-        let node = self.authenticate(&request).inspect_err(|status| {
-            warn!(?peer, "CA: refused: {}", status.message());
-        })?;
+        let node = self
+            .auth
+            .authenticate(request.metadata())
+            .await
+            .inspect_err(|status| {
+                warn!(?peer, "CA: refused: {}", status.message());
+            })?;
         let request = request.into_inner();
         let result = (|| {
             let identity = requested_identity(&request)?;

@@ -35,32 +35,6 @@ pub struct NodeTokens {
 }
 
 impl NodeTokens {
-    /// The node whose bearer token (`authorization: Bearer <token>`) a gRPC request carries;
-    /// the same check guards the CA and the xDS streams.
-    pub fn authenticate(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<String, tonic::Status> {
-        let header = metadata.get("authorization").ok_or_else(|| {
-            tonic::Status::unauthenticated("no `authorization: Bearer <token>` header")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                tonic::Status::unauthenticated("the authorization header is not `Bearer <token>`")
-            })?;
-        self.node_of(token.trim())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                tonic::Status::unauthenticated(
-                    "the bearer token is not a known node token; check the node's token against \
-                 the controller's --tokens file",
-                )
-            })
-    }
-
     /// Reads a tokens file.
     pub fn load(path: &Path) -> Result<Self, TokenError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {

@@ -25,8 +25,8 @@ const RESPONSE_QUEUE: usize = 16;
 #[derive(Debug, Clone)]
 pub struct AdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
-    /// When set, every stream must present a known node token (as the CA requires).
-    tokens: Option<Arc<crate::ca::NodeTokens>>,
+    /// When set, every stream must authenticate as a node (as the CA requires).
+    auth: Option<crate::ca::Authenticator>,
 }
 
 impl AdsServer {
@@ -35,14 +35,14 @@ impl AdsServer {
     pub fn new(resources: watch::Receiver<Arc<ResourceSet>>) -> Self {
         AdsServer {
             resources,
-            tokens: None,
+            auth: None,
         }
     }
 
-    /// Requires every stream to authenticate with one of `tokens`: the config names every
-    /// workload and policy of the cluster, so only nodes may read it.
-    pub fn with_tokens(mut self, tokens: Arc<crate::ca::NodeTokens>) -> Self {
-        self.tokens = Some(tokens);
+    /// Requires every stream to authenticate as a node: the config names every workload and
+    /// policy of the cluster, so only nodes may read it.
+    pub fn with_auth(mut self, auth: impl Into<crate::ca::Authenticator>) -> Self {
+        self.auth = Some(auth.into());
         self
     }
 
@@ -76,10 +76,13 @@ impl AggregatedDiscoveryService for AdsServer {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        if let Some(tokens) = &self.tokens {
-            let node = tokens.authenticate(request.metadata()).inspect_err(|e| {
-                info!(%peer, reason = e.message(), "xDS: refused an unauthenticated stream");
-            })?;
+        if let Some(auth) = &self.auth {
+            let node = auth
+                .authenticate(request.metadata())
+                .await
+                .inspect_err(|e| {
+                    info!(%peer, reason = e.message(), "xDS: refused an unauthenticated stream");
+                })?;
             debug!(%peer, %node, "xDS: stream authenticated");
         }
         let requests = request.into_inner();

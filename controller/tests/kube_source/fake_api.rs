@@ -2,7 +2,11 @@
 //! `GET <collection>` answers a `<Kind>List` with its `metadata.resourceVersion`;
 //! `GET <collection>?watch=true&resourceVersion=N...` answers a chunked stream of
 //! newline-delimited watch events, fed by the test through a channel; a collection not served
-//! (a CRD not installed) answers 404 with a `Status`.
+//! (a CRD not installed) answers 404 with a `Status`; `POST` of a `TokenReview` answers with
+//! the status the test set for that token ([`TokenReviews`]).
+
+// Shared by two test binaries (kube_source, token_review); each uses a part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -119,9 +123,60 @@ impl Served {
     }
 }
 
-/// The server's URL and a handle per collection path; every collection starts served, with
-/// an empty list at resourceVersion 1.
-pub async fn start() -> (String, HashMap<&'static str, Served>) {
+/// Path of the TokenReview API.
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// The server side of TokenReview: per token, the `status` to answer.
+#[derive(Default)]
+pub struct TokenReviews {
+    answers: Mutex<HashMap<String, Value>>,
+    /// Bodies of the reviews asked for, in order.
+    requests: Mutex<Vec<Value>>,
+    /// Answer every review with this HTTP error instead (e.g. 403 for missing RBAC).
+    failing: Mutex<Option<(StatusCode, String)>>,
+}
+
+impl TokenReviews {
+    /// The `status` a review of `token` gets; tokens not set are not authenticated.
+    pub fn answer(&self, token: &str, status: Value) {
+        self.answers.lock().insert(token.to_owned(), status);
+    }
+
+    /// The review requests received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests.lock().clone()
+    }
+
+    /// Fails every review with `code` and a `Status` carrying `message`, or (None) stops.
+    pub fn fail(&self, error: Option<(StatusCode, &str)>) {
+        *self.failing.lock() = error.map(|(c, m)| (c, m.to_owned()));
+    }
+
+    fn review(&self, body: &[u8]) -> Response<Body> {
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        self.requests.lock().push(request.clone());
+        if let Some((code, message)) = self.failing.lock().clone() {
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": "Forbidden", "details": {}, "code": code.as_u16()
+            });
+            return json_response(code, &status);
+        }
+        let token = request["spec"]["token"].as_str().unwrap_or_default();
+        let status =
+            self.answers.lock().get(token).cloned().unwrap_or_else(
+                || json!({"authenticated": false, "error": "invalid bearer token"}),
+            );
+        let mut answer = request.clone();
+        answer["status"] = status;
+        json_response(StatusCode::CREATED, &answer)
+    }
+}
+
+/// The server's URL, a handle per collection path and the TokenReview handle; every
+/// collection starts served, with an empty list at resourceVersion 1.
+pub async fn start() -> (String, HashMap<&'static str, Served>, Arc<TokenReviews>) {
+    let reviews = Arc::new(TokenReviews::default());
     let mut handles = HashMap::new();
     let mut collections = HashMap::new();
     for (path, list_kind, api_version) in COLLECTIONS {
@@ -144,6 +199,7 @@ pub async fn start() -> (String, HashMap<&'static str, Served>) {
         );
     }
     let collections = Arc::new(collections);
+    let server_reviews = reviews.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -152,10 +208,19 @@ pub async fn start() -> (String, HashMap<&'static str, Served>) {
                 return;
             };
             let collections = collections.clone();
+            let reviews = server_reviews.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let collections = collections.clone();
-                    async move { Ok::<_, Infallible>(handle(&collections, req)) }
+                    let reviews = reviews.clone();
+                    async move {
+                        if req.method() == hyper::Method::POST && req.uri().path() == TOKEN_REVIEWS
+                        {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            return Ok::<_, Infallible>(reviews.review(&body));
+                        }
+                        Ok::<_, Infallible>(handle(&collections, req))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -163,7 +228,7 @@ pub async fn start() -> (String, HashMap<&'static str, Served>) {
             });
         }
     });
-    (format!("http://{addr}"), handles)
+    (format!("http://{addr}"), handles, reviews)
 }
 
 fn handle(

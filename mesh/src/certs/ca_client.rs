@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use prost_types::value::Kind;
 use prost_types::{Struct, Value};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::error::CaError;
@@ -68,14 +68,19 @@ impl CaClient {
         }
     }
 
-    /// A client for `uri` (e.g. `http://10.0.0.1:15012`) that connects on first use and
-    /// reconnects as needed. Plain HTTP/2: TLS needs a channel built by the caller.
-    pub fn lazy(uri: &str, config: CaClientConfig) -> Result<Self, CaError> {
-        let endpoint = Endpoint::from_shared(uri.to_string())
-            .map_err(|e| CaError::Unavailable {
-                message: format!("invalid CA address {uri:?}: {e}"),
-            })?
-            .connect_timeout(Duration::from_secs(10));
+    /// A client for `uri` that connects on first use and reconnects as needed: TLS verified
+    /// against `root` for `https://…:15012`, plaintext for `http://…`.
+    pub fn lazy(
+        uri: &str,
+        root: Option<&crate::control::ControlRoot>,
+        config: CaClientConfig,
+    ) -> Result<Self, CaError> {
+        let endpoint =
+            crate::control::endpoint(uri, root, Duration::from_secs(10)).map_err(|e| {
+                CaError::Address {
+                    message: e.to_string(),
+                }
+            })?;
         Ok(Self::new(endpoint.connect_lazy(), config))
     }
 
@@ -164,11 +169,15 @@ impl fmt::Debug for CaClient {
 fn status_error(identity: &Identity, status: Status) -> CaError {
     let mut message = status.message().to_string();
     // Transport failures carry the cause (connection refused, DNS, TLS) as the source.
-    let mut source = std::error::Error::source(&status);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    crate::xds::error::push_sources(&mut message, std::error::Error::source(&status));
+    // tonic reports a connection that broke mid-call (e.g. plaintext spoken to a TLS port) as
+    // Unknown with the transport error as its source: that is the CA being unreachable, not
+    // an answer of the CA.
+    let transport = status.code() == Code::Unknown
+        && (std::error::Error::source(&status).is_some()
+            || status.message().starts_with("transport error"));
+    if transport {
+        return CaError::Unavailable { message };
     }
     match status.code() {
         Code::Unauthenticated => CaError::Unauthenticated { message },

@@ -58,6 +58,8 @@ pub enum CaError {
     },
     #[error("cannot sign a certificate for {identity}: {reason}")]
     Signing { identity: Identity, reason: String },
+    #[error("cannot issue the control plane's serving certificate for {names:?}: {reason}")]
+    ServingCert { names: Vec<String>, reason: String },
     #[error("CA files in {dir}: {reason}")]
     CaFiles { dir: PathBuf, reason: String },
     #[error("the CA rejected our credentials ({message}): check the node's bootstrap or ServiceAccount token")]
@@ -66,6 +68,8 @@ pub enum CaError {
     PermissionDenied { identity: Identity, message: String },
     #[error("the CA is unreachable ({message}): check the controller address, that it is running and that port 15012 is open")]
     Unavailable { message: String },
+    #[error("CA_ADDRESS: {message}")]
+    Address { message: String },
     #[error("the CA answered {code}: {message}")]
     Rpc { code: String, message: String },
     #[error("the CA answered with an unusable certificate chain for {identity}: {reason}")]

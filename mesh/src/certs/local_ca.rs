@@ -8,6 +8,10 @@ use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
     IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ca_files::{self, CaMaterial, CA_CERT_FILE};
@@ -183,6 +187,79 @@ impl LocalCa {
     }
 }
 
+impl LocalCa {
+    /// A serving certificate for the control plane itself (the TLS port 15012), not a workload:
+    /// each of `names` becomes an IP SAN if it parses as an address, else a DNS SAN; no URI SAN,
+    /// so it can never pass as a workload identity. Valid for `ttl` clamped like workload leaves.
+    pub fn issue_server(&self, names: &[String], ttl: Duration) -> Result<ServerCert, CaError> {
+        let fail = |reason: String| CaError::ServingCert {
+            names: names.to_vec(),
+            reason,
+        };
+        if names.is_empty() {
+            return Err(fail("no name to put in it".into()));
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => {
+                    // rcgen takes any IA5 string; check the DNS syntax here so that a typo is
+                    // refused at start rather than failing every client's verification.
+                    rustls_pki_types::DnsName::try_from(name.as_str())
+                        .map_err(|e| fail(format!("{name:?} is not a DNS name: {e}")))?;
+                    name.clone()
+                        .try_into()
+                        .map(SanType::DnsName)
+                        .map_err(|e| fail(format!("{name:?} is not a DNS name: {e}")))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_after = now + ttl.clamp(MIN_TTL, MAX_TTL);
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial());
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut chain = vec![leaf.der().clone()];
+        // Intermediates (if the CA is one) follow the leaf; the root is the client's to have.
+        for pem in &self.tail_pem[..self.tail_pem.len().saturating_sub(1)] {
+            chain.push(
+                CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| fail(e.to_string()))?,
+            );
+        }
+        let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(ServerCert {
+            certified: Arc::new(CertifiedKey::new(chain, signing)),
+            not_after,
+        })
+    }
+}
+
+/// A control-plane serving certificate from [`LocalCa::issue_server`].
+#[derive(Debug, Clone)]
+pub struct ServerCert {
+    /// Chain and key as rustls presents them.
+    pub certified: Arc<CertifiedKey>,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
 impl CertificateProvider for LocalCa {
     fn sign<'a>(
         &'a self,
@@ -245,7 +322,6 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls_pki_types::pem::PemObject;
 
     #[test]
     fn pem_round_trips() {

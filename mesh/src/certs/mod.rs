@@ -17,7 +17,7 @@ pub use ca_client::{CaClient, CaClientConfig, IMPERSONATED_IDENTITY};
 pub use ca_files::{CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE};
 pub use csr::{generate_csr, Csr};
 pub use error::{CaError, CertError};
-pub use local_ca::{LocalCa, MAX_TTL, MIN_TTL};
+pub use local_ca::{LocalCa, ServerCert, MAX_TTL, MIN_TTL};
 pub use manager::{CertManager, INITIAL_BACKOFF, MAX_BACKOFF};
 pub use provider::{CertificateProvider, SignFuture};
 pub use roots::{RootSet, TrustRoots};

@@ -65,6 +65,7 @@ impl XdsClient {
     pub fn new(config: XdsConfig, handler: Arc<dyn ResourceHandler>) -> Result<Self, XdsError> {
         let XdsConfig {
             address,
+            root,
             node,
             type_urls,
             initial_backoff,
@@ -76,12 +77,11 @@ impl XdsClient {
         if type_urls.is_empty() {
             return Err(XdsError::NoTypes);
         }
-        let endpoint = Endpoint::from_shared(address.clone())
+        let endpoint = crate::control::endpoint(&address, root.as_ref(), connect_timeout)
             .map_err(|e| XdsError::InvalidAddress {
                 address: address.clone(),
-                reason: error_chain(&e),
+                reason: e.to_string(),
             })?
-            .connect_timeout(connect_timeout)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);

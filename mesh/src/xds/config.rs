@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use amesh_proto::envoy::config::core::v3::Node;
+
+use crate::control::ControlRoot;
 use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 /// First reconnect delay after a failure.
@@ -17,9 +19,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of one [`XdsClient`](super::XdsClient).
 #[derive(Clone)]
 pub struct XdsConfig {
-    /// The server's URI, e.g. `http://amesh-controller.amesh-system:15012` (`XDS_ADDRESS`).
-    /// Plain HTTP/2 for now.
+    /// The server's URI (`XDS_ADDRESS`): `https://amesh-controller.istio-system.svc:15012`
+    /// (TLS, verified against `root`) or `http://…:15010` (plaintext).
     pub address: String,
+    /// The control plane's root certificate, for an `https://` address (`XDS_ROOT_CA`).
+    pub root: Option<ControlRoot>,
     /// Who we are: the server picks what to send by it. For ztunnel the id is
     /// [`ztunnel_node_id`]; sent on the first request of every stream.
     pub node: Node,
@@ -45,6 +49,7 @@ impl XdsConfig {
     pub fn new(address: impl Into<String>, node: Node) -> Self {
         XdsConfig {
             address: address.into(),
+            root: None,
             node,
             type_urls: vec![
                 ADDRESS_TYPE_URL.to_string(),
@@ -64,6 +69,7 @@ impl fmt::Debug for XdsConfig {
         // The token is a credential: never in logs.
         f.debug_struct("XdsConfig")
             .field("address", &self.address)
+            .field("root", &self.root)
             .field("node", &self.node)
             .field("type_urls", &self.type_urls)
             .field("initial_backoff", &self.initial_backoff)

@@ -6,7 +6,7 @@
 pub enum XdsError {
     /// The configured address is not a URI tonic can connect to.
     #[error(
-        "invalid xDS address {address:?}: {reason}; expected a URI like http://amesh-controller:15012 (XDS_ADDRESS)"
+        "invalid xDS address {address:?}: {reason}; expected https://<host>:15012 with XDS_ROOT_CA, or http://<host>:15010 (XDS_ADDRESS)"
     )]
     InvalidAddress { address: String, reason: String },
     /// A token or cluster id that cannot be sent as an HTTP header.
@@ -70,11 +70,14 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-fn push_sources(message: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
+pub(crate) fn push_sources(
+    message: &mut String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) {
     while let Some(cause) = source {
         let text = cause.to_string();
         // Some layers repeat their cause in their own text; say it once.
-        if !message.ends_with(&text) {
+        if !message.contains(&text) {
             message.push_str(": ");
             message.push_str(&text);
         }

@@ -9,7 +9,7 @@
 mod backoff;
 mod client;
 mod config;
-mod error;
+pub(crate) mod error;
 mod handler;
 mod state;
 mod status;
