@@ -1,7 +1,11 @@
 //! The `amesh-controller` binary end to end on 127.0.0.1: it serves a folder of manifests over
 //! TLS (port 15012's way, verified with the mesh root it wrote) to a real xDS client and
 //! node-agent CA client, applies a manifest edit within a second (a
-//! malformed object next to it does not block it), and exits cleanly on SIGTERM.
+//! malformed object next to it does not block it), and exits cleanly on SIGTERM; and the same
+//! on the Kubernetes API (a fake API server) with TokenReview authentication.
+
+#[path = "kube_source/fake_api.rs"]
+mod fake_api;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -215,5 +219,128 @@ spec:
         .await
         .expect("client saw the controller go")
         .unwrap();
+    client.shutdown().await;
+}
+
+/// The binary on the Kubernetes API (`--source kube`, a fake API server speaking the real
+/// list/watch and TokenReview JSON), serving over TLS: a node agent with a reviewed
+/// ServiceAccount token syncs the cluster's workloads, sees a pod added by a watch event, and
+/// obtains the identity of a pod on its node; a token the API server does not accept is
+/// refused.
+#[tokio::test]
+async fn serves_the_kubernetes_api_with_token_review() {
+    let (url, mut api, reviews) = fake_api::start().await;
+    let pod = |name: &str, ip: &str| {
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                         "resourceVersion": "3", "labels": {"app": "web"}},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "web",
+                     "containers": [{"name": "app", "image": "app:1"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+        })
+    };
+    api["/api/v1/namespaces"].set_list(
+        "2",
+        vec![
+            serde_json::json!({"metadata": {"name": "shop", "resourceVersion": "2",
+            "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+        ],
+    );
+    api["/api/v1/pods"].set_list("5", vec![pod("web-1", "10.0.1.1")]);
+    reviews.answer(
+        "ztunnel-token",
+        serde_json::json!({
+            "authenticated": true,
+            "user": {"username": "system:serviceaccount:istio-system:ztunnel",
+                     "extra": {"authentication.kubernetes.io/node-name": ["node-1"]}},
+            "audiences": ["istio-ca"]
+        }),
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let kubeconfig = work.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{url}\"}}\n\
+             users:\n- name: controller\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: controller}}\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_amesh-controller"))
+        .args(["--source", "kube"])
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .args(["--tls-addr", &format!("127.0.0.1:{port}")])
+        .args(["--xds-addr", "off"])
+        .args(["--ca-dir", work.path().join("ca").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _controller = Controller(child);
+    let root_file = work.path().join("ca").join(mesh::certs::ROOT_CERT_FILE);
+    eventually("the CA root to be written", Duration::from_secs(10), || {
+        root_file.is_file()
+    })
+    .await;
+    let root = ControlRoot::load(&root_file).unwrap();
+    let uri = format!("https://localhost:{port}");
+
+    let names = Arc::new(Names::default());
+    let mut config = XdsConfig::new(uri.clone(), Node::default());
+    config.root = Some(root.clone());
+    config.token = Some("ztunnel-token".into());
+    config.initial_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(200);
+    let client = xds::spawn(config, names.clone()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.wait_synced())
+        .await
+        .expect("synced within 20 s")
+        .unwrap();
+    assert!(names.has(ADDRESS_TYPE_URL, "Kubernetes//v1/Pod/shop/web-1"));
+
+    // A pod added through the watch reaches the client.
+    let mut added = pod("web-2", "10.0.1.2");
+    added["apiVersion"] = "v1".into();
+    added["kind"] = "Pod".into();
+    added["metadata"]["resourceVersion"] = "6".into();
+    let watch = api.get_mut("/api/v1/pods").unwrap().next_watch().await;
+    watch.send("ADDED", added);
+    eventually("the added pod to arrive", Duration::from_secs(5), || {
+        names.has(ADDRESS_TYPE_URL, "Kubernetes//v1/Pod/shop/web-2")
+    })
+    .await;
+
+    // The CA: the reviewed node agent obtains web's identity; an unknown token is refused.
+    let ca = |token: &str| {
+        CaClient::lazy(
+            &uri,
+            Some(&root),
+            CaClientConfig {
+                cluster_id: "Kubernetes".into(),
+                token: Some(token.into()),
+                impersonate: true,
+            },
+        )
+        .unwrap()
+    };
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let csr = generate_csr(&web).unwrap();
+    let chain = ca("ztunnel-token")
+        .create_certificate(&web, &csr.pem, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(chain.len() >= 2);
+    let err = ca("stolen")
+        .create_certificate(&web, &csr.pem, Duration::from_secs(3600))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, mesh::certs::CaError::Unauthenticated { .. }),
+        "{err}"
+    );
+    assert!(reviews.requests().len() >= 2);
     client.shutdown().await;
 }
