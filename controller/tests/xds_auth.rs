@@ -66,3 +66,56 @@ async fn streams_need_a_known_node_token() {
         .expect("a node with its token is served");
     task.abort();
 }
+
+struct Ignore;
+
+impl mesh::xds::ResourceHandler for Ignore {
+    fn apply(
+        &self,
+        _: &str,
+        _: Vec<amesh_proto::envoy::service::discovery::v3::Resource>,
+        _: &[String],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// ztunnel's xDS client re-reads its token file at each connect, as a rotated projected
+/// ServiceAccount token requires: refused with the stale token, served once the file holds a
+/// valid one, without restarting the client.
+#[tokio::test]
+async fn the_client_rereads_its_token_file_on_reconnect() {
+    let mut tokens = NodeTokens::default();
+    tokens.insert("fresh-token", "node1");
+    let (_tx, rx) = watch::channel(Arc::new(ResourceSet::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdsServer::new(rx).with_auth(tokens).into_service())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("istio-token");
+    std::fs::write(&file, "expired-token\n").unwrap();
+    let mut config = mesh::xds::XdsConfig::new(url, Default::default());
+    config.token = Some("expired-token".into());
+    config.token_file = Some(file.clone());
+    config.initial_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(100);
+    let client = mesh::xds::spawn(config, Arc::new(Ignore)).unwrap();
+    let mut status = client.watch_status();
+    tokio::time::timeout(WAIT, status.wait_for(|s| s.last_error.is_some()))
+        .await
+        .expect("the stale token is refused")
+        .unwrap();
+    assert!(!status.borrow().synced);
+    // The kubelet writes the rotated token.
+    std::fs::write(&file, "fresh-token\n").unwrap();
+    tokio::time::timeout(WAIT, client.wait_synced())
+        .await
+        .expect("synced with the new token, no restart")
+        .unwrap();
+    client.shutdown().await;
+    task.abort();
+}

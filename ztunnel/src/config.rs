@@ -83,6 +83,9 @@ pub struct Config {
     pub drain_deadline: Duration,
     /// Bearer token for the CA and xDS (a ServiceAccount token, or the lab's bootstrap token).
     pub token: Option<String>,
+    /// Where `token` was read from (`AMESH_TOKEN_FILE`): re-read for every xDS connect and
+    /// every minute for the CA, since the kubelet rotates projected tokens in place.
+    pub token_file: Option<PathBuf>,
     /// JSON access logs instead of text.
     pub json_logs: bool,
 }
@@ -257,6 +260,7 @@ impl Config {
                 ),
                 None => get("AMESH_TOKEN"),
             },
+            token_file: get("AMESH_TOKEN_FILE").map(PathBuf::from),
             json_logs: get("LOG_FORMAT").as_deref() == Some("json"),
         })
     }

@@ -48,7 +48,11 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
                 },
             )
             .with_context(|| format!("CA_ADDRESS={address}"))?;
-            (TrustRoots::empty(), Arc::new(client))
+            let client = Arc::new(client);
+            if let Some(path) = &config.token_file {
+                follow_token_file(client.clone(), path.clone());
+            }
+            (TrustRoots::empty(), client)
         }
     };
     let tls = TlsContext::new(&config.trust_domain, store.clone(), roots.clone())
@@ -216,6 +220,7 @@ fn start_config_source(
             };
             let mut xds = mesh::xds::XdsConfig::new(address.clone(), node);
             xds.token = config.token.clone();
+            xds.token_file = config.token_file.clone();
             xds.root = load_root(root.as_deref(), "XDS_ROOT_CA")?
                 .map(|r| r.with_server_name(server_name.clone()));
             let handle = mesh::xds::spawn(xds, Arc::new(state.clone()))
@@ -271,4 +276,29 @@ fn load_root(
 ) -> anyhow::Result<Option<mesh::control::ControlRoot>> {
     path.map(|p| mesh::control::ControlRoot::load(p).with_context(|| var.to_string()))
         .transpose()
+}
+
+/// How often the CA client's token is re-read from its file: the kubelet refreshes projected
+/// tokens at 80 % of their life (an hour by default), so a minute is early enough.
+const TOKEN_REREAD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the CA client's bearer token equal to the file's content.
+fn follow_token_file(client: Arc<CaClient>, path: std::path::PathBuf) {
+    tokio::spawn(async move {
+        let mut last = std::fs::read_to_string(&path).ok();
+        loop {
+            tokio::time::sleep(TOKEN_REREAD).await;
+            match std::fs::read_to_string(&path) {
+                Ok(token) if Some(&token) != last.as_ref() => {
+                    info!(file = %path.display(), "CA token file changed; using the new token");
+                    client.set_token(Some(token.trim().to_string()));
+                    last = Some(token);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot re-read the CA token file; keeping the last token")
+                }
+            }
+        }
+    });
 }

@@ -39,6 +39,8 @@ pub struct XdsClient {
     connect_timeout: Duration,
     /// `authorization` and `clusterid`, validated once at construction.
     headers: Vec<(&'static str, MetadataValue<Ascii>)>,
+    /// Re-read at each connect; overrides the `authorization` header in `headers`.
+    token_file: Option<std::path::PathBuf>,
     state: AdsState,
     handler: Arc<dyn ResourceHandler>,
     backoff: Backoff,
@@ -72,6 +74,7 @@ impl XdsClient {
             max_backoff,
             connect_timeout,
             token,
+            token_file,
             cluster_id,
         } = config;
         if type_urls.is_empty() {
@@ -107,6 +110,7 @@ impl XdsClient {
             endpoint,
             connect_timeout,
             headers,
+            token_file,
             state,
             handler,
             backoff: Backoff::new(initial_backoff, max_backoff),
@@ -179,6 +183,7 @@ impl XdsClient {
         });
         let requests = futures::stream::iter(self.state.initial_requests()).chain(queued);
         let mut request = tonic::Request::new(requests);
+        self.refresh_token();
         for (name, value) in &self.headers {
             request.metadata_mut().insert(*name, value.clone());
         }
@@ -249,6 +254,30 @@ impl XdsClient {
     }
 
     /// Refreshes the per-type part of the status from the protocol state, plus `change`.
+    /// Takes the current token from `token_file`, if any, into the `authorization` header.
+    fn refresh_token(&mut self) {
+        let Some(path) = &self.token_file else {
+            return;
+        };
+        let read = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                MetadataValue::try_from(format!("Bearer {}", t.trim()))
+                    .map_err(|_| "not a valid header value".to_owned())
+            });
+        match read {
+            Ok(value) => {
+                self.headers.retain(|(name, _)| *name != "authorization");
+                self.headers.push(("authorization", value));
+            }
+            Err(e) => warn!(
+                file = %path.display(),
+                error = %e,
+                "xDS: cannot read the token file; sending the last token read"
+            ),
+        }
+    }
+
     fn publish(&self, change: impl FnOnce(&mut XdsStatus)) {
         let types = self.state.type_status();
         let synced = self.state.synced();

@@ -38,6 +38,10 @@ pub struct XdsConfig {
     /// Sent as `authorization: Bearer <token>` on each stream: the node's ServiceAccount token
     /// or the lab's bootstrap token. `None` sends no authorization header.
     pub token: Option<String>,
+    /// Re-read at every (re)connect and sent instead of `token`: a projected ServiceAccount
+    /// token, which the kubelet rotates in place. Unreadable → the last token read (or
+    /// `token`) is sent and the failure logged.
+    pub token_file: Option<std::path::PathBuf>,
     /// Sent as `clusterid` on each stream (`CLUSTER_ID`), for servers that validate tokens per
     /// cluster. `None` sends no such header.
     pub cluster_id: Option<String>,
@@ -59,6 +63,7 @@ impl XdsConfig {
             max_backoff: DEFAULT_MAX_BACKOFF,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             token: None,
+            token_file: None,
             cluster_id: None,
         }
     }
@@ -76,6 +81,7 @@ impl fmt::Debug for XdsConfig {
             .field("max_backoff", &self.max_backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("cluster_id", &self.cluster_id)
             .finish()
     }
