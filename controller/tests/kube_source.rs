@@ -348,4 +348,29 @@ async fn malformed_objects_are_left_out_and_block_nothing() {
         })
         .await;
     assert_eq!(model.policies, ["shop/good"]);
+
+    // A malformed new version of a DENY policy leaves the last valid one in force: dropping
+    // it would open the port it closes.
+    let watch = cluster.served(POLICIES).next_watch().await;
+    let mut broken = deny_port("good", "9000", "8");
+    broken["spec"]["action"] = json!("PERMIT");
+    watch.send("MODIFIED", broken);
+    watch.send("ADDED", deny_port("marker", "9001", "9"));
+    let model = cluster
+        .until("the next policy in", |m| m.policies.len() == 2)
+        .await;
+    assert_eq!(model.policies, ["shop/good", "shop/marker"]);
+    // ... also across a relist (410 Gone) that lists it malformed.
+    let mut broken = deny_port("good", "9000", "8");
+    broken["spec"]["action"] = json!("PERMIT");
+    cluster.served(POLICIES).set_list("20", vec![broken]);
+    watch.send(
+        "ERROR",
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "too old resource version", "reason": "Expired", "code": 410}),
+    );
+    let model = cluster
+        .until("the relist to drop the marker", |m| m.policies.len() == 1)
+        .await;
+    assert_eq!(model.policies, ["shop/good"]);
 }

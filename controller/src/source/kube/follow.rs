@@ -106,16 +106,25 @@ fn watcher(
 }
 
 /// A watcher event as a change of the source's state; a malformed object is logged and
-/// left out (an update that makes an object malformed removes it, as the folder does).
+/// left out. An update that makes a pod or service malformed removes it, as the folder does;
+/// a malformed new version of a policy leaves the last valid one in force (fail closed).
 fn change_of(kind: Kind, event: Event<DynamicObject>) -> Option<Change> {
     Some(match event {
         Event::Init => Change::Relist,
-        Event::InitApply(object) => Change::Item(typed(kind, object)?),
+        Event::InitApply(object) => {
+            let key = kind.key_of(&object);
+            match typed(kind, object) {
+                Some(object) => Change::Item(object),
+                None if kind.is_policy() => Change::Rejected(key),
+                None => return None,
+            }
+        }
         Event::InitDone => Change::Listed,
         Event::Apply(object) => {
             let key = kind.key_of(&object);
             match typed(kind, object) {
                 Some(object) => Change::Applied(object),
+                None if kind.is_policy() => Change::Rejected(key),
                 None => Change::Deleted(key),
             }
         }

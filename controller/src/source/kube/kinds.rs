@@ -93,6 +93,16 @@ impl Kind {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", self.name()), plural)
     }
 
+    /// Whether the kind is a security policy: a malformed new version of one keeps the last
+    /// valid version in force, because dropping it could open what a DENY closed (fail
+    /// closed), where a malformed pod or service simply leaves the config.
+    pub fn is_policy(self) -> bool {
+        matches!(
+            self,
+            Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication
+        )
+    }
+
     /// Whether the kind comes from a CRD, which a cluster may not have installed.
     pub fn is_custom(self) -> bool {
         !self.group_and_plural().0.is_empty()

@@ -5,8 +5,9 @@
 //!
 //! - Objects are read as `DynamicObject`s and typed one by one ([`Kind::convert`]), so a
 //!   malformed object costs only itself: it is logged with kind, namespace, name and field and
-//!   left out (an update that makes an object malformed removes it, as an edit would in the
-//!   folder).
+//!   left out. An update that makes a pod or service malformed removes it, as an edit would
+//!   in the folder; a malformed new version of a policy (listed or updated) leaves the last
+//!   valid version in force, since dropping a DENY would open what it closes.
 //! - After a `410 Gone` (expired resourceVersion) the kind is listed again, and the new list
 //!   replaces its objects: those deleted meanwhile disappear.
 //! - A kind the API server does not serve (CRD not installed: 404) is logged once and asked

@@ -21,6 +21,9 @@ pub enum Change {
     Applied(Object),
     /// An object was deleted (or is no longer valid).
     Deleted(ObjectKey),
+    /// A new version of a policy (listed or updated) is malformed: the last valid version, if
+    /// any, stays in force.
+    Rejected(ObjectKey),
     /// The API server does not serve the kind (its CRD is not installed): it has no objects.
     Missing,
 }
@@ -88,6 +91,17 @@ impl State {
                 true
             }
             Change::Deleted(key) => kind.take(&mut self.current, &key).is_some(),
+            Change::Rejected(key) => {
+                // During a relist, carry the valid version over into the new list; otherwise
+                // simply keep it.
+                if let Some(relist) = self.relists.get_mut(&kind) {
+                    if let Some(valid) = kind.take(&mut self.current, &key) {
+                        relist.insert(valid.clone());
+                        self.current.insert(valid);
+                    }
+                }
+                false
+            }
             Change::Missing => {
                 self.relists.remove(&kind);
                 self.status.insert(kind, Status::Missing);
