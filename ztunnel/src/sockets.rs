@@ -54,10 +54,16 @@ pub fn tcp_listener(
     Ok(s.into())
 }
 
+/// A UDP socket that reports each datagram's destination (`IP_RECVORIGDSTADDR`): with eBPF
+/// capture, DNS queries arrive addressed to the resolver the app asked, and are answered from it.
 pub fn udp_socket(addr: SocketAddr, mark: u32) -> io::Result<std::net::UdpSocket> {
     let s = new_socket(&addr, Type::DGRAM, Protocol::UDP)?;
     s.set_reuse_address(true)?;
     s.set_mark(mark)?;
+    if addr.is_ipv4() {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4OrigDstAddr, &true)
+            .map_err(io::Error::from)?;
+    }
     s.bind(&SockAddr::from(addr))?;
     Ok(s.into())
 }
@@ -106,7 +112,7 @@ impl PodListeners {
                     tcp_listener(SocketAddr::new(any, ports::INBOUND_PLAIN), true, mark)?,
                     tcp_listener(SocketAddr::new(any, ports::HBONE), true, mark)?,
                     udp_socket(SocketAddr::new(lo, ports::DNS), mark)?,
-                    tcp_listener(SocketAddr::new(lo, ports::DNS), false, mark)?,
+                    tcp_listener(SocketAddr::new(lo, ports::DNS), true, mark)?,
                 ))
             })
             .await?;
@@ -116,6 +122,20 @@ impl PodListeners {
             hbone: TcpListener::from_std(hbone)?,
             dns_udp: UdpSocket::from_std(dns_udp)?,
             dns_tcp: TcpListener::from_std(dns_tcp)?,
+        })
+    }
+}
+
+impl PodListeners {
+    /// Duplicates of the listeners' descriptors, for the capture backend.
+    pub fn fds(&self) -> io::Result<crate::capture::ListenerFds> {
+        use std::os::fd::AsFd;
+        Ok(crate::capture::ListenerFds {
+            outbound: self.outbound.as_fd().try_clone_to_owned()?,
+            inbound_plain: self.inbound_plain.as_fd().try_clone_to_owned()?,
+            hbone: self.hbone.as_fd().try_clone_to_owned()?,
+            dns_tcp: self.dns_tcp.as_fd().try_clone_to_owned()?,
+            dns_udp: self.dns_udp.as_fd().try_clone_to_owned()?,
         })
     }
 }
