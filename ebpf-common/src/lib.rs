@@ -7,6 +7,10 @@
 
 /// The pod's listeners (`SOCKMAP`, index = [`slot`]).
 pub const LISTENERS_MAP: &str = "AMESH_LISTENERS";
+/// ztunnel's own connections to the app now being set up ([`BypassKey`] → any byte).
+pub const BYPASS_MAP: &str = "AMESH_BYPASS";
+/// Capacity of [`BYPASS_MAP`]: connections to the app being opened at the same moment.
+pub const MAX_BYPASS: u32 = 4096;
 /// Read-only globals set per pod at load: the pod's address and the kubelet probe source,
 /// both `u32` in network byte order (see [`PodEntry`]).
 pub const POD_IP4_GLOBAL: &str = "AMESH_POD_IP4";
@@ -45,6 +49,33 @@ pub struct PodEntry {
     pub probe_ip4: u32,
 }
 
+/// A connection ztunnel is opening to the app from a client's address (original source): to
+/// the kernel it looks exactly like that client connecting from the network, so ztunnel lists
+/// it here between `bind` and `connect` and the program lets it through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BypassKey {
+    /// Source address, network byte order.
+    pub remote_ip4: u32,
+    /// Source port, network byte order (as `bpf_sk_lookup.remote_port`).
+    pub remote_port: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// Destination port, host byte order.
+    pub local_port: u32,
+}
+
+impl BypassKey {
+    /// The key as the map stores it (userspace writes raw bytes).
+    pub fn to_bytes(self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&self.remote_ip4.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.remote_port.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.local_port.to_ne_bytes());
+        b
+    }
+}
+
 /// `AF_INET`: the only family captured (ztunnel's in-pod listeners are IPv4).
 pub const AF_INET: u32 = 2;
 pub const IPPROTO_TCP: u32 = 6;
@@ -62,39 +93,44 @@ pub struct Flow {
     pub local_port: u32,
     /// Source address, network byte order.
     pub remote_ip4: u32,
+    /// Source port, network byte order.
+    pub remote_port: u16,
     /// Device the packet came in on; loopback for packets sent inside the pod.
     pub ingress_ifindex: u32,
 }
 
 /// Where a flow of a captured pod goes: a listener [`slot`], or `None` to let the kernel's own
-/// lookup deliver it (to the app, or to nobody) untouched.
+/// lookup deliver it (to the app, or to nobody) untouched. `bypassed` says whether a TCP flow
+/// to the pod's address is one of ztunnel's own connections to the app (see [`BypassKey`]).
 ///
-/// Inside the pod's netns every packet sent by a process of the pod (the app, or ztunnel's
-/// sockets) arrives on loopback, either because its destination is local or because the
-/// capture's policy route made it local; everything else came from the network. So:
+/// The kernel reports loopback as the ingress device of a flow that the capture's policy
+/// route made local, and the address's own device for anything addressed to the pod itself,
+/// whether it came from the network or from inside the pod. So:
 ///
-/// - from the pod, TCP to anything but the pod itself and 127/8: outbound (53: DNS);
-/// - from the pod, UDP to port 53 (any address, as Istio's rules): DNS;
-/// - from the network, TCP to the pod's address: HBONE on 15008, else inbound plaintext, but
-///   kubelet probes pass;
-/// - all else (other UDP, loopback, the app calling itself, ztunnel's own connections to the
-///   app, which target the pod's address) is left alone.
-pub fn classify(flow: &Flow, pod: &PodEntry) -> Option<u32> {
-    let from_pod = flow.ingress_ifindex == LOOPBACK_IFINDEX;
+/// - TCP to anything but the pod itself and 127/8, arriving on loopback: the pod's outbound
+///   (port 53: DNS);
+/// - UDP to port 53 arriving on loopback (any address, as Istio's rules): DNS;
+/// - TCP to the pod's address: HBONE on 15008, else inbound plaintext; but kubelet probes,
+///   the app calling itself and ztunnel's own connections to the app pass;
+/// - all else (other UDP, loopback, ICMP) is left alone.
+pub fn classify(
+    flow: &Flow,
+    pod: &PodEntry,
+    bypassed: impl FnOnce(&BypassKey) -> bool,
+) -> Option<u32> {
+    let via_loopback = flow.ingress_ifindex == LOOPBACK_IFINDEX;
     // The first octet of a network-order address.
     let to_loopback = u32::from_be(flow.local_ip4) >> 24 == 127;
+    let to_pod = flow.local_ip4 == pod.ip4;
     match flow.protocol {
-        IPPROTO_TCP if from_pod => {
-            if flow.local_ip4 == pod.ip4 || to_loopback {
-                None
-            } else if flow.local_port == DNS_PORT {
-                Some(slot::DNS_TCP)
-            } else {
-                Some(slot::OUTBOUND)
-            }
-        }
-        IPPROTO_TCP => {
-            if flow.local_ip4 != pod.ip4 || flow.remote_ip4 == pod.probe_ip4 {
+        IPPROTO_TCP if to_pod => {
+            let key = BypassKey {
+                remote_ip4: flow.remote_ip4,
+                remote_port: flow.remote_port,
+                pad: 0,
+                local_port: flow.local_port,
+            };
+            if flow.remote_ip4 == pod.probe_ip4 || flow.remote_ip4 == pod.ip4 || bypassed(&key) {
                 None
             } else if flow.local_port == HBONE_PORT {
                 Some(slot::HBONE)
@@ -102,7 +138,14 @@ pub fn classify(flow: &Flow, pod: &PodEntry) -> Option<u32> {
                 Some(slot::INBOUND_PLAIN)
             }
         }
-        IPPROTO_UDP if from_pod && flow.local_port == DNS_PORT => Some(slot::DNS_UDP),
+        IPPROTO_TCP if via_loopback && !to_loopback => {
+            if flow.local_port == DNS_PORT {
+                Some(slot::DNS_TCP)
+            } else {
+                Some(slot::OUTBOUND)
+            }
+        }
+        IPPROTO_UDP if via_loopback && flow.local_port == DNS_PORT => Some(slot::DNS_UDP),
         _ => None,
     }
 }

@@ -19,11 +19,17 @@ fn flow(protocol: u32, from: [u8; 4], to: [u8; 4], port: u32, ifindex: u32) -> F
         local_ip4: ip(to),
         local_port: port,
         remote_ip4: ip(from),
+        remote_port: 40000u16.to_be(),
         ingress_ifindex: ifindex,
     }
 }
 
+/// The pod's own device: what the kernel reports for anything addressed to the pod's IP.
 const ETH0: u32 = 7;
+
+fn classify(f: &Flow, pod: &PodEntry) -> Option<u32> {
+    super::classify(f, pod, |_| false)
+}
 
 #[test]
 fn outbound_tcp_from_the_pod_goes_to_the_outbound_listener() {
@@ -56,11 +62,27 @@ fn loopback_self_calls_and_ztunnel_upstream_connections_pass() {
         LOOPBACK_IFINDEX,
     );
     assert_eq!(classify(&lo, &pod()), None);
-    let myself = flow(IPPROTO_TCP, POD, POD, 8080, LOOPBACK_IFINDEX);
+    let myself = flow(IPPROTO_TCP, POD, POD, 8080, ETH0);
     assert_eq!(classify(&myself, &pod()), None);
-    // ztunnel connecting to the app from a spoofed client address.
-    let spoofed = flow(IPPROTO_TCP, [10, 128, 2, 9], POD, 8080, LOOPBACK_IFINDEX);
-    assert_eq!(classify(&spoofed, &pod()), None);
+    // ztunnel connecting to the app from a client's address: the same flow as that client's
+    // own, told apart only by the bypass entry ztunnel made for exactly this source.
+    let spoofed = flow(IPPROTO_TCP, [10, 128, 2, 9], POD, 8080, ETH0);
+    let listed = BypassKey {
+        remote_ip4: ip([10, 128, 2, 9]),
+        remote_port: 40000u16.to_be(),
+        pad: 0,
+        local_port: 8080,
+    };
+    assert_eq!(super::classify(&spoofed, &pod(), |k| *k == listed), None);
+    let other_port = Flow {
+        remote_port: 40001u16.to_be(),
+        ..spoofed
+    };
+    assert_eq!(
+        super::classify(&other_port, &pod(), |k| *k == listed),
+        Some(slot::INBOUND_PLAIN)
+    );
+    assert_eq!(listed.to_bytes().len(), core::mem::size_of::<BypassKey>());
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! address in the read-only globals and the pod's listeners in the map.
 
 use aya_ebpf::macros::{map, sk_lookup};
-use aya_ebpf::maps::SockMap;
+use aya_ebpf::maps::{HashMap, SockMap};
 use aya_ebpf::programs::SkLookupContext;
-use ebpf_common::{classify, Flow, PodEntry, AF_INET, SLOTS};
+use ebpf_common::{classify, BypassKey, Flow, PodEntry, AF_INET, MAX_BYPASS, SLOTS};
 
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
@@ -20,6 +20,10 @@ static AMESH_PROBE_IP4: u32 = 0;
 /// itself when it is closed, so a dead listener is never assigned.
 #[map]
 static AMESH_LISTENERS: SockMap = SockMap::with_max_entries(SLOTS, 0);
+
+/// ztunnel's own connections to the app being set up (`ebpf_common::BYPASS_MAP`).
+#[map]
+static AMESH_BYPASS: HashMap<BypassKey, u8> = HashMap::with_max_entries(MAX_BYPASS, 0);
 
 #[sk_lookup]
 pub fn amesh_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -41,9 +45,12 @@ pub fn amesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         local_ip4: l.local_ip4,
         local_port: l.local_port,
         remote_ip4: l.remote_ip4,
+        remote_port: l.remote_port,
         ingress_ifindex: l.ingress_ifindex,
     };
-    let Some(slot) = classify(&flow, &pod) else {
+    // SAFETY: the value is only tested for presence.
+    let bypassed = |key: &BypassKey| unsafe { AMESH_BYPASS.get(key) }.is_some();
+    let Some(slot) = classify(&flow, &pod, bypassed) else {
         return SK_PASS;
     };
     match AMESH_LISTENERS.redirect_sk_lookup(&ctx, slot, 0) {

@@ -326,12 +326,13 @@ impl PodManager {
     async fn start(&self, info: PodInfo) -> Result<Running, PodError> {
         let label = format!("{}/{}", info.namespace, info.name);
         let netns = Netns::open(&info.netns)?;
-        let pod = Pod::new(&self.shared, info, netns.clone(), self.original_source).map_err(
+        let mut pod = Pod::new(&self.shared, info, netns.clone(), self.original_source).map_err(
             |source| PodError::Identity {
                 pod: label.clone(),
                 source,
             },
         )?;
+        pod.destination = self.capture.destination();
         if let Some(certs) = &self.shared.certs {
             certs.ensure(&pod.identity);
             if tokio::time::timeout(CERT_WAIT, certs.wait_for(&pod.identity))
@@ -419,6 +420,9 @@ impl PodManager {
             let _ = self.capture.remove(&self.pod_netns(&running.pod)).await;
             self.stop(running).await;
             return Err(e);
+        }
+        if let Some(bypass) = self.capture.bypass(&self.pod_netns(&running.pod)) {
+            let _ = running.pod.sockets.bypass.set(bypass);
         }
         info!(pod = %label, identity = %running.pod.identity, "pod captured");
         Ok(running)

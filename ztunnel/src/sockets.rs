@@ -145,6 +145,19 @@ impl PodListeners {
 pub struct InPodSockets {
     pub netns: Netns,
     pub mark: u32,
+    /// Set once capture is installed, when the backend needs ztunnel's connections from a
+    /// client's address announced (eBPF); shared by every clone.
+    pub bypass: Arc<std::sync::OnceLock<Arc<dyn crate::capture::Bypass>>>,
+}
+
+impl InPodSockets {
+    pub fn new(netns: Netns, mark: u32) -> InPodSockets {
+        InPodSockets {
+            netns,
+            mark,
+            bypass: Arc::default(),
+        }
+    }
 }
 
 impl InPodSockets {
@@ -159,9 +172,25 @@ impl InPodSockets {
             .netns
             .run(move || tcp_socket(dest, source, mark))
             .await?;
-        TcpSocket::from_std_stream(socket.into())
+        // Bound already, so the kernel has picked the source port the capture must know.
+        let announced = match (source, self.bypass.get()) {
+            (Some(_), Some(bypass)) => {
+                let bound = socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("bound socket without an IP address"))?;
+                bypass.allow(bound, dest.port())?;
+                Some((bypass, bound))
+            }
+            _ => None,
+        };
+        let connected = TcpSocket::from_std_stream(socket.into())
             .connect(dest)
-            .await
+            .await;
+        if let Some((bypass, bound)) = announced {
+            bypass.forget(bound, dest.port());
+        }
+        connected
     }
 }
 
@@ -177,5 +206,5 @@ impl mesh::hbone::SocketFactory for InPodSockets {
 
 /// Convenience for places that want `Arc<dyn SocketFactory>`.
 pub fn factory(netns: Netns, mark: u32) -> Arc<dyn mesh::hbone::SocketFactory> {
-    Arc::new(InPodSockets { netns, mark })
+    Arc::new(InPodSockets::new(netns, mark))
 }

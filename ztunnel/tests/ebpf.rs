@@ -16,7 +16,7 @@ use std::time::Duration;
 use ztunnel::capture::ebpf::EbpfCapture;
 use ztunnel::capture::{routing, Capture, PodNetns};
 use ztunnel::netns::Netns;
-use ztunnel::sockets::PodListeners;
+use ztunnel::sockets::{InPodSockets, PodListeners};
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
@@ -320,6 +320,31 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
         .read_exact(&mut buf)
         .expect("the app's reply to the probe");
     assert_eq!(&buf, b"ok");
+
+    // ztunnel's own connection to the app from a client's address (original source) reaches
+    // the app, not ztunnel's inbound listener, and the app's replies come back to it.
+    let sockets = InPodSockets::new(worker.clone(), MARK);
+    let _ = sockets.bypass.set(
+        capture
+            .bypass(&pod)
+            .expect("eBPF capture announces upstream connections"),
+    );
+    let app_listener = bed
+        .pod
+        .within(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8083)))
+        .unwrap();
+    let client: SocketAddr = "10.99.0.7:0".parse().unwrap();
+    let mut upstream = tokio::time::timeout(
+        TIMEOUT,
+        sockets.connect(SocketAddr::from((POD_IP, 8083)), Some(client)),
+    )
+    .await
+    .expect("the upstream connection in time")
+    .expect("ztunnel's connection to the app");
+    let (mut at_app, from) = app_listener.accept().unwrap();
+    assert_eq!(from.ip(), client.ip(), "the app sees the client's address");
+    at_app.write_all(b"reply").unwrap();
+    assert_eq!(read_some(&mut upstream).await, b"reply");
 
     // Loopback stays with the app.
     let lo_listener = bed

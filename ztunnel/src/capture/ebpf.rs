@@ -22,19 +22,23 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use aya::maps::{MapData, SockMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, SockMap};
 use aya::programs::sk_lookup::SkLookupLink;
 use aya::programs::SkLookup;
 use aya::{Ebpf, EbpfLoader};
-use ebpf_common::{slot, LISTENERS_MAP, POD_IP4_GLOBAL, PROBE_IP4_GLOBAL, PROGRAM};
+use ebpf_common::{
+    slot, BypassKey, BYPASS_MAP, LISTENERS_MAP, POD_IP4_GLOBAL, PROBE_IP4_GLOBAL, PROGRAM,
+};
 use futures::future::BoxFuture;
 use tracing::{debug, info};
 
-use super::{routing, Capture, CaptureError, ListenerFds, PodNetns};
+use super::{routing, Bypass, Capture, CaptureError, ListenerFds, PodNetns};
+use crate::proxy::Destination;
 
 /// The program object built by `build.rs` from `ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/amesh-capture"));
@@ -71,6 +75,8 @@ pub struct EbpfCapture {
 /// One pod's program instance, map and link; dropping it detaches and frees them.
 struct PodProgram {
     listeners: SockMap<MapData>,
+    /// Shared with the pod's socket factory; emptied (the map closed) when the pod goes.
+    bypass: Arc<BypassMap>,
     /// Dropping the link detaches the program from the pod's netns.
     _link: SkLookupLink,
     /// Owns the program (dropped after the link).
@@ -87,8 +93,53 @@ impl std::fmt::Debug for EbpfCapture {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Loads an instance of the program for a pod at `pod_ip` (`what` names the step for errors).
-fn load_instance(pod_ip: Ipv4Addr) -> Result<(Ebpf, SockMap<MapData>), (&'static str, BoxError)> {
+/// A pod's bypass map (see [`ebpf_common::BypassKey`]).
+struct BypassMap {
+    map: parking_lot::Mutex<Option<BpfHashMap<MapData, [u8; 12], u8>>>,
+}
+
+fn bypass_key(source: SocketAddr, port: u16) -> Option<[u8; 12]> {
+    let SocketAddr::V4(source) = source else {
+        return None;
+    };
+    Some(
+        BypassKey {
+            remote_ip4: u32::from_ne_bytes(source.ip().octets()),
+            remote_port: source.port().to_be(),
+            pad: 0,
+            local_port: u32::from(port),
+        }
+        .to_bytes(),
+    )
+}
+
+impl Bypass for BypassMap {
+    fn allow(&self, source: SocketAddr, port: u16) -> std::io::Result<()> {
+        let mut map = self.map.lock();
+        match (bypass_key(source, port), map.as_mut()) {
+            (Some(key), Some(map)) => map.insert(key, 1, 0).map_err(std::io::Error::other),
+            // IPv6, or the pod is being released.
+            _ => Ok(()),
+        }
+    }
+
+    fn forget(&self, source: SocketAddr, port: u16) {
+        let mut map = self.map.lock();
+        if let (Some(key), Some(map)) = (bypass_key(source, port), map.as_mut()) {
+            let _ = map.remove(&key);
+        }
+    }
+}
+
+/// An instance of the program for one pod, loaded, with its maps.
+struct Instance {
+    ebpf: Ebpf,
+    listeners: SockMap<MapData>,
+    bypass: BpfHashMap<MapData, [u8; 12], u8>,
+}
+
+/// Loads an instance of the program for a pod at `pod_ip` (errors name the step).
+fn load_instance(pod_ip: Ipv4Addr) -> Result<Instance, (&'static str, BoxError)> {
     let ip4 = u32::from_ne_bytes(pod_ip.octets());
     let probe4 = u32::from_ne_bytes(PROBE_SOURCE.octets());
     let mut ebpf = EbpfLoader::new()
@@ -104,7 +155,15 @@ fn load_instance(pod_ip: Ipv4Addr) -> Result<(Ebpf, SockMap<MapData>), (&'static
         .take_map(LISTENERS_MAP)
         .ok_or(("finding the listeners map", "not in the object".into()))?;
     let listeners = SockMap::try_from(map).map_err(|e| ("opening the listeners map", e.into()))?;
-    Ok((ebpf, listeners))
+    let map = ebpf
+        .take_map(BYPASS_MAP)
+        .ok_or(("finding the bypass map", "not in the object".into()))?;
+    let bypass = BpfHashMap::try_from(map).map_err(|e| ("opening the bypass map", e.into()))?;
+    Ok(Instance {
+        ebpf,
+        listeners,
+        bypass,
+    })
 }
 
 impl EbpfCapture {
@@ -148,8 +207,11 @@ impl EbpfCapture {
             let entry = match pods.entry(inode) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(v) => {
-                    let (mut ebpf, listeners) =
-                        load_instance(ip).map_err(|(what, e)| fail(what, e))?;
+                    let Instance {
+                        mut ebpf,
+                        listeners,
+                        bypass,
+                    } = load_instance(ip).map_err(|(what, e)| fail(what, e))?;
                     let program = program(&mut ebpf).map_err(|e| fail("finding the program", e))?;
                     let id = program
                         .attach(&netns)
@@ -159,6 +221,9 @@ impl EbpfCapture {
                         .map_err(|e| fail("taking the link", e.into()))?;
                     v.insert(PodProgram {
                         listeners,
+                        bypass: Arc::new(BypassMap {
+                            map: parking_lot::Mutex::new(Some(bypass)),
+                        }),
                         _link: link,
                         _ebpf: ebpf,
                     })
@@ -186,8 +251,11 @@ impl EbpfCapture {
     }
 
     async fn remove(&self, pod: &PodNetns) -> Result<(), CaptureError> {
-        // Detaches the program and frees it and its map.
-        drop(self.pods.lock().remove(&pod.worker.inode()));
+        // Detaches the program and frees it and its maps (the bypass map too, though the pod's
+        // socket factory may outlive this while its connections finish).
+        if let Some(program) = self.pods.lock().remove(&pod.worker.inode()) {
+            program.bypass.map.lock().take();
+        }
         // A netns that is gone took its rules and routes with it.
         if pod.netns.exists() {
             routing::remove(pod).await?;
@@ -207,6 +275,17 @@ impl Capture for EbpfCapture {
 
     fn remove<'a>(&'a self, pod: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>> {
         Box::pin(EbpfCapture::remove(self, pod))
+    }
+
+    /// sk_lookup hands the flow over unchanged.
+    fn destination(&self) -> Destination {
+        Destination::LocalAddress
+    }
+
+    fn bypass(&self, pod: &PodNetns) -> Option<Arc<dyn Bypass>> {
+        let pods = self.pods.lock();
+        let program = pods.get(&pod.worker.inode())?;
+        Some(program.bypass.clone())
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::netns::Netns;
+use crate::proxy::Destination;
 
 /// What a capture backend needs to know about a pod.
 #[derive(Debug, Clone)]
@@ -80,6 +81,25 @@ pub trait Capture: Send + Sync {
 
     /// Removes capture (also rolls back a half-done install).
     fn remove<'a>(&'a self, pod: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>>;
+
+    /// Where the listeners find a captured connection's original destination.
+    fn destination(&self) -> Destination {
+        Destination::Conntrack
+    }
+
+    /// For backends that would capture ztunnel's own connections to the app (those made from
+    /// the client's address look like the client's): how to let them through. Asked after
+    /// `install`.
+    fn bypass(&self, _pod: &PodNetns) -> Option<Arc<dyn Bypass>> {
+        None
+    }
+}
+
+/// Lets one of ztunnel's connections to the app, from `source` to `port`, through capture while
+/// it is set up (an established connection is never looked up again).
+pub trait Bypass: Send + Sync {
+    fn allow(&self, source: std::net::SocketAddr, port: u16) -> std::io::Result<()>;
+    fn forget(&self, source: std::net::SocketAddr, port: u16);
 }
 
 /// The capture backend of a node, as configured.
