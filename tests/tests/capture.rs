@@ -125,7 +125,18 @@ fn ebpf_routing(m: &MeshLab, pod: &str) -> (Vec<String>, String) {
         })
         .map(str::to_string)
         .collect();
-    let routes = in_pod(m, pod, "ip", &["-4", "route", "show", "table", EBPF_TABLE]);
+    // Listing every table: a table that never had a route does not exist to `ip route show`.
+    let table = format!("table {EBPF_TABLE}");
+    let routes = in_pod(m, pod, "ip", &["-4", "route", "show", "table", "all"])
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w.join(" ") == table)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     (rules, routes)
 }
 
