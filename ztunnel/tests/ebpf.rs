@@ -390,6 +390,41 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
         .expect("plain UDP reaches the peer");
     assert_eq!(&buf[..n], b"ntp");
 
+    // A restart: the old process's instance goes with it, an older ztunnel's rule sits at one
+    // of our priorities, and the new process captures the pod again: one program, the wanted
+    // rules exactly once, and outbound steered to the (here: same) listeners.
+    drop(capture);
+    eventually("the old instance to be detached", || {
+        sk_lookup_programs(netns_file.as_fd()).is_empty()
+    });
+    bed.pod.ip(&[
+        "rule", "add", "pref", "32752", "ipproto", "tcp", "lookup", "101",
+    ]);
+    let capture = EbpfCapture::load().expect("loading again");
+    capture
+        .install(&pod, &fds)
+        .await
+        .expect("install after a restart");
+    let programs = sk_lookup_programs(netns_file.as_fd());
+    assert_eq!(programs.len(), 1);
+    let (rules, _) = routing::leftovers(&pod).await.unwrap();
+    assert_eq!(
+        rules,
+        routing::rules(MARK, ztunnel::capture::ebpf::PROBE_SOURCE)
+    );
+    let pod_path = bed.pod.path.clone();
+    let app = tokio::task::spawn_blocking(move || connect_from(&pod_path, None, remote, b"again"));
+    let (mut steered, _) = accept(&listeners.outbound).await;
+    assert_eq!(steered.local_addr().unwrap(), remote);
+    assert_eq!(read_some(&mut steered).await, b"again");
+    drop(app.await.unwrap().expect("app connect after the restart"));
+    let program_id = programs[0];
+    let map_ids: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == program_id)
+        .and_then(|p| p.map_ids().ok().flatten())
+        .expect("the new program's maps");
+
     // Removal: no program on the netns, the program and its map freed, no rule, no route.
     capture.remove(&pod).await.expect("remove");
     assert!(sk_lookup_programs(netns_file.as_fd()).is_empty());
@@ -413,4 +448,43 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     let (_, from) = peer_listener.accept().unwrap();
     assert_eq!(from.ip(), std::net::IpAddr::from(POD_IP));
     drop(listeners);
+}
+
+/// ztunnel in ebpf mode without the capabilities eBPF needs stops at startup and says what it
+/// lacks (root's capabilities dropped with setpriv).
+#[test]
+fn startup_without_privileges_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "workloads: []\n").unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            env!("CARGO_BIN_EXE_ztunnel"),
+        ])
+        .env("CAPTURE_MODE", "ebpf")
+        .env("LOCAL_XDS_PATH", &config)
+        .env("LOCAL_CA_DIR", dir.path().join("ca"))
+        .env("NODE_NAME", "node1")
+        .env("AMESH_CNI_SOCKET", dir.path().join("cni.sock"))
+        .env("AMESH_STATE_FILE", dir.path().join("pods.json"))
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .env("STATS_ADDR", "127.0.0.1:0")
+        .env("READINESS_ADDR", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "ztunnel started without privileges:\n{log}"
+    );
+    assert!(log.contains("CAPTURE_MODE=ebpf"), "{log}");
+    assert!(
+        log.contains("lacks CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"),
+        "{log}"
+    );
 }

@@ -46,23 +46,22 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/am
 /// Source address of kubelet probes (as Istio's, SNATed by the CNI).
 pub const PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
 
+// Causes are part of each message (and not error sources, which would print them twice).
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
-    #[error("CAPTURE_MODE=ebpf: {what} failed: {source} ({hint})")]
+    #[error("CAPTURE_MODE=ebpf: {what} failed: {cause} ({hint})")]
     Load {
         what: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
         hint: String,
     },
     #[error("CAPTURE_MODE=ebpf captures IPv4 pods only; this pod's address is {0}")]
     NotIpv4(IpAddr),
-    #[error("eBPF capture of {netns}: {what}: {source}")]
+    #[error("eBPF capture of {netns}: {what}: {cause}")]
     Pod {
         netns: PathBuf,
         what: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -170,9 +169,9 @@ impl EbpfCapture {
     /// Checks that the kernel takes the program (loads and drops one instance). Fails with
     /// what the kernel or the process lacks.
     pub fn load() -> Result<EbpfCapture, EbpfError> {
-        load_instance(Ipv4Addr::UNSPECIFIED).map_err(|(what, source)| EbpfError::Load {
+        load_instance(Ipv4Addr::UNSPECIFIED).map_err(|(what, cause)| EbpfError::Load {
             what,
-            source,
+            cause,
             hint: diagnose(),
         })?;
         info!("eBPF capture program verified by the kernel");
@@ -191,10 +190,10 @@ impl EbpfCapture {
             IpAddr::V4(ip) => ip,
             other => return Err(EbpfError::NotIpv4(other).into()),
         };
-        let fail = |what: &'static str, source: BoxError| EbpfError::Pod {
+        let fail = |what: &'static str, cause: BoxError| EbpfError::Pod {
             netns: pod.netns.clone(),
             what,
-            source,
+            cause,
         };
         let netns: File = pod
             .worker
@@ -296,16 +295,23 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, BoxError> {
     Ok(program.try_into()?)
 }
 
-/// What the kernel and the process have, for a load error: the usual reasons are an old kernel
-/// (sk_lookup is Linux 5.9, the netns cookie in it later), no BTF, or missing privileges.
+/// What the kernel and the process lack, for a load error: the usual reasons are an old
+/// kernel (sk_lookup is Linux 5.9), or missing privileges.
 fn diagnose() -> String {
     let mut facts = Vec::new();
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    facts.push(format!(
-        "kernel {release}; sk_lookup needs Linux 5.9 or later"
-    ));
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    if let (Some(major), Some(minor)) = (numbers.next(), numbers.next()) {
+        if (major, minor) < (5, 9) {
+            facts.push(format!(
+                "kernel {release} is older than 5.9, which sk_lookup programs need"
+            ));
+        }
+    }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         facts.push("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing)".into());
     }
@@ -313,6 +319,11 @@ fn diagnose() -> String {
         facts.push("ztunnel is not root: it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN".into());
     } else if let Some(missing) = missing_capabilities() {
         facts.push(format!("ztunnel lacks {missing}"));
+    }
+    if facts.is_empty() {
+        facts.push(format!(
+            "kernel {release} with BTF, and the needed capabilities are there"
+        ));
     }
     facts.join("; ")
 }

@@ -64,7 +64,7 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
 }
 

@@ -150,16 +150,32 @@ pub async fn install(
             .replace()
             .execute()
             .await?;
+        // Stale rules go first. The kernel deletes the first rule matching what a delete
+        // names, and a stale rule may name less than a wanted one at the same priority, so a
+        // delete can take the wanted rule instead: list again until nothing stale is left
+        // (each round removes at least one rule), then add what is missing.
+        for _ in 0..=2 * wanted.len() {
+            let stale: Vec<RuleMessage> = list_ours(&h)
+                .await?
+                .into_iter()
+                .filter(|(r, _)| !wanted.contains(r))
+                .map(|(_, m)| m)
+                .collect();
+            if stale.is_empty() {
+                break;
+            }
+            for message in stale {
+                match h.rule().del(message).execute().await {
+                    // Already taken by an earlier delete of this round.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
+                    other => other?,
+                }
+            }
+        }
         let existing = list_ours(&h).await?;
         for rule in &wanted {
-            if existing.iter().any(|(r, _)| r == rule) {
-                continue;
-            }
-            add_rule(&h, rule).await?;
-        }
-        for (rule, message) in existing {
-            if !wanted.contains(&rule) {
-                h.rule().del(message).execute().await?;
+            if !existing.iter().any(|(r, _)| r == rule) {
+                add_rule(&h, rule).await?;
             }
         }
         Ok(())
