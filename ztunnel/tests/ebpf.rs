@@ -375,6 +375,32 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     assert_eq!(&buf[..n], b"query");
     assert_eq!(from.ip(), std::net::IpAddr::from(POD_IP));
 
+    // DNS over TCP goes to the DNS listener, with the resolver's address as its local address.
+    let pod_path = bed.pod.path.clone();
+    let app = tokio::task::spawn_blocking(move || connect_from(&pod_path, None, resolver, b"q"));
+    let (mut steered, _) = accept(&listeners.dns_tcp).await;
+    assert_eq!(steered.local_addr().unwrap(), resolver);
+    assert_eq!(read_some(&mut steered).await, b"q");
+    drop(app.await.unwrap().expect("DNS over TCP connect"));
+
+    // The kernel's routing decisions: the pod's TCP and DNS are made local, ICMP and other UDP
+    // keep the pod's own routes, ztunnel's marked sockets too.
+    let route = |args: &[&str]| {
+        let mut all = vec!["route", "get", "10.250.0.1"];
+        all.extend_from_slice(args);
+        bed.pod.ip(&all)
+    };
+    assert!(route(&["ipproto", "tcp"]).starts_with("local "));
+    assert!(route(&["ipproto", "udp", "dport", "53"]).starts_with("local "));
+    for other in [
+        &["ipproto", "icmp"][..],
+        &["ipproto", "udp", "dport", "123"],
+        &["ipproto", "tcp", "mark", "0x539"],
+    ] {
+        let r = route(other);
+        assert!(!r.starts_with("local "), "{other:?}: {r}");
+    }
+
     // Other UDP is untouched: it reaches the peer.
     let peer_udp = bed
         .peer
