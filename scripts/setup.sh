@@ -65,5 +65,5 @@ if [ ! -x "$bpf_root/bin/bpf-linker" ]; then
 else
   log "bpf-linker present ($bpf_root)"
 fi
-# ztunnel's build script looks here first (and then on PATH), so a plain `cargo build` works.
-ln -sfn "$bpf_root" "$HOME/.cache/amesh/bpf-linker"
+# ztunnel's build script looks in this directory (keyed the same way) before PATH, so a plain
+# `cargo build` works.
