@@ -35,3 +35,35 @@ for c in rustfmt clippy; do
   fi
 done
 log "toolchain: $(rustc --version)"
+
+# eBPF capture (CAPTURE_MODE=ebpf): the `ebpf` crate is built by ztunnel's build script for
+# bpfel-unknown-none, a tier-3 target, so it needs core's source (rust-src) and bpf-linker.
+# bpf-linker must link with the very LLVM the compiler uses, so it is built against the stable
+# toolchain's own libLLVM and installed under a directory named after that library: a toolchain
+# update gives a new name and so a fresh build instead of a silent mismatch.
+if ! rustup component list --installed 2>/dev/null | grep -q "^rust-src"; then
+  log "adding rustup component rust-src"
+  rustup component add rust-src
+fi
+sysroot="$(rustc --print sysroot)"
+libllvm="$(find "$sysroot/lib" -maxdepth 1 -type f -name 'libLLVM*.so*' -size +1M -printf '%f\n' | head -n1)"
+llvm_major="$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')"
+if [ -z "$libllvm" ] || [ -z "$llvm_major" ]; then
+  echo "[setup] cannot find the toolchain's libLLVM under $sysroot/lib (needed to build bpf-linker)" >&2
+  exit 1
+fi
+BPF_LINKER_VERSION=0.13.0
+bpf_root="$HOME/.cache/amesh/bpf-linker-$BPF_LINKER_VERSION-$libllvm"
+if [ ! -x "$bpf_root/bin/bpf-linker" ]; then
+  log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (about a minute)"
+  prefix="$bpf_root/llvm"
+  mkdir -p "$prefix/lib"
+  ln -sf "$sysroot/lib/$libllvm" "$prefix/lib/libLLVM.so"
+  ln -sf "$sysroot/lib/$libllvm" "$prefix/lib/$libllvm"
+  LLVM_PREFIX="$prefix" cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked --quiet \
+    --no-default-features --features "llvm-$llvm_major" --root "$bpf_root"
+else
+  log "bpf-linker present ($bpf_root)"
+fi
+# ztunnel's build script looks in this directory (keyed the same way) before PATH, so a plain
+# `cargo build` works.

@@ -23,6 +23,9 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee /tmp/amesh-test.log
 # controller (Istio ztunnel's LOCAL_XDS_PATH mode).
 echo "[test] end-to-end scenarios with the local-file control plane"
 AMESH_LAB_CONTROL_PLANE=file cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
+# And once more with eBPF capture (sk_lookup + policy routing, no netfilter in the pods).
+echo "[test] end-to-end scenarios with CAPTURE_MODE=ebpf"
+CAPTURE_MODE=ebpf cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
 # Benchmark smoke: the lab benchmark's quick mode (direct vs mesh, one repetition). Figures
 # from a debug build are not meant to be quoted; this checks the benchmark itself still works.
 echo "[test] benchmark smoke (amesh-bench --quick)"

@@ -1,6 +1,8 @@
-//! One benchmark run, in order: lab up, idle ztunnel memory, load servers, a check that the
-//! two paths are what they claim, held connections, then every measurement repeated with the
-//! two paths interleaved (same minute, alternating which goes first), and the lab torn down.
+//! One benchmark run, in order: lab(s) up, idle ztunnel memory, load servers, a check that the
+//! paths are what they claim, held connections, then every measurement repeated with the
+//! paths interleaved (same minute, rotating which goes first), and the labs torn down. The
+//! paths: direct and mesh in the first lab, and with a second capture mode to compare, the
+//! mesh path of a second lab running beside it.
 
 use std::time::Duration;
 
@@ -29,11 +31,19 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     std::thread::sleep(SETTLE);
     let rss_idle = ztunnel::rss_all(&ztunnels)?;
 
-    let servers = [
+    let mut servers = vec![
         Servers::start(&bench.lab, &bench.direct.server)?,
         Servers::start(&bench.lab, &bench.mesh.server)?,
     ];
     bench.check_paths(ECHO_PORT)?;
+    if let Some(compared) = &bench.compared {
+        // Both, since the check below uses both paths of that lab.
+        servers.push(Servers::start(&compared.lab, &compared.direct.server)?);
+        servers.push(Servers::start(&compared.lab, &compared.mesh.server)?);
+        compared
+            .check_paths(ECHO_PORT)
+            .context("the second lab's paths")?;
+    }
 
     progress(&format!(
         "holding {} tunnelled connections open",
@@ -53,19 +63,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     };
     for rep in 0..settings.repetitions {
         progress(&format!("repetition {}/{}", rep + 1, settings.repetitions));
-        let order = if rep % 2 == 0 {
-            [PathKind::Direct, PathKind::Mesh]
-        } else {
-            [PathKind::Mesh, PathKind::Direct]
-        };
-        measure_rep(&bench, settings, &ztunnels, order, &mut runs)?;
+        let mut order = bench.kinds();
+        let n = order.len();
+        order.rotate_left(rep % n);
+        measure_rep(&bench, settings, &ztunnels, &order, &mut runs)?;
     }
 
     std::thread::sleep(SETTLE);
     let rss_after = ztunnel::rss_all(&ztunnels)?;
     drop(servers);
-    progress("tearing the lab down");
-    bench.lab.down().context("tearing the lab down")?;
+    progress("tearing the lab(s) down");
+    let compared_capture = settings.compare_capture.clone();
+    bench.down()?;
 
     let ztunnel = ztunnels
         .iter()
@@ -86,10 +95,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         machine: machine(load_start),
         settings: settings.clone(),
         summary: report::summarise(&runs.direct, &runs.mesh),
+        summary_compared: compared_capture
+            .as_ref()
+            .map(|_| report::summarise(&runs.direct, &runs.compared)),
+        compared_capture,
         ztunnel,
         mesh_throughput_bytes: runs.mesh_bytes,
         direct: runs.direct,
         mesh: runs.mesh,
+        compared: runs.compared,
         notes: report::NOTES.to_vec(),
     })
 }
@@ -99,6 +113,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
 struct Runs {
     direct: PathRuns,
     mesh: PathRuns,
+    /// The second lab's mesh path.
+    compared: PathRuns,
     /// CPU seconds per ztunnel (node order) during the mesh throughput runs.
     mesh_cpu: Vec<f64>,
     /// Bytes delivered by the mesh throughput runs.
@@ -110,6 +126,7 @@ impl Runs {
         match kind {
             PathKind::Direct => &mut self.direct,
             PathKind::Mesh => &mut self.mesh,
+            PathKind::Compared => &mut self.compared,
         }
     }
 }
@@ -119,11 +136,11 @@ fn measure_rep(
     bench: &BenchLab,
     s: &Settings,
     ztunnels: &[Ztunnel],
-    order: [PathKind; 2],
+    order: &[PathKind],
     runs: &mut Runs,
 ) -> anyhow::Result<()> {
-    let lab = &bench.lab;
-    for kind in order {
+    for &kind in order {
+        let lab = bench.lab_of(kind);
         let r = latency::run(
             lab,
             bench.path(kind),
@@ -143,7 +160,8 @@ fn measure_rep(
     }
     let max = Duration::from_secs(s.conn_max_secs);
     for (threads, total) in [(1, s.conn_serial), (s.conn_parallelism, s.conn_parallel)] {
-        for kind in order {
+        for &kind in order {
+            let lab = bench.lab_of(kind);
             let r = connrate::run(lab, bench.path(kind), threads, total, max)
                 .with_context(|| format!("connection rate, {}", kind.name()))?;
             progress(&format!(
@@ -163,7 +181,8 @@ fn measure_rep(
         }
     }
     for streams in [1, 4] {
-        for kind in order {
+        for &kind in order {
+            let lab = bench.lab_of(kind);
             let cpu_before = ztunnel::cpu_all(ztunnels)?;
             let r = throughput::run(
                 lab,

@@ -1,5 +1,7 @@
 //! The bench lab: two nodes with the mesh, the same client → server pair in a plain namespace
 //! (direct) and an ambient one (mesh), and a check that the mesh path really is tunnelled.
+//! With a second capture mode to compare, a second lab of the same layout runs beside the
+//! first and contributes its mesh path.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,11 +15,13 @@ use crate::settings::Settings;
 /// How long a bench socket may block before the measurement is abandoned.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which of the two paths.
+/// Which path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathKind {
     Direct,
     Mesh,
+    /// The second lab's mesh path (the other capture mode).
+    Compared,
 }
 
 impl PathKind {
@@ -25,6 +29,7 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Mesh => "mesh",
+            PathKind::Compared => "mesh2",
         }
     }
 }
@@ -53,15 +58,52 @@ pub struct BenchLab {
     pub mesh: BenchPath,
     /// node1 (clients) and node2 (servers).
     pub nodes: Vec<NodeInfo>,
+    /// The second lab (other capture mode), if compared.
+    pub compared: Option<Box<BenchLab>>,
 }
 
 impl BenchLab {
+    /// The lab of the first capture mode, and the second one when the settings compare.
     pub fn up(settings: &Settings) -> anyhow::Result<BenchLab> {
+        let mut first = BenchLab::up_with(settings, &settings.capture_mode)?;
+        if let Some(mode) = &settings.compare_capture {
+            let second = BenchLab::up_with(settings, mode)
+                .with_context(|| format!("bringing up the second lab ({mode} capture)"))?;
+            first.compared = Some(Box::new(second));
+        }
+        Ok(first)
+    }
+
+    /// The lab a path runs in.
+    pub fn lab_of(&self, kind: PathKind) -> &Lab {
+        match (kind, &self.compared) {
+            (PathKind::Compared, Some(c)) => &c.lab,
+            _ => &self.lab,
+        }
+    }
+
+    /// Paths measured, in the base order of a repetition.
+    pub fn kinds(&self) -> Vec<PathKind> {
+        let mut kinds = vec![PathKind::Direct, PathKind::Mesh];
+        if self.compared.is_some() {
+            kinds.push(PathKind::Compared);
+        }
+        kinds
+    }
+
+    /// Tears down both labs (the second first); reports the first failure.
+    pub fn down(self) -> anyhow::Result<()> {
+        let second = self.compared.map(|c| c.down());
+        self.lab.down().context("tearing the lab down")?;
+        second.unwrap_or(Ok(()))
+    }
+
+    fn up_with(settings: &Settings, capture_mode: &str) -> anyhow::Result<BenchLab> {
         let binary = lab::cluster::find_binary()
             .context("amesh-lab binary not found: run `cargo build --bins` first")?;
         let options = LabOptions {
             mesh: Some(MeshOptions {
-                capture_mode: settings.capture_mode.clone(),
+                capture_mode: capture_mode.to_string(),
                 ..MeshOptions::beside(&binary)
             }),
             binary: Some(binary),
@@ -87,13 +129,15 @@ impl BenchLab {
             direct,
             mesh,
             nodes,
+            compared: None,
         })
     }
 
     pub fn path(&self, kind: PathKind) -> &BenchPath {
-        match kind {
-            PathKind::Direct => &self.direct,
-            PathKind::Mesh => &self.mesh,
+        match (kind, &self.compared) {
+            (PathKind::Direct, _) => &self.direct,
+            (PathKind::Compared, Some(c)) => &c.mesh,
+            _ => &self.mesh,
         }
     }
 

@@ -1,5 +1,6 @@
-//! `amesh-bench`: the lab benchmark. Brings up a two-node lab with the mesh, measures the mesh
-//! path against the direct path in the same run, prints a markdown table and writes JSON.
+//! `amesh-bench`: the lab benchmark. Brings up a two-node lab with the mesh (and a second one
+//! with the other capture mode, to compare nft and ebpf capture), measures the mesh paths
+//! against the direct path in the same run, prints markdown tables and writes JSON.
 //!
 //! - [`settings`]: the command line and what bounds each measurement;
 //! - [`fixture`]: the lab and its two paths; [`servers`]: load servers in the server pods;

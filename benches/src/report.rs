@@ -63,11 +63,17 @@ pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
     pub summary: Vec<Row>,
+    /// Capture mode of the second lab, when one was compared.
+    pub compared_capture: Option<String>,
+    /// Direct against the second lab's mesh path ("mesh" in these rows is that path).
+    pub summary_compared: Option<Vec<Row>>,
     pub ztunnel: Vec<ZtunnelCost>,
     /// Bytes the mesh throughput runs delivered (the CPU figures are per these).
     pub mesh_throughput_bytes: u64,
     pub direct: PathRuns,
     pub mesh: PathRuns,
+    /// Runs of the second lab's mesh path (empty without a comparison).
+    pub compared: PathRuns,
     pub notes: Vec<&'static str>,
 }
 
@@ -77,6 +83,7 @@ pub const NOTES: &[&str] = &[
     "Connection setup: connect + 1-byte echo + close, timed per connection.",
     "ztunnel CPU: utime+stime of each ztunnel during the mesh throughput runs; per GB = 10^9 bytes delivered.",
     "Memory per connection: (RSS with the connections held open - idle RSS after lab up) / count, per node.",
+    "Compared capture (--compare-capture, default ebpf): a second lab of the same layout runs beside the first; its mesh path is measured in the same repetitions, interleaved with the other paths. The ztunnel table is the first lab's.",
 ];
 
 /// Median of one figure over the runs of a path.
@@ -210,7 +217,35 @@ pub fn markdown(r: &Report) -> String {
             added
         );
     }
-    let errors: usize = [&r.direct, &r.mesh]
+    if let (Some(mode), Some(rows)) = (&r.compared_capture, &r.summary_compared) {
+        let _ = writeln!(
+            out,
+            "\n### capture modes side by side: {} vs {} vs direct\n",
+            s.capture_mode, mode
+        );
+        let _ = writeln!(
+            out,
+            "| measurement | direct | mesh, {a} | mesh, {b} | {a}/direct | {b}/direct | {b}/{a} |",
+            a = s.capture_mode,
+            b = mode
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        for (first, second) in r.summary.iter().zip(rows) {
+            let _ = writeln!(
+                out,
+                "| {} ({}) | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                first.label,
+                first.unit,
+                num(first.direct),
+                num(first.mesh),
+                num(second.mesh),
+                first.ratio,
+                second.ratio,
+                second.mesh / first.mesh
+            );
+        }
+    }
+    let errors: usize = [&r.direct, &r.mesh, &r.compared]
         .iter()
         .flat_map(|p| p.connect_serial.iter().chain(&p.connect_parallel))
         .map(|c| c.errors)

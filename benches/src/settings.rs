@@ -30,6 +30,10 @@ pub struct Cli {
     /// ztunnel's capture mode.
     #[arg(long, env = "CAPTURE_MODE", default_value = "nft")]
     pub capture_mode: String,
+    /// A second lab with this capture mode runs beside the first, and its mesh path is
+    /// measured in the same repetitions ("none": no second lab).
+    #[arg(long, default_value = "ebpf")]
+    pub compare_capture: String,
     /// Manifests folder of the cluster (default: the fixture shipped with the bench).
     #[arg(long)]
     pub fixture: Option<PathBuf>,
@@ -58,6 +62,8 @@ pub struct Settings {
     /// Tunnelled connections held open to measure ztunnel memory per connection.
     pub held_connections: usize,
     pub capture_mode: String,
+    /// Capture mode of the second lab's mesh path, if any.
+    pub compare_capture: Option<String>,
     pub fixture: PathBuf,
 }
 
@@ -68,6 +74,8 @@ impl Settings {
                 .join("fixtures")
                 .join("lab")
         });
+        let compare = Some(cli.compare_capture.clone())
+            .filter(|m| m != "none" && !m.is_empty() && *m != cli.capture_mode);
         let base = if cli.quick {
             Settings {
                 mode: "quick",
@@ -83,6 +91,7 @@ impl Settings {
                 conn_max_secs: 2,
                 held_connections: 1_000,
                 capture_mode: cli.capture_mode.clone(),
+                compare_capture: compare.clone(),
                 fixture,
             }
         } else {
@@ -102,6 +111,7 @@ impl Settings {
                 conn_max_secs: 10,
                 held_connections: 1_000,
                 capture_mode: cli.capture_mode.clone(),
+                compare_capture: compare.clone(),
                 fixture,
             }
         };

@@ -139,15 +139,29 @@ pub async fn serve(
         let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
         async move {
             let mut buf = vec![0u8; 4096];
+            let local = udp.local_addr().ok();
             loop {
-                let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+                let Ok((n, from, dst)) = recv_with_dst(&udp, &mut buf).await else {
                     continue;
                 };
                 let raw = buf[..n].to_vec();
                 let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
                 tokio::spawn(async move {
-                    if let Some(reply) = handle(&shared, &pod, &raw).await {
-                        let _ = udp.send_to(&reply, from).await;
+                    let Some(reply) = handle(&shared, &pod, &raw).await else {
+                        return;
+                    };
+                    match dst.filter(|d| Some(*d) != local) {
+                        // Steered to us unchanged (eBPF capture): answer from the address the
+                        // app asked, or its resolver drops the answer.
+                        Some(dst) => {
+                            if let Err(e) = reply_from(&pod, dst, from, &reply).await {
+                                debug!(%dst, %from, error = %e, "sending a DNS reply failed");
+                            }
+                        }
+                        // Addressed to us (nft REDIRECT: conntrack rewrites the reply).
+                        None => {
+                            let _ = udp.send_to(&reply, from).await;
+                        }
                     }
                 });
             }
@@ -167,6 +181,79 @@ pub async fn serve(
         _ = async { tokio::join!(udp_loop, tcp_loop) } => {}
         () = drain.signaled() => {}
     }
+}
+
+/// Receives one datagram, with the address it was sent to (`IP_RECVORIGDSTADDR`, set on the
+/// in-pod DNS socket).
+async fn recv_with_dst(
+    udp: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+    use std::os::fd::AsRawFd;
+    loop {
+        udp.readable().await?;
+        match udp.try_io(tokio::io::Interest::READABLE, || {
+            recvmsg_with_dst(udp.as_raw_fd(), buf)
+        }) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+fn recvmsg_with_dst(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::libc::sockaddr_in);
+    let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut space), MsgFlags::empty())?;
+    let from = msg
+        .address
+        .map(|a| SocketAddr::V4(std::net::SocketAddrV4::from(a)))
+        .ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+    let mut dst = None;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::Ipv4OrigDstAddr(sa) = cmsg {
+            dst = Some(SocketAddr::V4(std::net::SocketAddrV4::new(
+                u32::from_be(sa.sin_addr.s_addr).into(),
+                u16::from_be(sa.sin_port),
+            )));
+        }
+    }
+    Ok((msg.bytes, from, dst))
+}
+
+/// Sends `reply` to `client` from `dst` (not a local address): a transparent socket in the
+/// pod's netns, bound to `dst` and connected to the client, so it never receives anything else.
+async fn reply_from(
+    pod: &Pod,
+    dst: SocketAddr,
+    client: SocketAddr,
+    reply: &[u8],
+) -> std::io::Result<()> {
+    let mark = pod.sockets.mark;
+    let socket = pod
+        .netns
+        .run(move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(dst),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            s.set_cloexec(true)?;
+            s.set_nonblocking(true)?;
+            s.set_mark(mark)?;
+            s.set_ip_transparent_v4(true)?;
+            // Concurrent answers from the same address each get a socket.
+            s.set_reuse_address(true)?;
+            s.bind(&dst.into())?;
+            s.connect(&client.into())?;
+            Ok(std::net::UdpSocket::from(s))
+        })
+        .await?;
+    UdpSocket::from_std(socket)?.send(reply).await.map(|_| ())
 }
 
 /// DNS over TCP: each message has a two-byte length prefix; several may follow on one stream.

@@ -15,7 +15,7 @@ use mesh::state::TunnelProtocol;
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
-use crate::capture::{CaptureError, CaptureMode, PodNetns};
+use crate::capture::{Capture, CaptureError, ListenerFds, PodNetns};
 use crate::netns::{Netns, NetnsError};
 use crate::proxy::{inbound::Inbound, inbound_plain, outbound, Pod, PodInfo, Shared};
 use crate::sockets::PodListeners;
@@ -67,13 +67,15 @@ pub enum PodError {
 /// A captured pod and the tasks serving it.
 struct Running {
     pod: Arc<Pod>,
+    /// The listeners' sockets as the capture backend knows them (kept for a repeated ADD).
+    fds: ListenerFds,
     drain: Drain,
     tasks: JoinSet<()>,
 }
 
 pub struct PodManager {
     shared: Arc<Shared>,
-    capture: CaptureMode,
+    capture: Arc<dyn Capture>,
     /// Where the captured set is persisted (`None`: not persisted).
     state_file: Option<PathBuf>,
     /// How long ADD waits for the pod to appear in the configuration.
@@ -84,7 +86,11 @@ pub struct PodManager {
 }
 
 impl PodManager {
-    pub fn new(shared: Arc<Shared>, capture: CaptureMode, state_file: Option<PathBuf>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        capture: Arc<dyn Capture>,
+        state_file: Option<PathBuf>,
+    ) -> Self {
         PodManager {
             shared,
             capture,
@@ -147,7 +153,7 @@ impl PodManager {
         if let Some(running) = pods.get(&info.uid) {
             if running.pod.info == info {
                 // A repeated ADD (runtime retry): make sure the rules are there and stop.
-                self.install(&running.pod).await?;
+                self.install(&running.pod, &running.fds).await?;
                 return Ok(true);
             }
         }
@@ -302,12 +308,14 @@ impl PodManager {
         PodNetns {
             netns: pod.info.netns.clone(),
             mark: self.shared.mark,
+            ip: pod.info.ip,
+            worker: pod.netns.clone(),
         }
     }
 
-    async fn install(&self, pod: &Pod) -> Result<(), PodError> {
+    async fn install(&self, pod: &Pod, fds: &ListenerFds) -> Result<(), PodError> {
         self.capture
-            .install(&self.pod_netns(pod))
+            .install(&self.pod_netns(pod), fds)
             .await
             .map_err(|source| PodError::Capture {
                 pod: format!("{}/{}", pod.info.namespace, pod.info.name),
@@ -318,12 +326,13 @@ impl PodManager {
     async fn start(&self, info: PodInfo) -> Result<Running, PodError> {
         let label = format!("{}/{}", info.namespace, info.name);
         let netns = Netns::open(&info.netns)?;
-        let pod = Pod::new(&self.shared, info, netns.clone(), self.original_source).map_err(
+        let mut pod = Pod::new(&self.shared, info, netns.clone(), self.original_source).map_err(
             |source| PodError::Identity {
                 pod: label.clone(),
                 source,
             },
         )?;
+        pod.destination = self.capture.destination();
         if let Some(certs) = &self.shared.certs {
             certs.ensure(&pod.identity);
             if tokio::time::timeout(CERT_WAIT, certs.wait_for(&pod.identity))
@@ -343,6 +352,10 @@ impl PodManager {
                 pod: label.clone(),
                 source,
             })?;
+        let fds = listeners.fds().map_err(|source| PodError::Listeners {
+            pod: label.clone(),
+            source,
+        })?;
         let pod = Arc::new(pod);
         let (drain, watch) = Drain::new();
         let mut tasks = JoinSet::new();
@@ -396,12 +409,20 @@ impl PodManager {
             )
             .instrument(span),
         );
-        let running = Running { pod, drain, tasks };
-        if let Err(e) = self.install(&running.pod).await {
+        let running = Running {
+            pod,
+            fds,
+            drain,
+            tasks,
+        };
+        if let Err(e) = self.install(&running.pod, &running.fds).await {
             // Roll back: rules may be half there, listeners are open.
             let _ = self.capture.remove(&self.pod_netns(&running.pod)).await;
             self.stop(running).await;
             return Err(e);
+        }
+        if let Some(bypass) = self.capture.bypass(&self.pod_netns(&running.pod)) {
+            let _ = running.pod.sockets.bypass.set(bypass);
         }
         info!(pod = %label, identity = %running.pod.identity, "pod captured");
         Ok(running)

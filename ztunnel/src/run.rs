@@ -86,6 +86,10 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         ProxyMode::Shared => Some(config.state_file.clone()),
         ProxyMode::Dedicated { .. } => None,
     };
+    // Loading the eBPF program here makes a kernel or privilege problem a startup error.
+    let capture = capture
+        .backend()
+        .with_context(|| format!("setting up capture ({capture:?})"))?;
     let pods = Arc::new(
         PodManager::new(shared.clone(), capture, state_file)
             .with_config_wait(config.pod_config_wait)

@@ -54,10 +54,16 @@ pub fn tcp_listener(
     Ok(s.into())
 }
 
+/// A UDP socket that reports each datagram's destination (`IP_RECVORIGDSTADDR`): with eBPF
+/// capture, DNS queries arrive addressed to the resolver the app asked, and are answered from it.
 pub fn udp_socket(addr: SocketAddr, mark: u32) -> io::Result<std::net::UdpSocket> {
     let s = new_socket(&addr, Type::DGRAM, Protocol::UDP)?;
     s.set_reuse_address(true)?;
     s.set_mark(mark)?;
+    if addr.is_ipv4() {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4OrigDstAddr, &true)
+            .map_err(io::Error::from)?;
+    }
     s.bind(&SockAddr::from(addr))?;
     Ok(s.into())
 }
@@ -106,7 +112,7 @@ impl PodListeners {
                     tcp_listener(SocketAddr::new(any, ports::INBOUND_PLAIN), true, mark)?,
                     tcp_listener(SocketAddr::new(any, ports::HBONE), true, mark)?,
                     udp_socket(SocketAddr::new(lo, ports::DNS), mark)?,
-                    tcp_listener(SocketAddr::new(lo, ports::DNS), false, mark)?,
+                    tcp_listener(SocketAddr::new(lo, ports::DNS), true, mark)?,
                 ))
             })
             .await?;
@@ -120,11 +126,38 @@ impl PodListeners {
     }
 }
 
+impl PodListeners {
+    /// Duplicates of the listeners' descriptors, for the capture backend.
+    pub fn fds(&self) -> io::Result<crate::capture::ListenerFds> {
+        use std::os::fd::AsFd;
+        Ok(crate::capture::ListenerFds {
+            outbound: self.outbound.as_fd().try_clone_to_owned()?,
+            inbound_plain: self.inbound_plain.as_fd().try_clone_to_owned()?,
+            hbone: self.hbone.as_fd().try_clone_to_owned()?,
+            dns_tcp: self.dns_tcp.as_fd().try_clone_to_owned()?,
+            dns_udp: self.dns_udp.as_fd().try_clone_to_owned()?,
+        })
+    }
+}
+
 /// Creates HBONE and plain upstream sockets inside a pod's netns, marked.
 #[derive(Clone)]
 pub struct InPodSockets {
     pub netns: Netns,
     pub mark: u32,
+    /// Set once capture is installed, when the backend needs ztunnel's connections from a
+    /// client's address announced (eBPF); shared by every clone.
+    pub bypass: Arc<std::sync::OnceLock<Arc<dyn crate::capture::Bypass>>>,
+}
+
+impl InPodSockets {
+    pub fn new(netns: Netns, mark: u32) -> InPodSockets {
+        InPodSockets {
+            netns,
+            mark,
+            bypass: Arc::default(),
+        }
+    }
 }
 
 impl InPodSockets {
@@ -139,9 +172,25 @@ impl InPodSockets {
             .netns
             .run(move || tcp_socket(dest, source, mark))
             .await?;
-        TcpSocket::from_std_stream(socket.into())
+        // Bound already, so the kernel has picked the source port the capture must know.
+        let announced = match (source, self.bypass.get()) {
+            (Some(_), Some(bypass)) => {
+                let bound = socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("bound socket without an IP address"))?;
+                bypass.allow(bound, dest.port())?;
+                Some((bypass, bound))
+            }
+            _ => None,
+        };
+        let connected = TcpSocket::from_std_stream(socket.into())
             .connect(dest)
-            .await
+            .await;
+        if let Some((bypass, bound)) = announced {
+            bypass.forget(bound, dest.port());
+        }
+        connected
     }
 }
 
@@ -157,5 +206,5 @@ impl mesh::hbone::SocketFactory for InPodSockets {
 
 /// Convenience for places that want `Arc<dyn SocketFactory>`.
 pub fn factory(netns: Netns, mark: u32) -> Arc<dyn mesh::hbone::SocketFactory> {
-    Arc::new(InPodSockets { netns, mark })
+    Arc::new(InPodSockets::new(netns, mark))
 }

@@ -325,7 +325,7 @@ async fn build_pods(dir: &Path) -> (Arc<Shared>, Arc<PodManager>) {
         mark: 0x539,
         node: "node1".into(),
     });
-    let pods = PodManager::new(shared.clone(), CaptureMode::None, None)
+    let pods = PodManager::new(shared.clone(), CaptureMode::None.backend().unwrap(), None)
         .with_config_wait(Duration::from_secs(1));
     (shared, Arc::new(pods))
 }

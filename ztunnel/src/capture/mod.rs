@@ -1,9 +1,21 @@
 //! Traffic capture inside a pod's network namespace: steering the pod's TCP and DNS to
-//! ztunnel's in-pod listeners. `nft` (netns mode) is the default backend; `ebpf` comes next.
+//! ztunnel's in-pod listeners. Two backends behind one trait, selected per node with
+//! `CAPTURE_MODE`: `nft` (netns mode, the default) and `ebpf` (sk_lookup + policy routing, no
+//! netfilter).
 
+pub mod ebpf;
 pub mod nft;
+pub mod routing;
 
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::netns::Netns;
+use crate::proxy::Destination;
 
 /// What a capture backend needs to know about a pod.
 #[derive(Debug, Clone)]
@@ -12,6 +24,21 @@ pub struct PodNetns {
     pub netns: PathBuf,
     /// Packet mark of ztunnel's own sockets, exempt from capture.
     pub mark: u32,
+    /// The pod's address.
+    pub ip: IpAddr,
+    /// The worker living in the pod's netns (netlink sockets must be made in there).
+    pub worker: Netns,
+}
+
+/// The pod's in-pod listeners, for backends that hand flows to them by socket (eBPF).
+/// Duplicates of the listeners' descriptors: the sockets stay open as long as this does.
+#[derive(Debug)]
+pub struct ListenerFds {
+    pub outbound: OwnedFd,
+    pub inbound_plain: OwnedFd,
+    pub hbone: OwnedFd,
+    pub dns_tcp: OwnedFd,
+    pub dns_udp: OwnedFd,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +57,57 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
+    #[error("policy routing in {netns}: {what}: {source}")]
+    Routing {
+        netns: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
 }
 
-/// The capture backend of a node.
+/// A capture backend. `install` is idempotent (a restarted ztunnel re-installs over what the
+/// previous process left, replacing rather than duplicating); `remove` tries every step even
+/// when one fails and treats a gone netns as removed.
+pub trait Capture: Send + Sync {
+    /// Installs capture for a pod whose listeners are open.
+    fn install<'a>(
+        &'a self,
+        pod: &'a PodNetns,
+        listeners: &'a ListenerFds,
+    ) -> BoxFuture<'a, Result<(), CaptureError>>;
+
+    /// Removes capture (also rolls back a half-done install).
+    fn remove<'a>(&'a self, pod: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>>;
+
+    /// Where the listeners find a captured connection's original destination.
+    fn destination(&self) -> Destination {
+        Destination::Conntrack
+    }
+
+    /// For backends that would capture ztunnel's own connections to the app (those made from
+    /// the client's address look like the client's): how to let them through. Asked after
+    /// `install`.
+    fn bypass(&self, _pod: &PodNetns) -> Option<Arc<dyn Bypass>> {
+        None
+    }
+}
+
+/// Lets one of ztunnel's connections to the app, from `source` to `port`, through capture while
+/// it is set up (an established connection is never looked up again).
+pub trait Bypass: Send + Sync {
+    fn allow(&self, source: std::net::SocketAddr, port: u16) -> std::io::Result<()>;
+    fn forget(&self, source: std::net::SocketAddr, port: u16);
+}
+
+/// The capture backend of a node, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureMode {
     Nft,
-    /// No capture by ztunnel (dedicated mode: the operator steers traffic).
+    Ebpf,
+    /// No capture by ztunnel (dedicated mode, or istio-cni over ZDS: someone else steers).
     None,
 }
 
@@ -44,23 +115,38 @@ impl CaptureMode {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "" | "nft" | "netns" => Ok(CaptureMode::Nft),
+            "ebpf" => Ok(CaptureMode::Ebpf),
             other => Err(format!(
-                "CAPTURE_MODE={other:?} is not supported; use \"nft\""
+                "CAPTURE_MODE={other:?} is not supported; use \"nft\" or \"ebpf\""
             )),
         }
     }
 
-    pub async fn install(self, pod: &PodNetns) -> Result<(), CaptureError> {
-        match self {
-            CaptureMode::Nft => nft::install(pod).await,
-            CaptureMode::None => Ok(()),
-        }
+    /// Builds the backend; for eBPF this loads the program, so a kernel or privilege problem
+    /// shows at startup.
+    pub fn backend(self) -> Result<Arc<dyn Capture>, CaptureError> {
+        Ok(match self {
+            CaptureMode::Nft => Arc::new(nft::NftCapture),
+            CaptureMode::Ebpf => Arc::new(ebpf::EbpfCapture::load()?),
+            CaptureMode::None => Arc::new(NoCapture),
+        })
+    }
+}
+
+/// Capture left to someone else.
+#[derive(Debug)]
+pub struct NoCapture;
+
+impl Capture for NoCapture {
+    fn install<'a>(
+        &'a self,
+        _: &'a PodNetns,
+        _: &'a ListenerFds,
+    ) -> BoxFuture<'a, Result<(), CaptureError>> {
+        Box::pin(async { Ok(()) })
     }
 
-    pub async fn remove(self, pod: &PodNetns) -> Result<(), CaptureError> {
-        match self {
-            CaptureMode::Nft => nft::remove(pod).await,
-            CaptureMode::None => Ok(()),
-        }
+    fn remove<'a>(&'a self, _: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>> {
+        Box::pin(async { Ok(()) })
     }
 }

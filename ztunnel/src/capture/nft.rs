@@ -16,7 +16,9 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{CaptureError, PodNetns};
+use futures::future::BoxFuture;
+
+use super::{Capture, CaptureError, ListenerFds, PodNetns};
 use crate::sockets::ports;
 
 /// Connmark that marks connections made by ztunnel's sockets.
@@ -127,6 +129,24 @@ fn exists(e: &CaptureError) -> bool {
 fn missing(e: &CaptureError) -> bool {
     matches!(e, CaptureError::Command { stderr, .. }
         if stderr.contains("No such file") || stderr.contains("No such process") || stderr.contains("does not exist"))
+}
+
+/// The nftables backend.
+#[derive(Debug)]
+pub struct NftCapture;
+
+impl Capture for NftCapture {
+    fn install<'a>(
+        &'a self,
+        pod: &'a PodNetns,
+        _: &'a ListenerFds,
+    ) -> BoxFuture<'a, Result<(), CaptureError>> {
+        Box::pin(install(pod))
+    }
+
+    fn remove<'a>(&'a self, pod: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>> {
+        Box::pin(remove(pod))
+    }
 }
 
 /// Installs (or re-installs) capture in the pod's netns.

@@ -59,6 +59,18 @@ pub struct Pod {
     /// Inbound connections reach the app from the client's address (IP_TRANSPARENT); works
     /// only where the pod's policy route brings the app's replies back to ztunnel.
     pub original_source: bool,
+    /// How captured connections tell where they were going (set by the capture backend).
+    pub destination: Destination,
+}
+
+/// Where a captured connection's original destination is found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Destination {
+    /// Rewritten by NAT (nft REDIRECT): ask conntrack (`SO_ORIGINAL_DST`).
+    #[default]
+    Conntrack,
+    /// Handed over unchanged (eBPF sk_lookup): the accepted socket's local address.
+    LocalAddress,
 }
 
 impl Pod {
@@ -73,10 +85,7 @@ impl Pod {
             &info.namespace,
             &info.service_account,
         )?;
-        let sockets = InPodSockets {
-            netns: netns.clone(),
-            mark: shared.mark,
-        };
+        let sockets = InPodSockets::new(netns.clone(), shared.mark);
         let pool = Pool::new(
             Arc::new(shared.tls.clone()),
             Arc::new(sockets.clone()),
@@ -89,6 +98,7 @@ impl Pod {
             sockets,
             pool,
             original_source,
+            destination: Destination::default(),
         })
     }
 
@@ -131,8 +141,11 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
-/// Reads where a REDIRECTed connection was originally going.
-pub fn original_dst(tcp: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
+/// Reads where a captured connection was originally going.
+pub fn original_dst(tcp: &tokio::net::TcpStream, how: Destination) -> std::io::Result<SocketAddr> {
+    if how == Destination::LocalAddress {
+        return tcp.local_addr();
+    }
     let sock = socket2::SockRef::from(tcp);
     let addr = match tcp.local_addr()? {
         SocketAddr::V4(_) => sock.original_dst_v4()?,

@@ -111,7 +111,7 @@ pub async fn serve(
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {
     let start = Instant::now();
-    let dst = match original_dst(&tcp) {
+    let dst = match original_dst(&tcp, pod.destination) {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "cannot read the original destination; closing");

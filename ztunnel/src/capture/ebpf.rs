@@ -1,0 +1,349 @@
+//! eBPF capture (`CAPTURE_MODE=ebpf`): no netfilter in the pod. Policy routing
+//! ([`super::routing`]) makes the pod's outbound TCP and DNS local, and an `sk_lookup` program
+//! (`ebpf/`) attached to the pod's netns hands every new flow to the right in-pod listener from
+//! a SOCKMAP. The accepted socket's local address is the original destination: no NAT, no
+//! conntrack.
+//!
+//! One program instance and one map per pod, with the pod's address in the instance's
+//! read-only globals. A single instance for the node would need to know which pod's netns a
+//! lookup runs in, and the kernel does not tell sk_lookup programs that (it refuses
+//! `bpf_get_netns_cookie` for this program type); the flow's addresses alone are ambiguous
+//! between two pods of the node (ztunnel's spoofed-source connection into pod B looks exactly
+//! like pod A's outbound connection to B). The object is parsed and verified once at startup
+//! (a clear error there when the kernel or the privileges fall short); each pod then costs a
+//! load of a few dozen instructions, a five-entry map and a link, all freed with it.
+//!
+//! The links are not pinned: they die with the process, and the restarted ztunnel attaches
+//! again with its new listeners (its rules replace the old ones, see `routing`). While no
+//! ztunnel runs, the pods' outbound TCP finds no listener and is refused, but inbound TCP
+//! reaches the apps directly; nft mode refuses both. Pinning would close that gap at the cost
+//! of bpffs state that outlives ztunnel and needs its own cleanup.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, SockMap};
+use aya::programs::sk_lookup::SkLookupLink;
+use aya::programs::SkLookup;
+use aya::{Ebpf, EbpfLoader};
+use ebpf_common::{
+    slot, BypassKey, BYPASS_MAP, LISTENERS_MAP, POD_IP4_GLOBAL, PROBE_IP4_GLOBAL, PROGRAM,
+};
+use futures::future::BoxFuture;
+use tracing::{debug, info};
+
+use super::{routing, Bypass, Capture, CaptureError, ListenerFds, PodNetns};
+use crate::proxy::Destination;
+
+/// The program object built by `build.rs` from `ebpf/`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/amesh-capture"));
+
+/// Source address of kubelet probes (as Istio's, SNATed by the CNI).
+pub const PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
+
+// Causes are part of each message (and not error sources, which would print them twice).
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("CAPTURE_MODE=ebpf: {what} failed: {cause} ({hint})")]
+    Load {
+        what: &'static str,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+        hint: String,
+    },
+    #[error("CAPTURE_MODE=ebpf captures IPv4 pods only; this pod's address is {0}")]
+    NotIpv4(IpAddr),
+    #[error("eBPF capture of {netns}: {what}: {cause}")]
+    Pod {
+        netns: PathBuf,
+        what: &'static str,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The pods' program instances.
+pub struct EbpfCapture {
+    /// By netns inode.
+    pods: parking_lot::Mutex<HashMap<u64, PodProgram>>,
+}
+
+/// One pod's program instance, map and link; dropping it detaches and frees them.
+struct PodProgram {
+    listeners: SockMap<MapData>,
+    /// Shared with the pod's socket factory; emptied (the map closed) when the pod goes.
+    bypass: Arc<BypassMap>,
+    /// Dropping the link detaches the program from the pod's netns.
+    _link: SkLookupLink,
+    /// Owns the program (dropped after the link).
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for EbpfCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfCapture")
+            .field("pods", &self.pods.lock().len())
+            .finish()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pod's bypass map (see [`ebpf_common::BypassKey`]).
+struct BypassMap {
+    map: parking_lot::Mutex<Option<BpfHashMap<MapData, [u8; 12], u8>>>,
+}
+
+fn bypass_key(source: SocketAddr, port: u16) -> Option<[u8; 12]> {
+    let SocketAddr::V4(source) = source else {
+        return None;
+    };
+    Some(
+        BypassKey {
+            remote_ip4: u32::from_ne_bytes(source.ip().octets()),
+            remote_port: source.port().to_be(),
+            pad: 0,
+            local_port: u32::from(port),
+        }
+        .to_bytes(),
+    )
+}
+
+impl Bypass for BypassMap {
+    fn allow(&self, source: SocketAddr, port: u16) -> std::io::Result<()> {
+        let mut map = self.map.lock();
+        match (bypass_key(source, port), map.as_mut()) {
+            (Some(key), Some(map)) => map.insert(key, 1, 0).map_err(std::io::Error::other),
+            // IPv6, or the pod is being released.
+            _ => Ok(()),
+        }
+    }
+
+    fn forget(&self, source: SocketAddr, port: u16) {
+        let mut map = self.map.lock();
+        if let (Some(key), Some(map)) = (bypass_key(source, port), map.as_mut()) {
+            let _ = map.remove(&key);
+        }
+    }
+}
+
+/// An instance of the program for one pod, loaded, with its maps.
+struct Instance {
+    ebpf: Ebpf,
+    listeners: SockMap<MapData>,
+    bypass: BpfHashMap<MapData, [u8; 12], u8>,
+}
+
+/// Loads an instance of the program for a pod at `pod_ip` (errors name the step).
+fn load_instance(pod_ip: Ipv4Addr) -> Result<Instance, (&'static str, BoxError)> {
+    let ip4 = u32::from_ne_bytes(pod_ip.octets());
+    let probe4 = u32::from_ne_bytes(PROBE_SOURCE.octets());
+    let mut ebpf = EbpfLoader::new()
+        .override_global(POD_IP4_GLOBAL, &ip4, true)
+        .override_global(PROBE_IP4_GLOBAL, &probe4, true)
+        .load(OBJECT)
+        .map_err(|e| ("loading the object", e.into()))?;
+    program(&mut ebpf)
+        .map_err(|e| ("finding the program", e))?
+        .load()
+        .map_err(|e| ("loading the sk_lookup program", e.into()))?;
+    let map = ebpf
+        .take_map(LISTENERS_MAP)
+        .ok_or(("finding the listeners map", "not in the object".into()))?;
+    let listeners = SockMap::try_from(map).map_err(|e| ("opening the listeners map", e.into()))?;
+    let map = ebpf
+        .take_map(BYPASS_MAP)
+        .ok_or(("finding the bypass map", "not in the object".into()))?;
+    let bypass = BpfHashMap::try_from(map).map_err(|e| ("opening the bypass map", e.into()))?;
+    Ok(Instance {
+        ebpf,
+        listeners,
+        bypass,
+    })
+}
+
+impl EbpfCapture {
+    /// Checks that the kernel takes the program (loads and drops one instance). Fails with
+    /// what the kernel or the process lacks.
+    pub fn load() -> Result<EbpfCapture, EbpfError> {
+        load_instance(Ipv4Addr::UNSPECIFIED).map_err(|(what, cause)| EbpfError::Load {
+            what,
+            cause,
+            hint: diagnose(),
+        })?;
+        info!("eBPF capture program verified by the kernel");
+        Ok(EbpfCapture {
+            pods: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Number of pods whose netns has the program attached.
+    pub fn attached(&self) -> usize {
+        self.pods.lock().len()
+    }
+
+    async fn install(&self, pod: &PodNetns, fds: &ListenerFds) -> Result<(), CaptureError> {
+        let ip = match pod.ip {
+            IpAddr::V4(ip) => ip,
+            other => return Err(EbpfError::NotIpv4(other).into()),
+        };
+        let fail = |what: &'static str, cause: BoxError| EbpfError::Pod {
+            netns: pod.netns.clone(),
+            what,
+            cause,
+        };
+        let netns: File = pod
+            .worker
+            .run(|| File::open("/proc/thread-self/ns/net"))
+            .await
+            .map_err(|e| fail("opening the netns", e.into()))?;
+        {
+            let mut pods = self.pods.lock();
+            let inode = pod.worker.inode();
+            let entry = match pods.entry(inode) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => {
+                    let Instance {
+                        mut ebpf,
+                        listeners,
+                        bypass,
+                    } = load_instance(ip).map_err(|(what, e)| fail(what, e))?;
+                    let program = program(&mut ebpf).map_err(|e| fail("finding the program", e))?;
+                    let id = program
+                        .attach(&netns)
+                        .map_err(|e| fail("attaching the sk_lookup program", e.into()))?;
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| fail("taking the link", e.into()))?;
+                    v.insert(PodProgram {
+                        listeners,
+                        bypass: Arc::new(BypassMap {
+                            map: parking_lot::Mutex::new(Some(bypass)),
+                        }),
+                        _link: link,
+                        _ebpf: ebpf,
+                    })
+                }
+            };
+            // Filled (or refreshed, on a repeated ADD) after attaching: until then the program
+            // refuses captured flows, which is what an incomplete capture must do.
+            for (slot, fd) in [
+                (slot::OUTBOUND, &fds.outbound),
+                (slot::INBOUND_PLAIN, &fds.inbound_plain),
+                (slot::HBONE, &fds.hbone),
+                (slot::DNS_TCP, &fds.dns_tcp),
+                (slot::DNS_UDP, &fds.dns_udp),
+            ] {
+                entry
+                    .listeners
+                    .set(slot, &fd.as_raw_fd(), 0)
+                    .map_err(|e| fail("adding a listener to the socket map", e.into()))?;
+            }
+        }
+        // Rules last: until the program is attached, a flow made local would find no one.
+        routing::install(pod, ip, routing::rules(pod.mark, PROBE_SOURCE)).await?;
+        debug!(netns = %pod.netns.display(), "eBPF capture installed");
+        Ok(())
+    }
+
+    async fn remove(&self, pod: &PodNetns) -> Result<(), CaptureError> {
+        // Detaches the program and frees it and its maps (the bypass map too, though the pod's
+        // socket factory may outlive this while its connections finish).
+        if let Some(program) = self.pods.lock().remove(&pod.worker.inode()) {
+            program.bypass.map.lock().take();
+        }
+        // A netns that is gone took its rules and routes with it.
+        if pod.netns.exists() {
+            routing::remove(pod).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Capture for EbpfCapture {
+    fn install<'a>(
+        &'a self,
+        pod: &'a PodNetns,
+        listeners: &'a ListenerFds,
+    ) -> BoxFuture<'a, Result<(), CaptureError>> {
+        Box::pin(EbpfCapture::install(self, pod, listeners))
+    }
+
+    fn remove<'a>(&'a self, pod: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>> {
+        Box::pin(EbpfCapture::remove(self, pod))
+    }
+
+    /// sk_lookup hands the flow over unchanged.
+    fn destination(&self) -> Destination {
+        Destination::LocalAddress
+    }
+
+    fn bypass(&self, pod: &PodNetns) -> Option<Arc<dyn Bypass>> {
+        let pods = self.pods.lock();
+        let program = pods.get(&pod.worker.inode())?;
+        Some(program.bypass.clone())
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, BoxError> {
+    let program = ebpf
+        .program_mut(PROGRAM)
+        .ok_or("the object has no sk_lookup program")?;
+    Ok(program.try_into()?)
+}
+
+/// What the kernel and the process lack, for a load error: the usual reasons are an old
+/// kernel (sk_lookup is Linux 5.9), or missing privileges.
+fn diagnose() -> String {
+    let mut facts = Vec::new();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    if let (Some(major), Some(minor)) = (numbers.next(), numbers.next()) {
+        if (major, minor) < (5, 9) {
+            facts.push(format!(
+                "kernel {release} is older than 5.9, which sk_lookup programs need"
+            ));
+        }
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        facts.push("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing)".into());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        facts.push("ztunnel is not root: it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN".into());
+    } else if let Some(missing) = missing_capabilities() {
+        facts.push(format!("ztunnel lacks {missing}"));
+    }
+    if facts.is_empty() {
+        facts.push(format!(
+            "kernel {release} with BTF, and the needed capabilities are there"
+        ));
+    }
+    facts.join("; ")
+}
+
+/// Capabilities eBPF capture needs that the effective set lacks (from /proc/self/status).
+fn missing_capabilities() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
+    let needed = [
+        (21, "CAP_SYS_ADMIN"),
+        (12, "CAP_NET_ADMIN"),
+        (39, "CAP_BPF"),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
