@@ -62,6 +62,11 @@ pub enum CaError {
     ServingCert { names: Vec<String>, reason: String },
     #[error("CA files in {dir}: {reason}")]
     CaFiles { dir: PathBuf, reason: String },
+    /// CA material kept outside a folder is unusable; `item` is its `cacerts` name.
+    #[error("CA material, {item}: {reason}")]
+    CaMaterial { item: &'static str, reason: String },
+    #[error("cannot generate a root CA: {reason}")]
+    GenerateRoot { reason: String },
     #[error("the CA rejected our credentials ({message}): check the node's bootstrap or ServiceAccount token")]
     Unauthenticated { message: String },
     #[error("the CA refused to sign {identity} ({message}): a node may only obtain identities of pods scheduled on it")]

@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::ca_files::{self, CaMaterial, CA_CERT_FILE};
+use super::ca_files::{self, CaMaterial, CaPem, Unusable, CA_CERT_FILE};
 use super::csr::generate_csr;
 use super::error::CaError;
 use super::provider::{CertificateProvider, SignFuture};
@@ -46,14 +46,34 @@ impl LocalCa {
     /// [`ROOT_CERT_FILE`](super::ROOT_CERT_FILE) and optionally
     /// [`CERT_CHAIN_FILE`](super::CERT_CHAIN_FILE) (for a supplied intermediate CA).
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        let material = ca_files::load_or_create(dir, trust_domain)?;
+        Self::from_material(material, trust_domain).map_err(|u| CaError::CaFiles {
+            dir: dir.to_path_buf(),
+            reason: u.reason,
+        })
+    }
+
+    /// The CA of `pem`, checked as [`LocalCa::load_or_create`] checks its files, for material
+    /// kept elsewhere than in a folder (the controller's Kubernetes Secret). A failure is
+    /// [`CaError::CaMaterial`], naming the item at fault.
+    pub fn from_pem(pem: &CaPem, trust_domain: &str) -> Result<Self, CaError> {
+        ca_files::parse(pem)
+            .and_then(|material| Self::from_material(material, trust_domain))
+            .map_err(|u| CaError::CaMaterial {
+                item: u.item,
+                reason: u.reason,
+            })
+    }
+
+    fn from_material(material: CaMaterial, trust_domain: &str) -> Result<Self, Unusable> {
         let CaMaterial {
             key,
             ca_cert,
             middle,
             root,
-        } = ca_files::load_or_create(dir, trust_domain)?;
-        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| CaError::CaFiles {
-            dir: dir.to_path_buf(),
+        } = material;
+        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| Unusable {
+            item: CA_CERT_FILE,
             reason: format!("{CA_CERT_FILE}: {e}"),
         })?;
         let tail_pem = middle.iter().chain([&root]).map(|c| pem_of(c)).collect();

@@ -14,7 +14,9 @@ mod workload;
 pub(crate) mod x509;
 
 pub use ca_client::{CaClient, CaClientConfig, IMPERSONATED_IDENTITY};
-pub use ca_files::{CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE};
+pub use ca_files::{
+    generate_root, CaPem, CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE,
+};
 pub use csr::{generate_csr, Csr};
 pub use error::{CaError, CertError};
 pub use local_ca::{LocalCa, ServerCert, MAX_TTL, MIN_TTL};
