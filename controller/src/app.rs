@@ -1,19 +1,21 @@
 //! The controller as a whole: a source (a watched folder or the Kubernetes API) → debounced
 //! translation → ADS server, and the CA, both served on a TLS port (15012, with a serving
-//! certificate from the mesh CA) and/or a plaintext port (15010, local by default).
-//! `main.rs` parses flags and calls [`run`].
+//! certificate from the mesh CA) and/or a plaintext port (15010, local by default). On the
+//! Kubernetes API the CA root comes from Istio's plug-in files when mounted, else from its
+//! Secret, and is published for ztunnel. `main.rs` parses flags and calls [`run`].
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh::certs::LocalCa;
+use mesh::certs::{LocalCa, CA_CERT_FILE, CA_KEY_FILE};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::ca::{Authenticator, CaService, NodeTokens, TokenReviewer};
+use crate::ca::root_secret::{self, Bootstrap};
+use crate::ca::{Authenticator, CaService, NodeTokens, ObjectName, RootPublisher, TokenReviewer};
 use crate::source::{FolderSource, KubeSource};
 use crate::tls::ServingCert;
 use crate::translate::TranslateOptions;
@@ -67,8 +69,15 @@ pub struct Config {
     pub source: Source,
     /// Shortest time between two xDS publications.
     pub debounce: Duration,
-    /// Where the CA root lives (generated there on first start).
-    pub ca_dir: PathBuf,
+    /// With the folder source, where the CA root lives (generated there on first start). With
+    /// the Kubernetes API, where Istio's plug-in `cacerts` files may be mounted; when they are,
+    /// they win over [`Config::ca_secret`].
+    pub ca_dir: Option<PathBuf>,
+    /// On the Kubernetes API without plug-in files: the Secret keeping the self-signed root.
+    pub ca_secret: ObjectName,
+    /// On the Kubernetes API: the namespace the root is published into, as the ConfigMap
+    /// [`istio-ca-root-cert`](crate::ca::root_configmap::ROOT_CONFIGMAP).
+    pub root_namespace: String,
     /// How callers authenticate.
     pub auth: Auth,
     /// Extra names (DNS or IP) of the TLS serving certificate, besides
@@ -90,28 +99,44 @@ pub async fn run(
     if listeners.tls.is_none() && listeners.plaintext.is_none() {
         anyhow::bail!("nothing to serve on: both the TLS and the plaintext port are off");
     }
-    let ca = Arc::new(
-        LocalCa::load_or_create(&config.ca_dir, &config.translate.trust_domain)
-            .with_context(|| format!("CA in {}", config.ca_dir.display()))?,
-    );
-    info!(dir = %config.ca_dir.display(), trust_domain = ca.trust_domain(), "CA root ready");
-
     let mut shutdown = Box::pin(shutdown);
-    let mut kube_client = None;
-    let (manifests, source) = match &config.source {
-        Source::Folder { dir, poll } => FolderSource::new(dir, *poll).start(),
+    let kube_client = match &config.source {
+        Source::Folder { .. } => None,
         Source::Kube { kubeconfig } => {
-            let client = crate::source::kube::client(kubeconfig.as_deref()).await?;
-            kube_client = Some(client.clone());
+            Some(crate::source::kube::client(kubeconfig.as_deref()).await?)
+        }
+    };
+    let ca = tokio::select! {
+        ca = load_ca(&config, kube_client.as_ref()) => Arc::new(ca?),
+        () = &mut shutdown => {
+            info!("stopped before the CA was ready");
+            return Ok(());
+        }
+    };
+    // The root never changes while the process runs (a new Secret or new plug-in files take
+    // effect at restart); the watch is what the publisher follows, so it is kept until the end.
+    let (root_tx, root_rx) = tokio::sync::watch::channel(ca.root_pem());
+    let root_publisher = kube_client
+        .as_ref()
+        .map(|client| RootPublisher::new(client.clone(), &config.root_namespace).spawn(root_rx));
+
+    let (manifests, source) = match &kube_client {
+        Some(client) => {
             // The first list can take long (or forever, if the API server is unreachable):
             // a signal meanwhile still stops the controller.
             tokio::select! {
-                started = KubeSource::new(client).start() => started,
+                started = KubeSource::new(client.clone()).start() => started,
                 () = &mut shutdown => {
                     info!("stopped before the Kubernetes API was listed");
                     return Ok(());
                 }
             }
+        }
+        None => {
+            let Source::Folder { dir, poll } = &config.source else {
+                anyhow::bail!("the Kubernetes source has no client");
+            };
+            FolderSource::new(dir, *poll).start()
         }
     };
     let auth: Authenticator = match config.auth {
@@ -154,6 +179,10 @@ pub async fn run(
         info!("shutting down: closing xDS streams");
         source.abort();
         publisher.abort();
+        if let Some(task) = root_publisher {
+            task.abort();
+        }
+        drop(root_tx);
         let _ = stop_tx.send(true);
     };
     tokio::spawn(signal);
@@ -200,4 +229,45 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The mesh CA: from the folder (folder source), or on the Kubernetes API from Istio's plug-in
+/// files when `--ca-dir` holds them, else from the CA Secret (created on first start).
+async fn load_ca(config: &Config, kube: Option<&kube::Client>) -> anyhow::Result<LocalCa> {
+    let trust_domain = &config.translate.trust_domain;
+    let from_dir = |dir: &Path| {
+        LocalCa::load_or_create(dir, trust_domain)
+            .with_context(|| format!("CA in {}", dir.display()))
+    };
+    let (ca, origin) = match (kube, &config.ca_dir) {
+        (None, Some(dir)) => (from_dir(dir)?, dir.display().to_string()),
+        (None, None) => anyhow::bail!("the folder source keeps its CA root in --ca-dir: give one"),
+        // Either file present means the operator plugged a CA in: a half-present pair is
+        // reported by the loader rather than silently replaced by the Secret.
+        (Some(_), Some(dir))
+            if dir.join(CA_CERT_FILE).exists() || dir.join(CA_KEY_FILE).exists() =>
+        {
+            (
+                from_dir(dir)?,
+                format!("plug-in CA files in {}", dir.display()),
+            )
+        }
+        (Some(client), _) => {
+            let (ca, how) =
+                root_secret::load_or_create(client.clone(), &config.ca_secret, trust_domain)
+                    .await?;
+            let how = match how {
+                Bootstrap::Loaded => "loaded",
+                Bootstrap::Created => "created",
+                Bootstrap::LostRace => "created by another controller",
+            };
+            (ca, format!("Secret {} ({how})", config.ca_secret))
+        }
+    };
+    info!(
+        from = origin,
+        trust_domain = ca.trust_domain(),
+        "CA root ready"
+    );
+    Ok(ca)
 }

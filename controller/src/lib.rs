@@ -9,7 +9,8 @@
 //! - [`render`]: a stable, readable rendering of those resources (golden tests, config dumps).
 //! - [`source`]: where manifests come from (a watched folder), as a stream of snapshots.
 //! - [`xds`]: the delta-ADS server pushing the translated resources to ztunnels.
-//! - [`ca`]: the certificate authority (`IstioCertificateService`) for node agents.
+//! - [`ca`]: the certificate authority (`IstioCertificateService`) for node agents, and its
+//!   root: kept in a folder or a Kubernetes Secret, published as a ConfigMap for ztunnel.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use controller::app::{self, Auth, Config, Listeners, Source};
-use controller::ca::{NodeTokens, DEFAULT_MAX_TTL};
+use controller::ca::{NodeTokens, ObjectName, DEFAULT_MAX_TTL};
 use controller::TranslateOptions;
 use tracing_subscriber::EnvFilter;
 
@@ -54,10 +54,20 @@ struct Args {
     /// (repeatable; `--auth token-review`).
     #[arg(long = "node-agent", default_value = controller::ca::token_review::DEFAULT_NODE_AGENT)]
     node_agents: Vec<String>,
-    /// Folder of the CA root (`ca-key.pem`, `ca-cert.pem`, `root-cert.pem`), created on first
-    /// start and reused afterwards.
+    /// Folder of the CA root (`ca-key.pem`, `ca-cert.pem`, `root-cert.pem`). With `--source
+    /// folder`: created on first start and reused afterwards. With `--source kube`: Istio's
+    /// plug-in CA (the `cacerts` Secret mounted here); when it holds no CA files, the root is
+    /// kept in `--ca-secret` instead.
     #[arg(long, env = "AMESH_CA_DIR")]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
+    /// `<namespace>/<name>` of the Secret keeping the self-signed CA root (`--source kube`
+    /// without plug-in CA files): read on start, created with a new root if absent.
+    #[arg(long, default_value = controller::ca::root_secret::DEFAULT_CA_SECRET)]
+    ca_secret: ObjectName,
+    /// Namespace the root is published into as the ConfigMap istio-ca-root-cert, which
+    /// ztunnel mounts (`--source kube`).
+    #[arg(long, default_value = controller::ca::root_configmap::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
     /// Node bootstrap tokens file: lines `<token> <node name>`.
     #[arg(long, env = "AMESH_TOKENS")]
     tokens: Option<PathBuf>,
@@ -151,6 +161,9 @@ fn main() -> anyhow::Result<()> {
     if tls_addr.is_none() && plain_addr.is_none() {
         anyhow::bail!("--tls-addr and --xds-addr are both off: nothing to serve on");
     }
+    if args.source == SourceKind::Folder && args.ca_dir.is_none() {
+        anyhow::bail!("--source folder needs --ca-dir DIR (the CA root is kept there)");
+    }
     let source = match (args.source, args.manifests) {
         (SourceKind::Folder, Some(dir)) => Source::Folder {
             dir,
@@ -165,6 +178,8 @@ fn main() -> anyhow::Result<()> {
         source,
         debounce: Duration::from_millis(args.debounce_ms),
         ca_dir: args.ca_dir,
+        ca_secret: args.ca_secret,
+        root_namespace: args.root_namespace,
         auth,
         tls_names: args.tls_sans,
         max_ttl: Duration::from_secs(args.max_cert_ttl_secs.max(1)),

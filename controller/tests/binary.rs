@@ -2,7 +2,8 @@
 //! TLS (port 15012's way, verified with the mesh root it wrote) to a real xDS client and
 //! node-agent CA client, applies a manifest edit within a second (a
 //! malformed object next to it does not block it), and exits cleanly on SIGTERM; and the same
-//! on the Kubernetes API (a fake API server) with TokenReview authentication.
+//! on the Kubernetes API (a fake API server) with TokenReview authentication, the root taken
+//! from the `istio-ca-root-cert` ConfigMap the controller publishes.
 
 #[path = "kube_source/fake_api.rs"]
 mod fake_api;
@@ -229,7 +230,8 @@ spec:
 /// refused.
 #[tokio::test]
 async fn serves_the_kubernetes_api_with_token_review() {
-    let (url, mut api, reviews) = fake_api::start().await;
+    let fake = fake_api::serve().await;
+    let (url, mut api, reviews) = (fake.url.clone(), fake.collections, fake.reviews);
     let pod = |name: &str, ip: &str| {
         serde_json::json!({
             "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
@@ -280,12 +282,20 @@ async fn serves_the_kubernetes_api_with_token_review() {
         .spawn()
         .unwrap();
     let _controller = Controller(child);
-    let root_file = work.path().join("ca").join(mesh::certs::ROOT_CERT_FILE);
-    eventually("the CA root to be written", Duration::from_secs(10), || {
-        root_file.is_file()
-    })
+    // As ztunnel gets it: the ConfigMap the controller publishes (no plug-in CA files here, so
+    // the root is the one it keeps in its Secret).
+    let published = || {
+        fake.objects
+            .get("configmaps", "istio-system", "istio-ca-root-cert")
+            .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
+    };
+    eventually(
+        "the CA root to be published",
+        Duration::from_secs(10),
+        || published().is_some(),
+    )
     .await;
-    let root = ControlRoot::load(&root_file).unwrap();
+    let root = ControlRoot::from_pem(published().unwrap()).unwrap();
     let uri = format!("https://localhost:{port}");
 
     let names = Arc::new(Names::default());

@@ -70,7 +70,11 @@ async fn start() -> Running {
             poll: Duration::from_millis(200),
         },
         debounce: Duration::from_millis(20),
-        ca_dir,
+        ca_dir: Some(ca_dir),
+        ca_secret: controller::ca::root_secret::DEFAULT_CA_SECRET
+            .parse()
+            .unwrap(),
+        root_namespace: "istio-system".into(),
         auth: Auth::NodeTokens(tokens),
         tls_names: vec![],
         max_ttl: Duration::from_secs(3600),

@@ -3,10 +3,16 @@
 //! `GET <collection>?watch=true&resourceVersion=N...` answers a chunked stream of
 //! newline-delimited watch events, fed by the test through a channel; a collection not served
 //! (a CRD not installed) answers 404 with a `Status`; `POST` of a `TokenReview` answers with
-//! the status the test set for that token ([`TokenReviews`]).
+//! the status the test set for that token ([`TokenReviews`]); namespaced Secrets and ConfigMaps
+//! are read, created and replaced as the API server does ([`Objects`], in `fake_objects.rs`).
 
-// Shared by two test binaries (kube_source, token_review); each uses a part of it.
+// Shared by several test binaries; each uses a part of it.
 #![allow(dead_code)]
+
+#[path = "fake_objects.rs"]
+mod objects;
+
+pub use objects::Objects;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -176,7 +182,34 @@ impl TokenReviews {
 /// The server's URL, a handle per collection path and the TokenReview handle; every
 /// collection starts served, with an empty list at resourceVersion 1.
 pub async fn start() -> (String, HashMap<&'static str, Served>, Arc<TokenReviews>) {
+    let api = serve().await;
+    (api.url, api.collections, api.reviews)
+}
+
+/// A running fake API server and the test's handles on it.
+pub struct FakeApi {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// A handle per collection path (list and watch).
+    pub collections: HashMap<&'static str, Served>,
+    /// TokenReview answers and requests.
+    pub reviews: Arc<TokenReviews>,
+    /// Namespaced Secrets and ConfigMaps.
+    pub objects: Arc<Objects>,
+}
+
+impl FakeApi {
+    /// A kube-rs client of this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+/// Starts the server, as [`start`] does, with every handle.
+pub async fn serve() -> FakeApi {
     let reviews = Arc::new(TokenReviews::default());
+    let objects = Arc::new(Objects::default());
     let mut handles = HashMap::new();
     let mut collections = HashMap::new();
     for (path, list_kind, api_version) in COLLECTIONS {
@@ -200,6 +233,7 @@ pub async fn start() -> (String, HashMap<&'static str, Served>, Arc<TokenReviews
     }
     let collections = Arc::new(collections);
     let server_reviews = reviews.clone();
+    let server_objects = objects.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -209,11 +243,18 @@ pub async fn start() -> (String, HashMap<&'static str, Served>, Arc<TokenReviews
             };
             let collections = collections.clone();
             let reviews = server_reviews.clone();
+            let objects = server_objects.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let collections = collections.clone();
                     let reviews = reviews.clone();
+                    let objects = objects.clone();
                     async move {
+                        if let Some(route) = objects::Route::parse(req.method(), req.uri().path()) {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            return Ok::<_, Infallible>(objects.handle(route, &path, &body));
+                        }
                         if req.method() == hyper::Method::POST && req.uri().path() == TOKEN_REVIEWS
                         {
                             let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -228,7 +269,12 @@ pub async fn start() -> (String, HashMap<&'static str, Served>, Arc<TokenReviews
             });
         }
     });
-    (format!("http://{addr}"), handles, reviews)
+    FakeApi {
+        url: format!("http://{addr}"),
+        collections: handles,
+        reviews,
+        objects,
+    }
 }
 
 fn handle(
