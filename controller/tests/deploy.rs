@@ -1,11 +1,15 @@
 //! `deploy/amesh.yaml` against the controller: its ClusterRole lets the controller list and
-//! watch every kind the Kubernetes source follows and create TokenReviews, the Deployment's
-//! flags exist in the binary, the Service exposes the TLS port, and the ztunnel's token is
-//! projected with the audience the controller reviews for.
+//! watch every kind the Kubernetes source follows and create TokenReviews; a Role in the CA
+//! Secret's namespace lets it read and create that Secret and read, create and update the root
+//! ConfigMap, and nothing more on Secrets; the Deployment's flags exist in the binary, the
+//! Service exposes the TLS port, ztunnel mounts the ConfigMap the controller publishes, and its
+//! token is projected with the audience the controller reviews for.
 
 use std::path::Path;
 use std::process::Command;
 
+use controller::ca::root_configmap::{DEFAULT_ROOT_NAMESPACE, ROOT_CONFIGMAP};
+use controller::ca::root_secret::{ObjectName, DEFAULT_CA_SECRET};
 use controller::ca::token_review::{DEFAULT_AUDIENCE, DEFAULT_NODE_AGENT};
 use controller::source::kube::Kind;
 use serde_yaml::Value;
@@ -36,11 +40,57 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Whether a rule of `role` grants `verb` on `group`/`resource`.
 fn allows(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
-    role["rules"].as_sequence().unwrap().iter().any(|rule| {
-        strings(&rule["apiGroups"]).iter().any(|g| g == group)
-            && strings(&rule["resources"]).iter().any(|r| r == resource)
-            && strings(&rule["verbs"]).iter().any(|v| v == verb)
+    rules_for(role, group, resource)
+        .any(|rule| strings(&rule["resourceNames"]).is_empty() && grants(rule, verb))
+}
+
+/// Whether a rule of `role` grants `verb` on the object `name` of `group`/`resource`.
+fn allows_named(role: &Value, group: &str, resource: &str, verb: &str, name: &str) -> bool {
+    rules_for(role, group, resource).any(|rule| {
+        let names = strings(&rule["resourceNames"]);
+        (names.is_empty() || names.iter().any(|n| n == name)) && grants(rule, verb)
     })
+}
+
+/// Every verb `role` grants on `group`/`resource`, whatever the names.
+fn verbs_on(role: &Value, group: &str, resource: &str) -> Vec<String> {
+    let mut verbs: Vec<String> = rules_for(role, group, resource)
+        .flat_map(|rule| strings(&rule["verbs"]))
+        .collect();
+    verbs.sort();
+    verbs.dedup();
+    verbs
+}
+
+fn rules_for<'a>(
+    role: &'a Value,
+    group: &'a str,
+    resource: &'a str,
+) -> impl Iterator<Item = &'a Value> + 'a {
+    role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(move |rule| {
+            strings(&rule["apiGroups"]).iter().any(|g| g == group)
+                && strings(&rule["resources"])
+                    .iter()
+                    .any(|r| r == resource || r == "*")
+        })
+}
+
+fn grants(rule: &Value, verb: &str) -> bool {
+    strings(&rule["verbs"])
+        .iter()
+        .any(|v| v == verb || v == "*")
+}
+
+/// The value of `--flag=value` in the controller's args, or `default`.
+fn flag(args: &[String], flag: &str, default: &str) -> String {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+        .unwrap_or(default)
+        .to_owned()
 }
 
 #[test]
@@ -73,6 +123,89 @@ fn rbac_covers_what_the_controller_reads_and_reviews() {
         .unwrap()
         .iter()
         .any(|s| &s["name"] == account && s["namespace"] == "istio-system"));
+}
+
+#[test]
+fn rbac_covers_the_ca_secret_and_root_configmap_and_no_more_secrets() {
+    let docs = documents();
+    let deployment = find(&docs, "Deployment", "amesh-controller");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let account = pod["serviceAccountName"].as_str().unwrap();
+    let args = strings(&pod["containers"][0]["args"]);
+    let secret: ObjectName = flag(&args, "--ca-secret", DEFAULT_CA_SECRET)
+        .parse()
+        .unwrap();
+    let root_namespace = flag(&args, "--root-namespace", DEFAULT_ROOT_NAMESPACE);
+
+    // The Role (and its binding to the controller) in a namespace, by name.
+    let role_in = |namespace: &str| {
+        let binding = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "RoleBinding"
+                    && d["metadata"]["namespace"] == namespace
+                    && d["subjects"].as_sequence().unwrap().iter().any(|s| {
+                        s["kind"] == "ServiceAccount"
+                            && s["name"] == account
+                            && s["namespace"] == "istio-system"
+                    })
+            })
+            .unwrap_or_else(|| panic!("no RoleBinding for {account} in {namespace}"));
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+        docs.iter()
+            .find(|d| {
+                d["kind"] == "Role"
+                    && d["metadata"]["namespace"] == namespace
+                    && d["metadata"]["name"] == binding["roleRef"]["name"]
+            })
+            .unwrap_or_else(|| panic!("no Role {:?} in {namespace}", binding["roleRef"]["name"]))
+    };
+    let role = role_in(&secret.namespace);
+    assert!(
+        allows_named(role, "", "secrets", "get", &secret.name),
+        "get on {secret}"
+    );
+    assert!(allows(role, "", "secrets", "create"), "create on secrets");
+    assert_eq!(
+        verbs_on(role, "", "secrets"),
+        ["create", "get"],
+        "only what the CA Secret needs"
+    );
+    assert!(
+        !allows_named(role, "", "secrets", "get", "cacerts"),
+        "the Role reads no other Secret (cacerts is mounted, not read)"
+    );
+    let role = role_in(&root_namespace);
+    for verb in ["get", "update"] {
+        assert!(
+            allows_named(role, "", "configmaps", verb, ROOT_CONFIGMAP),
+            "{verb} on {root_namespace}/{ROOT_CONFIGMAP}"
+        );
+    }
+    assert!(allows(role, "", "configmaps", "create"));
+    let cluster_role = find(&docs, "ClusterRole", "amesh-controller");
+    assert!(
+        verbs_on(cluster_role, "", "secrets").is_empty(),
+        "no Secret access cluster-wide"
+    );
+
+    // ztunnel runs in the root namespace and mounts the ConfigMap published there; the
+    // plug-in cacerts Secret is optional.
+    let daemonset = find(&docs, "DaemonSet", "ztunnel");
+    assert_eq!(daemonset["metadata"]["namespace"], root_namespace.as_str());
+    let volumes = daemonset["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v["configMap"]["name"] == ROOT_CONFIGMAP));
+    let cacerts = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "cacerts")
+        .expect("the plug-in cacerts volume");
+    assert_eq!(cacerts["secret"]["optional"], true, "cacerts is optional");
 }
 
 #[test]
