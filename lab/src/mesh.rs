@@ -216,6 +216,9 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
     lab.wait_listening(CONTROLLER, &[CONTROLLER_PORT])
 }
 
+/// ztunnel worker threads per lab node, unless `ZTUNNEL_WORKER_THREADS` is set.
+pub const LAB_WORKER_THREADS: &str = "1";
+
 /// Starts (or restarts) the ztunnel of `node` as a process of the lab, in the node's netns.
 /// Returns without waiting for readiness.
 pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Result<(), LabError> {
@@ -253,6 +256,13 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
         .env("CAPTURE_MODE", &opts.capture_mode)
+        // Every lab node shares this machine's cores with the others and with the apps: one
+        // worker per node's ztunnel, like a node with a core of its own (unless the caller
+        // sets the variable itself, which the child then inherits).
+        .env(
+            "ZTUNNEL_WORKER_THREADS",
+            std::env::var("ZTUNNEL_WORKER_THREADS").unwrap_or_else(|_| LAB_WORKER_THREADS.into()),
+        )
         .env(
             "RUST_LOG",
             std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),

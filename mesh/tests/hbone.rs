@@ -6,7 +6,7 @@ mod hbone_support;
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use hbone_support::{echo_server, Mesh, Pattern};
+use hbone_support::{early_outbound, echo_server, Mesh, Pattern};
 use mesh::hbone::{H2Settings, HboneError};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -395,7 +395,10 @@ async fn drain_deadline_closes_lingering_tunnels() {
     let addr = listener.local_addr().unwrap();
     let server = mesh::hbone::Server::new(
         std::sync::Arc::new(mesh.tls.server_config(&hbone_support::server_id()).unwrap()),
-        hbone_support::Forward { deny: vec![] },
+        hbone_support::Forward {
+            deny: vec![],
+            delay: Duration::ZERO,
+        },
         H2Settings::default(),
     );
     let task = tokio::spawn(server.serve(listener, watch, Duration::from_millis(300)));
@@ -409,4 +412,73 @@ async fn drain_deadline_closes_lingering_tunnels() {
         .unwrap();
     // The idle tunnel was cut at the deadline: reading ends (EOF or reset) instead of hanging.
     assert!(closed_by_peer(&mut tunnel).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_tunnels_are_byte_exact_both_ways() {
+    let mesh = Mesh::start(H2Settings::default(), vec![]).await;
+    let outbound = early_outbound(&mesh, digest_server().await).await;
+    // Bulk and a transfer of a single byte: the first chunk takes the early path either way.
+    for len in [64 << 20, 1] {
+        let s = TcpStream::connect(outbound).await.unwrap();
+        timeout(LIMIT, send_and_verify(s, len))
+            .await
+            .expect("early-data transfer stalled");
+    }
+    let mut s = TcpStream::connect(early_outbound(&mesh, echo_server().await).await)
+        .await
+        .unwrap();
+    s.write_all(b"first words").await.unwrap();
+    let mut back = [0u8; 11];
+    timeout(LIMIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"first words");
+}
+
+/// The app wrote before the tunnel was answered; a refusal must not look like a clean close.
+async fn reset_after_early_bytes(outbound: std::net::SocketAddr) {
+    let mut s = TcpStream::connect(outbound).await.unwrap();
+    s.write_all(b"sent before the answer").await.unwrap();
+    let mut buf = [0u8; 64];
+    let got = timeout(LIMIT, s.read(&mut buf)).await.expect("no answer");
+    match got {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("refused tunnel ended with a clean read of {n} bytes, not a reset"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_early_data_tunnel_resets_the_app() {
+    // Denied by policy (401) and an unreachable target (503), answered late enough that the
+    // app's bytes are surely in the tunnel first.
+    let late = Duration::from_millis(300);
+    let denied = Mesh::start_answering_after(
+        H2Settings::default(),
+        vec![hbone_support::client_id()],
+        late,
+    )
+    .await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = app.accept().await {
+            let _ = seen_tx.send(s);
+        }
+    });
+    reset_after_early_bytes(early_outbound(&denied, app_addr).await).await;
+    assert!(
+        seen.try_recv().is_err(),
+        "the app behind a refused tunnel was connected to"
+    );
+
+    let open = Mesh::start_answering_after(H2Settings::default(), vec![], late).await;
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    reset_after_early_bytes(early_outbound(&open, closed).await).await;
 }

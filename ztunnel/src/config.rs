@@ -51,6 +51,9 @@ pub enum ProxyMode {
     },
 }
 
+/// Worker threads unless `ZTUNNEL_WORKER_THREADS` says otherwise (Istio's default).
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub config_source: ConfigSource,
@@ -88,6 +91,9 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// JSON access logs instead of text.
     pub json_logs: bool,
+    /// Threads of the runtime that carries traffic (`ZTUNNEL_WORKER_THREADS`, as Istio's
+    /// ztunnel, default 2).
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +224,14 @@ impl Config {
                     .map_err(|e| invalid(var, &v, &e)),
             }
         };
+        let worker_threads = match get("ZTUNNEL_WORKER_THREADS") {
+            None => DEFAULT_WORKER_THREADS,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| invalid("ZTUNNEL_WORKER_THREADS", &v, &"expected 1 to 1024"))?,
+        };
         let node_name = get("NODE_NAME").unwrap_or_default();
         if node_name.is_empty() && proxy_mode == ProxyMode::Shared {
             return Err(ConfigError::Missing {
@@ -249,6 +263,7 @@ impl Config {
             admin_addr: addr("ADMIN_ADDR", "127.0.0.1:15000")?,
             stats_addr: addr("STATS_ADDR", "0.0.0.0:15020")?,
             readiness_addr: addr("READINESS_ADDR", "0.0.0.0:15021")?,
+            worker_threads,
             cert_ttl: secs("CERT_TTL_SECONDS", 24 * 3600)?,
             drain_deadline: secs("DRAIN_DEADLINE_SECONDS", 5)?,
             token: match get("AMESH_TOKEN_FILE") {
@@ -390,5 +405,23 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("PACKET_MARK=\"lots\""), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_two_and_reject_zero() {
+        let base = [
+            ("XDS_ADDRESS", "http://127.0.0.1:15010"),
+            ("CA_ADDRESS", "http://127.0.0.1:15010"),
+            ("NODE_NAME", "n1"),
+        ];
+        let c = Config::from_map(&env(&base)).unwrap();
+        assert_eq!(c.worker_threads, DEFAULT_WORKER_THREADS);
+        let mut four = base.to_vec();
+        four.push(("ZTUNNEL_WORKER_THREADS", "4"));
+        assert_eq!(Config::from_map(&env(&four)).unwrap().worker_threads, 4);
+        let mut zero = base.to_vec();
+        zero.push(("ZTUNNEL_WORKER_THREADS", "0"));
+        let e = Config::from_map(&env(&zero)).unwrap_err().to_string();
+        assert!(e.contains("ZTUNNEL_WORKER_THREADS=\"0\""), "{e}");
     }
 }

@@ -234,25 +234,22 @@ async fn reply_from(
     reply: &[u8],
 ) -> std::io::Result<()> {
     let mark = pod.sockets.mark;
-    let socket = pod
-        .netns
-        .run(move || {
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(dst),
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )?;
-            s.set_cloexec(true)?;
-            s.set_nonblocking(true)?;
-            s.set_mark(mark)?;
-            s.set_ip_transparent_v4(true)?;
-            // Concurrent answers from the same address each get a socket.
-            s.set_reuse_address(true)?;
-            s.bind(&dst.into())?;
-            s.connect(&client.into())?;
-            Ok(std::net::UdpSocket::from(s))
-        })
-        .await?;
+    let socket = pod.netns.run(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(dst),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_cloexec(true)?;
+        s.set_nonblocking(true)?;
+        s.set_mark(mark)?;
+        s.set_ip_transparent_v4(true)?;
+        // Concurrent answers from the same address each get a socket.
+        s.set_reuse_address(true)?;
+        s.bind(&dst.into())?;
+        s.connect(&client.into())?;
+        Ok(std::net::UdpSocket::from(s))
+    })?;
     UdpSocket::from_std(socket)?.send(reply).await.map(|_| ())
 }
 

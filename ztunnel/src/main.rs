@@ -4,6 +4,7 @@
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
 fn main() {
+    ztunnel::memory::configure();
     let config = match ztunnel::config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -24,6 +25,7 @@ fn main() {
         handle.reload(f).map_err(|e| e.to_string())
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
         .enable_all()
         .build()
     {

@@ -4,7 +4,9 @@
 
 use mesh::state::{Service, Workload};
 use mesh::Identity;
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -130,6 +132,20 @@ pub struct Metrics {
     closed: Family<ConnLabels, Counter>,
     received: Family<ConnLabels, Counter>,
     sent: Family<ConnLabels, Counter>,
+    /// One entry per label set seen, holding that set's counters: a connection keeps an `Arc`
+    /// of it (not its own copy of ~20 strings) and counts without hashing the labels again.
+    /// Grows as the families do (they keep every label set too).
+    sets: parking_lot::Mutex<HashMap<ConnLabels, Arc<LabelSet>>>,
+}
+
+/// The counters of one label set.
+struct LabelSet {
+    labels: ConnLabels,
+    opened: Counter,
+    /// Closes without a response flag.
+    closed: Counter,
+    received: Counter,
+    sent: Counter,
 }
 
 impl Default for Metrics {
@@ -172,16 +188,31 @@ impl Metrics {
             closed,
             received,
             sent,
+            sets: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn label_set(&self, labels: ConnLabels) -> Arc<LabelSet> {
+        let mut sets = self.sets.lock();
+        if let Some(set) = sets.get(&labels) {
+            return set.clone();
+        }
+        let set = Arc::new(LabelSet {
+            opened: self.opened.get_or_create(&labels).clone(),
+            closed: self.closed.get_or_create(&labels).clone(),
+            received: self.received.get_or_create(&labels).clone(),
+            sent: self.sent.get_or_create(&labels).clone(),
+            labels: labels.clone(),
+        });
+        sets.insert(labels, set.clone());
+        set
     }
 
     /// Counts a connection as opened; close the returned handle when it ends.
     pub fn open(&self, labels: ConnLabels) -> OpenConn<'_> {
-        self.opened.get_or_create(&labels).inc();
-        OpenConn {
-            metrics: self,
-            labels,
-        }
+        let set = self.label_set(labels);
+        set.opened.inc();
+        OpenConn { metrics: self, set }
     }
 
     /// Counts a connection refused by policy: opened and closed at once with flag `DENY`.
@@ -201,24 +232,25 @@ impl Metrics {
 /// A connection counted as opened.
 pub struct OpenConn<'a> {
     metrics: &'a Metrics,
-    labels: ConnLabels,
+    set: Arc<LabelSet>,
 }
 
 impl OpenConn<'_> {
     /// Counts the close with the bytes each way and Istio-style response flags (`UF` upstream
     /// failure, `UC` upstream connection termination, `DENY`).
-    pub fn close(mut self, from_client: u64, to_client: u64, flags: Option<&str>) {
-        self.metrics
-            .received
-            .get_or_create(&self.labels)
-            .inc_by(from_client);
-        self.metrics
-            .sent
-            .get_or_create(&self.labels)
-            .inc_by(to_client);
-        if let Some(f) = flags {
-            self.labels.response_flags = f.to_string();
+    pub fn close(self, from_client: u64, to_client: u64, flags: Option<&str>) {
+        self.set.received.inc_by(from_client);
+        self.set.sent.inc_by(to_client);
+        match flags {
+            None => {
+                self.set.closed.inc();
+            }
+            Some(f) => {
+                // Flagged closes are the rare path: a label set of their own.
+                let mut labels = self.set.labels.clone();
+                labels.response_flags = f.to_string();
+                self.metrics.closed.get_or_create(&labels).inc();
+            }
         }
-        self.metrics.closed.get_or_create(&self.labels).inc();
     }
 }

@@ -1,22 +1,21 @@
 //! Network namespaces: doing socket work inside a pod's netns from the node's ztunnel.
 //!
-//! A socket belongs to the namespace it was created in, whatever thread uses it later. So each
-//! pod gets one small worker thread that entered the pod's netns once (`setns`) and creates
-//! sockets on request; the sockets then run on the ordinary Tokio runtime. Entering a netns per
-//! request would cost a thread spawn per outbound connection.
+//! A socket belongs to the namespace it was created in, whatever thread uses it later. So to
+//! make a socket for a pod, the calling thread enters the pod's netns (`setns`), creates the
+//! socket and returns to ztunnel's own netns before doing anything else: about a microsecond,
+//! where handing the work to a thread living in the pod's netns cost two thread wake-ups on
+//! every connection to an app. The return is guaranteed by a guard; a thread that cannot get
+//! back would make other pods' sockets in the wrong namespace, so ztunnel aborts instead.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nix::sched::CloneFlags;
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A handle on a network namespace with a worker thread living inside it.
+/// A handle on a network namespace (its open descriptor).
 #[derive(Clone)]
 pub struct Netns {
     inner: Arc<Inner>,
@@ -27,7 +26,7 @@ struct Inner {
     path: PathBuf,
     /// Namespace inode, to recognise the same netns under another path.
     inode: u64,
-    jobs: parking_lot::Mutex<mpsc::Sender<Job>>,
+    file: File,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,63 +43,63 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
-    #[error("the worker thread of network namespace {0} is gone")]
-    WorkerGone(PathBuf),
+}
+
+/// ztunnel's own network namespace, where every thread returns after working in a pod's.
+/// Opened once, by the first caller, from its own thread's namespace: [`Netns::run`] asks
+/// before it enters a pod's, so that is always ztunnel's (`init` at startup makes it certain).
+fn home() -> io::Result<&'static File> {
+    static HOME: OnceLock<File> = OnceLock::new();
+    if let Some(f) = HOME.get() {
+        return Ok(f);
+    }
+    let f = File::open("/proc/thread-self/ns/net")?;
+    Ok(HOME.get_or_init(|| f))
+}
+
+/// Records ztunnel's own netns; call once at startup, before any pod's netns is entered.
+pub fn init() -> io::Result<()> {
+    home().map(|_| ())
+}
+
+/// Puts the thread back into ztunnel's netns when dropped.
+struct Entered {
+    home: &'static File,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET) {
+            // Carrying on would open later sockets (any pod's, the node's) in a pod's netns.
+            eprintln!("ztunnel: cannot return to its own network namespace ({e}); aborting");
+            std::process::abort();
+        }
+    }
 }
 
 impl Netns {
-    /// Opens the namespace at `path` (`/var/run/netns/x`, `/proc/<pid>/ns/net`) and starts its
-    /// worker thread; fails if the namespace cannot be entered.
+    /// Opens the namespace at `path` (`/var/run/netns/x`, `/proc/<pid>/ns/net`); fails if it
+    /// cannot be entered.
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
-        let file = File::open(path).map_err(|source| NetnsError::Open {
+        let open_err = |source| NetnsError::Open {
             path: path.to_path_buf(),
             source,
-        })?;
-        let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(|source| {
-            NetnsError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let name = format!("netns-{inode}");
-        std::thread::Builder::new()
-            .name(name)
-            // The worker only creates sockets: a small stack keeps a node with many pods cheap.
-            .stack_size(128 << 10)
-            .spawn(move || {
-                let entered = nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from);
-                let ok = entered.is_ok();
-                let _ = ready_tx.send(entered);
-                if ok {
-                    while let Ok(job) = rx.recv() {
-                        job();
-                    }
-                }
-            })
-            .map_err(|source| NetnsError::Enter {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
-                return Err(NetnsError::Enter {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(_) => return Err(NetnsError::WorkerGone(path.to_path_buf())),
-        }
-        Ok(Netns {
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(open_err)?);
+        let netns = Netns {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 inode,
-                jobs: parking_lot::Mutex::new(tx),
+                file,
             }),
-        })
+        };
+        // Find out now, with a clear error, rather than at the first connection.
+        netns.run(|| Ok(())).map_err(|source| NetnsError::Enter {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(netns)
     }
 
     pub fn path(&self) -> &Path {
@@ -111,38 +110,17 @@ impl Netns {
         self.inner.inode
     }
 
-    /// Runs `f` inside the namespace and waits for its result without blocking the runtime.
-    pub async fn run<T, F>(&self, f: F) -> io::Result<T>
+    /// Runs `f` on this thread inside the namespace, then returns to ztunnel's own. `f` must be
+    /// quick and must not block or await: nothing else runs on this thread meanwhile.
+    pub fn run<T, F>(&self, f: F) -> io::Result<T>
     where
-        T: Send + 'static,
-        F: FnOnce() -> io::Result<T> + Send + 'static,
+        F: FnOnce() -> io::Result<T>,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move || {
-            let _ = tx.send(f());
-        }))?;
-        rx.await.map_err(|_| self.gone())?
-    }
-
-    /// Runs `f` inside the namespace, blocking the calling thread (for use outside async code).
-    pub fn run_blocking<T, F>(&self, f: F) -> io::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> io::Result<T> + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel();
-        self.submit(Box::new(move || {
-            let _ = tx.send(f());
-        }))?;
-        rx.recv().map_err(|_| self.gone())?
-    }
-
-    fn submit(&self, job: Job) -> io::Result<()> {
-        self.inner.jobs.lock().send(job).map_err(|_| self.gone())
-    }
-
-    fn gone(&self) -> io::Error {
-        io::Error::other(NetnsError::WorkerGone(self.inner.path.clone()))
+        let home = home()?;
+        nix::sched::setns(self.inner.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(io::Error::from)?;
+        let _back = Entered { home };
+        f()
     }
 }
 

@@ -346,9 +346,8 @@ impl PodManager {
                 });
             }
         }
-        let listeners = PodListeners::open(&netns, self.shared.mark)
-            .await
-            .map_err(|source| PodError::Listeners {
+        let listeners =
+            PodListeners::open(&netns, self.shared.mark).map_err(|source| PodError::Listeners {
                 pod: label.clone(),
                 source,
             })?;

@@ -24,6 +24,9 @@ use crate::proxy::Shared;
 
 /// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
 pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Result<()> {
+    // Before any pod's netns is entered: the namespace every thread returns to.
+    crate::netns::init().context("opening ztunnel's own network namespace")?;
+    tokio::spawn(crate::memory::release_free_memory());
     let store = CertStore::new();
     let (roots, provider): (TrustRoots, Arc<dyn CertificateProvider>) = match &config.ca {
         CaSource::LocalDir(dir) => {

@@ -237,7 +237,7 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     let bed = Bed::new();
     let capture = EbpfCapture::load().expect("loading the eBPF capture program");
     let worker = Netns::open(&bed.pod.path).unwrap();
-    let listeners = PodListeners::open(&worker, MARK).await.unwrap();
+    let listeners = PodListeners::open(&worker, MARK).unwrap();
     let fds = listeners.fds().unwrap();
     let pod = pod_netns(&bed, &worker);
     let netns_file = std::fs::File::open(&bed.pod.path).unwrap();

@@ -14,6 +14,7 @@ use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, Instrument};
 
+use super::bufio::BufferedRead;
 use super::{H2Settings, HboneError};
 
 /// A live client connection: the handle to open streams on it and a flag its task sets when the
@@ -38,10 +39,13 @@ pub(crate) async fn open(
         // The verifier checks SPIFFE identities, not names; an IP server name also keeps rustls
         // from sending SNI, which HBONE does not use.
         let name = ServerName::IpAddress(addr.ip().into());
-        let tls = TlsConnector::from(tls)
-            .connect(name, tcp)
+        let mut tls = TlsConnector::from(tls)
+            .connect(name, BufferedRead::new(tcp))
             .await
             .map_err(|source| HboneError::Tls { addr, source })?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(settings.tls_send_buffer()));
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(HboneError::NoH2 { addr });
         }

@@ -6,6 +6,7 @@
 //! - [`H2Stream`] is one tunnel: an `AsyncRead + AsyncWrite` byte stream; [`relay`] copies
 //!   between it and a TCP socket, propagating half-close and resets.
 
+mod bufio;
 mod conn;
 mod drain;
 mod error;
@@ -18,12 +19,12 @@ mod stream;
 
 pub use drain::{Drain, DrainWatch};
 pub use error::HboneError;
-pub use pool::{Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
-pub use relay::{relay, relay_tcp, RelayError, RelayStats};
+pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
+pub use relay::{relay, relay_connecting, relay_tcp, RelayError, RelayStats};
 pub use request::{forwarded_header, ConnectRequest, Refusal};
 pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
 pub use settings::H2Settings;
-pub use stream::H2Stream;
+pub use stream::{H2Reader, H2Stream, H2Writer};
 
 /// The well-known HBONE port.
 pub const HBONE_PORT: u16 = 15008;

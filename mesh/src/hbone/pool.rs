@@ -20,6 +20,7 @@ use tracing::debug;
 
 use super::conn::{self, ClientConn};
 use super::request::{build_connect, REASON_HEADER};
+use super::stream::{H2Reader, H2Writer};
 use super::{H2Settings, H2Stream, HboneError};
 use crate::Identity;
 
@@ -207,6 +208,16 @@ impl Pool {
     /// Opens a tunnel: a CONNECT stream on a pooled connection (dialling one if needed).
     /// Fails with [`HboneError::Refused`] when the server answers other than 200.
     pub async fn connect(&self, req: TunnelRequest) -> Result<H2Stream, HboneError> {
+        let (writer, response) = self.open(req).await?.into_parts();
+        let reader = response.await?;
+        Ok(H2Stream::from_halves(reader, writer))
+    }
+
+    /// Sends the CONNECT and returns at once, without waiting for the answer: the caller may
+    /// start sending (the server holds early bytes within the stream's window until it has
+    /// connected to the app), which saves a round trip before the app's first bytes arrive.
+    /// Reading needs the answer; [`Connecting::into_parts`] gives the future of it.
+    pub async fn open(&self, req: TunnelRequest) -> Result<Connecting, HboneError> {
         let request = build_connect(&req.authority, &req.headers)?;
         let key = PoolKey {
             source: req.source,
@@ -222,7 +233,13 @@ impl Pool {
             let (sender, slot) = self.reserve(&key, &state).await?;
             match open_stream(sender, request.clone(), &slot).await {
                 Ok((send, response)) => {
-                    return finish_connect(send, response, slot, &req.authority).await
+                    let slot = Arc::new(slot);
+                    return Ok(Connecting {
+                        writer: H2Writer::new(send, Some(slot.clone())),
+                        response,
+                        slot,
+                        authority: req.authority,
+                    });
                 }
                 Err(e) if attempts < 2 => {
                     debug!(error = %e, peer = %key.address, "pooled connection unusable; retrying on a new one");
@@ -256,7 +273,9 @@ impl Pool {
         if let Some(found) = state.try_reserve(limit) {
             return Ok(found);
         }
-        let conn = self.dial(key).await?;
+        // Boxed: dialling (TLS and HTTP/2 handshakes) is rare, and its large future would
+        // otherwise sit in the state of every tunnel's task for the tunnel's whole life.
+        let conn = Box::pin(self.dial(key)).await?;
         let pooled = Arc::new(PooledConn {
             sender: conn.sender,
             active: AtomicUsize::new(0),
@@ -306,16 +325,42 @@ async fn open_stream(
     Ok((send, response))
 }
 
-async fn finish_connect(
-    send: h2::SendStream<Bytes>,
+/// A tunnel whose CONNECT is sent and not yet answered.
+pub struct Connecting {
+    writer: H2Writer,
     response: h2::client::ResponseFuture,
-    slot: Slot,
-    authority: &str,
-) -> Result<H2Stream, HboneError> {
+    slot: Arc<Slot>,
+    authority: String,
+}
+
+impl Connecting {
+    /// The sending half, usable now, and the answer: the receiving half on 200,
+    /// [`HboneError::Refused`] otherwise.
+    pub fn into_parts(
+        self,
+    ) -> (
+        H2Writer,
+        impl std::future::Future<Output = Result<H2Reader, HboneError>> + Send,
+    ) {
+        let Connecting {
+            writer,
+            response,
+            slot,
+            authority,
+        } = self;
+        (writer, answer(response, slot, authority))
+    }
+}
+
+async fn answer(
+    response: h2::client::ResponseFuture,
+    slot: Arc<Slot>,
+    authority: String,
+) -> Result<H2Reader, HboneError> {
     let response = response.await?;
     let status = response.status();
     if status == http::StatusCode::OK {
-        return Ok(H2Stream::new(send, response.into_body(), Some(slot)));
+        return Ok(H2Reader::new(response.into_body(), Some(slot)));
     }
     let reason = response
         .headers()
@@ -323,7 +368,7 @@ async fn finish_connect(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Err(HboneError::Refused {
-        authority: authority.to_string(),
+        authority,
         status,
         reason,
     })

@@ -5,20 +5,24 @@
 //! RST_STREAM or a lost HBONE connection closes the TCP socket with RST (SO_LINGER 0), so an
 //! application never mistakes an aborted transfer for a complete one.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use h2::Reason;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::pool::Connecting;
 use super::stream::{H2Reader, H2Stream, H2Writer};
+use super::HboneError;
 
 /// Read buffer bounds: start small so idle and chatty connections stay cheap, grow while reads
 /// keep filling the buffer so bulk transfers move in large frames.
 const MIN_READ: usize = 16 << 10;
 const MAX_READ: usize = 256 << 10;
+/// Chunks passed to one `writev`.
+const MAX_IOVECS: usize = 64;
 
 /// What a relay moved and how it ended.
 #[derive(Debug, Default)]
@@ -40,6 +44,10 @@ pub enum RelayError {
     /// The tunnel (or, for [`relay_tcp`], the upstream connection) failed or was reset.
     #[error("upstream connection failed: {0}")]
     Upstream(#[source] io::Error),
+    /// The tunnel was never established: the peer refused the CONNECT, or the connection
+    /// failed before it answered ([`relay_connecting`]).
+    #[error("{0}")]
+    NotEstablished(#[source] HboneError),
 }
 
 /// Copies both ways until both directions have ended, or either side fails.
@@ -50,14 +58,67 @@ pub async fn relay(mut tcp: TcpStream, tunnel: H2Stream) -> RelayStats {
         let (mut tcp_r, mut tcp_w) = tcp.split();
         let up = tcp_to_tunnel(&mut tcp_r, &mut writer, &mut stats.sent);
         let down = tunnel_to_tcp(&mut reader, &mut tcp_w, &mut stats.received);
-        tokio::try_join!(up, down)
+        tokio::try_join!(up, down).map(|_| ())
     };
+    end(result, &tcp, &mut writer, stats)
+}
+
+/// Like [`relay`] for a tunnel whose CONNECT is not answered yet: the application's bytes go
+/// into the tunnel at once (early data), the other direction starts with the 200. A refusal
+/// ends the relay with [`RelayError::NotEstablished`] and resets the TCP connection, so the
+/// application never takes the bytes it sent for delivered.
+pub async fn relay_connecting(mut tcp: TcpStream, connecting: Connecting) -> RelayStats {
+    let (mut writer, answer) = connecting.into_parts();
+    let mut stats = RelayStats::default();
+    let result = {
+        let (mut tcp_r, mut tcp_w) = tcp.split();
+        let up = tcp_to_tunnel(&mut tcp_r, &mut writer, &mut stats.sent);
+        tokio::pin!(up, answer);
+        let mut up_result = None;
+        // Until the answer: keep sending; a failing application needs no answer to be cut.
+        let answered = loop {
+            tokio::select! {
+                biased;
+                a = &mut answer => break Ok(a),
+                r = &mut up, if up_result.is_none() => match r {
+                    Err(e @ RelayError::Downstream(_)) => break Err(e),
+                    // A refusal can reset the stream before its answer is read: the answer
+                    // says why, so it decides.
+                    other => up_result = Some(other),
+                },
+            }
+        };
+        match answered {
+            Err(e) => Err(e),
+            Ok(Err(refused)) => Err(RelayError::NotEstablished(refused)),
+            Ok(Ok(mut reader)) => {
+                let down = tunnel_to_tcp(&mut reader, &mut tcp_w, &mut stats.received);
+                match up_result {
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(())) => down.await,
+                    None => tokio::try_join!(up, down).map(|_| ()),
+                }
+            }
+        }
+    };
+    end(result, &tcp, &mut writer, stats)
+}
+
+/// Passes a failure on to the other side: a reset of the tunnel for a failed application
+/// connection, a TCP reset for a failed or refused tunnel.
+fn end(
+    result: Result<(), RelayError>,
+    tcp: &TcpStream,
+    writer: &mut H2Writer,
+    mut stats: RelayStats,
+) -> RelayStats {
     if let Err(e) = result {
         match &e {
             RelayError::Downstream(_) => writer.reset(Reason::CANCEL),
-            RelayError::Upstream(_) => {
+            RelayError::Upstream(_) | RelayError::NotEstablished(_) => {
                 // Abort the TCP connection instead of closing it cleanly.
-                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                writer.reset(Reason::CANCEL);
             }
         }
         stats.error = Some(e);
@@ -76,22 +137,31 @@ async fn tcp_to_tunnel(
         // Allocate only once data is there, so an idle connection holds no buffer.
         tcp.readable().await.map_err(RelayError::Downstream)?;
         buf.reserve(size);
-        let n = match tcp.try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(RelayError::Downstream(e)),
-        };
+        // `read_buf` (not `try_read_buf`): a short read tells tokio the socket is drained, so
+        // the next round waits in epoll instead of paying a recv that says EAGAIN.
+        let n = tcp
+            .read_buf(&mut buf)
+            .await
+            .map_err(RelayError::Downstream)?;
         if n == 0 {
             return tunnel.finish().map_err(RelayError::Upstream);
         }
         *count += n as u64;
+        // A small read: light traffic, and the next round probably waits.
+        let idle = n < MIN_READ / 4;
         if n >= size && size < MAX_READ {
             size *= 2;
         } else if n < size / 4 && size > MIN_READ {
             size /= 2;
         }
+        let chunk = buf.split().freeze();
+        if idle {
+            // Without this the rest of the buffer would stay allocated in every quiet
+            // connection; bulk transfers keep theirs (reallocating it is what costs there).
+            buf = BytesMut::new();
+        }
         tunnel
-            .send_chunk(buf.split().freeze())
+            .send_chunk(chunk)
             .await
             .map_err(RelayError::Upstream)?;
     }
@@ -102,15 +172,58 @@ async fn tunnel_to_tcp(
     tcp: &mut tokio::net::tcp::WriteHalf<'_>,
     count: &mut u64,
 ) -> Result<(), RelayError> {
-    while let Some(chunk) = tunnel.next_chunk().await {
-        let chunk = chunk.map_err(RelayError::Upstream)?;
-        tcp.write_all(&chunk)
+    let mut chunks = Vec::new();
+    while tunnel
+        .next_chunks(MAX_READ, &mut chunks)
+        .await
+        .map_err(RelayError::Upstream)?
+    {
+        *count += write_chunks(tcp, &mut chunks)
             .await
             .map_err(RelayError::Downstream)?;
-        *count += chunk.len() as u64;
     }
     // END_STREAM: the peer is done sending; pass the FIN on and keep the other direction.
     tcp.shutdown().await.map_err(RelayError::Downstream)
+}
+
+/// Writes all of `chunks` (emptying it) with as few syscalls as the socket allows.
+async fn write_chunks(
+    tcp: &mut tokio::net::tcp::WriteHalf<'_>,
+    chunks: &mut Vec<Bytes>,
+) -> io::Result<u64> {
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    let mut first = 0;
+    // A poll function, so the slice array lives on the stack of each poll and not in every
+    // connection's future.
+    std::future::poll_fn(|cx| {
+        while first < chunks.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let used = (chunks.len() - first).min(MAX_IOVECS);
+            for (slot, c) in slices.iter_mut().zip(&chunks[first..first + used]) {
+                *slot = IoSlice::new(c);
+            }
+            let mut n = std::task::ready!(
+                std::pin::Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..used])
+            )?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
+            }
+            while n > 0 {
+                let c = &mut chunks[first];
+                if n >= c.len() {
+                    n -= c.len();
+                    first += 1;
+                } else {
+                    c.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        std::task::Poll::Ready(Ok::<(), io::Error>(()))
+    })
+    .await?;
+    chunks.clear();
+    Ok(total as u64)
 }
 
 /// Copies between two TCP connections with the same semantics as [`relay`]: FIN passes on as
@@ -154,7 +267,6 @@ async fn tcp_to_tcp(
     read_err: fn(io::Error) -> RelayError,
     write_err: fn(io::Error) -> RelayError,
 ) -> Result<(), RelayError> {
-    use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; MIN_READ];
     loop {
         let n = from.read(&mut buf).await.map_err(read_err)?;

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
+use super::bufio::BufferedRead;
 use super::conn::keepalive;
 use super::request::{inspect, ConnectRequest, Inspection, Refusal, REASON_HEADER};
 use super::{DrainWatch, H2Settings, H2Stream, HboneError};
@@ -190,10 +191,13 @@ impl<H: ConnectHandler> Server<H> {
         let _ = tcp.set_nodelay(true);
         let config = self.tls.server_config(local)?;
         let setup = async {
-            let tls = TlsAcceptor::from(config)
-                .accept(tcp)
+            let mut tls = TlsAcceptor::from(config)
+                .accept(BufferedRead::new(tcp))
                 .await
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(self.settings.tls_send_buffer()));
             let (_, session) = tls.get_ref();
             if session.alpn_protocol() != Some(b"h2") {
                 return Err("peer did not negotiate ALPN h2".to_string());
@@ -284,4 +288,5 @@ impl<H: ConnectHandler> Server<H> {
     }
 }
 
-type H2Conn = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
+type H2Conn =
+    h2::server::Connection<tokio_rustls::server::TlsStream<BufferedRead<TcpStream>>, Bytes>;

@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::pool::Slot;
 
+/// Largest first chunk queued without waiting for flow-control capacity.
+const FIRST_CHUNK_MAX: usize = 64 << 10;
+
 /// A tunnel: read what the peer sent, write what it should receive.
 pub struct H2Stream {
     reader: H2Reader,
@@ -35,6 +38,8 @@ pub struct H2Reader {
 /// Sending half of a tunnel.
 pub struct H2Writer {
     send: SendStream<Bytes>,
+    /// Whether anything was sent yet (see [`H2Writer::send_chunk`]).
+    started: bool,
     finished: bool,
     _slot: Option<Arc<Slot>>,
 }
@@ -57,18 +62,13 @@ impl H2Stream {
     pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, slot: Option<Slot>) -> Self {
         let slot = slot.map(Arc::new);
         H2Stream {
-            reader: H2Reader {
-                recv,
-                pending: Bytes::new(),
-                unreleased: 0,
-                _slot: slot.clone(),
-            },
-            writer: H2Writer {
-                send,
-                finished: false,
-                _slot: slot,
-            },
+            reader: H2Reader::new(recv, slot.clone()),
+            writer: H2Writer::new(send, slot),
         }
+    }
+
+    pub(crate) fn from_halves(reader: H2Reader, writer: H2Writer) -> Self {
+        H2Stream { reader, writer }
     }
 
     /// Splits into halves that can be driven from different tasks or futures.
@@ -83,6 +83,15 @@ impl H2Stream {
 }
 
 impl H2Reader {
+    pub(crate) fn new(recv: RecvStream, slot: Option<Arc<Slot>>) -> Self {
+        H2Reader {
+            recv,
+            pending: Bytes::new(),
+            unreleased: 0,
+            _slot: slot,
+        }
+    }
+
     /// The next chunk the peer sent, without copying; `None` at END_STREAM. The flow-control
     /// window of a chunk is returned when the next one is asked for, i.e. after the caller has
     /// dealt with it.
@@ -105,6 +114,40 @@ impl H2Reader {
         }
     }
 
+    /// Like [`next_chunk`](Self::next_chunk), then also every further chunk that is already
+    /// here, up to about `max` bytes in all, appended to `out`: one vectored write can then
+    /// pass a burst of frames on. `false` at END_STREAM with nothing appended. Windows are
+    /// returned on the next call.
+    pub async fn next_chunks(&mut self, max: usize, out: &mut Vec<Bytes>) -> io::Result<bool> {
+        self.release_consumed();
+        let mut total = 0;
+        if !self.pending.is_empty() {
+            let chunk = std::mem::take(&mut self.pending);
+            total += chunk.len();
+            out.push(chunk);
+        }
+        let more = std::future::poll_fn(|cx| {
+            while total < max {
+                match self.recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        total += chunk.len();
+                        if !chunk.is_empty() {
+                            out.push(chunk);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                    Poll::Ready(None) => return Poll::Ready(Ok(!out.is_empty())),
+                    Poll::Pending if out.is_empty() => return Poll::Pending,
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Ready(Ok(true))
+        })
+        .await;
+        self.unreleased = total;
+        more
+    }
+
     fn release_consumed(&mut self) {
         if self.unreleased > 0 {
             // The stream may already be closed; then there is no window left to return.
@@ -115,8 +158,26 @@ impl H2Reader {
 }
 
 impl H2Writer {
+    pub(crate) fn new(send: SendStream<Bytes>, slot: Option<Arc<Slot>>) -> Self {
+        H2Writer {
+            send,
+            started: false,
+            finished: false,
+            _slot: slot,
+        }
+    }
+
     /// Queues `chunk` for sending, waiting for flow-control capacity as needed.
     pub async fn send_chunk(&mut self, mut chunk: Bytes) -> io::Result<()> {
+        if !self.started {
+            self.started = true;
+            // A new stream gets send capacity only once the connection task has run and sent
+            // the HEADERS on their own. Queued now instead, the first bytes leave with the
+            // HEADERS in one write (h2 still never sends past the window).
+            if chunk.len() <= FIRST_CHUNK_MAX {
+                return self.send.send_data(chunk, false).map_err(h2_to_io);
+            }
+        }
         while !chunk.is_empty() {
             let n = std::future::poll_fn(|cx| self.poll_capacity(cx, chunk.len())).await?;
             let part = chunk.split_to(n.min(chunk.len()));

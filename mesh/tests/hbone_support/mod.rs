@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use mesh::certs::{CertStore, LocalCa};
 use mesh::hbone::{
-    relay, ConnectHandler, ConnectRequest, Drain, H2Settings, PendingTunnel, Pool, Refusal, Server,
-    ServerStats, TunnelRequest,
+    relay, relay_connecting, ConnectHandler, ConnectRequest, Drain, H2Settings, PendingTunnel,
+    Pool, Refusal, Server, ServerStats, TunnelRequest,
 };
 use mesh::tls::TlsContext;
 use mesh::Identity;
@@ -28,13 +28,16 @@ pub fn server_id() -> Identity {
     Identity::new(TRUST_DOMAIN, "default", "server").unwrap()
 }
 
-/// Forwards accepted tunnels to their target, refusing identities in `deny`.
+/// Forwards accepted tunnels to their target, refusing identities in `deny`, each answer
+/// after `delay`.
 pub struct Forward {
     pub deny: Vec<Identity>,
+    pub delay: Duration,
 }
 
 impl ConnectHandler for Forward {
     async fn handle(&self, req: ConnectRequest, tunnel: PendingTunnel) {
+        tokio::time::sleep(self.delay).await;
         if self.deny.contains(&req.peer_identity) {
             let why = format!("{} is denied by policy", req.peer_identity);
             return tunnel.refuse(Refusal::Denied, &why);
@@ -64,6 +67,15 @@ pub struct Mesh {
 
 impl Mesh {
     pub async fn start(settings: H2Settings, deny: Vec<Identity>) -> Mesh {
+        Mesh::start_answering_after(settings, deny, Duration::ZERO).await
+    }
+
+    /// A mesh whose server answers every CONNECT only after `delay`.
+    pub async fn start_answering_after(
+        settings: H2Settings,
+        deny: Vec<Identity>,
+        delay: Duration,
+    ) -> Mesh {
         let ca_dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_create(ca_dir.path(), TRUST_DOMAIN).unwrap();
         let tls = TlsContext::new(TRUST_DOMAIN, CertStore::new(), ca.trust_roots()).unwrap();
@@ -72,7 +84,11 @@ impl Mesh {
                 .insert(ca.issue(&id, Duration::from_secs(3600)).unwrap());
         }
         let server_config = tls.server_config(&server_id()).unwrap();
-        let server = Server::new(Arc::new(server_config), Forward { deny }, settings.clone());
+        let server = Server::new(
+            Arc::new(server_config),
+            Forward { deny, delay },
+            settings.clone(),
+        );
         let server_stats = server.stats();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hbone_addr = listener.local_addr().unwrap();
@@ -119,6 +135,27 @@ impl Mesh {
         });
         addr
     }
+}
+
+/// Like [`Mesh::outbound`], the way ztunnel's outbound does it: the CONNECT is not awaited
+/// before the app's bytes go into the tunnel (`Pool::open` + `relay_connecting`).
+pub async fn early_outbound(mesh: &Mesh, target: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pool = mesh.pool.clone();
+    let req = mesh.request(target);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let pool = pool.clone();
+            let req = req.clone();
+            tokio::spawn(async move {
+                if let Ok(connecting) = pool.open(req).await {
+                    relay_connecting(tcp, connecting).await;
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// A TCP echo server; returns its address.

@@ -198,7 +198,6 @@ impl EbpfCapture {
         let netns: File = pod
             .worker
             .run(|| File::open("/proc/thread-self/ns/net"))
-            .await
             .map_err(|e| fail("opening the netns", e.into()))?;
         {
             let mut pods = self.pods.lock();

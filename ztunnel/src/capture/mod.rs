@@ -26,7 +26,7 @@ pub struct PodNetns {
     pub mark: u32,
     /// The pod's address.
     pub ip: IpAddr,
-    /// The worker living in the pod's netns (netlink sockets must be made in there).
+    /// The pod's netns, to make sockets in (netlink sockets must be made in there).
     pub worker: Netns,
 }
 

@@ -306,7 +306,6 @@ where
     let netns: File = pod
         .worker
         .run(|| File::open("/proc/thread-self/ns/net"))
-        .await
         .map_err(err)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -129,6 +129,8 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // The app's small writes and ours must not wait for ACKs (Nagle).
+                let _ = tcp.set_nodelay(true);
                 let span = tracing::debug_span!("conn", flow, pod = %pod.info.name, %peer);
                 tokio::spawn(handle(tcp, peer).instrument(span));
             }
@@ -154,3 +156,6 @@ pub fn original_dst(tcp: &tokio::net::TcpStream, how: Destination) -> std::io::R
     addr.as_socket()
         .ok_or_else(|| std::io::Error::other("original destination is not an IP socket address"))
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
-use mesh::hbone::{forwarded_header, relay, TunnelRequest, HBONE_PORT};
+use mesh::hbone::{
+    forwarded_header, relay_connecting, RelayError, RelayStats, TunnelRequest, HBONE_PORT,
+};
 use mesh::state::{Service, Snapshot, TunnelProtocol, Workload};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
@@ -109,7 +111,7 @@ pub async fn serve(
     .await
 }
 
-async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {
     let start = Instant::now();
     let dst = match original_dst(&tcp, pod.destination) {
         Ok(d) => d,
@@ -147,14 +149,21 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
                 SecurityPolicy::MutualTls,
             );
             let conn = shared.metrics.open(labels);
-            match pod.pool.connect(req).await {
-                Ok(tunnel) => {
-                    let stats = relay(tcp, tunnel).await;
-                    conn.close(
-                        stats.sent,
-                        stats.received,
-                        stats.error.as_ref().map(|_| "UC"),
-                    );
+            // The app's first bytes travel with the CONNECT instead of a round trip later.
+            let stats = match pod.pool.open(req).await {
+                Ok(connecting) => relay_connecting(tcp, connecting).await,
+                Err(e) => RelayStats {
+                    error: Some(RelayError::NotEstablished(e)),
+                    ..RelayStats::default()
+                },
+            };
+            match &stats.error {
+                Some(RelayError::NotEstablished(e)) => {
+                    conn.close(0, 0, Some("UF"));
+                    warn!(target = %target, dst_workload = %workload.name, error = %e, "outbound HBONE connection failed");
+                }
+                other => {
+                    conn.close(stats.sent, stats.received, other.as_ref().map(|_| "UC"));
                     access_log(
                         "outbound",
                         peer,
@@ -165,10 +174,6 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
                         &stats,
                         start,
                     );
-                }
-                Err(e) => {
-                    conn.close(0, 0, Some("UF"));
-                    warn!(target = %target, dst_workload = %workload.name, error = %e, "outbound HBONE connection failed");
                 }
             }
         }
