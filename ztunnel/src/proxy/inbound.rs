@@ -66,6 +66,17 @@ impl ConnectHandler for Inbound {
             ));
             return tunnel.refuse(Refusal::Denied, &decision.to_string());
         }
+        let labels = ConnLabels::new(
+            Reporter::Destination,
+            source_workload.as_deref(),
+            Some(&req.peer_identity),
+            Some(&dst_workload),
+            service.as_deref(),
+            SecurityPolicy::MutualTls,
+        );
+        // Neither the request (its headers) nor this moment's config stays with the connection
+        // for its whole life.
+        drop((req, snapshot, service));
         // Connect from the client's own address so the app sees who called it (where the
         // pod's policy route allows it, see `Pod::original_source`).
         let upstream = match self
@@ -84,14 +95,6 @@ impl ConnectHandler for Inbound {
             }
         };
         let Ok(stream) = tunnel.accept() else { return };
-        let labels = ConnLabels::new(
-            Reporter::Destination,
-            source_workload.as_deref(),
-            Some(&req.peer_identity),
-            Some(&dst_workload),
-            service.as_deref(),
-            SecurityPolicy::MutualTls,
-        );
         let open = self.shared.metrics.open(labels);
         let relay = relay(upstream, stream);
         tokio::pin!(relay);

@@ -64,6 +64,8 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
         return;
     }
+    // A long connection must not keep this moment's whole config alive.
+    drop(snapshot);
     let open = shared.metrics.open(labels);
     match pod
         .sockets

@@ -123,6 +123,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
     let snapshot = shared.state.snapshot();
     let route = route(&snapshot, dst);
     let source = snapshot.workload_by_ip(pod.info.ip).cloned();
+    // A long connection must not keep this moment's whole config alive.
+    drop(snapshot);
     debug!(?route, "outbound route");
     match route {
         Route::Hbone {
