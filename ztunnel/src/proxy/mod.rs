@@ -149,9 +149,10 @@ pub fn original_dst(tcp: &tokio::net::TcpStream, how: Destination) -> std::io::R
         return tcp.local_addr();
     }
     let sock = socket2::SockRef::from(tcp);
-    let addr = match tcp.local_addr()? {
-        SocketAddr::V4(_) => sock.original_dst_v4()?,
-        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    // The in-pod listeners are IPv4: ask for that first, without a `getsockname` to find out.
+    let addr = match sock.original_dst_v4() {
+        Ok(a) => a,
+        Err(v4) => sock.original_dst_v6().map_err(|_| v4)?,
     };
     addr.as_socket()
         .ok_or_else(|| std::io::Error::other("original destination is not an IP socket address"))
