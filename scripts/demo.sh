@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/amesh/target}"
+source scripts/target-dir.sh
 
 cargo build --workspace --bins --locked
 if [ "$(id -u)" -ne 0 ]; then

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 # Keep build products outside the clone so that repeated runs (and CI on this machine) reuse them.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/amesh/target}"
+source scripts/target-dir.sh
 # Incremental state only helps an edit-compile loop; for a test run from a fresh clone it is
 # tens of GB of cache that is never reused.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
