@@ -53,19 +53,6 @@ impl ConnectHandler for Inbound {
             .forwarded_host()
             .and_then(|h| snapshot.service_by_host(h))
             .cloned();
-        if !decision.is_allowed() {
-            info!(target: "access", direction = "inbound", src.addr = %client, src.identity = %req.peer_identity,
-                dst.addr = %target, decision = %decision, "connection denied");
-            self.shared.metrics.denied(ConnLabels::new(
-                Reporter::Destination,
-                source_workload.as_deref(),
-                Some(&req.peer_identity),
-                Some(&dst_workload),
-                service.as_deref(),
-                SecurityPolicy::MutualTls,
-            ));
-            return tunnel.refuse(Refusal::Denied, &decision.to_string());
-        }
         let labels = ConnLabels::new(
             Reporter::Destination,
             source_workload.as_deref(),
@@ -74,6 +61,12 @@ impl ConnectHandler for Inbound {
             service.as_deref(),
             SecurityPolicy::MutualTls,
         );
+        if !decision.is_allowed() {
+            info!(target: "access", direction = "inbound", src.addr = %client, src.identity = %req.peer_identity,
+                dst.addr = %target, decision = %decision, "connection denied");
+            self.shared.metrics.denied(labels);
+            return tunnel.refuse(Refusal::Denied, &decision.to_string());
+        }
         // Neither the request (its headers) nor this moment's config stays with the connection
         // for its whole life.
         drop((req, snapshot, service));
