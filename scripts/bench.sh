@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
-source scripts/target-dir.sh
-
 if [ "$(id -u)" -ne 0 ]; then
   echo "the benchmark lab creates network namespaces: run it as root" >&2
   exit 1
 fi
+
+bash scripts/setup.sh
+source scripts/target-dir.sh
+
 echo "[bench] cargo build --release --bins"
 cargo build --release --bins --locked
 case "${AMESH_BENCH:-lab}" in

@@ -1,4 +1,4 @@
-# Sourced by test.sh and demo.sh: the shared build directory outside the clone.
+# Sourced by test.sh, demo.sh and bench.sh: the shared build directory outside the clone.
 #
 # Cargo does not rebuild a workspace crate when the same sources move to another path, so a
 # cache last filled from another clone would hand tests and tools that path (env!
