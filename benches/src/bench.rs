@@ -18,6 +18,10 @@ use crate::{connrate, latency, throughput};
 
 /// Pause before reading memory, so that closed connections are gone and allocations settle.
 const SETTLE: Duration = Duration::from_secs(1);
+/// Pause between the last measurement and the after-the-run reading: ztunnel returns free heap
+/// to the kernel once a second, and a throughput burst leaves megabytes of it, so a reading
+/// within the first second saw either side of that release by chance.
+const AFTER_RUN: Duration = Duration::from_secs(3);
 
 pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let load_start = load_average();
@@ -69,8 +73,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         measure_rep(&bench, settings, &ztunnels, &order, &mut runs)?;
     }
 
-    std::thread::sleep(SETTLE);
+    std::thread::sleep(AFTER_RUN);
     let rss_after = ztunnel::rss_all(&ztunnels)?;
+    let memory_after = ztunnel::memory_all(&ztunnels)?;
     drop(servers);
     progress("tearing the lab(s) down");
     let compared_capture = settings.compare_capture.clone();
@@ -85,6 +90,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             rss_idle_kib: rss_idle[i],
             rss_held_kib: rss_held[i],
             rss_after_kib: rss_after[i],
+            rss_after_anon_kib: memory_after[i].anon_kib,
+            rss_after_file_kib: memory_after[i].file_kib,
+            rss_peak_kib: memory_after[i].peak_kib,
             kib_per_connection: (rss_held[i] as f64 - rss_idle[i] as f64)
                 / settings.held_connections as f64,
             throughput_cpu_secs: runs.mesh_cpu[i],

@@ -45,8 +45,14 @@ pub struct ZtunnelCost {
     pub rss_idle_kib: u64,
     /// With the held connections open.
     pub rss_held_kib: u64,
-    /// After every measurement.
+    /// After every measurement (and ztunnel's release of free heap).
     pub rss_after_kib: u64,
+    /// Of that, anonymous memory (heap, stacks).
+    pub rss_after_anon_kib: u64,
+    /// Of that, file-backed pages (ztunnel's code and read-only data, the C library).
+    pub rss_after_file_kib: u64,
+    /// Highest RSS over the whole run (VmHWM).
+    pub rss_peak_kib: u64,
     /// (held − idle) / held connections.
     pub kib_per_connection: f64,
     /// CPU seconds spent during the mesh throughput runs.
@@ -82,6 +88,7 @@ pub const NOTES: &[&str] = &[
     "Latency: 1 KiB request and 1 KiB response on one kept connection, one exchange at a time.",
     "Connection setup: connect + 1-byte echo + close, timed per connection.",
     "ztunnel CPU: utime+stime of each ztunnel during the mesh throughput runs; per GB = 10^9 bytes delivered.",
+    "RSS after the run: 3 s after the last measurement (ztunnel returns free heap every second); split into anonymous (RssAnon) and file-backed (RssFile) pages.",
     "Memory per connection: (RSS with the connections held open - idle RSS after lab up) / count, per node.",
     "Compared capture (--compare-capture, default ebpf): a second lab of the same layout runs beside the first; its mesh path is measured in the same repetitions, interleaved with the other paths. The ztunnel table is the first lab's.",
 ];
@@ -273,6 +280,19 @@ pub fn markdown(r: &Report) -> String {
     );
     line(&mut out, "RSS after the run (MiB)".into(), &|z| {
         mib(z.rss_after_kib)
+    });
+    line(
+        &mut out,
+        "… of which heap and stacks (MiB)".into(),
+        &|z| mib(z.rss_after_anon_kib),
+    );
+    line(
+        &mut out,
+        "… of which code, read-only data, libc (MiB)".into(),
+        &|z| mib(z.rss_after_file_kib),
+    );
+    line(&mut out, "RSS peak during the run (MiB)".into(), &|z| {
+        mib(z.rss_peak_kib)
     });
     line(&mut out, "memory per open connection (KiB)".into(), &|z| {
         format!("{:.1}", z.kib_per_connection)

@@ -25,6 +25,29 @@ pub fn rss_kib(pid: i32) -> anyhow::Result<u64> {
     crate::host::status_kib(pid, "VmRSS:")
 }
 
+/// Where a process's resident memory is, in KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    pub anon_kib: u64,
+    pub file_kib: u64,
+    pub peak_kib: u64,
+}
+
+/// Resident memory split by kind, and the peak, of every ztunnel, in node order.
+pub fn memory_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<Memory>> {
+    use crate::host::status_kib;
+    ztunnels
+        .iter()
+        .map(|z| {
+            Ok(Memory {
+                anon_kib: status_kib(z.pid, "RssAnon:")?,
+                file_kib: status_kib(z.pid, "RssFile:")?,
+                peak_kib: status_kib(z.pid, "VmHWM:")?,
+            })
+        })
+        .collect()
+}
+
 /// RSS of every ztunnel, in node order.
 pub fn rss_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<u64>> {
     ztunnels.iter().map(|z| rss_kib(z.pid)).collect()
