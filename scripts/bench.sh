@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-bash scripts/setup.sh
+# Setup and build talk on stderr: stdout is the table.
+bash scripts/setup.sh >&2
 source scripts/target-dir.sh
 
 # Only what the chosen benchmark runs: each release binary is a whole-program (fat LTO) link of
@@ -20,6 +21,6 @@ case "${AMESH_BENCH:-lab}" in
   controller) bench=amesh-bench-controller; bins=(amesh-controller amesh-bench-controller) ;;
   *) echo "AMESH_BENCH must be lab or controller, not ${AMESH_BENCH}" >&2; exit 2 ;;
 esac
-echo "[bench] cargo build --release ${bins[*]/#/--bin }"
+echo "[bench] cargo build --release ${bins[*]/#/--bin }" >&2
 cargo build --release --locked "${bins[@]/#/--bin=}"
 exec "$CARGO_TARGET_DIR/release/$bench" "$@"

@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/amesh/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 amesh_stamp="$CARGO_TARGET_DIR/.amesh-checkout"
 if [ -f "$amesh_stamp" ] && [ "$(cat "$amesh_stamp")" != "$PWD" ]; then
-  echo "[build] $CARGO_TARGET_DIR was last used by $(cat "$amesh_stamp"); rebuilding the workspace crates for $PWD"
+  echo "[build] $CARGO_TARGET_DIR was last used by $(cat "$amesh_stamp"); rebuilding the workspace crates for $PWD" >&2
   amesh_members=$(cargo metadata --no-deps --format-version 1 --locked |
     python3 -c 'import json, sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))')
   # shellcheck disable=SC2086 # one word per flag
