@@ -60,6 +60,19 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         settings.held_connections,
         SETTLE,
     )?;
+    // The first round also pays for what stays once it is over (the pool's HBONE connections,
+    // grown tables); a second round on the same ztunnels shows what one more open connection
+    // costs. Read after ztunnel has returned the first round's free heap.
+    std::thread::sleep(AFTER_RUN);
+    let rss_before_second = ztunnel::rss_all(&ztunnels)?;
+    let rss_held_second = ztunnel::rss_with_held_connections(
+        &bench.lab,
+        &bench.mesh,
+        &ztunnels,
+        settings.held_connections,
+        SETTLE,
+    )
+    .context("second round of held connections")?;
 
     let mut runs = Runs {
         mesh_cpu: vec![0.0; ztunnels.len()],
@@ -94,6 +107,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             rss_after_file_kib: memory_after[i].file_kib,
             rss_peak_kib: memory_after[i].peak_kib,
             kib_per_connection: (rss_held[i] as f64 - rss_idle[i] as f64)
+                / settings.held_connections as f64,
+            kib_per_connection_second: (rss_held_second[i] as f64 - rss_before_second[i] as f64)
                 / settings.held_connections as f64,
             throughput_cpu_secs: runs.mesh_cpu[i],
             cpu_secs_per_gb: runs.mesh_cpu[i] / (runs.mesh_bytes as f64 / 1e9),

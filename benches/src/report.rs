@@ -55,6 +55,8 @@ pub struct ZtunnelCost {
     pub rss_peak_kib: u64,
     /// (held − idle) / held connections.
     pub kib_per_connection: f64,
+    /// Second round on the same ztunnel: (held − RSS just before it) / held connections.
+    pub kib_per_connection_second: f64,
     /// CPU seconds spent during the mesh throughput runs.
     pub throughput_cpu_secs: f64,
     /// `throughput_cpu_secs` per 10^9 bytes the mesh throughput runs delivered.
@@ -89,7 +91,7 @@ pub const NOTES: &[&str] = &[
     "Connection setup: connect + 1-byte echo + close, timed per connection.",
     "ztunnel CPU: utime+stime of each ztunnel during the mesh throughput runs; per GB = 10^9 bytes delivered.",
     "RSS after the run: 3 s after the last measurement (ztunnel returns free heap every second); split into anonymous (RssAnon) and file-backed (RssFile) pages.",
-    "Memory per connection: (RSS with the connections held open - idle RSS after lab up) / count, per node.",
+    "Memory per connection: (RSS with the connections held open - idle RSS after lab up) / count, per node; it includes what the first connections make stay (the pool's HBONE connections, grown tables). Second round: the same count again on the same ztunnels, (RSS held - RSS just before) / count.",
     "Compared capture (--compare-capture, default ebpf): a second lab of the same layout runs beside the first; its mesh path is measured in the same repetitions, interleaved with the other paths. The ztunnel table is the first lab's.",
 ];
 
@@ -297,6 +299,11 @@ pub fn markdown(r: &Report) -> String {
     line(&mut out, "memory per open connection (KiB)".into(), &|z| {
         format!("{:.1}", z.kib_per_connection)
     });
+    line(
+        &mut out,
+        "… one more open connection (second round, KiB)".into(),
+        &|z| format!("{:.1}", z.kib_per_connection_second),
+    );
     line(
         &mut out,
         "CPU during mesh throughput (s per GB)".into(),
