@@ -87,13 +87,14 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     }
 
     std::thread::sleep(AFTER_RUN);
-    let rss_after = ztunnel::rss_all(&ztunnels)?;
     let memory_after = ztunnel::memory_all(&ztunnels)?;
     drop(servers);
     progress("tearing the lab(s) down");
     let compared_capture = settings.compare_capture.clone();
     bench.down()?;
 
+    let per_connection =
+        |held: u64, before: u64| (held as f64 - before as f64) / settings.held_connections as f64;
     let ztunnel = ztunnels
         .iter()
         .enumerate()
@@ -102,14 +103,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             pid: z.pid,
             rss_idle_kib: rss_idle[i],
             rss_held_kib: rss_held[i],
-            rss_after_kib: rss_after[i],
+            rss_after_kib: memory_after[i].rss_kib,
             rss_after_anon_kib: memory_after[i].anon_kib,
             rss_after_file_kib: memory_after[i].file_kib,
             rss_peak_kib: memory_after[i].peak_kib,
-            kib_per_connection: (rss_held[i] as f64 - rss_idle[i] as f64)
-                / settings.held_connections as f64,
-            kib_per_connection_second: (rss_held_second[i] as f64 - rss_before_second[i] as f64)
-                / settings.held_connections as f64,
+            kib_per_connection: per_connection(rss_held[i], rss_idle[i]),
+            kib_per_connection_second: per_connection(rss_held_second[i], rss_before_second[i]),
             throughput_cpu_secs: runs.mesh_cpu[i],
             cpu_secs_per_gb: runs.mesh_cpu[i] / (runs.mesh_bytes as f64 / 1e9),
         })

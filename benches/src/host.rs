@@ -79,13 +79,18 @@ pub fn cpu_secs(pid: i32) -> anyhow::Result<f64> {
     Ok((ticks(14)? + ticks(15)?) as f64 / hz)
 }
 
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
-pub fn status_kib(pid: i32, field: &str) -> anyhow::Result<u64> {
+/// `kB` fields of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`, ...) in KiB, in the order asked,
+/// from one read so that they describe the same moment.
+pub fn status_fields_kib<const N: usize>(pid: i32, fields: [&str; N]) -> anyhow::Result<[u64; N]> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (did the process exit?)"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    let mut out = [0; N];
+    for (v, field) in out.iter_mut().zip(fields) {
+        *v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    }
+    Ok(out)
 }

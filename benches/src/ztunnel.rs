@@ -22,12 +22,13 @@ pub use crate::host::cpu_secs;
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: i32) -> anyhow::Result<u64> {
-    crate::host::status_kib(pid, "VmRSS:")
+    crate::host::status_fields_kib(pid, ["VmRSS:"]).map(|[rss]| rss)
 }
 
-/// Where a process's resident memory is, in KiB.
+/// A process's resident memory, where it is, and its peak, in KiB.
 #[derive(Clone, Copy, Debug)]
 pub struct Memory {
+    pub rss_kib: u64,
     pub anon_kib: u64,
     pub file_kib: u64,
     pub peak_kib: u64,
@@ -35,14 +36,18 @@ pub struct Memory {
 
 /// Resident memory split by kind, and the peak, of every ztunnel, in node order.
 pub fn memory_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<Memory>> {
-    use crate::host::status_kib;
     ztunnels
         .iter()
         .map(|z| {
+            let [rss_kib, anon_kib, file_kib, peak_kib] = crate::host::status_fields_kib(
+                z.pid,
+                ["VmRSS:", "RssAnon:", "RssFile:", "VmHWM:"],
+            )?;
             Ok(Memory {
-                anon_kib: status_kib(z.pid, "RssAnon:")?,
-                file_kib: status_kib(z.pid, "RssFile:")?,
-                peak_kib: status_kib(z.pid, "VmHWM:")?,
+                rss_kib,
+                anon_kib,
+                file_kib,
+                peak_kib,
             })
         })
         .collect()

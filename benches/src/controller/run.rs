@@ -321,10 +321,8 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// (VmRSS, VmHWM) in KiB.
 fn memory_kib(pid: i32) -> anyhow::Result<(u64, u64)> {
-    Ok((
-        crate::host::status_kib(pid, "VmRSS:")?,
-        crate::host::status_kib(pid, "VmHWM:")?,
-    ))
+    let [rss, peak] = crate::host::status_fields_kib(pid, ["VmRSS:", "VmHWM:"])?;
+    Ok((rss, peak))
 }
 
 /// The `amesh-controller` binary: `--controller`, `AMESH_CONTROLLER_BIN`, or next to this
