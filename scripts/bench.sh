@@ -15,9 +15,23 @@ bash scripts/setup.sh >&2
 source scripts/target-dir.sh
 
 # Only what the chosen benchmark runs: each release binary is a whole-program (fat LTO) link of
-# one to three minutes on two cores, most of a build from nothing.
+# one to three minutes on two cores, most of a build. amesh-bench runs the lab's pod apps
+# itself, so amesh-lab is not needed; amesh-controller only with `--control-plane controller`.
+control_plane="${AMESH_LAB_CONTROL_PLANE:-file}"
+prev=""
+for a in "$@"; do
+  case "$a" in
+    --control-plane=*) control_plane="${a#*=}" ;;
+    *) [ "$prev" = "--control-plane" ] && control_plane="$a" ;;
+  esac
+  prev="$a"
+done
 case "${AMESH_BENCH:-lab}" in
-  lab) bench=amesh-bench; bins=(ztunnel amesh-cni amesh-controller amesh-lab amesh-bench) ;;
+  lab)
+    bench=amesh-bench
+    bins=(ztunnel amesh-cni amesh-bench)
+    [ "$control_plane" = controller ] && bins+=(amesh-controller)
+    ;;
   controller) bench=amesh-bench-controller; bins=(amesh-controller amesh-bench-controller) ;;
   *) echo "AMESH_BENCH must be lab or controller, not ${AMESH_BENCH}" >&2; exit 2 ;;
 esac

@@ -99,11 +99,13 @@ impl BenchLab {
     }
 
     fn up_with(settings: &Settings, capture_mode: &str) -> anyhow::Result<BenchLab> {
-        let binary = lab::cluster::find_binary()
-            .context("amesh-lab binary not found: run `cargo build --bins` first")?;
+        // This binary serves the pods' apps (see `lab::apps`); ztunnel and amesh-cni are
+        // looked for next to it.
+        let binary = std::env::current_exe().context("cannot find the amesh-bench binary")?;
         let options = LabOptions {
             mesh: Some(MeshOptions {
                 capture_mode: capture_mode.to_string(),
+                control_plane: settings.lab_control_plane(),
                 ..MeshOptions::beside(&binary)
             }),
             binary: Some(binary),

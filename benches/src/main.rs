@@ -22,7 +22,22 @@ mod ztunnel;
 use anyhow::Context;
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // The lab runs its pods' apps from the binary that brought it up: this one.
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = lab::apps::run_if_app(&args) {
+        return code;
+    }
+    match bench_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amesh-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_main() -> anyhow::Result<()> {
     let cli = settings::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -196,8 +196,8 @@ pub fn markdown(r: &Report) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "## amesh lab benchmark: mesh (HBONE, {} capture) vs direct\n",
-        s.capture_mode
+        "## amesh lab benchmark: mesh (HBONE, {} capture, {} control plane) vs direct\n",
+        s.capture_mode, s.control_plane
     );
     let _ = writeln!(
         out,

@@ -34,6 +34,12 @@ pub struct Cli {
     /// measured in the same repetitions ("none": no second lab).
     #[arg(long, default_value = "ebpf")]
     pub compare_capture: String,
+    /// Where the ztunnels get config and certificates: the lab's local file (each ztunnel
+    /// signs its own certificates with the lab CA), or `amesh-controller` over xDS. The data
+    /// path measured is the same; the file saves building the controller.
+    #[arg(long, env = "AMESH_LAB_CONTROL_PLANE", default_value = "file",
+          value_parser = ["file", "controller"])]
+    pub control_plane: String,
     /// Manifests folder of the cluster (default: the fixture shipped with the bench).
     #[arg(long)]
     pub fixture: Option<PathBuf>,
@@ -64,6 +70,8 @@ pub struct Settings {
     pub capture_mode: String,
     /// Capture mode of the second lab's mesh path, if any.
     pub compare_capture: Option<String>,
+    /// `file` or `controller` (see [`Cli::control_plane`]).
+    pub control_plane: String,
     pub fixture: PathBuf,
 }
 
@@ -92,6 +100,7 @@ impl Settings {
                 held_connections: 1_000,
                 capture_mode: cli.capture_mode.clone(),
                 compare_capture: compare.clone(),
+                control_plane: cli.control_plane.clone(),
                 fixture,
             }
         } else {
@@ -112,6 +121,7 @@ impl Settings {
                 held_connections: 1_000,
                 capture_mode: cli.capture_mode.clone(),
                 compare_capture: compare.clone(),
+                control_plane: cli.control_plane.clone(),
                 fixture,
             }
         };
@@ -119,6 +129,14 @@ impl Settings {
             repetitions: cli.reps.unwrap_or(base.repetitions).max(1),
             throughput_secs: cli.seconds.unwrap_or(base.throughput_secs).max(1),
             ..base
+        }
+    }
+
+    /// The lab's control plane for [`Settings::control_plane`].
+    pub fn lab_control_plane(&self) -> lab::mesh::ControlPlane {
+        match self.control_plane.as_str() {
+            "controller" => lab::mesh::ControlPlane::Controller,
+            _ => lab::mesh::ControlPlane::LocalFile,
         }
     }
 

@@ -7,8 +7,10 @@
 //! - [`topology`] over [`netns`] and [`cmd`]: the network (bridge, nodes, pods, routes).
 //! - [`cluster`]: [`Lab`] — manifests in, a running cluster out; [`hooks`] for the mesh.
 //! - [`reap`]: `down`, `down_all`, `cleanup_stale` from any process, via [`rundir`] and [`state`].
-//! - [`echo`]: the app in every pod; [`client`]: talking to it from inside a pod.
+//! - [`echo`]: the app in every pod; [`client`]: talking to it from inside a pod; [`apps`]: the
+//!   subcommands that run it (and the keeper) from the lab's binary or any other.
 
+pub mod apps;
 pub mod client;
 pub mod cluster;
 pub mod cmd;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use lab::client::{self, HttpVersion};
-use lab::echo::{self, EchoConfig};
 use lab::{reap, summary, Lab, LabId, LabOptions, LabState};
 
 #[derive(Parser)]
@@ -78,15 +77,9 @@ enum Cmd {
     },
     /// Talk to an echo app from inside a pod: raw TCP echo, or an HTTP GET.
     Client(ClientArgs),
-    /// (internal) The echo app of a pod.
-    #[command(hide = true)]
-    Echo(EchoArgs),
-    /// (internal) Holds a detached lab's lock until killed.
-    #[command(hide = true)]
-    Keep {
-        #[arg(long)]
-        id: LabId,
-    },
+    /// The pod apps and the keeper (hidden).
+    #[command(flatten)]
+    App(lab::apps::AppCmd),
 }
 
 #[derive(Args)]
@@ -114,28 +107,8 @@ struct ClientArgs {
     timeout_secs: u64,
 }
 
-#[derive(Args)]
-struct EchoArgs {
-    #[arg(long)]
-    pod: String,
-    #[arg(long)]
-    namespace: String,
-    #[arg(long, default_value = "")]
-    version: String,
-    #[arg(long, default_value = "")]
-    node: String,
-    /// Comma-separated TCP ports.
-    #[arg(long, value_delimiter = ',', num_args = 0..)]
-    ports: Vec<u16>,
-}
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lab::apps::init_logs();
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -182,28 +155,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Status { id, json } => status(id, json),
         Cmd::Client(args) => client_cmd(args),
-        Cmd::Echo(args) => {
-            let config = EchoConfig {
-                pod: args.pod,
-                namespace: args.namespace,
-                version: args.version,
-                node: args.node,
-                ports: args.ports,
-            };
-            // One thread per pod app is plenty, and keeps a lab of many pods light.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the tokio runtime")?;
-            rt.block_on(echo::run(config))?;
-            Ok(())
-        }
-        Cmd::Keep { id } => {
-            tracing::info!(lab = %id, "keeping the lab alive until killed");
-            loop {
-                std::thread::park();
-            }
-        }
+        Cmd::App(app) => app.run(),
     }
 }
 

@@ -1,0 +1,115 @@
+//! The processes a lab starts from its own binary: the echo app of every pod and the keeper
+//! of a detached lab. They are subcommands of `amesh-lab`, and any other binary that brings
+//! labs up in-process (the benchmark) can serve them too by handing its command line to
+//! [`run_if_app`] first: then it is its own lab binary and `amesh-lab` need not be built.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::echo::{self, EchoConfig};
+use crate::plan::LabId;
+
+/// The lab's internal subcommands (hidden from `--help`).
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// (internal) The echo app of a pod.
+    #[command(hide = true)]
+    Echo(EchoArgs),
+    /// (internal) Holds a detached lab's lock until killed.
+    #[command(hide = true)]
+    Keep {
+        #[arg(long)]
+        id: LabId,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    #[arg(long)]
+    pod: String,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long, default_value = "")]
+    version: String,
+    #[arg(long, default_value = "")]
+    node: String,
+    /// Comma-separated TCP ports.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    ports: Vec<u16>,
+}
+
+impl AppCmd {
+    /// Runs the app; the keeper never returns.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            AppCmd::Echo(args) => {
+                let config = EchoConfig {
+                    pod: args.pod,
+                    namespace: args.namespace,
+                    version: args.version,
+                    node: args.node,
+                    ports: args.ports,
+                };
+                // One thread per pod app is plenty, and keeps a lab of many pods light.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the tokio runtime")?;
+                rt.block_on(echo::run(config))?;
+                Ok(())
+            }
+            AppCmd::Keep { id } => {
+                tracing::info!(lab = %id, "keeping the lab alive until killed");
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "amesh-lab")]
+struct AppCli {
+    #[command(subcommand)]
+    cmd: AppCmd,
+}
+
+/// If `args` (a whole command line, program name first) starts one of the lab's apps, runs it
+/// and returns its exit code; otherwise `None`, and the caller goes on with its own command
+/// line. Logs go to stderr (the lab writes them to the process's log file) at `RUST_LOG`, info
+/// by default.
+pub fn run_if_app(args: &[OsString]) -> Option<ExitCode> {
+    let first = args.get(1)?.to_str()?;
+    if !["echo", "keep"].contains(&first) {
+        return None;
+    }
+    let cli = match AppCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Some(ExitCode::from(2));
+        }
+    };
+    init_logs();
+    Some(match cli.cmd.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amesh-lab {first}: {e:#}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Logs of the lab's processes: stderr, `RUST_LOG` or info.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
