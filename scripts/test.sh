@@ -26,7 +26,8 @@ AMESH_LAB_CONTROL_PLANE=file cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp
 # And once more with eBPF capture (sk_lookup + policy routing, no netfilter in the pods).
 echo "[test] end-to-end scenarios with CAPTURE_MODE=ebpf"
 CAPTURE_MODE=ebpf cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
-# Benchmark smoke: the lab benchmark's quick mode (direct vs mesh, one repetition). Figures
-# from a debug build are not meant to be quoted; this checks the benchmark itself still works.
-echo "[test] benchmark smoke (amesh-bench --quick)"
-"$CARGO_TARGET_DIR/debug/amesh-bench" --quick --out "$CARGO_TARGET_DIR/bench/quick.json"
+# Benchmark smoke: the benchmark command itself in quick mode (release build, direct vs mesh
+# with both capture modes, one repetition). It also leaves the release binaries built, so a
+# full `bash scripts/bench.sh` afterwards only runs.
+echo "[test] benchmark smoke (scripts/bench.sh --quick)"
+bash scripts/bench.sh --quick --out "$CARGO_TARGET_DIR/bench/quick.json"

@@ -13,16 +13,24 @@
 //!   root: kept in a folder or a Kubernetes Secret, published as a ConfigMap for ztunnel.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
+//!
+//! `source`, `xds`, `ca`, `tls` and `app` are the `server` feature (on by default); without it the
+//! library is the translation alone (the lab's use).
 
+#[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
 pub mod ca;
 pub mod manifests;
 pub mod model;
 pub mod render;
+#[cfg(feature = "server")]
 pub mod source;
+#[cfg(feature = "server")]
 pub mod tls;
 pub mod translate;
 mod warnings;
+#[cfg(feature = "server")]
 pub mod xds;
 
 pub use manifests::{load_dir, LoadResult, ManifestError, Manifests};
