@@ -30,11 +30,19 @@ case "${AMESH_BENCH:-lab}" in
   lab)
     bench=amesh-bench
     bins=(ztunnel amesh-cni amesh-bench)
-    [ "$control_plane" = controller ] && bins+=(amesh-controller)
+    pkgs=(amesh-ztunnel amesh-bench)
+    if [ "$control_plane" = controller ]; then bins+=(amesh-controller); pkgs+=(amesh-controller); fi
     ;;
-  controller) bench=amesh-bench-controller; bins=(amesh-controller amesh-bench-controller) ;;
+  controller)
+    bench=amesh-bench-controller
+    bins=(amesh-controller amesh-bench-controller)
+    pkgs=(amesh-controller amesh-bench)
+    ;;
   *) echo "AMESH_BENCH must be lab or controller, not ${AMESH_BENCH}" >&2; exit 2 ;;
 esac
-echo "[bench] cargo build --release ${bins[*]/#/--bin }" >&2
-cargo build --release --locked "${bins[@]/#/--bin=}"
+# The packages are named so that cargo resolves features for them alone: with the whole
+# workspace selected, the controller's server feature (kube, the xDS server) would be built into
+# the lab's copy of the controller library too.
+echo "[bench] cargo build --release ${pkgs[*]/#/-p } ${bins[*]/#/--bin }" >&2
+cargo build --release --locked "${pkgs[@]/#/-p=}" "${bins[@]/#/--bin=}"
 exec "$CARGO_TARGET_DIR/release/$bench" "$@"
