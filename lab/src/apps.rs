@@ -113,3 +113,32 @@ pub fn init_logs() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn other_command_lines_are_left_to_the_caller() {
+        assert!(run_if_app(&line(&["amesh-bench"])).is_none());
+        assert!(run_if_app(&line(&["amesh-bench", "--quick"])).is_none());
+        assert!(run_if_app(&line(&["amesh-lab", "status"])).is_none());
+    }
+
+    #[test]
+    fn a_malformed_app_command_line_is_a_usage_error() {
+        // `echo` without its required --pod/--namespace: clap's error, exit code 2, no app.
+        assert_eq!(
+            run_if_app(&line(&["amesh-bench", "echo"])),
+            Some(ExitCode::from(2))
+        );
+        assert_eq!(
+            run_if_app(&line(&["amesh-bench", "keep", "--id", "NOT A LAB ID"])),
+            Some(ExitCode::from(2))
+        );
+    }
+}
