@@ -105,7 +105,7 @@ impl BenchLab {
         let options = LabOptions {
             mesh: Some(MeshOptions {
                 capture_mode: capture_mode.to_string(),
-                control_plane: settings.lab_control_plane(),
+                control_plane: settings.control_plane,
                 ..MeshOptions::beside(&binary)
             }),
             binary: Some(binary),

@@ -197,7 +197,8 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         out,
         "## amesh lab benchmark: mesh (HBONE, {} capture, {} control plane) vs direct\n",
-        s.capture_mode, s.control_plane
+        s.capture_mode,
+        s.control_plane.name()
     );
     let _ = writeln!(
         out,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use lab::mesh::ControlPlane;
 use serde::Serialize;
 
 /// Command line of `amesh-bench`.
@@ -37,9 +38,9 @@ pub struct Cli {
     /// Where the ztunnels get config and certificates: the lab's local file (each ztunnel
     /// signs its own certificates with the lab CA), or `amesh-controller` over xDS. The data
     /// path measured is the same; the file saves building the controller.
-    #[arg(long, env = "AMESH_LAB_CONTROL_PLANE", default_value = "file",
-          value_parser = ["file", "controller"])]
-    pub control_plane: String,
+    #[arg(long, env = "AMESH_LAB_CONTROL_PLANE", value_enum,
+          default_value_t = ControlPlane::LocalFile)]
+    pub control_plane: ControlPlane,
     /// Manifests folder of the cluster (default: the fixture shipped with the bench).
     #[arg(long)]
     pub fixture: Option<PathBuf>,
@@ -70,8 +71,9 @@ pub struct Settings {
     pub capture_mode: String,
     /// Capture mode of the second lab's mesh path, if any.
     pub compare_capture: Option<String>,
-    /// `file` or `controller` (see [`Cli::control_plane`]).
-    pub control_plane: String,
+    /// See [`Cli::control_plane`]; recorded by name (`file`, `controller`).
+    #[serde(serialize_with = "control_plane_name")]
+    pub control_plane: ControlPlane,
     pub fixture: PathBuf,
 }
 
@@ -100,7 +102,7 @@ impl Settings {
                 held_connections: 1_000,
                 capture_mode: cli.capture_mode.clone(),
                 compare_capture: compare.clone(),
-                control_plane: cli.control_plane.clone(),
+                control_plane: cli.control_plane,
                 fixture,
             }
         } else {
@@ -121,7 +123,7 @@ impl Settings {
                 held_connections: 1_000,
                 capture_mode: cli.capture_mode.clone(),
                 compare_capture: compare.clone(),
-                control_plane: cli.control_plane.clone(),
+                control_plane: cli.control_plane,
                 fixture,
             }
         };
@@ -132,15 +134,11 @@ impl Settings {
         }
     }
 
-    /// The lab's control plane for [`Settings::control_plane`].
-    pub fn lab_control_plane(&self) -> lab::mesh::ControlPlane {
-        match self.control_plane.as_str() {
-            "controller" => lab::mesh::ControlPlane::Controller,
-            _ => lab::mesh::ControlPlane::LocalFile,
-        }
-    }
-
     pub fn throughput_duration(&self) -> Duration {
         Duration::from_secs(self.throughput_secs)
     }
+}
+
+fn control_plane_name<S: serde::Serializer>(c: &ControlPlane, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.name())
 }

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::echo::{self, EchoConfig};
 use crate::plan::LabId;
@@ -84,9 +84,7 @@ struct AppCli {
 /// by default.
 pub fn run_if_app(args: &[OsString]) -> Option<ExitCode> {
     let first = args.get(1)?.to_str()?;
-    if !["echo", "keep"].contains(&first) {
-        return None;
-    }
+    AppCli::command().find_subcommand(first)?;
     let cli = match AppCli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

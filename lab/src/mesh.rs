@@ -26,15 +26,18 @@ pub struct MeshOptions {
     pub control_plane: ControlPlane,
 }
 
-/// The lab's source of ztunnel config and certificates.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The lab's source of ztunnel config and certificates. On command lines (and in
+/// `AMESH_LAB_CONTROL_PLANE`) it is `controller` or `file`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ControlPlane {
     /// `amesh-controller` in the root netns: xDS and CA over TLS on port 15012, watching the
     /// manifests.
     #[default]
+    #[value(name = "controller")]
     Controller,
     /// No controller: the lab translates the manifests into ztunnel's local file, and each
     /// ztunnel signs its own certificates with the CA on disk.
+    #[value(name = "file")]
     LocalFile,
 }
 
@@ -44,6 +47,14 @@ impl ControlPlane {
         match std::env::var("AMESH_LAB_CONTROL_PLANE").as_deref() {
             Ok("file") => ControlPlane::LocalFile,
             _ => ControlPlane::Controller,
+        }
+    }
+
+    /// The command-line name: `controller` or `file`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlPlane::Controller => "controller",
+            ControlPlane::LocalFile => "file",
         }
     }
 }
