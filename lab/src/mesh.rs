@@ -246,6 +246,12 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
     }
     let dir = node_dir(&state, &node.name);
     std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
+    // The node's resolver, as the kubelet gives ztunnel's pod one: the lab's root netns,
+    // where a test may answer (or, to play a slow upstream, swallow) the queries ztunnel
+    // forwards. Nothing there by default: a forwarded query fails at once.
+    let resolv_conf = dir.join("resolv.conf");
+    std::fs::write(&resolv_conf, format!("nameserver {}\n", state.root_ip))
+        .map_err(|e| hook_error("on_manifests_written", e))?;
     let mut cmd = Command::new(&ztunnel);
     match opts.control_plane {
         ControlPlane::LocalFile => {
@@ -267,6 +273,7 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
         .env("CAPTURE_MODE", &opts.capture_mode)
+        .env("AMESH_RESOLV_CONF", &resolv_conf)
         // Every lab node shares this machine's cores with the others and with the apps: one
         // worker per node's ztunnel, like a node with a core of its own (unless the caller
         // sets the variable itself, which the child then inherits).

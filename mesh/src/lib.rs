@@ -6,6 +6,7 @@ pub mod certs;
 pub mod control;
 pub mod hbone;
 pub mod identity;
+pub mod limits;
 pub mod state;
 pub mod tls;
 pub mod xds;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use lab;
+
+pub mod probe;
 use lab::mesh::MeshOptions;
 use lab::{Lab, LabOptions};
 
@@ -93,6 +95,23 @@ impl MeshLab {
             .expect("kill");
         assert!(status.success(), "kill -{signal} {pid} failed");
         pid
+    }
+
+    /// The pid of the newest lab process named `name` (`ztunnel node1`).
+    pub fn pid(&self, name: &str) -> i32 {
+        self.lab
+            .state()
+            .processes
+            .iter()
+            .rev()
+            .find(|p| p.name == name)
+            .map(|p| p.pid)
+            .unwrap_or_else(|| panic!("no lab process named {name:?}"))
+    }
+
+    /// The pid of `node`'s ztunnel.
+    pub fn ztunnel_pid(&self, node: &str) -> i32 {
+        self.pid(&lab::mesh::ztunnel_name(node))
     }
 
     /// An HTTP GET from `pod`; the echo app's answer.

@@ -39,10 +39,27 @@ pub enum Endpoint {
     Readiness,
 }
 
+/// Connections one endpoint serves at once; more wait in the listen queue. Scrapers and
+/// probes use one or two: this only stops a flood from taking ztunnel's descriptors.
+const MAX_CONNECTIONS: usize = 64;
+/// A client gets this long to send its request headers, and as long again per response.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, endpoint: Endpoint) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // Wait for a free slot before accepting: backpressure, not refusal.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!(?endpoint, error = %e, "accepting an admin connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -50,12 +67,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, endpoint: Endpoint)
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(&admin, endpoint, req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                warn!(error = %e, "admin connection failed");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(REQUEST_TIMEOUT * 6, conn).await {
+                Ok(Err(e)) => warn!(error = %e, "admin connection failed"),
+                Err(_) => warn!("admin connection open for over a minute; closing it"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }

@@ -54,6 +54,40 @@ pub enum ProxyMode {
 /// Worker threads unless `ZTUNNEL_WORKER_THREADS` says otherwise (Istio's default).
 pub const DEFAULT_WORKER_THREADS: usize = 2;
 
+/// Bounds on the work a peer can make ztunnel do before it has proven anything (see
+/// [`mesh::limits`]). Past a bound the new connection or query alone is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// HBONE connections still in their TLS/HTTP/2 handshakes, per source address
+    /// (`AMESH_HBONE_PENDING_PER_SOURCE`, default 64) ...
+    pub hbone_pending_per_source: usize,
+    /// ... and on the whole node (`AMESH_HBONE_PENDING_TOTAL`, default 1024).
+    pub hbone_pending_total: usize,
+    /// Open plaintext (15006) connections per client address (`AMESH_PLAINTEXT_PER_SOURCE`,
+    /// default 1024): a client outside the mesh has no identity to be held to account by.
+    pub plaintext_per_source: usize,
+    /// Open DNS-over-TCP connections per pod (`AMESH_DNS_TCP_PER_POD`, default 64).
+    pub dns_tcp_per_pod: usize,
+    /// DNS queries forwarded upstream and not yet answered, per pod
+    /// (`AMESH_DNS_FORWARDS_PER_POD`, default 128) ...
+    pub dns_forwards_per_pod: usize,
+    /// ... and on the whole node (`AMESH_DNS_FORWARDS_TOTAL`, default 1024).
+    pub dns_forwards_total: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            hbone_pending_per_source: 64,
+            hbone_pending_total: 1024,
+            plaintext_per_source: 1024,
+            dns_tcp_per_pod: 64,
+            dns_forwards_per_pod: 128,
+            dns_forwards_total: 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub config_source: ConfigSource,
@@ -94,6 +128,10 @@ pub struct Config {
     /// Threads of the runtime that carries traffic (`ZTUNNEL_WORKER_THREADS`, as Istio's
     /// ztunnel, default 2).
     pub worker_threads: usize,
+    pub limits: LimitSettings,
+    /// The resolver configuration whose nameservers get the DNS queries ztunnel does not
+    /// answer itself (`AMESH_RESOLV_CONF`, default `/etc/resolv.conf`).
+    pub resolv_conf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +270,34 @@ impl Config {
                 .filter(|n| (1..=1024).contains(n))
                 .ok_or_else(|| invalid("ZTUNNEL_WORKER_THREADS", &v, &"expected 1 to 1024"))?,
         };
+        let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| invalid(var, &v, &"expected a whole number of at least 1")),
+            }
+        };
+        let defaults = LimitSettings::default();
+        let limits = LimitSettings {
+            hbone_pending_per_source: count(
+                "AMESH_HBONE_PENDING_PER_SOURCE",
+                defaults.hbone_pending_per_source,
+            )?,
+            hbone_pending_total: count("AMESH_HBONE_PENDING_TOTAL", defaults.hbone_pending_total)?,
+            plaintext_per_source: count(
+                "AMESH_PLAINTEXT_PER_SOURCE",
+                defaults.plaintext_per_source,
+            )?,
+            dns_tcp_per_pod: count("AMESH_DNS_TCP_PER_POD", defaults.dns_tcp_per_pod)?,
+            dns_forwards_per_pod: count(
+                "AMESH_DNS_FORWARDS_PER_POD",
+                defaults.dns_forwards_per_pod,
+            )?,
+            dns_forwards_total: count("AMESH_DNS_FORWARDS_TOTAL", defaults.dns_forwards_total)?,
+        };
         let node_name = get("NODE_NAME").unwrap_or_default();
         if node_name.is_empty() && proxy_mode == ProxyMode::Shared {
             return Err(ConfigError::Missing {
@@ -277,6 +343,10 @@ impl Config {
             },
             token_file: get("AMESH_TOKEN_FILE").map(PathBuf::from),
             json_logs: get("LOG_FORMAT").as_deref() == Some("json"),
+            limits,
+            resolv_conf: get("AMESH_RESOLV_CONF")
+                .unwrap_or_else(|| "/etc/resolv.conf".into())
+                .into(),
         })
     }
 }

@@ -1,10 +1,12 @@
 //! DNS proxy (15053 in the pod, UDP and TCP): answers A/AAAA for mesh service hostnames from the
 //! current config, so pods resolve service names to VIPs even without cluster DNS; forwards
-//! every other query to the node's upstream resolver.
+//! every other query to the node's upstream resolver. Connections and forwarded queries are
+//! bounded per pod (and forwards per node), and a TCP client that goes quiet is dropped.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -12,7 +14,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use mesh::state::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::proxy::{Pod, Shared};
 
@@ -79,32 +81,94 @@ pub fn resolve(snapshot: &Snapshot, namespace: &str, query: &Message) -> Resolut
     Resolution::Answer(answer)
 }
 
-/// The first nameserver of the node's resolv.conf, if any.
-fn upstream() -> Option<SocketAddr> {
-    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-    conf.lines().find_map(|l| {
-        let mut parts = l.split_whitespace();
-        (parts.next() == Some("nameserver"))
-            .then(|| parts.next()?.parse::<IpAddr>().ok())
-            .flatten()
-            .map(|ip| SocketAddr::new(ip, 53))
-    })
+/// The nameservers queries go to when ztunnel does not answer them: those of a resolv.conf
+/// (the node's, or `AMESH_RESOLV_CONF`), re-read when it changes (looked at every few seconds,
+/// not on every query).
+#[derive(Debug)]
+pub struct Resolvers {
+    path: PathBuf,
+    cache: parking_lot::Mutex<ResolverCache>,
 }
 
-async fn forward(query: &[u8]) -> Option<Vec<u8>> {
-    let server = upstream()?;
+#[derive(Debug)]
+struct ResolverCache {
+    checked: Option<Instant>,
+    modified: Option<std::time::SystemTime>,
+    nameservers: Vec<SocketAddr>,
+}
+
+/// How often the resolv.conf is looked at again.
+const RESOLV_CONF_RECHECK: Duration = Duration::from_secs(5);
+
+impl Resolvers {
+    pub fn new(path: impl Into<PathBuf>) -> Resolvers {
+        Resolvers {
+            path: path.into(),
+            cache: parking_lot::Mutex::new(ResolverCache {
+                checked: None,
+                modified: None,
+                nameservers: Vec::new(),
+            }),
+        }
+    }
+
+    /// The first nameserver, if any.
+    fn first(&self) -> Option<SocketAddr> {
+        let mut cache = self.cache.lock();
+        if cache
+            .checked
+            .is_none_or(|t| t.elapsed() >= RESOLV_CONF_RECHECK)
+        {
+            cache.checked = Some(Instant::now());
+            let modified = std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok();
+            if modified != cache.modified || modified.is_none() {
+                cache.modified = modified;
+                cache.nameservers = std::fs::read_to_string(&self.path)
+                    .map(|text| nameservers(&text))
+                    .unwrap_or_default();
+            }
+        }
+        cache.nameservers.first().copied()
+    }
+}
+
+/// The `nameserver` lines of a resolv.conf.
+fn nameservers(conf: &str) -> Vec<SocketAddr> {
+    conf.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some("nameserver"))
+                .then(|| parts.next()?.parse::<IpAddr>().ok())
+                .flatten()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// Sends `query` to `server` and waits for its answer. The socket is connected, so only the
+/// server's datagrams are taken for answers and an unreachable server fails at once.
+async fn forward(query: &Message, raw: &[u8], server: SocketAddr) -> Option<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().ok()?
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
-        "[::]:0".parse().ok()?
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(bind).await.ok()?;
-    socket.send_to(query, server).await.ok()?;
+    socket.connect(server).await.ok()?;
+    socket.send(raw).await.ok()?;
     let mut buf = vec![0u8; 4096];
-    let (n, _) = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
+    let wait = async {
+        loop {
+            let n = socket.recv(&mut buf).await.ok()?;
+            // Another query's late answer, or garbage: keep waiting for ours.
+            if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == query.metadata.id {
+                return Some(n);
+            }
+        }
+    };
+    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, wait).await.ok()??;
     buf.truncate(n);
     Some(buf)
 }
@@ -113,16 +177,35 @@ async fn forward(query: &[u8]) -> Option<Vec<u8>> {
 async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
     let query = Message::from_vec(raw).ok()?;
     let resolution = resolve(&shared.state.snapshot(), &pod.info.namespace, &query);
+    let servfail = || {
+        Message::error_msg(
+            query.metadata.id,
+            query.metadata.op_code,
+            ResponseCode::ServFail,
+        )
+    };
     let reply = match resolution {
         Resolution::Answer(m) => m,
-        Resolution::Forward => match forward(raw).await {
-            Some(bytes) => return Some(bytes),
-            None => Message::error_msg(
-                query.metadata.id,
-                query.metadata.op_code,
-                ResponseCode::ServFail,
-            ),
-        },
+        Resolution::Forward => {
+            // A forward holds a socket until the upstream answers or gives up: bounded per pod
+            // and per node, and past the bound the app hears SERVFAIL at once.
+            let permits = (
+                pod.dns.forwards.clone().try_acquire_owned(),
+                shared.limits.dns_forwards.clone().try_acquire_owned(),
+            );
+            let (Ok(_pod_permit), Ok(_node_permit)) = permits else {
+                debug!("too many DNS queries in flight upstream; answering SERVFAIL");
+                return servfail().to_vec().ok();
+            };
+            let upstream = match shared.resolvers.first() {
+                Some(server) => forward(&query, raw, server).await,
+                None => None,
+            };
+            match upstream {
+                Some(bytes) => return Some(bytes),
+                None => servfail(),
+            }
+        }
     };
     reply.to_vec().ok()
 }
@@ -141,8 +224,14 @@ pub async fn serve(
             let mut buf = vec![0u8; 4096];
             let local = udp.local_addr().ok();
             loop {
-                let Ok((n, from, dst)) = recv_with_dst(&udp, &mut buf).await else {
-                    continue;
+                let (n, from, dst) = match recv_with_dst(&udp, &mut buf).await {
+                    Ok(received) => received,
+                    Err(e) => {
+                        // Never spin on a socket that keeps failing.
+                        debug!(error = %e, "receiving a DNS datagram failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                 };
                 let raw = buf[..n].to_vec();
                 let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
@@ -169,11 +258,31 @@ pub async fn serve(
     };
     let tcp_loop = async move {
         loop {
-            let Ok((stream, _)) = tcp.accept().await else {
+            let stream = match tcp.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accepting a DNS connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            use std::os::fd::AsRawFd;
+            let headroom =
+                mesh::limits::check_descriptor_headroom("DNS connections", stream.as_raw_fd());
+            let Ok(permit) = pod.dns.tcp.clone().try_acquire_owned() else {
+                debug!("too many DNS connections open in this pod; closing a new one");
                 continue;
             };
+            if let Err(refused) = headroom {
+                debug!("closing a new DNS connection: {refused}");
+                continue;
+            }
             let (shared, pod) = (shared.clone(), pod.clone());
-            tokio::spawn(async move { serve_tcp_conn(&shared, &pod, stream).await });
+            tokio::spawn(async move {
+                serve_tcp_conn(&shared, &pod, stream).await;
+                drop(permit);
+            });
         }
     };
     // Draining stops answering; in-flight lookups are short and need no deadline.
@@ -253,16 +362,25 @@ async fn reply_from(
     UdpSocket::from_std(socket)?.send(reply).await.map(|_| ())
 }
 
+/// How long a DNS-over-TCP connection may sit between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long the body of a query may take once its length has arrived.
+const TCP_READ: Duration = Duration::from_secs(5);
+
 /// DNS over TCP: each message has a two-byte length prefix; several may follow on one stream.
+/// The body is read as it arrives (a length prefix alone allocates nothing), within
+/// [`TCP_READ`].
 async fn serve_tcp_conn(shared: &Shared, pod: &Pod, mut stream: TcpStream) {
     loop {
-        let len = match tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await {
+        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
             Ok(Ok(l)) => l as usize,
             _ => return,
         };
-        let mut raw = vec![0u8; len];
-        if stream.read_exact(&mut raw).await.is_err() {
-            return;
+        let mut raw = Vec::new();
+        let mut body = (&mut stream).take(len as u64);
+        match tokio::time::timeout(TCP_READ, body.read_to_end(&mut raw)).await {
+            Ok(Ok(n)) if n == len => {}
+            _ => return,
         }
         let Some(reply) = handle(shared, pod, &raw).await else {
             debug!("dropping a malformed DNS message over TCP");

@@ -9,6 +9,7 @@ pub mod cni;
 pub mod config;
 pub mod dns;
 pub mod dump;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod netns;

@@ -43,6 +43,10 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
+    #[error("{path} is not a network namespace ({detail}); the runtime must pass the pod sandbox's netns")]
+    NotNetns { path: PathBuf, detail: String },
+    #[error("{path} is {whose} network namespace, not a pod's: refusing to capture it")]
+    NotAPod { path: PathBuf, whose: &'static str },
 }
 
 /// ztunnel's own network namespace, where every thread returns after working in a pod's.
@@ -78,15 +82,28 @@ impl Drop for Entered {
 }
 
 impl Netns {
-    /// Opens the namespace at `path` (`/var/run/netns/x`, `/proc/<pid>/ns/net`); fails if it
-    /// cannot be entered.
+    /// Opens a pod's namespace at `path` (`/var/run/netns/x`, `/proc/<pid>/ns/net`); fails if
+    /// it is not a network namespace, if it is ztunnel's own or the host's, or if it cannot be
+    /// entered.
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
+        Netns::open_checked(path, false)
+    }
+
+    /// Like [`Netns::open`], but ztunnel's own namespace (or the host's) is allowed: for a
+    /// dedicated ztunnel, which serves the workload it runs beside, in its own netns.
+    pub fn open_own(path: &Path) -> Result<Netns, NetnsError> {
+        Netns::open_checked(path, true)
+    }
+
+    fn open_checked(path: &Path, allow_own: bool) -> Result<Netns, NetnsError> {
         let open_err = |source| NetnsError::Open {
             path: path.to_path_buf(),
             source,
         };
         let file = File::open(path).map_err(open_err)?;
-        let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(open_err)?);
+        let meta = file.metadata().map_err(open_err)?;
+        check_netns(path, &file, &meta, allow_own)?;
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
         let netns = Netns {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -122,6 +139,66 @@ impl Netns {
         let _back = Entered { home };
         f()
     }
+}
+
+// NS_GET_NSTYPE (linux/nsfs.h): the type of the namespace behind an nsfs descriptor.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+/// (device, inode): a namespace's identity, whatever path or descriptor names it.
+fn ns_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// A pod's netns must be a network namespace, and (unless `allow_own`) neither ztunnel's own
+/// nor the host's: capture installed there would redirect the node's (or ztunnel's) own
+/// traffic. The path comes from a CNI request or istio-cni, so nothing about it is taken on
+/// trust.
+fn check_netns(
+    path: &Path,
+    file: &File,
+    meta: &std::fs::Metadata,
+    allow_own: bool,
+) -> Result<(), NetnsError> {
+    use std::os::fd::AsRawFd;
+    let not_netns = |detail: String| NetnsError::NotNetns {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if !meta.is_file() {
+        return Err(not_netns("not a namespace file".into()));
+    }
+    // SAFETY: `file` is an open descriptor for the whole call; NS_GET_NSTYPE takes no argument
+    // and only reads the descriptor's inode.
+    match unsafe { ns_get_nstype(file.as_raw_fd()) } {
+        Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => {}
+        Ok(t) => return Err(not_netns(format!("a namespace of type {t:#x}"))),
+        Err(nix::errno::Errno::ENOTTY) => return Err(not_netns("not a namespace file".into())),
+        Err(e) => return Err(not_netns(format!("asking its namespace type: {e}"))),
+    }
+    if allow_own {
+        return Ok(());
+    }
+    let id = ns_id(meta);
+    if home()
+        .ok()
+        .and_then(|f| f.metadata().ok())
+        .map(|m| ns_id(&m))
+        == Some(id)
+    {
+        return Err(NetnsError::NotAPod {
+            path: path.to_path_buf(),
+            whose: "ztunnel's own",
+        });
+    }
+    // The first process's netns is the host's (or, in a pod of its own, the pod's own: ztunnel's).
+    if std::fs::metadata("/proc/1/ns/net").ok().map(|m| ns_id(&m)) == Some(id) {
+        return Err(NetnsError::NotAPod {
+            path: path.to_path_buf(),
+            whose: "the host's",
+        });
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Netns {

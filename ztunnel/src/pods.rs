@@ -82,6 +82,9 @@ pub struct PodManager {
     config_wait: Duration,
     /// Whether inbound connections reach the app from the client's address.
     original_source: bool,
+    /// Whether a pod may live in ztunnel's own netns (dedicated mode serves the workload it
+    /// runs beside); otherwise such a pod is refused.
+    own_netns: bool,
     pods: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
@@ -97,6 +100,7 @@ impl PodManager {
             state_file,
             config_wait: CONFIG_WAIT,
             original_source: true,
+            own_netns: false,
             pods: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -112,6 +116,13 @@ impl PodManager {
     /// on; off where no policy route brings the app's replies back, as in dedicated mode).
     pub fn with_original_source(mut self, on: bool) -> Self {
         self.original_source = on;
+        self
+    }
+
+    /// Lets pods live in ztunnel's own network namespace (dedicated mode only: a node's
+    /// ztunnel must never capture its own or the host's netns).
+    pub fn with_own_netns(mut self) -> Self {
+        self.own_netns = true;
         self
     }
 
@@ -131,6 +142,9 @@ impl PodManager {
         netns: PathBuf,
     ) -> Result<bool, PodError> {
         let label = format!("{namespace}/{name}");
+        // Before anything else, and before any running pod is touched: the path comes from
+        // the CNI request (or istio-cni), and must name a pod's network namespace.
+        let handle = self.open_netns(&netns)?;
         let Some(workload) = self.wait_for_workload(ip).await else {
             return Err(PodError::NotInConfig {
                 pod: label,
@@ -162,7 +176,7 @@ impl PodManager {
             self.stop(old).await;
             self.forget_unused(&pods, &identity);
         }
-        let running = self.start(info).await?;
+        let running = self.start(info, handle).await?;
         pods.insert(running.pod.info.uid.clone(), running);
         self.persist(&pods)?;
         Ok(true)
@@ -323,9 +337,16 @@ impl PodManager {
             })
     }
 
-    async fn start(&self, info: PodInfo) -> Result<Running, PodError> {
+    fn open_netns(&self, path: &Path) -> Result<Netns, NetnsError> {
+        if self.own_netns {
+            Netns::open_own(path)
+        } else {
+            Netns::open(path)
+        }
+    }
+
+    async fn start(&self, info: PodInfo, netns: Netns) -> Result<Running, PodError> {
         let label = format!("{}/{}", info.namespace, info.name);
-        let netns = Netns::open(&info.netns)?;
         let mut pod = Pod::new(&self.shared, info, netns.clone(), self.original_source).map_err(
             |source| PodError::Identity {
                 pod: label.clone(),
@@ -374,7 +395,8 @@ impl PodManager {
                 pod: pod.clone(),
             },
             self.shared.settings.clone(),
-        );
+        )
+        .with_pending_limits(self.shared.limits.hbone_pending.clone());
         tasks.spawn(
             server
                 .serve(listeners.hbone, watch.clone(), Duration::from_secs(5))

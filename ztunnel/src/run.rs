@@ -18,6 +18,8 @@ use tracing::{info, warn};
 use crate::admin::{self, Admin, Endpoint, LogReload};
 use crate::capture::CaptureMode;
 use crate::config::{CaSource, Config, ConfigSource, ProxyMode};
+use crate::dns::Resolvers;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pods::PodManager;
 use crate::proxy::Shared;
@@ -26,6 +28,12 @@ use crate::proxy::Shared;
 pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Result<()> {
     // Before any pod's netns is entered: the namespace every thread returns to.
     crate::netns::init().context("opening ztunnel's own network namespace")?;
+    // Every connection costs descriptors: take all the system allows, and keep a reserve that
+    // only established connections may use (see mesh::limits).
+    match mesh::limits::raise_fd_limit() {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
+    }
     tokio::spawn(crate::memory::release_free_memory());
     let store = CertStore::new();
     let (roots, provider): (TrustRoots, Arc<dyn CertificateProvider>) = match &config.ca {
@@ -74,6 +82,8 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         settings: H2Settings::default(),
         mark: config.packet_mark,
         node: config.node_name.clone(),
+        limits: Limits::new(&config.limits),
+        resolvers: Resolvers::new(&config.resolv_conf),
     });
     // With ZDS (`INPOD_UDS`), istio-cni installs the in-pod rules and replays its pods on every
     // connection, so ztunnel neither captures nor persists; amesh-cni's socket is not served.
@@ -93,11 +103,13 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     let capture = capture
         .backend()
         .with_context(|| format!("setting up capture ({capture:?})"))?;
-    let pods = Arc::new(
-        PodManager::new(shared.clone(), capture, state_file)
-            .with_config_wait(config.pod_config_wait)
-            .with_original_source(config.original_source),
-    );
+    let mut pods = PodManager::new(shared.clone(), capture, state_file)
+        .with_config_wait(config.pod_config_wait)
+        .with_original_source(config.original_source);
+    if matches!(config.proxy_mode, ProxyMode::Dedicated { .. }) {
+        pods = pods.with_own_netns();
+    }
+    let pods = Arc::new(pods);
     let ready = Arc::new(AtomicBool::new(false));
     let quit = Arc::new(Notify::new());
     let admin = Arc::new(Admin {

@@ -104,12 +104,52 @@ pub struct PodListeners {
     pub dns_tcp: TcpListener,
 }
 
-/// Ports of the in-pod listeners (Istio's).
+/// Ports of the in-pod listeners and of ztunnel's own endpoints (Istio's).
 pub mod ports {
     pub const OUTBOUND: u16 = 15001;
     pub const INBOUND_PLAIN: u16 = 15006;
     pub const HBONE: u16 = 15008;
     pub const DNS: u16 = 15053;
+    pub const ADMIN: u16 = 15000;
+    pub const STATS: u16 = 15020;
+    pub const READINESS: u16 = 15021;
+
+    /// Every port ztunnel serves. Never a target it carries a connection to: a tunnel or a
+    /// plaintext connection there would land on ztunnel again (as Istio's ztunnel, it refuses
+    /// them whatever the policy says).
+    pub const RESERVED: [u16; 7] = [OUTBOUND, INBOUND_PLAIN, HBONE, DNS, ADMIN, STATS, READINESS];
+
+    pub fn is_reserved(port: u16) -> bool {
+        RESERVED.contains(&port)
+    }
+}
+
+/// Refuses a connection from inside a pod's netns that would reach one of ztunnel's own
+/// listeners there: a reserved port on an address local to that netns. Every connection
+/// ztunnel makes in a pod passes here (in the netns, before the socket exists), so whatever
+/// a peer asks for, no connection ztunnel makes comes back to it as new work.
+fn refuse_self_connection(dest: SocketAddr) -> io::Result<()> {
+    if !ports::is_reserved(dest.port()) {
+        return Ok(());
+    }
+    let ip = dest.ip();
+    // A bind succeeds exactly when the address is one of this netns's own (without
+    // IP_TRANSPARENT or IP_FREEBIND); port 0 never conflicts.
+    let local = ip.is_loopback()
+        || ip.is_unspecified()
+        || new_socket(&dest, Type::DGRAM, Protocol::UDP)
+            .and_then(|s| s.bind(&SockAddr::from(SocketAddr::new(ip, 0))))
+            .is_ok();
+    if local {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "refusing to connect to {dest}: it is ztunnel's own port in this pod, and the \
+                 connection would loop back into ztunnel"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl PodListeners {
@@ -180,9 +220,10 @@ impl InPodSockets {
         let mark = self.mark;
         // eBPF capture must be told the source port before the SYN (see `Bypass`).
         let bypass = self.bypass.get().filter(|_| source.is_some());
-        let socket = self
-            .netns
-            .run(|| tcp_socket(dest, source, mark, bypass.is_some()))?;
+        let socket = self.netns.run(|| {
+            refuse_self_connection(dest)?;
+            tcp_socket(dest, source, mark, bypass.is_some())
+        })?;
         // Bound already, so the kernel has picked the source port the capture must know.
         let announced = match (source, bypass) {
             (Some(_), Some(bypass)) => {
@@ -208,7 +249,10 @@ impl InPodSockets {
 impl mesh::hbone::SocketFactory for InPodSockets {
     fn tcp_socket(&self, dest: SocketAddr) -> io::Result<TcpSocket> {
         let mark = self.mark;
-        let s = self.netns.run(|| tcp_socket(dest, None, mark, false))?;
+        let s = self.netns.run(|| {
+            refuse_self_connection(dest)?;
+            tcp_socket(dest, None, mark, false)
+        })?;
         Ok(TcpSocket::from_std_stream(s.into()))
     }
 }

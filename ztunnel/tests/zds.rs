@@ -324,6 +324,8 @@ async fn build_pods(dir: &Path) -> (Arc<Shared>, Arc<PodManager>) {
         settings: H2Settings::default(),
         mark: 0x539,
         node: "node1".into(),
+        limits: Default::default(),
+        resolvers: ztunnel::dns::Resolvers::new("/etc/resolv.conf"),
     });
     let pods = PodManager::new(shared.clone(), CaptureMode::None.backend().unwrap(), None)
         .with_config_wait(Duration::from_secs(1));

@@ -20,10 +20,22 @@ const MAX_DEPTH: usize = 16;
 /// Outcome of loading manifests: what loaded, and what did not.
 #[derive(Debug, Default)]
 pub struct LoadResult {
-    /// Every object that loaded.
+    /// Every object that loaded (and, with [`LastValid`], every one kept in force).
     pub manifests: Manifests,
     /// Every object (or file) that did not, in file order.
     pub errors: Vec<ManifestError>,
+    /// Objects whose file has errors now, kept in force in their last valid version (only
+    /// with [`LastValid`]; [`load_dir`] keeps nothing).
+    pub kept: Vec<KeptObject>,
+}
+
+/// An object left in force as it last loaded, because its file does not load cleanly now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptObject {
+    /// The file that holds (or held) it.
+    pub file: PathBuf,
+    /// `Kind namespace/name` (`Kind name` for cluster-scoped kinds).
+    pub object: String,
 }
 
 /// Loads every `*.yaml` / `*.yml` file under `path` (or `path` itself if it is a file).
@@ -32,32 +44,189 @@ pub struct LoadResult {
 /// this keeps a ConfigMap mount (`..data` and the timestamped directory it links to) from
 /// being read twice.
 pub fn load_dir(path: impl AsRef<Path>) -> LoadResult {
-    let path = path.as_ref();
-    let mut loader = Loader::default();
-    let mut files = Vec::new();
-    if path.is_file() {
-        files.push(path.to_path_buf());
-    } else {
-        collect_files(path, 0, &mut files, &mut loader.result.errors);
-    }
-    files.sort();
-    for file in files {
-        match fs::read_to_string(&file) {
-            Ok(text) => loader.load_text(&file, &text),
-            Err(source) => loader
-                .result
-                .errors
-                .push(ManifestError::Read { path: file, source }),
-        }
-    }
-    loader.result
+    LastValid::default().load_dir(path)
 }
 
 /// Loads the documents of one YAML text; `origin` names it in errors.
 pub fn load_yaml(origin: impl AsRef<Path>, text: &str) -> LoadResult {
-    let mut loader = Loader::default();
-    loader.load_text(origin.as_ref(), text);
-    loader.result
+    let file = load_text(origin.as_ref(), text);
+    merge(vec![file], Vec::new(), &HashMap::new())
+}
+
+/// What each file held the last time it loaded, so that a file that no longer loads cleanly
+/// removes nothing: an invalid edit of a policy in force must not take it out of force (a DENY
+/// would stop denying, an ALLOW's workload would be open to everyone). The Kubernetes source
+/// keeps the last valid version of an object the same way.
+///
+/// A file with errors keeps in force every object it held before that it does not hold now
+/// (the object that failed, and, since a broken document may hide which object it was, the
+/// others that went missing with it). A file that cannot be read keeps all it held. A file
+/// that was deleted, or that loads without errors, is taken as it is.
+#[derive(Debug, Default)]
+pub struct LastValid {
+    files: HashMap<PathBuf, Vec<Object>>,
+}
+
+impl LastValid {
+    /// Loads `path` as [`load_dir`] does, keeping what [`LastValid`] keeps, and remembers
+    /// what each file holds for the next load.
+    pub fn load_dir(&mut self, path: impl AsRef<Path>) -> LoadResult {
+        let path = path.as_ref();
+        let mut dir_errors = Vec::new();
+        let mut paths = Vec::new();
+        if path.is_file() {
+            paths.push(path.to_path_buf());
+        } else {
+            collect_files(path, 0, &mut paths, &mut dir_errors);
+        }
+        paths.sort();
+        let files = paths
+            .into_iter()
+            .map(|file| match fs::read_to_string(&file) {
+                Ok(text) => load_text(&file, &text),
+                Err(source) => FileLoad {
+                    errors: vec![ManifestError::Read {
+                        path: file.clone(),
+                        source,
+                    }],
+                    path: file,
+                    objects: Vec::new(),
+                    unreadable: true,
+                },
+            })
+            .collect();
+        let merged: Merged = merge(files, dir_errors, &self.files);
+        self.files.clear();
+        for (file, object) in &merged.origins {
+            self.files
+                .entry(file.clone())
+                .or_default()
+                .push(object.clone());
+        }
+        merged.into()
+    }
+}
+
+/// One file's objects and errors, before files are merged.
+struct FileLoad {
+    path: PathBuf,
+    objects: Vec<(ObjectRef, Object)>,
+    errors: Vec<ManifestError>,
+    /// The file exists but could not be read.
+    unreadable: bool,
+}
+
+/// `Kind namespace/name` of an object, as errors and [`KeptObject`] write it.
+fn describe(object: &Object) -> String {
+    let meta = object.metadata();
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
+        Some(ns) if !object.is_cluster_scoped() => format!("{} {ns}/{name}", object.kind()),
+        _ => format!("{} {name}", object.kind()),
+    }
+}
+
+/// Merged objects with the file each came from (for duplicates and for [`LastValid`]).
+struct Merged {
+    manifests: Manifests,
+    /// Every object that made it in, with its file, in load order.
+    origins: Vec<(PathBuf, Object)>,
+    errors: Vec<ManifestError>,
+    kept: Vec<KeptObject>,
+}
+
+impl From<Merged> for LoadResult {
+    fn from(m: Merged) -> LoadResult {
+        LoadResult {
+            manifests: m.manifests,
+            errors: m.errors,
+            kept: m.kept,
+        }
+    }
+}
+
+/// Merges files in order: the first definition of an object wins (a later one is a
+/// [`ManifestError::Duplicate`]); a file with errors adds back what `previous` says it held
+/// and now lacks.
+fn merge<T: From<Merged>>(
+    files: Vec<FileLoad>,
+    dir_errors: Vec<ManifestError>,
+    previous: &HashMap<PathBuf, Vec<Object>>,
+) -> T {
+    let mut merged = Merged {
+        manifests: Manifests::default(),
+        origins: Vec::new(),
+        errors: dir_errors,
+        kept: Vec::new(),
+    };
+    let mut seen: HashMap<(&'static str, ObjectKey), PathBuf> = HashMap::new();
+    for file in files {
+        let FileLoad {
+            path,
+            objects,
+            errors,
+            unreadable,
+        } = file;
+        let mut entries: Vec<(ObjectRef, Object, bool)> =
+            objects.into_iter().map(|(r, o)| (r, o, false)).collect();
+        if !errors.is_empty() || unreadable {
+            let held: std::collections::HashSet<_> = entries
+                .iter()
+                .map(|(_, o, _)| (o.kind(), ObjectKey::of(o.metadata())))
+                .collect();
+            for old in previous.get(&path).into_iter().flatten() {
+                if !held.contains(&(old.kind(), ObjectKey::of(old.metadata()))) {
+                    let r = ObjectRef {
+                        kind: Some(old.kind().to_owned()),
+                        namespace: old.metadata().namespace.clone(),
+                        name: old.metadata().name.clone(),
+                        ..ObjectRef::default()
+                    };
+                    entries.push((r, old.clone(), true));
+                }
+            }
+        }
+        merged.errors.extend(errors);
+        for (object_ref, object, kept) in entries {
+            let key = (object.kind(), ObjectKey::of(object.metadata()));
+            if let Some(first) = seen.get(&key) {
+                merged.errors.push(ManifestError::Duplicate {
+                    file: path.clone(),
+                    object: object_ref,
+                    first: first.clone(),
+                });
+                continue;
+            }
+            seen.insert(key, path.clone());
+            if kept {
+                merged.kept.push(KeptObject {
+                    file: path.clone(),
+                    object: describe(&object),
+                });
+            }
+            merged.origins.push((path.clone(), object.clone()));
+            merged.manifests.insert(object);
+        }
+    }
+    T::from(merged)
+}
+
+/// Loads the documents of one file's text.
+fn load_text(file: &Path, text: &str) -> FileLoad {
+    let mut load = FileLoad {
+        path: file.to_path_buf(),
+        objects: Vec::new(),
+        errors: Vec::new(),
+        unreadable: false,
+    };
+    for doc in split_documents(text) {
+        match parse_document(file, &doc) {
+            Ok(Some(parsed)) => load.objects.push(parsed),
+            Ok(None) => {}
+            Err(e) => load.errors.push(*e),
+        }
+    }
+    load
 }
 
 fn collect_files(
@@ -162,39 +331,6 @@ impl KnownKind {
     }
 }
 
-/// Accumulates objects across files, remembering where each came from to report duplicates.
-#[derive(Default)]
-struct Loader {
-    result: LoadResult,
-    origins: HashMap<(&'static str, ObjectKey), PathBuf>,
-}
-
-impl Loader {
-    fn load_text(&mut self, file: &Path, text: &str) {
-        for doc in split_documents(text) {
-            let (object, typed) = match parse_document(file, &doc) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.result.errors.push(*e);
-                    continue;
-                }
-            };
-            let origin_key = (typed.kind(), ObjectKey::of(typed.metadata()));
-            if let Some(first) = self.origins.get(&origin_key) {
-                self.result.errors.push(ManifestError::Duplicate {
-                    file: file.to_path_buf(),
-                    object,
-                    first: first.clone(),
-                });
-                continue;
-            }
-            self.origins.insert(origin_key, file.to_path_buf());
-            self.result.manifests.insert(typed);
-        }
-    }
-}
-
 /// One document → the object it holds (with its description for later errors), `None` for an
 /// empty document or a kind amesh does not use, or the reason it is rejected.
 fn parse_document(
@@ -248,6 +384,15 @@ fn parse_document(
         return Err(invalid(&object, Some(field.into()), detail));
     };
     let Some(known) = KnownKind::of(&api_version, &kind) else {
+        // A misspelt security kind must not pass for "a kind amesh does not use": the policy
+        // the user meant would silently be missing.
+        if api_version.starts_with("security.istio.io/") {
+            let detail = format!(
+                "kind: {kind:?} is not a {api_version} kind amesh knows \
+                 (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)"
+            );
+            return Err(invalid(&object, Some("kind".into()), detail));
+        }
         tracing::debug!(
             file = %file.display(),
             document = doc.index,

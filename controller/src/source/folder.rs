@@ -4,8 +4,10 @@
 //! volumes whose symlinks are swapped), and a few hundred milliseconds is well within the
 //! "a manifest edit applies within a second" budget.
 //!
-//! A malformed object is logged with its file, object and field, and left out; the rest of
-//! the folder still applies.
+//! A malformed object is logged with its file, object and field; the rest of the folder still
+//! applies. An edit that makes a file invalid removes nothing that file held while it was
+//! valid: its last valid version stays in force until the file is fixed ([`LastValid`]), so a
+//! typo in a DENY policy never stops it denying.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -18,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::manifests::{load_dir, Manifests};
+use crate::manifests::{LastValid, ManifestError, Manifests};
 
 /// Default time between two scans of the folder.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(300);
@@ -45,7 +47,8 @@ impl FolderSource {
     /// latest snapshot and closes when the task ends (when every receiver is dropped).
     pub fn start(self) -> (watch::Receiver<Arc<Manifests>>, JoinHandle<()>) {
         let mut fingerprint = fingerprint(&self.dir);
-        let (tx, rx) = watch::channel(Arc::new(load(&self.dir)));
+        let history = Arc::new(parking_lot::Mutex::new(LastValid::default()));
+        let (tx, rx) = watch::channel(Arc::new(load_keeping(&self.dir, &mut history.lock())));
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -54,10 +57,11 @@ impl FolderSource {
                 }
                 let dir = self.dir.clone();
                 let previous = fingerprint;
+                let history = history.clone();
                 // File IO and parsing block: keep them off the runtime's IO threads.
                 let scanned = tokio::task::spawn_blocking(move || {
                     let now = self::fingerprint(&dir);
-                    (now != previous).then(|| (now, load(&dir)))
+                    (now != previous).then(|| (now, load_keeping(&dir, &mut history.lock())))
                 })
                 .await;
                 match scanned {
@@ -76,14 +80,35 @@ impl FolderSource {
     }
 }
 
-/// Loads `dir`, logging every rejected object; returns the rest.
+/// Loads `dir` once, logging every rejected object; returns the rest. Keeps nothing from an
+/// earlier load: that is what [`FolderSource`] adds.
 pub fn load(dir: &Path) -> Manifests {
-    let result = load_dir(dir);
+    load_keeping(dir, &mut LastValid::default())
+}
+
+/// Loads `dir`, keeping in force the last valid version of what a file with errors held
+/// (see [`LastValid`]), and logs each rejection with what stays in force because of it.
+pub fn load_keeping(dir: &Path, history: &mut LastValid) -> Manifests {
+    let result = history.load_dir(dir);
     for error in &result.errors {
+        let kept: Vec<&str> = result
+            .kept
+            .iter()
+            .filter(|k| Some(k.file.as_path()) == error_file(error))
+            .map(|k| k.object.as_str())
+            .collect();
+        let consequence = if kept.is_empty() {
+            "not applied; the rest of the folder still applies".to_owned()
+        } else {
+            format!(
+                "the last valid version stays in force: {} (fix the file to change it)",
+                kept.join(", ")
+            )
+        };
         warn!(
             dir = %dir.display(),
             field = error.field().unwrap_or("-"),
-            "manifest rejected, the rest still applies: {error}"
+            "manifest rejected: {error}; {consequence}"
         );
     }
     let m = &result.manifests;
@@ -95,9 +120,18 @@ pub fn load(dir: &Path) -> Manifests {
         authorization_policies = m.authorization_policies.len(),
         peer_authentications = m.peer_authentications.len(),
         rejected = result.errors.len(),
+        kept_from_earlier = result.kept.len(),
         "manifests loaded"
     );
     result.manifests
+}
+
+/// The file an error is about.
+fn error_file(error: &ManifestError) -> Option<&Path> {
+    match error {
+        ManifestError::Read { path, .. } => Some(path),
+        ManifestError::Invalid { file, .. } | ManifestError::Duplicate { file, .. } => Some(file),
+    }
 }
 
 /// A hash of every file's path, size, mtime and content under `dir` (hidden entries skipped,

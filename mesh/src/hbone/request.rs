@@ -31,12 +31,16 @@ impl ConnectRequest {
         self.authority.as_str().parse().ok()
     }
 
-    /// The client address from the `forwarded: for="ip:port"` header, when present and valid.
+    /// The client address the peer *claims* in `forwarded: for="ip:port"`, when present and
+    /// valid. Information for logs only, never a credential: the address a destination
+    /// authorizes, reports and connects from is [`ConnectRequest::peer_addr`] (see the wire
+    /// contract, "What a destination trusts").
     pub fn forwarded_for(&self) -> Option<SocketAddr> {
         self.forwarded_param("for")?.parse().ok()
     }
 
-    /// The service hostname the client addressed, from `forwarded: ...;host=<hostname>`.
+    /// The service hostname the client says it addressed, from `forwarded: ...;host=<hostname>`.
+    /// Information: a destination uses it only for a service it really serves.
     pub fn forwarded_host(&self) -> Option<&str> {
         self.forwarded_param("host").filter(|h| !h.is_empty())
     }

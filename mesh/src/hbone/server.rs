@@ -24,6 +24,7 @@ use super::bufio::BufferedRead;
 use super::conn::keepalive;
 use super::request::{inspect, ConnectRequest, Inspection, Refusal, REASON_HEADER};
 use super::{DrainWatch, H2Settings, H2Stream, HboneError};
+use crate::limits::{check_descriptor_headroom, Permit, RefusalCounter, Refused, SourceLimits};
 
 /// Decides what to do with each CONNECT; runs in its own task per stream.
 pub trait ConnectHandler: Send + Sync + 'static {
@@ -92,6 +93,8 @@ pub struct ServerStats {
     pub rejected_connections: AtomicU64,
     /// CONNECT streams handed to the handler.
     pub tunnels: AtomicU64,
+    /// Connections closed at once, over the limits on pending handshakes.
+    pub refused_connections: RefusalCounter,
 }
 
 /// An HBONE server. Cheap to clone.
@@ -100,6 +103,9 @@ pub struct Server<H> {
     tls: Arc<dyn ServerTls>,
     settings: H2Settings,
     stats: Arc<ServerStats>,
+    /// Connections that have not finished their TLS and HTTP/2 handshakes, per source and
+    /// in all (shared by every server of a process that shares the limits).
+    pending: Option<Arc<SourceLimits>>,
 }
 
 impl<H> Clone for Server<H> {
@@ -109,6 +115,7 @@ impl<H> Clone for Server<H> {
             tls: self.tls.clone(),
             settings: self.settings.clone(),
             stats: self.stats.clone(),
+            pending: self.pending.clone(),
         }
     }
 }
@@ -120,7 +127,17 @@ impl<H: ConnectHandler> Server<H> {
             tls,
             settings,
             stats: Arc::default(),
+            pending: None,
         }
+    }
+
+    /// Bounds the connections still in their handshakes: past the limits (or near the
+    /// process's descriptor limit, see [`crate::limits::check_descriptor_headroom`]) a new
+    /// connection is closed at once, before any TLS work, so a peer that opens connections
+    /// and stays silent holds at most its share until the handshake timeout.
+    pub fn with_pending_limits(mut self, limits: Arc<SourceLimits>) -> Self {
+        self.pending = Some(limits);
+        self
     }
 
     pub fn stats(&self) -> Arc<ServerStats> {
@@ -136,10 +153,17 @@ impl<H: ConnectHandler> Server<H> {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        let permit = match self.admit(&tcp, peer) {
+                            Ok(permit) => permit,
+                            Err(refused) => {
+                                self.refused(refused);
+                                continue;
+                            }
+                        };
                         let server = self.clone();
                         let drain = drain.clone();
                         conns.spawn(
-                            async move { server.serve_conn(tcp, peer, drain).await }
+                            async move { server.serve_conn(tcp, peer, permit, drain).await }
                                 .instrument(tracing::debug_span!("hbone_conn", %peer)),
                         );
                     }
@@ -168,8 +192,41 @@ impl<H: ConnectHandler> Server<H> {
         }
     }
 
-    async fn serve_conn(&self, tcp: TcpStream, peer: SocketAddr, mut drain: DrainWatch) {
-        match self.setup(tcp, peer).await {
+    /// A pending-handshake slot for a new connection, or why it gets none.
+    fn admit(&self, tcp: &TcpStream, peer: SocketAddr) -> Result<Option<Permit>, Refused> {
+        use std::os::fd::AsRawFd;
+        check_descriptor_headroom("HBONE connections", tcp.as_raw_fd())?;
+        self.pending
+            .as_ref()
+            .map(|limits| limits.try_acquire(peer.ip()))
+            .transpose()
+    }
+
+    /// Counts a refused connection (dropping it closes it); logs the 1st, 2nd, 4th, 8th, ...
+    /// so a flood cannot flood the log too.
+    fn refused(&self, refused: Refused) {
+        let (n, log) = self.stats.refused_connections.count();
+        if log {
+            warn!(
+                refused_so_far = n,
+                "closing a new HBONE connection at once: {refused}"
+            );
+        } else {
+            debug!("closing a new HBONE connection at once: {refused}");
+        }
+    }
+
+    async fn serve_conn(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        pending: Option<Permit>,
+        mut drain: DrainWatch,
+    ) {
+        let setup = self.setup(tcp, peer).await;
+        // Handshake over: the connection no longer counts against the pending limits.
+        drop(pending);
+        match setup {
             Ok((conn, identity, local)) => {
                 self.run_conn(conn, identity, peer, local, &mut drain).await
             }

@@ -12,6 +12,7 @@ use tracing::{debug, info};
 
 use super::{Pod, Shared};
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
+use crate::sockets::ports;
 
 /// The HBONE handler of one pod.
 pub struct Inbound {
@@ -32,7 +33,17 @@ impl ConnectHandler for Inbound {
             );
             return tunnel.refuse(Refusal::BadRequest, &why);
         }
-        let client = req.forwarded_for().unwrap_or(req.peer_addr);
+        if ports::is_reserved(target.port()) {
+            let why = format!("target port {} is ztunnel's own; refusing", target.port());
+            info!(target: "access", direction = "inbound", src.addr = %req.peer_addr,
+                src.identity = %req.peer_identity, dst.addr = %target, "{why}");
+            return tunnel.refuse(Refusal::BadRequest, &why);
+        }
+        // The client is whoever holds the other end of this mTLS connection. A `forwarded:
+        // for=` header is the peer's claim, not a proof: trusting it would let any caller
+        // pass an `ipBlocks` rule, pick the source of the connection to the app and rewrite
+        // the metrics, by writing someone else's address.
+        let client = req.peer_addr;
         let conn = ConnInfo {
             src_ip: client.ip(),
             src_identity: Some(req.peer_identity.clone()),
@@ -48,11 +59,16 @@ impl ConnectHandler for Inbound {
         };
         let decision = authorize(&snapshot, &dst_workload, &conn);
         let source_workload = snapshot.workload_by_ip(client.ip()).cloned();
-        // The service the client addressed (for `destination_service*` labels), when it says.
-        let service = req
-            .forwarded_host()
-            .and_then(|h| snapshot.service_by_host(h))
-            .cloned();
+        // The service the client says it addressed (for `destination_service*` labels only):
+        // believed when this pod really serves it, so a caller cannot charge its traffic to
+        // another service.
+        let service = req.forwarded_host().and_then(|host| {
+            snapshot
+                .services_by_host(host)
+                .iter()
+                .find(|s| dst_workload.services.contains_key(&s.key()))
+                .cloned()
+        });
         let labels = ConnLabels::new(
             Reporter::Destination,
             source_workload.as_deref(),

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::{original_dst, Pod, Shared};
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
+use crate::sockets::ports;
 
 /// Accepts plaintext inbound connections of `pod` until drained.
 pub async fn serve(
@@ -28,6 +29,27 @@ pub async fn serve(
 
 async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: SocketAddr) {
     let start = Instant::now();
+    // A client without an identity gets a bounded share of connections, and none once
+    // ztunnel nears its descriptor limit (the rest is for established tunnels).
+    let admitted = {
+        use std::os::fd::AsRawFd;
+        mesh::limits::check_descriptor_headroom("plaintext connections", tcp.as_raw_fd())
+            .and_then(|()| shared.limits.plaintext.try_acquire(peer.ip()))
+    };
+    let _permit = match admitted {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let (n, log) = shared.limits.plaintext_refused.count();
+            if log {
+                warn!(
+                    refused_so_far = n,
+                    "closing a plaintext connection at once: {refused}"
+                );
+            }
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            return;
+        }
+    };
     let target = match original_dst(&tcp, pod.destination) {
         Ok(d) => d,
         Err(e) => {
@@ -35,6 +57,13 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
             return;
         }
     };
+    if ports::is_reserved(target.port()) {
+        // Connecting there would bring this very connection back to this listener.
+        info!(target: "access", direction = "inbound", protocol = "plaintext", src.addr = %peer,
+            dst.addr = %target, "target port is ztunnel's own; refusing");
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+        return;
+    }
     let snapshot = shared.state.snapshot();
     let Some(dst_workload) = snapshot.workload_by_ip(pod.info.ip).cloned() else {
         warn!("pod is not in ztunnel's configuration yet; refusing plaintext connection");

@@ -5,6 +5,7 @@
 pub mod inbound;
 pub mod inbound_plain;
 pub mod outbound;
+mod same_pod;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use mesh::state::StateStore;
 use mesh::tls::TlsContext;
 use mesh::Identity;
 
+use crate::dns::Resolvers;
+use crate::limits::{Limits, PodDnsLimits};
 use crate::metrics::Metrics;
 use crate::netns::Netns;
 use crate::sockets::InPodSockets;
@@ -34,6 +37,10 @@ pub struct Shared {
     pub mark: u32,
     /// Name of this node, as the config knows it.
     pub node: String,
+    /// Bounds on work peers cause before proving anything.
+    pub limits: Limits,
+    /// Where DNS queries ztunnel does not answer go.
+    pub resolvers: Resolvers,
 }
 
 /// A captured pod, as the CNI plugin (or the state file) described it.
@@ -61,6 +68,8 @@ pub struct Pod {
     pub original_source: bool,
     /// How captured connections tell where they were going (set by the capture backend).
     pub destination: Destination,
+    /// This pod's share of DNS proxy work.
+    pub dns: PodDnsLimits,
 }
 
 /// Where a captured connection's original destination is found.
@@ -99,6 +108,7 @@ impl Pod {
             pool,
             original_source,
             destination: Destination::default(),
+            dns: PodDnsLimits::new(&shared.limits.settings),
         })
     }
 

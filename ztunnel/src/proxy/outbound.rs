@@ -127,6 +127,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
     drop(snapshot);
     debug!(?route, "outbound route");
     match route {
+        // The pod itself: served in process, never through its own HBONE listener.
+        Route::Hbone {
+            workload,
+            service,
+            target,
+        } if workload.addresses.contains(&pod.info.ip) => {
+            super::same_pod::serve(&shared, &pod, tcp, peer, workload, service, target).await;
+        }
         Route::Hbone {
             workload,
             service,

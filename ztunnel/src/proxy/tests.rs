@@ -26,9 +26,11 @@ async fn an_outbound_connection_future_stays_small() {
         settings: H2Settings::default(),
         mark: crate::sockets::DEFAULT_MARK,
         node: "node1".into(),
+        limits: Default::default(),
+        resolvers: crate::dns::Resolvers::new("/etc/resolv.conf"),
     });
     // Our own netns stands in for a pod's: the future is built, never run.
-    let netns = Netns::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+    let netns = Netns::open_own(std::path::Path::new("/proc/self/ns/net")).unwrap();
     let info = PodInfo {
         uid: "uid".into(),
         name: "client".into(),
