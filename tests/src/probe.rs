@@ -173,19 +173,24 @@ pub fn cpu_seconds_over(pid: i32, window: Duration) -> f64 {
     (after - before) as f64 / 100.0
 }
 
-/// Raises this process's own descriptor limit (a flood test holds thousands of sockets).
-/// Processes started before keep the limit they inherited.
-pub fn raise_own_fd_limit(to: u64) {
-    let limit = libc::rlimit {
-        rlim_cur: to,
-        rlim_max: to,
+/// Raises this process's own descriptor limit as far as it may (soft to hard) and returns
+/// it: a flood test holds thousands of sockets. Processes started before keep the limit they
+/// inherited.
+pub fn raise_own_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit reads the struct we pass and touches nothing else.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    assert_eq!(
-        rc,
-        0,
-        "setrlimit(NOFILE, {to}): {}",
-        std::io::Error::last_os_error()
-    );
+    // SAFETY: getrlimit and setrlimit read or fill the struct we pass and touch nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
+            0,
+            "setrlimit(NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    limit.rlim_cur
 }

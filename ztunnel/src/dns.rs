@@ -234,8 +234,14 @@ pub async fn serve(
                     }
                 };
                 let raw = buf[..n].to_vec();
+                // At most so many datagrams in hand at once: past that the loop stops reading
+                // and the kernel drops what its buffer cannot hold (UDP resolvers retry).
+                let Ok(in_flight) = pod.dns.udp_queries.clone().acquire_owned().await else {
+                    return;
+                };
                 let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
                 tokio::spawn(async move {
+                    let _in_flight = in_flight;
                     let Some(reply) = handle(&shared, &pod, &raw).await else {
                         return;
                     };

@@ -58,6 +58,9 @@ pub struct PodDnsLimits {
     pub tcp: Arc<Semaphore>,
     /// Queries forwarded upstream and not yet answered.
     pub forwards: Arc<Semaphore>,
+    /// UDP queries received and not yet answered (answered ones, forwarded ones and the
+    /// reply sockets of both).
+    pub udp_queries: Arc<Semaphore>,
 }
 
 impl PodDnsLimits {
@@ -65,6 +68,8 @@ impl PodDnsLimits {
         PodDnsLimits {
             tcp: Arc::new(Semaphore::new(settings.dns_tcp_per_pod)),
             forwards: Arc::new(Semaphore::new(settings.dns_forwards_per_pod)),
+            // Room for every forward plus as many quick answers beside them.
+            udp_queries: Arc::new(Semaphore::new(settings.dns_forwards_per_pod * 2)),
         }
     }
 }

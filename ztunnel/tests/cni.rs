@@ -500,3 +500,80 @@ fn missing_nft_is_rolled_back() {
     assert_cni_error(&plugin(&env, &conf), 100);
     ns.assert_untouched();
 }
+
+/// Sends one request straight to ztunnel's node-agent socket (as anything that can reach the
+/// socket could, bypassing the plugin's own checks) and returns the response line.
+fn agent_request(socket: &Path, request: &Value) -> Value {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+#[test]
+fn add_naming_a_netns_that_is_not_a_pods_is_refused() {
+    // The workload exists in the config, so ztunnel would capture whatever netns it is given.
+    let z = Ztunnel::start(&format!(
+        "workloads:\n{}",
+        workload("victim", "10.99.0.5", "HBONE")
+    ));
+    let ztunnel_mnt = format!("/proc/{}/ns/mnt", z.child.id());
+    for (netns, why) in [
+        // Relative to ztunnel: its own.
+        ("/proc/self/ns/net", "ztunnel's own"),
+        ("/proc/thread-self/ns/net", "ztunnel's own"),
+        ("/etc/hostname", "not a network namespace"),
+        (ztunnel_mnt.as_str(), "not a network namespace"),
+        ("/proc", "not a network namespace"),
+    ] {
+        let answer = agent_request(
+            &z.cni_socket,
+            &json!({"op": "add", "container_id": "c0ffee", "uid": "uid-victim", "name": "victim",
+                    "namespace": "demo", "ip": "10.99.0.5", "netns": netns}),
+        );
+        assert_eq!(
+            answer["result"], "error",
+            "ADD with netns {netns}: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "ADD with netns {netns}: {message}");
+    }
+    // Through the plugin: the host's netns is the one the runtime runs it in.
+    let env = runtime_env("ADD", "/proc/self/ns/net", "");
+    let args = pod_args("victim");
+    let mut env = env;
+    env.retain(|(k, _)| *k != "CNI_ARGS");
+    env.push(("CNI_ARGS", &args));
+    let out = plugin(
+        &env,
+        &net_conf(&z.cni_socket, Some(prev_result("10.99.0.5"))),
+    );
+    let err = assert_cni_error(&out, 4);
+    assert!(err["msg"].as_str().unwrap().contains("host's"), "{err}");
+    // Nothing was captured: no capture table here (ztunnel runs in this netns), no capture
+    // listener of ztunnel's, nothing persisted.
+    let tables = run("nft", &["list", "tables"]);
+    assert!(
+        !tables.contains("inet amesh"),
+        "capture installed on the host:\n{tables}"
+    );
+    let listening = std::fs::read_to_string(format!("/proc/{}/net/tcp", z.child.id())).unwrap();
+    for port in [15001u16, 15006, 15008] {
+        let hex = format!(":{port:04X} ");
+        assert!(
+            !listening.lines().any(|l| l
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").contains(&hex))
+                && l.split_whitespace().nth(3) == Some("0A")),
+            "a listener on {port} in the host's netns"
+        );
+    }
+    assert!(
+        z.state_file().as_array().is_none_or(|a| a.is_empty()),
+        "{}",
+        z.state_file()
+    );
+}

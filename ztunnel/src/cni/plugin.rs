@@ -66,6 +66,15 @@ const ZTUNNEL_REFUSED: u32 = 100;
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 
+/// Whether two paths name the same file (device and inode, links followed).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// Runs one plugin invocation; returns what to print on stdout, or the error to print.
 pub fn run(env: &HashMap<String, String>, stdin: &str) -> Result<String, (CniError, String)> {
     let command = env.get("CNI_COMMAND").map(String::as_str).unwrap_or("");
@@ -118,6 +127,14 @@ pub fn run(env: &HashMap<String, String>, stdin: &str) -> Result<String, (CniErr
                 return Err(fail(CniError::new(
                     CONTAINER_UNKNOWN,
                     "the pod's network namespace does not exist",
+                    netns.display().to_string(),
+                )));
+            }
+            // The runtime runs the plugin in the host's netns: a pod's is never that one.
+            if same_file(&netns, std::path::Path::new("/proc/self/ns/net")) {
+                return Err(fail(CniError::new(
+                    INVALID_ENV,
+                    "CNI_NETNS is the host's network namespace, not a pod's",
                     netns.display().to_string(),
                 )));
             }
