@@ -80,15 +80,7 @@ impl MeshLab {
     /// Sends `signal` (`KILL`, `TERM`) to the newest lab process named `name` (a restarted
     /// process has a record of its own); returns its pid.
     pub fn signal(&self, name: &str, signal: &str) -> i32 {
-        let pid = self
-            .lab
-            .state()
-            .processes
-            .iter()
-            .rev()
-            .find(|p| p.name == name)
-            .map(|p| p.pid)
-            .unwrap_or_else(|| panic!("no lab process named {name:?}"));
+        let pid = self.pid(name);
         let status = std::process::Command::new("kill")
             .args([format!("-{signal}"), pid.to_string()])
             .status()

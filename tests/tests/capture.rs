@@ -101,18 +101,6 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
     e2e::wait_for(what, Duration::from_secs(5), check);
 }
 
-fn ztunnel_pid(m: &MeshLab, node: &str) -> i32 {
-    let name = lab::mesh::ztunnel_name(node);
-    m.lab
-        .state()
-        .processes
-        .iter()
-        .rev()
-        .find(|p| p.name == name)
-        .map(|p| p.pid)
-        .expect("ztunnel process")
-}
-
 /// Our policy rules (by priority) and routes of our table, as `ip` lists them in the pod.
 fn ebpf_routing(m: &MeshLab, pod: &str) -> (Vec<String>, String) {
     let rules = in_pod(m, pod, "ip", &["-4", "rule", "list"])
@@ -189,7 +177,7 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
     let node = &m.lab.pod(pod).unwrap().node.clone();
     let ebpf = capture_mode() == "ebpf";
     let ino = netns_inode(&m, pod);
-    let ztunnel = ztunnel_pid(&m, node);
+    let ztunnel = m.ztunnel_pid(node);
     let programs = programs_on(&m, pod);
     let mut maps = Vec::new();
     if ebpf {
