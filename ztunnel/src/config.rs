@@ -147,6 +147,8 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    #[error("{a} and {b} are both set and say the same thing: keep one")]
+    Conflict { a: &'static str, b: &'static str },
 }
 
 impl Config {
@@ -170,7 +172,15 @@ impl Config {
             let v = get(var).unwrap_or_else(|| default.to_string());
             v.parse().map_err(|e| invalid(var, &v, &e))
         };
-        let config_source = match (get("XDS_ADDRESS"), get("LOCAL_XDS_PATH")) {
+        // Istio's ztunnel: inside a cluster the control plane defaults to istiod's address,
+        // and an address without a scheme means TLS.
+        let in_cluster = get("KUBERNETES_SERVICE_HOST").is_some();
+        let control_plane = |var: &str| {
+            get(var)
+                .or_else(|| in_cluster.then(|| ISTIOD_ADDRESS.to_string()))
+                .map(|a| with_scheme(&a))
+        };
+        let config_source = match (control_plane("XDS_ADDRESS"), get("LOCAL_XDS_PATH")) {
             (_, Some(path)) => ConfigSource::LocalFile(path.into()),
             (Some(address), None) => ConfigSource::Xds {
                 root: root_for(&address, get("XDS_ROOT_CA")),
@@ -184,7 +194,7 @@ impl Config {
                 })
             }
         };
-        let ca = match (get("CA_ADDRESS"), get("LOCAL_CA_DIR")) {
+        let ca = match (control_plane("CA_ADDRESS"), get("LOCAL_CA_DIR")) {
             (_, Some(dir)) => CaSource::LocalDir(dir.into()),
             (Some(address), None) => CaSource::Remote {
                 root: root_for(&address, get("CA_ROOT_CA")),
@@ -298,6 +308,13 @@ impl Config {
             )?,
             dns_forwards_total: count("AMESH_DNS_FORWARDS_TOTAL", defaults.dns_forwards_total)?,
         };
+        // The token: a file named here, else a literal, else where Istio's ztunnel finds its
+        // projected ServiceAccount token.
+        let token_file = match (get("AMESH_TOKEN_FILE"), get("AMESH_TOKEN")) {
+            (Some(path), _) => Some(PathBuf::from(path)),
+            (None, Some(_)) => None,
+            (None, None) => Some(PathBuf::from(ISTIO_TOKEN_PATH)).filter(|p| p.is_file()),
+        };
         let node_name = get("NODE_NAME").unwrap_or_default();
         if node_name.is_empty() && proxy_mode == ProxyMode::Shared {
             return Err(ConfigError::Missing {
@@ -330,18 +347,33 @@ impl Config {
             stats_addr: addr("STATS_ADDR", "0.0.0.0:15020")?,
             readiness_addr: addr("READINESS_ADDR", "0.0.0.0:15021")?,
             worker_threads,
-            cert_ttl: secs("CERT_TTL_SECONDS", 24 * 3600)?,
+            cert_ttl: match (get("SECRET_TTL"), get("CERT_TTL_SECONDS")) {
+                (Some(v), None) => go_duration(&v).ok_or_else(|| {
+                    invalid(
+                        "SECRET_TTL",
+                        &v,
+                        &"expected a duration like 24h, 12h30m or 3600s",
+                    )
+                })?,
+                (None, _) => secs("CERT_TTL_SECONDS", 24 * 3600)?,
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Conflict {
+                        a: "SECRET_TTL",
+                        b: "CERT_TTL_SECONDS",
+                    })
+                }
+            },
             drain_deadline: secs("DRAIN_DEADLINE_SECONDS", 5)?,
-            token: match get("AMESH_TOKEN_FILE") {
+            token: match &token_file {
                 Some(path) => Some(
-                    std::fs::read_to_string(&path)
-                        .map_err(|e| invalid("AMESH_TOKEN_FILE", &path, &e))?
+                    std::fs::read_to_string(path)
+                        .map_err(|e| invalid("AMESH_TOKEN_FILE", &path.display().to_string(), &e))?
                         .trim()
                         .to_string(),
                 ),
                 None => get("AMESH_TOKEN"),
             },
-            token_file: get("AMESH_TOKEN_FILE").map(PathBuf::from),
+            token_file,
             json_logs: get("LOG_FORMAT").as_deref() == Some("json"),
             limits,
             resolv_conf: get("AMESH_RESOLV_CONF")
@@ -361,6 +393,52 @@ fn root_for(address: &str, configured: Option<String>) -> Option<PathBuf> {
     })
 }
 
+/// Istio's default control plane address inside a cluster.
+pub const ISTIOD_ADDRESS: &str = "https://istiod.istio-system.svc:15012";
+/// Where Istio's ztunnel reads its projected ServiceAccount token.
+pub const ISTIO_TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
+
+/// An address as Istio's ztunnel reads it: without a scheme, it is `https://`.
+fn with_scheme(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("https://{address}")
+    }
+}
+
+/// A Go duration (`24h`, `1h30m`, `90s`, `500ms`, `2h0m0s`), as Istio's `SECRET_TTL` is written.
+fn go_duration(v: &str) -> Option<Duration> {
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(number * seconds).ok()?;
+        rest = tail;
+    }
+    Some(total)
+}
+
 fn parse_u32(v: &str) -> Option<u32> {
     match v.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
@@ -377,6 +455,56 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn istio_drop_in_settings() {
+        // Scheme-less addresses are TLS, as Istio's ztunnel reads them.
+        let c = Config::from_map(&env(&[
+            ("XDS_ADDRESS", "istiod.istio-system.svc:15012"),
+            ("CA_ADDRESS", "istiod.istio-system.svc:15012"),
+            ("NODE_NAME", "node1"),
+            ("SECRET_TTL", "12h30m"),
+        ]))
+        .unwrap();
+        assert!(matches!(&c.config_source, ConfigSource::Xds { address, .. }
+            if address == "https://istiod.istio-system.svc:15012"));
+        assert!(matches!(&c.ca, CaSource::Remote { address, .. }
+            if address == "https://istiod.istio-system.svc:15012"));
+        assert_eq!(c.cert_ttl, Duration::from_secs(12 * 3600 + 30 * 60));
+        // In a cluster, the addresses default to istiod's.
+        let c = Config::from_map(&env(&[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("NODE_NAME", "node1"),
+        ]))
+        .unwrap();
+        assert!(
+            matches!(&c.config_source, ConfigSource::Xds { address, .. } if address == ISTIOD_ADDRESS)
+        );
+        // Outside one, nothing is guessed.
+        assert!(matches!(
+            Config::from_map(&env(&[("NODE_NAME", "node1")])),
+            Err(ConfigError::Missing {
+                var: "XDS_ADDRESS",
+                ..
+            })
+        ));
+        for bad in ["24", "1d", "h", "-3s", ""] {
+            assert_eq!(go_duration(bad), None, "{bad}");
+        }
+        assert_eq!(go_duration("2h0m0s"), Some(Duration::from_secs(7200)));
+        assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert!(matches!(
+            Config::from_map(&env(&[
+                ("XDS_ADDRESS", "x:1"),
+                ("CA_ADDRESS", "x:1"),
+                ("NODE_NAME", "n"),
+                ("SECRET_TTL", "1h"),
+                ("CERT_TTL_SECONDS", "3600"),
+            ])),
+            Err(ConfigError::Conflict { .. })
+        ));
     }
 
     #[test]

@@ -3,7 +3,42 @@
 
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
+const USAGE: &str = "\
+ztunnel: amesh's node proxy (Istio ambient's ztunnel, wire compatible)
+
+Usage: ztunnel            run, configured by environment variables
+       ztunnel version    print the version and exit
+       ztunnel --help     print this and exit
+
+Main variables (Istio's names):
+  XDS_ADDRESS, CA_ADDRESS   control plane (https:// if no scheme; istiod's address in a cluster)
+  XDS_ROOT_CA, CA_ROOT_CA   its root (default /var/run/secrets/istio/root-cert.pem)
+  LOCAL_XDS_PATH            a local config file instead of xDS
+  NODE_NAME                 the node this ztunnel serves
+  CAPTURE_MODE              nft (default) or ebpf
+  SECRET_TTL                workload certificate lifetime (default 24h)
+  INPOD_UDS                 take pods from istio-cni over ZDS at this socket
+  PROXY_MODE                shared (default) or dedicated
+See ARCHITECTURE.md (ztunnel, config) for all of them.
+";
+
 fn main() {
+    // Informational commands need no configuration.
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("version" | "--version" | "-V") => {
+            println!("ztunnel {} (amesh)", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            return;
+        }
+        Some(other) => {
+            eprintln!("ztunnel: unknown argument {other:?}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     ztunnel::memory::configure();
     let config = match ztunnel::config::Config::from_env() {
         Ok(c) => c,

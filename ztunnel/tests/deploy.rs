@@ -56,8 +56,13 @@ fn daemonset_environment_is_a_valid_ztunnel_config() {
         env.insert(name, value);
     }
 
-    // The token: under the projected volume, with the file name the projection writes.
-    let token_file = env["AMESH_TOKEN_FILE"].clone();
+    // The token: where Istio's ztunnel (and so ours, with no setting) reads it, under the
+    // projected volume, with the file name the projection writes.
+    assert!(
+        !env.contains_key("AMESH_TOKEN_FILE") && !env.contains_key("AMESH_TOKEN"),
+        "the DaemonSet should rely on Istio's default token path"
+    );
+    let token_file = ztunnel::config::ISTIO_TOKEN_PATH.to_string();
     let volume = mounted(&token_file);
     let projected = pod["volumes"]
         .as_sequence()
@@ -82,6 +87,20 @@ fn daemonset_environment_is_a_valid_ztunnel_config() {
         .unwrap()
         .iter()
         .any(|v| v["name"] == volume.as_str() && v["configMap"]["name"] == "istio-ca-root-cert"));
+
+    // The CNI plugin and ztunnel meet at one socket path, on a volume the DaemonSet mounts
+    // from the node (where the runtime runs the plugin).
+    let socket = env
+        .get("AMESH_CNI_SOCKET")
+        .cloned()
+        .unwrap_or_else(|| ztunnel::cni::DEFAULT_SOCKET.to_string());
+    assert_eq!(socket, ztunnel::cni::DEFAULT_SOCKET);
+    let volume = mounted(&socket);
+    assert!(pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == volume.as_str() && v["hostPath"]["path"].is_string()));
 
     // ztunnel reads the token at start: give it one where the kubelet would.
     let dir = tempfile::tempdir().unwrap();
