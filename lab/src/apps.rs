@@ -24,6 +24,27 @@ pub enum AppCmd {
         #[arg(long)]
         id: LabId,
     },
+    /// (internal) The lab's stand-in Kubernetes API server.
+    #[command(hide = true)]
+    Apiserver(ApiserverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiserverArgs {
+    /// The manifests folder to answer from.
+    #[arg(long)]
+    manifests: std::path::PathBuf,
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The lab CA's folder (signs the serving certificate).
+    #[arg(long)]
+    ca_dir: std::path::PathBuf,
+    /// Names (IPs or DNS names) of the serving certificate.
+    #[arg(long = "name", required = true)]
+    names: Vec<String>,
+    /// File holding the bearer token clients must present.
+    #[arg(long)]
+    token_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +80,23 @@ impl AppCmd {
                     .build()
                     .context("cannot start the tokio runtime")?;
                 rt.block_on(echo::run(config))?;
+                Ok(())
+            }
+            AppCmd::Apiserver(args) => {
+                let token = std::fs::read_to_string(&args.token_file)
+                    .with_context(|| format!("reading {}", args.token_file.display()))?
+                    .trim()
+                    .to_string();
+                let tls = crate::apiserver::tls_config(&args.ca_dir, &args.names)?;
+                let server = crate::apiserver::ApiServer {
+                    manifests: args.manifests,
+                    token,
+                };
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the tokio runtime")?;
+                rt.block_on(crate::apiserver::run(server, args.listen, tls))?;
                 Ok(())
             }
             AppCmd::Keep { id } => {

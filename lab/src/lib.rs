@@ -10,6 +10,7 @@
 //! - [`echo`]: the app in every pod; [`client`]: talking to it from inside a pod; [`apps`]: the
 //!   subcommands that run it (and the keeper) from the lab's binary or any other.
 
+pub mod apiserver;
 pub mod apps;
 pub mod client;
 pub mod cluster;

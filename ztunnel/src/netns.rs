@@ -127,6 +127,32 @@ impl Netns {
         self.inner.inode
     }
 
+    /// The addresses of the namespace's interfaces, loopback and link-local left out: a pod's
+    /// own IPs, IPv4 first.
+    pub fn addresses(&self) -> io::Result<Vec<std::net::IpAddr>> {
+        use nix::net::if_::InterfaceFlags;
+        let mut found = self.run(|| {
+            let mut out = Vec::new();
+            for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+                if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+                    continue;
+                }
+                let Some(addr) = ifa.address else { continue };
+                if let Some(v4) = addr.as_sockaddr_in() {
+                    out.push(std::net::IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = addr.as_sockaddr_in6() {
+                    if !v6.ip().is_unicast_link_local() {
+                        out.push(std::net::IpAddr::V6(v6.ip()));
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        found.sort_by_key(|ip| ip.is_ipv6());
+        found.dedup();
+        Ok(found)
+    }
+
     /// Runs `f` on this thread inside the namespace, then returns to ztunnel's own. `f` must be
     /// quick and must not block or await: nothing else runs on this thread meanwhile.
     pub fn run<T, F>(&self, f: F) -> io::Result<T>

@@ -64,6 +64,32 @@ pub enum PodError {
     },
 }
 
+/// A pod to capture, as the CNI plugin (or istio-cni, or the state file) describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddPod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub ip: IpAddr,
+    /// Path of the pod's network namespace.
+    pub netns: PathBuf,
+    /// The pod's service account when the caller knows it (and so that the pod is ambient).
+    pub service_account: Option<String>,
+}
+
+impl From<PodInfo> for AddPod {
+    fn from(p: PodInfo) -> AddPod {
+        AddPod {
+            uid: p.uid,
+            name: p.name,
+            namespace: p.namespace,
+            ip: p.ip,
+            netns: p.netns,
+            service_account: Some(p.service_account),
+        }
+    }
+}
+
 /// A captured pod and the tasks serving it.
 struct Running {
     pod: Arc<Pod>,
@@ -131,35 +157,45 @@ impl PodManager {
         self.config_wait
     }
 
-    /// Captures a pod if the configuration says it is in the mesh (HBONE). Returns whether it
+    /// Captures a pod. With `service_account` (the CNI plugin read it from the API server, or
+    /// istio-cni sent it), the pod is in the mesh and is captured at once, whatever the
+    /// control plane knows yet. Without it (a plugin without API access), ztunnel waits for
+    /// the pod in its configuration and captures it if that says HBONE. Returns whether it
     /// was captured. Idempotent for a pod that is already captured.
-    pub async fn add(
-        &self,
-        uid: String,
-        name: String,
-        namespace: String,
-        ip: IpAddr,
-        netns: PathBuf,
-    ) -> Result<bool, PodError> {
+    pub async fn add(&self, req: AddPod) -> Result<bool, PodError> {
+        let AddPod {
+            uid,
+            name,
+            namespace,
+            ip,
+            netns,
+            service_account,
+        } = req;
         let label = format!("{namespace}/{name}");
         // Before anything else, and before any running pod is touched: the path comes from
         // the CNI request (or istio-cni), and must name a pod's network namespace.
         let handle = self.open_netns(&netns)?;
-        let Some(workload) = self.wait_for_workload(ip).await else {
-            return Err(PodError::NotInConfig {
-                pod: label,
-                ip,
-                secs: self.config_wait.as_secs(),
-            });
+        let service_account = match service_account {
+            Some(sa) => sa,
+            None => {
+                let Some(workload) = self.wait_for_workload(ip).await else {
+                    return Err(PodError::NotInConfig {
+                        pod: label,
+                        ip,
+                        secs: self.config_wait.as_secs(),
+                    });
+                };
+                if workload.protocol != TunnelProtocol::Hbone {
+                    return Ok(false);
+                }
+                workload.service_account().to_string()
+            }
         };
-        if workload.protocol != TunnelProtocol::Hbone {
-            return Ok(false);
-        }
         let info = PodInfo {
             uid,
             name,
             namespace,
-            service_account: workload.service_account().to_string(),
+            service_account,
             ip,
             netns,
         };
@@ -258,20 +294,11 @@ impl PodManager {
                 info!(pod = %info.name, "pod netns is gone; not restoring");
                 continue;
             }
-            let ip = info.ip;
-            match self
-                .add(
-                    info.uid.clone(),
-                    info.name.clone(),
-                    info.namespace.clone(),
-                    ip,
-                    info.netns.clone(),
-                )
-                .await
-            {
+            let name = info.name.clone();
+            match self.add(AddPod::from(info)).await {
                 Ok(true) => restored += 1,
                 Ok(false) => {}
-                Err(e) => warn!(pod = %info.name, error = %e, "restoring pod failed"),
+                Err(e) => warn!(pod = %name, error = %e, "restoring pod failed"),
             }
         }
         // Persist what actually came back (drops pods that are gone).

@@ -170,13 +170,14 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         ) => {
             let ip = own_ip(&shared, namespace, name)
                 .with_context(|| format!("finding workload {namespace}/{name} in the config"))?;
-            pods.add(
-                format!("dedicated/{namespace}/{name}"),
-                name.clone(),
-                namespace.clone(),
+            pods.add(crate::pods::AddPod {
+                uid: format!("dedicated/{namespace}/{name}"),
+                name: name.clone(),
+                namespace: namespace.clone(),
                 ip,
-                "/proc/self/ns/net".into(),
-            )
+                netns: "/proc/self/ns/net".into(),
+                service_account: None,
+            })
             .await
             .context("serving the dedicated workload")?;
             None

@@ -34,7 +34,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::pods::PodManager;
+use crate::netns::{Netns, NetnsError};
+use crate::pods::{AddPod, PodManager};
 use crate::proxy::Shared;
 
 /// Istio's default path of istio-cni's ZDS socket.
@@ -336,11 +337,32 @@ impl Client {
             }
             return Ok(());
         }
-        let ip = self.pod_ip(&namespace, &name, &service_account).await?;
         let path = fd_path(&netns);
+        // The pod's address is in its own netns (the primary plugin put it there before
+        // istio-cni handed the pod over): no need to wait for the control plane to know it.
+        let own = Netns::open(&path)
+            .and_then(|ns| {
+                ns.addresses().map_err(|source| NetnsError::Enter {
+                    path: path.clone(),
+                    source,
+                })
+            })
+            .map_err(|e| format!("pod {label}: {e}"))?;
+        let ip = match own.first() {
+            Some(ip) => *ip,
+            None => self.pod_ip(&namespace, &name, &service_account).await?,
+        };
+        let service_account = (!service_account.is_empty()).then_some(service_account);
         match self
             .pods
-            .add(uid.clone(), name, namespace, ip, path)
+            .add(AddPod {
+                uid: uid.clone(),
+                name,
+                namespace,
+                ip,
+                netns: path,
+                service_account,
+            })
             .await
         {
             Ok(true) => {

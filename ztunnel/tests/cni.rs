@@ -577,3 +577,214 @@ fn add_naming_a_netns_that_is_not_a_pods_is_refused() {
         z.state_file()
     );
 }
+
+// ---------- the plugin with the Kubernetes API ----------
+
+/// The lab's stand-in API server on loopback, answering from a manifests folder; with the
+/// kubeconfig a plugin uses to reach it.
+struct Api {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn start(manifests: &str) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("manifests");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("objects.yaml"), manifests).unwrap();
+        let ca_dir = dir.path().join("ca");
+        let tls = lab::apiserver::tls_config(&ca_dir, &["127.0.0.1".into()]).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = lab::apiserver::ApiServer {
+            manifests: folder,
+            token: "plugin-token".into(),
+        };
+        runtime.spawn(server.serve(listener, tls));
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            lab::apiserver::kubeconfig(
+                &format!("https://{addr}"),
+                &ca_dir.join(mesh::certs::ROOT_CERT_FILE),
+                "plugin-token",
+            ),
+        )
+        .unwrap();
+        Api {
+            dir,
+            kubeconfig,
+            _runtime: runtime,
+        }
+    }
+}
+
+const CLUSTER: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo}
+spec: {serviceAccountName: web-sa, nodeName: node1, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: opted-out, namespace: demo, labels: {istio.io/dataplane-mode: none}}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain-web, namespace: plain}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ztunnel-node1, namespace: istio-system, labels: {app: ztunnel}}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+";
+
+fn net_conf_with_api(socket: &Path, prev: Value, kubeconfig: &Path) -> String {
+    let mut conf: Value = serde_json::from_str(&net_conf(socket, Some(prev))).unwrap();
+    conf["kubeconfig"] = json!(kubeconfig);
+    conf.to_string()
+}
+
+fn pod_args_in(namespace: &str, name: &str) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID=uid-{name}"
+    )
+}
+
+#[test]
+fn pods_outside_the_mesh_start_without_ztunnel() {
+    let api = Api::start(CLUSTER);
+    let ns = TestNetns::new("apileave");
+    let netns = ns.path.to_str().unwrap();
+    // No ztunnel at all on this "node".
+    let socket = api.dir.path().join("nobody.sock");
+    for (namespace, name) in [
+        ("kube-system", "coredns"),
+        ("istio-system", "ztunnel-node1"),
+        ("plain", "plain-web"),
+        ("demo", "opted-out"),
+    ] {
+        let args = pod_args_in(namespace, name);
+        let prev = prev_result("10.78.4.2");
+        let out = plugin(
+            &runtime_env("ADD", netns, &args),
+            &net_conf_with_api(&socket, prev.clone(), &api.kubeconfig),
+        );
+        assert!(
+            out.status.success(),
+            "{namespace}/{name}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        let result: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(result["ips"], prev["ips"], "{namespace}/{name}");
+    }
+    // An excluded namespace needs not even the API: a node whose API access is broken still
+    // starts its system pods.
+    let args = pod_args_in("kube-system", "coredns");
+    let broken = api.dir.path().join("missing-kubeconfig");
+    let out = plugin(
+        &runtime_env("ADD", netns, &args),
+        &net_conf_with_api(&socket, prev_result("10.78.4.3"), &broken),
+    );
+    assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
+    ns.assert_untouched();
+}
+
+#[test]
+fn an_ambient_pod_is_captured_before_the_control_plane_knows_it() {
+    let api = Api::start(CLUSTER);
+    let ns = TestNetns::new("apiadd");
+    // ztunnel's configuration knows nothing of the pod (as on a cluster, where the pod gets
+    // its IP from this very ADD).
+    let z = Ztunnel::start("workloads: []\n");
+    let args = pod_args_in("demo", "web");
+    let conf = net_conf_with_api(&z.cni_socket, prev_result("10.78.5.6"), &api.kubeconfig);
+    let started = Instant::now();
+    let out = plugin(&runtime_env("ADD", ns.path.to_str().unwrap(), &args), &conf);
+    assert!(
+        out.status.success(),
+        "{} {}\n{}",
+        out.stdout,
+        out.stderr,
+        z.log()
+    );
+    // AMESH_POD_CONFIG_WAIT_SECONDS is 1 here: well under it means nothing waited.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "ADD took {:?}",
+        started.elapsed()
+    );
+    ns.assert_captured();
+    let saved = z.state_file();
+    assert_eq!(saved[0]["service_account"], "web-sa", "{saved}");
+    assert_eq!(saved[0]["ip"], "10.78.5.6", "{saved}");
+}
+
+#[test]
+fn an_ambient_pod_fails_cleanly_while_ztunnel_or_the_api_is_down() {
+    let api = Api::start(CLUSTER);
+    let ns = TestNetns::new("apidown");
+    let netns = ns.path.to_str().unwrap();
+    let args = pod_args_in("demo", "web");
+    // ztunnel down: try again (the kubelet retries the sandbox).
+    let socket = api.dir.path().join("nobody.sock");
+    let out = plugin(
+        &runtime_env("ADD", netns, &args),
+        &net_conf_with_api(&socket, prev_result("10.78.6.2"), &api.kubeconfig),
+    );
+    let err = assert_cni_error(&out, 11);
+    assert!(err["msg"].as_str().unwrap().contains("ztunnel"), "{err}");
+    // The API down: try again too, saying which API.
+    let dead = api.dir.path().join("dead-kubeconfig");
+    std::fs::write(
+        &dead,
+        lab::apiserver::kubeconfig(
+            "https://127.0.0.1:1",
+            &api.dir.path().join("ca").join(mesh::certs::ROOT_CERT_FILE),
+            "x",
+        ),
+    )
+    .unwrap();
+    let out = plugin(
+        &runtime_env("ADD", netns, &args),
+        &net_conf_with_api(&socket, prev_result("10.78.6.2"), &dead),
+    );
+    let err = assert_cni_error(&out, 11);
+    assert!(
+        err["details"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{err}"
+    );
+    // A pod the API does not know: try again (it may not be visible yet).
+    let args = pod_args_in("demo", "nobody");
+    let out = plugin(
+        &runtime_env("ADD", netns, &args),
+        &net_conf_with_api(&socket, prev_result("10.78.6.3"), &api.kubeconfig),
+    );
+    assert_cni_error(&out, 11);
+    ns.assert_untouched();
+}

@@ -545,3 +545,38 @@ fn ztunnel_takes_pods_from_inpod_uds() {
     assert_eq!(cni.send(del, &[]), "");
     assert!(listening_ports(&netns.path).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_istio_cni_hands_over_is_captured_before_the_control_plane_knows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = TestNetns::new("zdsfresh");
+    // The primary plugin gave the pod its address; the control plane has not heard of it.
+    for args in [
+        vec!["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+        vec!["addr", "add", "10.77.0.9/24", "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+    ] {
+        let mut all = vec!["-n", netns.name.as_str()];
+        all.extend(args);
+        run("ip", &all);
+    }
+    let netns_file = File::open(&netns.path).unwrap();
+    let (shared, pods) = build_pods(dir.path()).await;
+    let socket = dir.path().join("ztunnel.sock");
+    let mut cni = FakeCni::bind(&socket);
+    let _client = zds::spawn(socket.clone(), shared, pods.clone());
+    blocking(|| cni.accept());
+    let started = std::time::Instant::now();
+    assert_eq!(blocking(|| cni.add("uid-9", "fresh", &netns_file)), "");
+    // Well within the 1 s the manager would wait for the configuration.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let captured = pods.list().await;
+    assert_eq!(captured.len(), 1);
+    assert_eq!(captured[0].ip.to_string(), "10.77.0.9");
+    assert_eq!(captured[0].service_account, "sa1");
+    assert!(listening_ports(&netns.path).is_superset(&HashSet::from([15001, 15006, 15008])));
+}

@@ -24,4 +24,4 @@ pub use manager::{CertManager, INITIAL_BACKOFF, MAX_BACKOFF};
 pub use provider::{CertificateProvider, SignFuture};
 pub use roots::{RootSet, TrustRoots};
 pub use store::{CertStore, CertSummary};
-pub use workload::WorkloadCert;
+pub use workload::{parse_pem_certs, WorkloadCert};

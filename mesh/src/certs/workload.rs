@@ -173,10 +173,7 @@ impl fmt::Debug for WorkloadCert {
 }
 
 /// Splits PEM text into DER certificates, refusing text with none.
-pub(crate) fn parse_pem_certs(
-    pem: &str,
-    what: &str,
-) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub fn parse_pem_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::Pem {

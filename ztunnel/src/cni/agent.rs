@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use super::{AgentRequest, AgentResponse};
-use crate::pods::PodManager;
+use crate::pods::{AddPod, PodManager};
 
 /// Largest request we read: a request is a few hundred bytes; anything bigger is not ours.
 const MAX_REQUEST: usize = 64 << 10;
@@ -76,9 +76,17 @@ async fn apply(req: AgentRequest, pods: &PodManager) -> AgentResponse {
             namespace,
             ip,
             netns,
+            service_account,
             ..
         } => match pods
-            .add(uid, name.clone(), namespace.clone(), ip, netns)
+            .add(AddPod {
+                uid,
+                name: name.clone(),
+                namespace: namespace.clone(),
+                ip,
+                netns,
+                service_account,
+            })
             .await
         {
             Ok(captured) => {

@@ -5,6 +5,7 @@
 //! app runs.
 
 pub mod agent;
+pub mod kube;
 pub mod plugin;
 
 use std::net::IpAddr;
@@ -27,6 +28,11 @@ pub enum AgentRequest {
         namespace: String,
         ip: IpAddr,
         netns: PathBuf,
+        /// The pod's service account, read by the plugin from the API server: the pod is
+        /// ambient and ztunnel captures it without waiting for its configuration. Absent when
+        /// the plugin has no API access; then ztunnel decides from its configuration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_account: Option<String>,
     },
     /// A pod sandbox is going away: stop capturing it.
     Del {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::kube::{KubeError, Kubeconfig};
 use super::{AgentRequest, AgentResponse, DEFAULT_SOCKET};
 
 /// How long ADD waits for ztunnel (it may wait for config and a certificate itself).
@@ -32,6 +33,96 @@ pub struct NetConf {
     /// The result of the previous plugin in the chain.
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
+    /// A kubeconfig for the Kubernetes API (the installer writes it): the plugin reads the
+    /// pod and its namespace there to decide whether the pod is ambient, so that ADD never
+    /// waits for the control plane. Without it, ztunnel decides from its configuration.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces whose pods are never captured (default: `kube-system`). Their ADD returns
+    /// at once, without the API or ztunnel: a node whose ztunnel is down still starts them.
+    #[serde(default)]
+    pub exclude_namespaces: Option<Vec<String>>,
+}
+
+/// Namespaces left alone unless the configuration says otherwise.
+pub const DEFAULT_EXCLUDED_NAMESPACES: &[&str] = &["kube-system"];
+/// How long each Kubernetes API request may take.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a pod with these labels, in a namespace with these, is in the ambient mesh: the
+/// pod's `istio.io/dataplane-mode` decides if set (`none` opts out), else the namespace's.
+pub fn is_ambient(
+    pod: &std::collections::BTreeMap<String, String>,
+    namespace: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    const MODE: &str = "istio.io/dataplane-mode";
+    match pod.get(MODE).map(String::as_str) {
+        Some("none") => false,
+        Some("ambient") => true,
+        _ => namespace.get(MODE).map(String::as_str) == Some("ambient"),
+    }
+}
+
+/// What ztunnel must be told of a pod, or that it is none of ztunnel's business.
+enum Decision {
+    /// Not ambient, excluded, or ztunnel's own pod: return the previous result unchanged.
+    LeaveAlone,
+    /// Capture it; the service account when the API said it.
+    Capture { service_account: Option<String> },
+}
+
+/// Decides from the configuration and, when a kubeconfig is given, the Kubernetes API.
+fn decide(conf: &NetConf, namespace: &str, name: &str) -> Result<Decision, CniError> {
+    let excluded = match &conf.exclude_namespaces {
+        Some(list) => list.iter().any(|n| n == namespace),
+        None => DEFAULT_EXCLUDED_NAMESPACES.contains(&namespace),
+    };
+    if excluded {
+        return Ok(Decision::LeaveAlone);
+    }
+    let Some(path) = &conf.kubeconfig else {
+        return Ok(Decision::Capture {
+            service_account: None,
+        });
+    };
+    let api = Kubeconfig::load(path).map_err(|e| {
+        CniError::new(
+            INVALID_CONFIG,
+            "cannot use the plugin's kubeconfig",
+            e.to_string(),
+        )
+    })?;
+    let unavailable = |e: KubeError| {
+        CniError::new(
+            TRY_AGAIN,
+            "cannot read the pod from the Kubernetes API",
+            e.to_string(),
+        )
+    };
+    let pod = api
+        .pod(namespace, name, API_TIMEOUT)
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            CniError::new(
+                TRY_AGAIN,
+                "the pod is not in the Kubernetes API",
+                format!("{namespace}/{name}"),
+            )
+        })?;
+    // ztunnel's own pod must start before any ztunnel runs on the node.
+    if pod.host_network || pod.labels.get("app").map(String::as_str) == Some("ztunnel") {
+        return Ok(Decision::LeaveAlone);
+    }
+    let ns_labels = api
+        .namespace_labels(namespace, API_TIMEOUT)
+        .map_err(unavailable)?
+        .unwrap_or_default();
+    if !is_ambient(&pod.labels, &ns_labels) {
+        return Ok(Decision::LeaveAlone);
+    }
+    Ok(Decision::Capture {
+        service_account: Some(pod.service_account),
+    })
 }
 
 /// A CNI error (spec: `code`, `msg`, `details`), printed on stdout with a non-zero exit.
@@ -153,6 +244,15 @@ pub fn run(env: &HashMap<String, String>, stdin: &str) -> Result<String, (CniErr
                 ))
             })?;
             let (namespace, name) = pod_name(&args).map_err(&fail)?;
+            let pass = |prev: Value| {
+                let mut out = prev;
+                out["cniVersion"] = Value::String(version.clone());
+                out.to_string()
+            };
+            let service_account = match decide(&conf, &namespace, &name).map_err(&fail)? {
+                Decision::LeaveAlone => return Ok(pass(prev)),
+                Decision::Capture { service_account } => service_account,
+            };
             let uid = args
                 .get("K8S_POD_UID")
                 .cloned()
@@ -164,13 +264,10 @@ pub fn run(env: &HashMap<String, String>, stdin: &str) -> Result<String, (CniErr
                 namespace,
                 ip,
                 netns,
+                service_account,
             };
             match ask(&socket, &req, ADD_TIMEOUT).map_err(&fail)? {
-                AgentResponse::Ok { .. } => {
-                    let mut out = prev;
-                    out["cniVersion"] = Value::String(version.clone());
-                    Ok(out.to_string())
-                }
+                AgentResponse::Ok { .. } => Ok(pass(prev)),
                 AgentResponse::Error { message } => Err(fail(CniError::new(
                     ZTUNNEL_REFUSED,
                     "ztunnel could not capture the pod",

@@ -1,0 +1,246 @@
+//! A stand-in for the Kubernetes API server where the real one cannot run (the lab, tests):
+//! the read-only part amesh's components ask for — one pod, one namespace, `/version` — over
+//! HTTPS with a bearer token, answered from a folder of manifests (what the lab's "cluster"
+//! holds right now) in the API's own JSON, with 401/404 `Status` bodies as the API server
+//! writes them. The folder is read on every request, so what the lab writes (a pod scheduled,
+//! its status after CNI ADD) is what the next request sees.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use mesh::certs::LocalCa;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// The API server's port (Kubernetes' secure port).
+pub const PORT: u16 = 6443;
+/// Namespaces every cluster has, whether a manifest declares them or not.
+const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// What the server serves and how it proves itself.
+#[derive(Clone, Debug)]
+pub struct ApiServer {
+    /// The manifests folder it answers from.
+    pub manifests: PathBuf,
+    /// The bearer token clients must present.
+    pub token: String,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("serving certificate from the lab CA in {dir}: {reason}")]
+    Certificate { dir: String, reason: String },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A TLS configuration for the server: a certificate of the lab's CA (in `ca_dir`) for `names`
+/// (IPs or DNS names), one year.
+pub fn tls_config(
+    ca_dir: &Path,
+    names: &[String],
+) -> Result<Arc<rustls::ServerConfig>, ApiServerError> {
+    let fail = |reason: String| ApiServerError::Certificate {
+        dir: ca_dir.display().to_string(),
+        reason,
+    };
+    let ca = LocalCa::load_or_create(ca_dir, "cluster.local").map_err(|e| fail(e.to_string()))?;
+    let cert = ca
+        .issue_server(names, Duration::from_secs(365 * 24 * 3600))
+        .map_err(|e| fail(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail(e.to_string()))?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(FixedCert(cert.certified)));
+    Ok(Arc::new(config))
+}
+
+/// Always presents the one certificate.
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A kubeconfig for a client of the server at `server` (`https://ip:port`), trusting the CA
+/// certificate at `ca_file`, presenting `token`.
+pub fn kubeconfig(server: &str, ca_file: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: amesh\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: amesh}}\ncurrent-context: lab\n",
+        ca_file.display()
+    )
+}
+
+impl ApiServer {
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let server = Arc::new(self);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an API connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (server, acceptor) = (server.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.answer(&req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if path == "/version" || path == "/healthz" || path == "/livez" || path == "/readyz" {
+            return if path == "/version" {
+                reply(
+                    StatusCode::OK,
+                    json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-amesh-lab", "platform": "linux/amd64"}),
+                )
+            } else {
+                reply(StatusCode::OK, json!("ok"))
+            };
+        }
+        let expected = format!("Bearer {}", self.token);
+        let authorized = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == expected);
+        if !authorized {
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+        }
+        if req.method() != http::Method::GET {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "this API server only reads",
+            );
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["api", "v1", "namespaces", ns, "pods", name] => self.pod(ns, name),
+            ["api", "v1", "namespaces", ns] => self.namespace(ns),
+            _ => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("the server could not find the requested resource ({path})"),
+            ),
+        }
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Response<Full<Bytes>> {
+        let loaded = controller::load_dir(&self.manifests);
+        let key = controller::manifests::ObjectKey::new(namespace, name);
+        match loaded.manifests.pods.get(&key) {
+            Some(pod) => reply(StatusCode::OK, json!(pod)),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("pods \"{name}\" not found"),
+            ),
+        }
+    }
+
+    fn namespace(&self, name: &str) -> Response<Full<Bytes>> {
+        let loaded = controller::load_dir(&self.manifests);
+        let m = &loaded.manifests;
+        if let Some(ns) = m.namespaces.get(name) {
+            return reply(StatusCode::OK, json!(ns));
+        }
+        // A namespace holding objects exists in a cluster even when no manifest declares it.
+        let used: BTreeSet<&str> = m
+            .pods
+            .keys()
+            .chain(m.services.keys())
+            .map(|k| k.namespace.as_str())
+            .collect();
+        if BUILT_IN_NAMESPACES.contains(&name) || used.contains(name) {
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            };
+            return reply(StatusCode::OK, json!(ns));
+        }
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("namespaces \"{name}\" not found"),
+        )
+    }
+}
+
+fn reply(code: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A `Status` object, as the API server answers errors.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+/// Binds `addr` and serves until the process ends (the lab's `apiserver` app).
+pub async fn run(
+    server: ApiServer,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(), ApiServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiServerError::Listen { addr, source })?;
+    tracing::info!(%addr, manifests = %server.manifests.display(), "API server listening");
+    server.serve(listener, tls).await;
+    Ok(())
+}
