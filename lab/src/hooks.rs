@@ -1,23 +1,20 @@
-//! Where the mesh plugs into the lab. Each hook is called at the moment a real cluster does the
-//! corresponding thing; today they do nothing.
+//! Where the mesh plugs into the lab. Each hook is called at the moment a real cluster does
+//! the corresponding thing; without the mesh they do nothing (or leave the mesh's part out).
 //!
-//! | hook | called | what goes here |
+//! | hook | called | what the mesh does there |
 //! |---|---|---|
-//! | [`on_node_created`] | after a node's netns and routes exist, before any pod | start the node's ztunnel (`Lab::spawn` in `node.netns`, `NODE_NAME`, `LOCAL_XDS_PATH` or `XDS_ADDRESS`), wait for its readiness |
-//! | [`on_manifests_written`] | after `<run dir>/manifests/` is written, before pods start | start the controller (in the root netns, on `LabState::root_ip`), or write ztunnel's local config from the translation |
-//! | [`on_pod_created`] | after the pod's netns and veth exist (the main CNI plugin's work), before its app starts | run `amesh-cni` as a runtime would: `CNI_COMMAND=ADD`, `CNI_NETNS=/run/netns/<pod.netns>`, `CNI_CONTAINERID=<pod.uid>`, `CNI_IFNAME=eth0`, `CNI_ARGS=K8S_POD_NAMESPACE=..;K8S_POD_NAME=..`, chained config with `prevResult` (pod IP, `eth0`) on stdin |
-//! | [`on_lab_ready`] | after every app listens | wait until every ztunnel reports all pods captured |
-//! | [`on_teardown`] | first thing in `down`, also for a crashed lab's leftovers | `CNI_COMMAND=DEL` for each pod (best effort: the processes may be gone) |
+//! | [`on_manifests_written`] | after `<run dir>/manifests/` is written, before any pod | CA, the stand-in API server, the controller (or ztunnel's local file) |
+//! | [`node_cni_plugin`] | when a node's CNI configuration is written | `amesh-cni` chained after the primary plugin |
+//! | [`on_pod_status`] | whenever the kubelet has written a pod's status | the lab's own translation (local-file control plane) |
+//! | [`on_pod_sandbox_ready`] | a pod's network is up, its containers are not started | the ztunnel pod's container: ztunnel itself, then wait for its readiness |
+//! | [`on_teardown`] | first thing in `down`, also for a crashed lab's leftovers | CNI DEL of every pod (in `runtime`), the pods' resolv.conf files |
 
+use crate::cluster::expand::PodRole;
 use crate::cluster::{Lab, LabError};
+use crate::runtime::MeshPlugin;
 use crate::state::{LabState, NodeInfo, PodInfo};
 
-/// A node exists (netns, address, routes). Hook: start the node's ztunnel.
-pub fn on_node_created(_lab: &mut Lab, _node: &NodeInfo) -> Result<(), LabError> {
-    Ok(())
-}
-
-/// The generated manifests are written: translate them for ztunnel and start one per node.
+/// The generated manifests are written: start what runs outside the nodes.
 pub fn on_manifests_written(lab: &mut Lab) -> Result<(), LabError> {
     match lab.state().mesh.clone() {
         Some(opts) => crate::mesh::start(lab, &opts),
@@ -25,23 +22,34 @@ pub fn on_manifests_written(lab: &mut Lab) -> Result<(), LabError> {
     }
 }
 
-/// A pod's network exists, its app is not started yet: `amesh-cni` ADD, as a runtime would.
-pub fn on_pod_created(lab: &mut Lab, pod: &PodInfo) -> Result<(), LabError> {
-    match lab.state().mesh.clone() {
-        Some(opts) => crate::mesh::add_pod(lab, &opts, pod),
+/// The mesh's plugin for `node`'s CNI chain, when the mesh runs.
+pub fn node_cni_plugin(state: &LabState, node: &NodeInfo) -> Option<MeshPlugin> {
+    let opts = state.mesh.as_ref()?;
+    Some(crate::mesh::cni_plugin(state, opts, &node.name))
+}
+
+/// A pod's status changed in the manifests: the local-file control plane re-translates.
+pub fn on_pod_status(lab: &Lab) -> Result<(), LabError> {
+    match &lab.state().mesh {
+        Some(_) => crate::mesh::write_config(lab.state()).map(|_| ()),
         None => Ok(()),
     }
 }
 
-/// Every pod's app listens. Hook: wait until the mesh is ready for traffic.
-pub fn on_lab_ready(_lab: &mut Lab) -> Result<(), LabError> {
-    Ok(())
+/// A pod's sandbox is wired; for a ztunnel pod, start ztunnel in it and wait until it is
+/// ready (the node's other pods need it). Returns whether the hook started the container.
+pub fn on_pod_sandbox_ready(lab: &mut Lab, pod: &PodInfo, role: PodRole) -> Result<bool, LabError> {
+    match (role, lab.state().mesh.clone()) {
+        (PodRole::Ztunnel, Some(opts)) => {
+            crate::mesh::run_ztunnel_pod(lab, &opts, pod)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
-/// The lab is about to be torn down (or reaped after a crash). Hook: `amesh-cni` DEL per pod.
-/// Must not fail: it logs what went wrong and lets the teardown go on.
+/// The lab is about to be torn down (or reaped after a crash): CNI DEL for every pod while
+/// ztunnel still runs. Must not fail: it logs what went wrong and lets the teardown go on.
 pub fn on_teardown(state: &LabState) {
-    if let Some(opts) = &state.mesh {
-        crate::mesh::teardown(state, opts);
-    }
+    crate::runtime::teardown(state);
 }

@@ -1,12 +1,12 @@
-//! The mesh in the lab: a shared CA, ztunnel's config translated from the generated manifests
-//! (by the controller's library, written as Istio ztunnel's local file), one real `ztunnel`
-//! process per node in its netns, and `amesh-cni` run for every pod exactly as a container
-//! runtime runs a chained CNI plugin.
+//! The mesh in the lab: a shared CA, the stand-in Kubernetes API server, ztunnel's config
+//! translated from the generated manifests (by the controller's library, written as Istio
+//! ztunnel's local file) or the controller, one real `ztunnel` per node running in the node's
+//! ztunnel pod, and `amesh-cni` in every node's CNI chain (`runtime`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -149,33 +149,93 @@ pub fn write_config(state: &LabState) -> Result<usize, LabError> {
     Ok(addresses.len() + policies.len())
 }
 
-/// Writes the config, creates the CA and starts one ztunnel per node; waits until each is ready.
+/// Writes the config, creates the CA, and starts what runs outside the nodes: the stand-in
+/// Kubernetes API server and (with that control plane) the controller. ztunnels start later,
+/// as the pods of their nodes.
 pub fn start(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
     let state = lab.state().clone();
     write_config(&state)?;
     // One root for the whole cluster, made before any ztunnel starts so none races to make it.
     mesh::certs::LocalCa::load_or_create(&ca_dir(&state), "cluster.local")
         .map_err(|e| hook_error("on_manifests_written", e))?;
-    let ztunnel = opts.bin_dir.join("ztunnel");
-    if !ztunnel.is_file() {
-        return Err(hook_error(
-            "on_manifests_written",
-            format!(
-                "{} not found: build it with `cargo build --bins`",
-                ztunnel.display()
-            ),
-        ));
+    for binary in ["ztunnel", "amesh-cni"] {
+        let path = opts.bin_dir.join(binary);
+        if !path.is_file() {
+            return Err(hook_error(
+                "on_manifests_written",
+                format!(
+                    "{} not found: build it with `cargo build --bins`",
+                    path.display()
+                ),
+            ));
+        }
     }
+    start_api_server(lab)?;
     if opts.control_plane == ControlPlane::Controller {
         start_controller(lab, opts)?;
     }
-    for node in &state.nodes {
-        start_ztunnel(lab, opts, node)?;
-    }
-    for node in &state.nodes {
-        wait_ready(node, Duration::from_secs(30))?;
-    }
     Ok(())
+}
+
+/// Name of the stand-in API server in the lab's process records.
+pub const API_SERVER: &str = "kube-apiserver";
+
+/// The kubeconfig the nodes' CNI plugins use (the installer writes one on a real node).
+pub fn kubeconfig_path(state: &LabState) -> PathBuf {
+    mesh_dir(state).join("kubeconfig")
+}
+
+/// Starts the stand-in Kubernetes API server in the root netns, on `default/kubernetes`'s
+/// endpoint, answering from the lab's manifests, and writes the kubeconfig for it.
+pub fn start_api_server(lab: &mut Lab) -> Result<(), LabError> {
+    let state = lab.state().clone();
+    let dir = mesh_dir(&state);
+    std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
+    let token = format!("lab-{}-apiserver", state.id);
+    let token_file = dir.join("apiserver-token");
+    std::fs::write(&token_file, &token).map_err(|e| hook_error("on_manifests_written", e))?;
+    let addr = SocketAddr::new(state.root_ip.into(), crate::apiserver::PORT);
+    let mut names = vec![
+        state.root_ip.to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+    ];
+    if let Some(vip) = state.service("default", "kubernetes").and_then(|s| s.vip) {
+        names.push(vip.to_string());
+    }
+    let mut cmd = Command::new(lab.binary());
+    cmd.arg("apiserver")
+        .arg("--manifests")
+        .arg(&state.manifests_dir)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--ca-dir")
+        .arg(ca_dir(&state))
+        .arg("--token-file")
+        .arg(&token_file);
+    for name in &names {
+        cmd.arg("--name").arg(name);
+    }
+    lab.spawn(API_SERVER, &state.root_netns, cmd)?;
+    lab.wait_listening(API_SERVER, &[crate::apiserver::PORT])?;
+    let kubeconfig = crate::apiserver::kubeconfig(
+        &format!("https://{addr}"),
+        &ca_dir(&state).join(mesh::certs::ROOT_CERT_FILE),
+        &token,
+    );
+    std::fs::write(kubeconfig_path(&state), kubeconfig)
+        .map_err(|e| hook_error("on_manifests_written", e))
+}
+
+/// The amesh part of a node's CNI configuration.
+pub fn cni_plugin(state: &LabState, opts: &MeshOptions, node: &str) -> crate::runtime::MeshPlugin {
+    crate::runtime::MeshPlugin {
+        bin_dir: opts.bin_dir.clone(),
+        ztunnel_socket: cni_socket(state, node),
+        kubeconfig: kubeconfig_path(state),
+    }
 }
 
 /// The bootstrap token a node's ztunnel presents to the controller (the lab's stand-in for a
@@ -230,20 +290,22 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
 /// ztunnel worker threads per lab node, unless `ZTUNNEL_WORKER_THREADS` is set.
 pub const LAB_WORKER_THREADS: &str = "1";
 
-/// Starts (or restarts) the ztunnel of `node` as a process of the lab, in the node's netns.
-/// Returns without waiting for readiness.
+/// Starts (or restarts) the ztunnel of `node` as a process of the lab, in its pod's netns
+/// (the node's ztunnel pod must have been started: [`NodeInfo::ztunnel`]). Returns without
+/// waiting for readiness.
 pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Result<(), LabError> {
     let state = lab.state().clone();
-    let ztunnel = opts.bin_dir.join("ztunnel");
-    if !ztunnel.is_file() {
+    let node = state
+        .node(&node.name)
+        .cloned()
+        .unwrap_or_else(|| node.clone());
+    let Some(pod) = node.ztunnel.clone() else {
         return Err(hook_error(
-            "on_manifests_written",
-            format!(
-                "{} not found: build it with `cargo build --bins`",
-                ztunnel.display()
-            ),
+            "start_ztunnel",
+            format!("node {} has no ztunnel pod yet", node.name),
         ));
-    }
+    };
+    let ztunnel = opts.bin_dir.join("ztunnel");
     let dir = node_dir(&state, &node.name);
     std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
     // The node's resolver, as the kubelet gives ztunnel's pod one: the lab's root netns,
@@ -268,8 +330,11 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
                 .env("AMESH_TOKEN", node_token(&state, &node.name));
         }
     }
+    let (pod_ns, pod_name) = pod.pod.split_once('/').unwrap_or(("", pod.pod.as_str()));
     cmd.env("NODE_NAME", &node.name)
-        .env("INSTANCE_IP", node.ip.to_string())
+        .env("INSTANCE_IP", pod.ip.to_string())
+        .env("POD_NAME", pod_name)
+        .env("POD_NAMESPACE", pod_ns)
         .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
         .env("CAPTURE_MODE", &opts.capture_mode)
@@ -285,8 +350,21 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
             "RUST_LOG",
             std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
         );
-    lab.spawn(&ztunnel_name(&node.name), &node.netns, cmd)?;
+    lab.spawn(&ztunnel_name(&node.name), &pod.netns, cmd)?;
     Ok(())
+}
+
+/// Starts the ztunnel of `pod`'s node in `pod` (the node's ztunnel pod, its sandbox wired)
+/// and waits until it is ready.
+pub fn run_ztunnel_pod(lab: &mut Lab, opts: &MeshOptions, pod: &PodInfo) -> Result<(), LabError> {
+    let ztunnel = crate::state::ZtunnelPod {
+        pod: pod.key(),
+        netns: pod.netns.clone(),
+        ip: pod.ip,
+    };
+    let node = lab.set_node_ztunnel(&pod.node, ztunnel)?;
+    start_ztunnel(lab, opts, &node)?;
+    wait_ready(&node, Duration::from_secs(30))
 }
 
 /// Adds (or replaces) a manifest in the lab's input and re-translates ztunnel's config, as a
@@ -321,9 +399,17 @@ pub fn state_model(state: &LabState) -> Result<::mesh::state::Model, LabError> {
         .map_err(|e| hook_error("state_model", e))
 }
 
-/// A node's ztunnel `/metrics` text.
+/// The address of a node's ztunnel pod.
+fn ztunnel_ip(node: &NodeInfo, what: &'static str) -> Result<std::net::IpAddr, LabError> {
+    node.ztunnel
+        .as_ref()
+        .map(|z| z.ip.into())
+        .ok_or_else(|| hook_error(what, format!("node {} runs no ztunnel pod", node.name)))
+}
+
+/// A node's ztunnel `/metrics` text (15020 on its pod's address, asked from the node).
 pub fn metrics(node: &NodeInfo) -> Result<String, LabError> {
-    let addr = SocketAddr::new(node.ip.into(), 15020);
+    let addr = SocketAddr::new(ztunnel_ip(node, "metrics")?, 15020);
     let got = crate::netns::run_in(&node.netns, move || http_get(addr, "/metrics"))?;
     got.map(|(_, body)| body).ok_or_else(|| {
         hook_error(
@@ -351,30 +437,11 @@ pub fn http_from(
     serde_json::from_str(&body).map_err(|e| format!("not an echo answer ({e}): {body}"))
 }
 
-/// `/etc/netns/<pod netns>/resolv.conf`: `ip netns exec` mounts it as the pod's resolv.conf,
-/// as a kubelet writes one per pod. The nameserver address is never reached: capture sends
-/// DNS to ztunnel's proxy.
-fn write_resolv_conf(state: &LabState, pod: &PodInfo) -> std::io::Result<()> {
-    let dir = PathBuf::from("/etc/netns").join(&pod.netns);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("resolv.conf"),
-        format!(
-            "nameserver {}\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
-            state.root_ip,
-            ns = pod.namespace
-        ),
-    )
-}
-
-fn remove_resolv_conf(pod: &PodInfo) {
-    let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&pod.netns));
-}
-
-/// Polls a node's ztunnel readiness endpoint (`15021/healthz/ready` in the node netns).
+/// Polls a node's ztunnel readiness endpoint (`15021/healthz/ready` on its pod's address,
+/// asked from the node, as a kubelet probes).
 pub fn wait_ready(node: &NodeInfo, timeout: Duration) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::new(node.ip.into(), 15021);
+    let addr = SocketAddr::new(ztunnel_ip(node, "wait_ready")?, 15021);
     loop {
         let ready = crate::netns::run_in(&node.netns, move || http_status(addr, "/healthz/ready"))?;
         if ready == Some(200) {
@@ -411,79 +478,4 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
-}
-
-/// The chained CNI config a runtime would pass for `pod`.
-fn cni_stdin(state: &LabState, pod: &PodInfo) -> String {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "amesh-lab",
-        "type": "amesh-cni",
-        "ztunnel_socket": cni_socket(state, &pod.node),
-        "prevResult": {
-            "cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth0", "sandbox": format!("/run/netns/{}", pod.netns)}],
-            "ips": [{"address": format!("{}/32", pod.ip), "interface": 0}],
-        }
-    })
-    .to_string()
-}
-
-/// Runs `amesh-cni` with `command` for `pod`; Err carries the plugin's CNI error JSON.
-pub fn run_cni(
-    state: &LabState,
-    opts: &MeshOptions,
-    pod: &PodInfo,
-    command: &str,
-) -> Result<(), String> {
-    let mut child = Command::new(opts.bin_dir.join("amesh-cni"))
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &pod.uid)
-        .env("CNI_NETNS", format!("/run/netns/{}", pod.netns))
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
-                pod.namespace, pod.name, pod.uid
-            ),
-        )
-        .env("CNI_PATH", &opts.bin_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running amesh-cni: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(cni_stdin(state, pod).as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for amesh-cni: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "amesh-cni {command} for {} failed: {} {}",
-            pod.key(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// CNI ADD for a pod; the pod must not start if it fails.
-pub fn add_pod(lab: &Lab, opts: &MeshOptions, pod: &PodInfo) -> Result<(), LabError> {
-    write_resolv_conf(lab.state(), pod).map_err(|e| hook_error("on_pod_created", e))?;
-    run_cni(lab.state(), opts, pod, "ADD").map_err(|e| hook_error("on_pod_created", e))
-}
-
-/// CNI DEL for every pod, best effort (ztunnel may already be gone).
-pub fn teardown(state: &LabState, opts: &MeshOptions) {
-    for pod in &state.pods {
-        if let Err(e) = run_cni(state, opts, pod, "DEL") {
-            tracing::debug!("{e}");
-        }
-        remove_resolv_conf(pod);
-    }
 }

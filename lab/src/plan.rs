@@ -11,9 +11,8 @@
 //! | `10.X.0.0/24` | node network on the bridge in the lab's root netns |
 //! | `10.X.0.N` | node `nodeN` (N = 1..=100), `eth0` in the node netns |
 //! | `10.X.0.254` | the root netns itself (`br0`): where lab-wide processes (controller) listen |
-//! | `10.X.N.0/24` | pod CIDR of node N; `.1` reserved, pods get `.2` ..= `.254` |
+//! | `10.X.N.0/24` | pod CIDR of node N, the range of its `host-local` IPAM: `.1` is the node end of every pod veth (ptp's gateway), pods get `.2` ..= `.254` |
 //! | `10.X.128.0/17` | Service ClusterIPs (VIPs), from `10.X.128.1` up |
-//! | `169.254.1.1` | every pod's default gateway: the node side of its veth (fixed MAC `ee:ee:ee:ee:ee:ee`, as in Calico) |
 //!
 //! # Names
 //!
@@ -21,7 +20,7 @@
 //! `amesh-ID-root`, `amesh-ID-nodeN`, `amesh-ID-<pod namespace>.<pod name>` (a Kubernetes
 //! namespace never contains a dot, a node or `root` never does, so the forms cannot clash).
 //! Interfaces live only inside those namespaces, so their names need no lab id: `br0` and
-//! `nodeN` (root), `eth0` (node and pod), `veth` + 8 hex digits of a hash of the pod (node side).
+//! `nodeN` (root), `eth0` (node and pod), and the node ends of pod veths as ptp names them (`veth` + 8 hex digits).
 
 use std::fmt;
 use std::io::Read;
@@ -39,11 +38,6 @@ pub const MAX_LABS: u8 = 64;
 pub const MAX_NODES: usize = 100;
 /// Pods per node: `.2` ..= `.254` of the node's /24.
 pub const MAX_PODS_PER_NODE: usize = 253;
-/// The default gateway of every pod (the node end of the pod's veth).
-pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// MAC of the node end of every pod veth: the pod has a permanent neighbour entry for the
-/// gateway, so it never depends on ARP or proxy-ARP to leave.
-pub const POD_GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
 /// Bridge in the root netns that connects the nodes.
 pub const BRIDGE: &str = "br0";
 /// Interface name of the pod's and the node's uplink inside their own netns.
@@ -187,12 +181,6 @@ pub fn node_port(n: usize) -> String {
     node_name(n)
 }
 
-/// The node-side interface of a pod's veth: `veth` + 8 hex digits of a hash of `ns/pod`.
-pub fn pod_veth(namespace: &str, pod: &str) -> String {
-    let h = fnv1a(format!("{namespace}/{pod}").as_bytes());
-    format!("veth{:08x}", (h ^ (h >> 32)) as u32)
-}
-
 /// The addresses of lab number `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressPlan {
@@ -327,8 +315,6 @@ mod tests {
 
     #[test]
     fn interface_names_fit_ifnamsiz() {
-        assert_eq!(pod_veth("default", "web").len(), 12);
-        assert_ne!(pod_veth("default", "web"), pod_veth("default", "web2"));
         assert!(node_port(MAX_NODES).len() <= 15);
     }
 

@@ -72,6 +72,27 @@ pub enum ProcessError {
 /// Starts `cmd` inside `netns` in a session of its own (so a terminal's Ctrl-C does not reach
 /// it), with stdout and stderr appended to `log`. `keep_fd`, if given, stays open in the child
 /// (the lab lock a keeper process holds).
+/// Spawns `cmd` inside the named netns with the stdio it was given (a CNI plugin, run and
+/// waited for by the caller); not recorded as a lab process.
+pub fn spawn_piped_in_netns(netns_name: &str, mut cmd: Command) -> std::io::Result<Child> {
+    let ns: File = netns::open(netns_name).map_err(std::io::Error::other)?;
+    let ns_fd = ns.as_raw_fd();
+    // SAFETY: the hook runs in the forked child before exec and only makes one raw system
+    // call (setns), which is async-signal-safe; it touches no allocator or lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    // The child has its own copy now (or failed): ours may go.
+    drop(ns);
+    child
+}
+
 pub fn spawn_in_netns(
     name: &str,
     netns_name: &str,

@@ -73,9 +73,22 @@ pub struct NodeInfo {
     pub netns: String,
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
+    /// The node's ztunnel pod, once started (with the mesh).
+    #[serde(default)]
+    pub ztunnel: Option<ZtunnelPod>,
 }
 
-/// A pod: a netns behind a veth to its node, running the echo app.
+/// Where a node's ztunnel runs: its own pod, as Istio's DaemonSet runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZtunnelPod {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// A pod: a netns wired to its node by the node's CNI chain, running the echo app (or, in
+/// `istio-system`, the node's ztunnel).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodInfo {
     pub name: String,
@@ -83,6 +96,7 @@ pub struct PodInfo {
     pub uid: String,
     pub node: String,
     pub netns: String,
+    /// From the node's IPAM, at CNI ADD.
     pub ip: Ipv4Addr,
     /// The node side of the pod's veth (in the node netns).
     pub veth: String,

@@ -1,23 +1,20 @@
-//! The lab's network: a private root netns with a bridge, one netns per node on the bridge, one
-//! netns per pod behind a veth to its node. Plain routing, no NAT, no overlay: every pod reaches
+//! The lab's network: a private root netns with a bridge, one netns per node on the bridge, and
+//! empty pod sandboxes that each node's CNI chain (`runtime`: Debian's `ptp` plugin with
+//! `host-local` IPAM) wires to the node. Plain routing, no NAT, no overlay: every pod reaches
 //! every pod by its own address, as a Kubernetes CNI guarantees.
 //!
 //! ```text
-//!  root netns: br0 10.X.0.254 ── node1 ─veth─ eth0 10.X.0.1 (netns node1) ── vethAAAA ─veth─ eth0 10.X.1.2/32 (pod)
-//!                             └─ node2 ─veth─ eth0 10.X.0.2 (netns node2) ── vethBBBB ─veth─ eth0 10.X.2.2/32 (pod)
+//!  root netns: br0 10.X.0.254 ── node1 ─veth─ eth0 10.X.0.1 (netns node1) ── vethXXXX ─veth─ eth0 10.X.1.2/24 (pod)
+//!                             └─ node2 ─veth─ eth0 10.X.0.2 (netns node2) ── vethYYYY ─veth─ eth0 10.X.2.2/24 (pod)
 //! ```
 //!
-//! Pods route everything via `169.254.1.1` (the node end of their veth, permanent neighbour
-//! entry); nodes route each local pod's /32 to its veth and other nodes' pod CIDRs via those
-//! nodes' addresses.
-
-use std::net::Ipv4Addr;
+//! A pod routes everything via `10.X.N.1` (ptp puts that address on the node end of every pod
+//! veth of node N); nodes route each local pod's /32 to its veth (ptp) and other nodes' pod
+//! CIDRs via those nodes' addresses.
 
 use crate::cmd::{ip_in, CmdError};
 use crate::netns::{self, NetnsError};
-use crate::plan::{
-    self, AddressPlan, LabId, PlanError, BRIDGE, POD_GATEWAY, POD_GATEWAY_MAC, UPLINK,
-};
+use crate::plan::{self, AddressPlan, LabId, PlanError, BRIDGE, UPLINK};
 use crate::state::NodeInfo;
 
 /// A piece of the lab network that could not be built.
@@ -80,6 +77,7 @@ pub fn add_node(id: &LabId, plan: &AddressPlan, n: usize) -> Result<NodeInfo, To
         pod_cidr: plan.pod_cidr(n)?,
         number: n,
         name,
+        ztunnel: None,
     };
     let what = format!("node {} (netns {})", node.name, node.netns);
     new_netns(&node.netns, &what)?;
@@ -138,93 +136,20 @@ pub fn route_between_nodes(nodes: &[NodeInfo]) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// The network side of a pod, as created by [`add_pod`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodNet {
-    pub netns: String,
-    /// Node side of the veth.
-    pub veth: String,
-}
-
-/// Creates a pod's netns and wires it to `node`: veth pair, the pod's /32 with a default route
-/// via the link-local gateway, and the node's /32 route back. This is what the main CNI plugin
-/// (the one amesh-cni chains after) does in a real cluster.
-pub fn add_pod(
-    id: &LabId,
-    node: &NodeInfo,
-    namespace: &str,
-    pod: &str,
-    ip: Ipv4Addr,
-) -> Result<PodNet, TopologyError> {
-    let net = PodNet {
-        netns: id.pod_netns(namespace, pod),
-        veth: plan::pod_veth(namespace, pod),
-    };
-    let what = format!("pod {namespace}/{pod} (netns {})", net.netns);
-    new_netns(&net.netns, &what)?;
+/// Creates a pod's sandbox network namespace, empty: as a container runtime makes it before
+/// it runs the node's CNI chain (`runtime`), which wires it to the node.
+pub fn create_sandbox(id: &LabId, namespace: &str, pod: &str) -> Result<String, TopologyError> {
+    let name = id.pod_netns(namespace, pod);
+    let what = format!("pod {namespace}/{pod} (netns {name})");
+    new_netns(&name, &what)?;
+    // Replies ztunnel sends with other addresses than the pod's must not be filtered.
     for (key, value) in [
         ("net.ipv4.conf.all.rp_filter", "0"),
         ("net.ipv4.conf.default.rp_filter", "0"),
     ] {
-        netns::sysctl(&net.netns, key, value).map_err(ns_err(&what))?;
+        netns::sysctl(&name, key, value).map_err(ns_err(&what))?;
     }
-    let pod_addr = format!("{ip}/32");
-    let gw = POD_GATEWAY.to_string();
-    let node_ip = node.ip.to_string();
-    let steps: [(&str, Vec<&str>); 8] = [
-        (
-            &node.netns,
-            vec![
-                "link",
-                "add",
-                &net.veth,
-                "address",
-                POD_GATEWAY_MAC,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                UPLINK,
-                "netns",
-                &net.netns,
-            ],
-        ),
-        (&node.netns, vec!["link", "set", &net.veth, "up"]),
-        (&net.netns, vec!["addr", "add", &pod_addr, "dev", UPLINK]),
-        (&net.netns, vec!["link", "set", UPLINK, "up"]),
-        (
-            &net.netns,
-            vec!["route", "add", &gw, "dev", UPLINK, "scope", "link"],
-        ),
-        (
-            &net.netns,
-            vec!["route", "add", "default", "via", &gw, "dev", UPLINK],
-        ),
-        (
-            &net.netns,
-            vec![
-                "neigh",
-                "replace",
-                &gw,
-                "lladdr",
-                POD_GATEWAY_MAC,
-                "dev",
-                UPLINK,
-                "nud",
-                "permanent",
-            ],
-        ),
-        (
-            &node.netns,
-            vec![
-                "route", "add", &pod_addr, "dev", &net.veth, "scope", "link", "src", &node_ip,
-            ],
-        ),
-    ];
-    for (ns, args) in steps {
-        ip_in(ns, args).map_err(cmd_err(&what))?;
-    }
-    Ok(net)
+    Ok(name)
 }
 
 /// Deletes a pod's netns (its veth and the node's route go with it).

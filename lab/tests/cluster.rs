@@ -17,7 +17,8 @@ fn two_node_lab_serves_tcp_and_http_within_and_across_nodes() {
     let id = lab.id().clone();
     let state = lab.state().clone();
 
-    // Topology: root, 2 nodes, 3 pods, each its own netns; forwarding on the nodes.
+    // Topology: root, 2 nodes, 3 pods and kube-system's, each its own netns; forwarding on
+    // the nodes.
     let mut expected: Vec<String> = vec![state.root_netns.clone()];
     expected.extend(state.nodes.iter().map(|n| n.netns.clone()));
     expected.extend(state.pods.iter().map(|p| p.netns.clone()));
@@ -25,7 +26,22 @@ fn two_node_lab_serves_tcp_and_http_within_and_across_nodes() {
     let mut found = netns_of(&id);
     found.sort();
     assert_eq!(found, expected);
-    assert_eq!(state.pods.len(), 3);
+    assert_eq!(state.pods.len(), 4);
+    // Every pod's address came from its node's IPAM (the node's pod CIDR), and the node's
+    // host-local store records it.
+    for pod in &state.pods {
+        let node = state.node(&pod.node).unwrap();
+        assert!(
+            node.pod_cidr.contains(&pod.ip),
+            "{} has {}",
+            pod.key(),
+            pod.ip
+        );
+        let ipam = lab::runtime::node_dir(&state, &node.name)
+            .join("ipam/lab")
+            .join(pod.ip.to_string());
+        assert!(ipam.is_file(), "no IPAM record {}", ipam.display());
+    }
     for node in &state.nodes {
         assert_eq!(
             netns::read_sysctl(&node.netns, "net.ipv4.ip_forward").unwrap(),
@@ -130,7 +146,7 @@ fn two_node_lab_serves_tcp_and_http_within_and_across_nodes() {
     let loaded = controller::load_dir(gen);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let m = &loaded.manifests;
-    assert_eq!((m.pods.len(), m.nodes.len(), m.services.len()), (3, 2, 1));
+    assert_eq!((m.pods.len(), m.nodes.len(), m.services.len()), (4, 2, 2));
     assert_eq!(m.peer_authentications.len(), 1);
     for p in &state.pods {
         let pod = &m.pods[&controller::manifests::ObjectKey::new(&p.namespace, &p.name)];
@@ -172,7 +188,7 @@ fn two_node_lab_serves_tcp_and_http_within_and_across_nodes() {
     );
 
     let pids: Vec<i32> = state.processes.iter().map(|p| p.pid).collect();
-    assert_eq!(pids.len(), 3, "one echo app per pod");
+    assert_eq!(pids.len(), 4, "one echo app per pod");
     lab.down().expect("down");
     assert_gone(&id, &pids);
 }

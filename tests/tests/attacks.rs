@@ -667,49 +667,89 @@ fn a_burst_of_forwarded_dns_queries_is_bounded() {
     drop(swallow);
 }
 
+/// Runs the node's `amesh-cni` by hand, in the node's netns as a runtime would, for a forged
+/// sandbox: `CNI_NETNS` = `netns`, the pod `mesh/client-a` (an ambient pod, so the plugin asks
+/// ztunnel), its address as the previous plugin's result. Err: the plugin's CNI error.
+fn forged_add(m: &MeshLab, node: &lab::NodeInfo, netns: &str) -> Result<(), String> {
+    let state = m.lab.state();
+    let opts = state.mesh.clone().expect("mesh options");
+    let plugin = lab::mesh::cni_plugin(state, &opts, &node.name);
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "lab", "type": "amesh-cni",
+        "ztunnel_socket": plugin.ztunnel_socket, "kubeconfig": plugin.kubeconfig,
+        "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
+                       "ips": [{"address": format!("{}/24", m.ip("client-a")), "interface": 0}]},
+    });
+    let mut cmd = std::process::Command::new(opts.bin_dir.join("amesh-cni"));
+    cmd.env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "forged")
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=client-a;K8S_POD_UID=forged",
+        )
+        .env("CNI_PATH", &opts.bin_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = lab::process::spawn_piped_in_netns(&node.netns, cmd).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 #[test]
 fn cni_add_naming_a_netns_that_is_not_a_pods_is_refused() {
     let m = MeshLab::up("l4", 2);
-    let opts = m.lab.state().mesh.clone().expect("mesh options");
     let node1 = m.node("node1");
-    let pod = m.lab.pod("client-a").unwrap().clone();
-    // Paths relative to the runtime's /run/netns, as a forged CNI_NETNS would climb out of it.
-    let ztunnel_ns = format!("../../proc/{}/ns/net", m.ztunnel_pid("node1"));
-    // The plugin runs where the runtime runs it: in the host's netns, this process's.
-    let host_ns = format!("../../proc/{}/ns/net", std::process::id());
-    let ztunnel_mnt = format!("../../proc/{}/ns/mnt", m.ztunnel_pid("node1"));
+    let ztunnel = node1.ztunnel.clone().expect("node1's ztunnel pod");
+    // Paths climbing out of the runtime's /run/netns, as a forged CNI_NETNS would.
+    let ztunnel_ns = format!("/run/netns/../../proc/{}/ns/net", m.ztunnel_pid("node1"));
+    // The plugin runs where the runtime runs it: in the node's (the host's) netns.
+    let host_ns = format!("/run/netns/{}", node1.netns);
+    let ztunnel_mnt = format!("/run/netns/../../proc/{}/ns/mnt", m.ztunnel_pid("node1"));
     for (path, why) in [
         (ztunnel_ns.as_str(), "ztunnel's own"),
         (host_ns.as_str(), "the host's"),
-        ("../../etc/hostname", "not a network namespace"),
+        ("/run/netns/../../etc/hostname", "not a network namespace"),
         (ztunnel_mnt.as_str(), "not a network namespace"),
     ] {
-        // A new uid with a mesh pod's address: ztunnel would capture it if it took the path.
-        let forged = lab::PodInfo {
-            uid: format!("forged-{}", path.len()),
-            name: "forged".into(),
-            netns: path.into(),
-            ..pod.clone()
-        };
-        let err = lab::mesh::run_cni(m.lab.state(), &opts, &forged, "ADD")
-            .expect_err(&format!("ADD with netns {path} was accepted"));
+        let err =
+            forged_add(&m, &node1, path).expect_err(&format!("ADD with netns {path} was accepted"));
         assert!(err.contains(why), "ADD with netns {path}: {err}");
     }
-    // Nothing was installed in the node's netns, and the pods are served as before.
-    let rules = lab::cmd::run(
-        "nsenter",
-        [
-            format!("--net=/run/netns/{}", node1.netns),
-            "nft".into(),
-            "list".into(),
-            "ruleset".into(),
-        ],
-    )
-    .unwrap_or_default();
-    assert!(
-        !rules.contains("table inet amesh"),
-        "capture installed on the node:\n{rules}"
-    );
+    // Nothing was installed in the node's netns nor in ztunnel's, and the pods are served as
+    // before.
+    for netns in [&node1.netns, &ztunnel.netns] {
+        let rules = lab::cmd::run(
+            "nsenter",
+            [
+                format!("--net=/run/netns/{netns}"),
+                "nft".into(),
+                "list".into(),
+                "ruleset".into(),
+            ],
+        )
+        .unwrap_or_default();
+        assert!(
+            !rules.contains("table inet amesh"),
+            "capture installed in {netns}:\n{rules}"
+        );
+    }
     let listening = lab::process::listening_ports(m.ztunnel_pid("node1"));
     for port in [15001, 15006, 15008] {
         assert!(

@@ -208,9 +208,13 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
         assert_eq!(&buf, b"hold", "{from} → {to}");
         open.push(c);
     }
+    // The runtime tears the pod's network down: the node's whole chain, amesh-cni first.
     let info = m.lab.pod(pod).unwrap().clone();
-    let opts = m.lab.state().mesh.clone().unwrap();
-    lab::mesh::run_cni(m.lab.state(), &opts, &info, "DEL").expect("CNI DEL");
+    let node = m.node(&info.node);
+    lab::runtime::for_node(m.lab.state(), &node)
+        .unwrap()
+        .del(&lab::runtime::sandbox_of(&info))
+        .expect("CNI DEL");
 
     assert!(
         programs_on(&m, pod).is_empty(),

@@ -552,7 +552,9 @@ async fn a_pod_istio_cni_hands_over_is_captured_before_the_control_plane_knows_i
     let netns = TestNetns::new("zdsfresh");
     // The primary plugin gave the pod its address; the control plane has not heard of it.
     for args in [
-        vec!["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+        vec![
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ],
         vec!["addr", "add", "10.77.0.9/24", "dev", "eth0"],
         vec!["link", "set", "eth0", "up"],
     ] {

@@ -46,4 +46,6 @@ pub enum LabError {
     },
     #[error("tearing down lab {id} left things behind: {detail}")]
     Teardown { id: LabId, detail: String },
+    #[error("starting pods: {0}")]
+    Runtime(String),
 }

@@ -1,7 +1,10 @@
 //! From manifests to a planned cluster (no I/O): Deployments expanded into Pods, pods scheduled
-//! on nodes, pod IPs and Service ClusterIPs assigned, and the objects a real cluster's API
-//! server would then hold (Pods with `spec.nodeName` and `status.podIP`, Services with
-//! `spec.clusterIP`, Nodes) built for the controller's folder source.
+//! on nodes, Service ClusterIPs assigned, the objects every cluster has added (a ztunnel pod per
+//! node when the mesh runs, a kube-system pod, the `kubernetes` Service with its manual
+//! EndpointSlice), and the objects a real cluster's API server holds right after scheduling
+//! (Pods with `spec.nodeName` and no status yet, Services with `spec.clusterIP`, Nodes) built
+//! for the controller's folder source. Pod IPs are not planned: the node's IPAM assigns them
+//! when the pod's CNI ADD runs, as on a real node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -11,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     HostIP, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus,
     Service,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -50,17 +54,26 @@ pub struct Input {
     pub nodes: BTreeMap<String, Node>,
 }
 
+/// What runs in a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodRole {
+    /// The echo app (every container of the input, and the kube-system pod).
+    App,
+    /// The node's ztunnel (the DaemonSet's pod).
+    Ztunnel,
+}
+
 /// A pod the lab will create.
 #[derive(Debug, Clone)]
 pub struct PlannedPod {
-    /// The Pod object as written for the controller.
+    /// The Pod object as the API server holds it once scheduled (no status yet).
     pub pod: Pod,
     pub name: String,
     pub namespace: String,
     pub uid: String,
     /// 1-based node number.
     pub node: usize,
-    pub ip: Ipv4Addr,
+    pub role: PodRole,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     /// The pod's `version` label, for the echo app.
@@ -73,26 +86,58 @@ pub struct PlannedPod {
 #[derive(Debug, Clone)]
 pub struct Expanded {
     pub nodes: Vec<Node>,
+    /// System pods first (each node's ztunnel, then kube-system), then the input's, in the
+    /// order a fresh cluster would start them.
     pub pods: Vec<PlannedPod>,
-    /// Services with their ClusterIPs filled in.
+    /// Services with their ClusterIPs filled in (`default/kubernetes` first).
     pub services: Vec<Service>,
     pub service_infos: Vec<ServiceInfo>,
+    /// EndpointSlices written by hand, as for `default/kubernetes`.
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
-/// Expands, schedules and addresses everything.
-pub fn expand(input: &Input, nodes: usize, plan: &AddressPlan) -> Result<Expanded, ExpandError> {
+/// Namespace of the mesh's own pods (ztunnel), as Istio installs them.
+pub const MESH_NAMESPACE: &str = "istio-system";
+/// The Kubernetes API server's port behind `default/kubernetes`.
+pub const API_SERVER_PORT: u16 = 6443;
+
+/// Expands, schedules and addresses everything. `mesh`: whether each node runs a ztunnel pod.
+/// `default/kubernetes` points at the lab's root netns address, where the stand-in API server
+/// listens (outside the mesh).
+pub fn expand(
+    input: &Input,
+    nodes: usize,
+    plan: &AddressPlan,
+    mesh: bool,
+) -> Result<Expanded, ExpandError> {
     if !(1..=MAX_NODES).contains(&nodes) {
         return Err(ExpandError::NodeCount(nodes));
     }
-    let services = assign_cluster_ips(&input.services, plan)?;
-    let mut pods: Vec<Pod> = input.pods.iter().map(normalized).collect();
+    let mut given_services = input.services.clone();
+    let has_kubernetes = given_services.iter().any(|s| {
+        s.metadata.name.as_deref() == Some("kubernetes")
+            && s.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == DEFAULT_NAMESPACE
+    });
+    let mut endpoint_slices = Vec::new();
+    if !has_kubernetes {
+        // First, so that it gets the first address of the service range, as in a cluster.
+        given_services.insert(0, kubernetes_service());
+        endpoint_slices.push(kubernetes_endpoints(plan.root_ip()));
+    }
+    let services = assign_cluster_ips(&given_services, plan)?;
+    let mut pods: Vec<Pod> = Vec::new();
+    if mesh {
+        pods.extend((1..=nodes).map(ztunnel_pod));
+    }
+    pods.push(kube_system_pod());
+    pods.extend(input.pods.iter().map(normalized));
     for d in &input.deployments {
         pods.extend(deployment_pods(d));
     }
     let mut seen = BTreeSet::new();
     let mut planned = Vec::new();
     let mut next_rr = 0usize;
-    let mut slots = vec![0usize; nodes + 1];
+    let mut per_node = vec![0usize; nodes + 1];
     for mut pod in pods {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -119,12 +164,25 @@ pub fn expand(input: &Input, nodes: usize, plan: &AddressPlan) -> Result<Expande
             .service_account_name
             .get_or_insert_with(|| "default".to_string())
             .clone();
-        let ip = plan.pod_ip(node, slots[node])?;
-        slots[node] += 1;
+        per_node[node] += 1;
+        if per_node[node] > plan::MAX_PODS_PER_NODE {
+            return Err(ExpandError::Plan(PlanError::BadPodSlot {
+                node,
+                slot: per_node[node] - 1,
+            }));
+        }
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let ports = listen_ports(&pod, &namespace, &labels, &services);
         let uid = pod.metadata.uid.get_or_insert_with(|| uid_of(&key)).clone();
-        pod.status = Some(running_status(ip, plan.node_ip(node)?));
+        // Scheduled, not started: the kubelet writes the status once the sandbox exists.
+        pod.status = None;
+        let role = if namespace == MESH_NAMESPACE
+            && labels.get("app").map(String::as_str) == Some("ztunnel")
+        {
+            PodRole::Ztunnel
+        } else {
+            PodRole::App
+        };
         let version = labels
             .get("version")
             .or_else(|| labels.get("app.kubernetes.io/version"))
@@ -136,7 +194,7 @@ pub fn expand(input: &Input, nodes: usize, plan: &AddressPlan) -> Result<Expande
             namespace,
             uid,
             node,
-            ip,
+            role,
             service_account,
             labels,
             version,
@@ -151,7 +209,74 @@ pub fn expand(input: &Input, nodes: usize, plan: &AddressPlan) -> Result<Expande
         pods: planned,
         service_infos: services.iter().map(service_info).collect(),
         services,
+        endpoint_slices,
     })
+}
+
+fn yaml_object<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    // The texts below are constants of this file, checked by its tests.
+    serde_yaml::from_str(text).expect("a well-formed built-in manifest")
+}
+
+/// The node's ztunnel, as Istio's DaemonSet creates it (not a host-network pod: it has a
+/// sandbox of its own, which the CNI chain must let start before any ztunnel runs).
+fn ztunnel_pod(node: usize) -> Pod {
+    let name = plan::node_name(node);
+    let mut pod: Pod = yaml_object(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ztunnel-{name}\n  namespace: {MESH_NAMESPACE}\n  labels: {{app: ztunnel, sidecar.istio.io/inject: 'false'}}\nspec:\n  serviceAccountName: ztunnel\n  containers: [{{name: istio-proxy, image: amesh/ztunnel}}]\n"
+    ));
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some(name);
+    }
+    pod
+}
+
+/// A pod of kube-system, as every cluster runs (CoreDNS's stand-in).
+fn kube_system_pod() -> Pod {
+    yaml_object(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: coredns\n  namespace: kube-system\n  labels: {k8s-app: kube-dns}\nspec:\n  serviceAccountName: coredns\n  nodeName: node1\n  containers: [{name: coredns, image: coredns, ports: [{containerPort: 9153}]}]\n",
+    )
+}
+
+/// `default/kubernetes`: the API server's Service, without a selector.
+fn kubernetes_service() -> Service {
+    yaml_object(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubernetes\n  namespace: default\n  labels: {{component: apiserver, provider: kubernetes}}\nspec:\n  ports: [{{name: https, port: 443, targetPort: {API_SERVER_PORT}, protocol: TCP}}]\n"
+    ))
+}
+
+/// The endpoints of `default/kubernetes`, kept by hand (as the API server keeps its own):
+/// the lab's stand-in API server, outside the mesh.
+fn kubernetes_endpoints(api_server: Ipv4Addr) -> EndpointSlice {
+    yaml_object(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: kubernetes\n  namespace: default\n  labels: {{kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: amesh-lab}}\naddressType: IPv4\nendpoints:\n- addresses: ['{api_server}']\n  conditions: {{ready: true}}\nports: [{{name: https, port: {API_SERVER_PORT}, protocol: TCP}}]\n"
+    ))
+}
+
+/// The status the kubelet writes once the pod's sandbox exists: running, its IP, and Ready
+/// once its containers are.
+pub fn pod_status(ip: Ipv4Addr, host: Ipv4Addr, ready: bool) -> PodStatus {
+    let condition = |t: &str, ok: bool| PodCondition {
+        type_: t.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        ..PodCondition::default()
+    };
+    PodStatus {
+        phase: Some("Running".to_string()),
+        pod_ip: Some(ip.to_string()),
+        pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+        host_ip: Some(host.to_string()),
+        host_ips: Some(vec![HostIP {
+            ip: host.to_string(),
+        }]),
+        conditions: Some(vec![
+            condition("PodScheduled", true),
+            condition("Initialized", true),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+        ]),
+        ..PodStatus::default()
+    }
 }
 
 /// A Pod as given, with the defaults the API server would fill in.
@@ -318,31 +443,6 @@ fn service_info(svc: &Service) -> ServiceInfo {
                 },
             })
             .collect(),
-    }
-}
-
-/// The status a running, ready pod has.
-fn running_status(ip: Ipv4Addr, host: Ipv4Addr) -> PodStatus {
-    let condition = |t: &str| PodCondition {
-        type_: t.to_string(),
-        status: "True".to_string(),
-        ..PodCondition::default()
-    };
-    PodStatus {
-        phase: Some("Running".to_string()),
-        pod_ip: Some(ip.to_string()),
-        pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
-        host_ip: Some(host.to_string()),
-        host_ips: Some(vec![HostIP {
-            ip: host.to_string(),
-        }]),
-        conditions: Some(vec![
-            condition("PodScheduled"),
-            condition("Initialized"),
-            condition("ContainersReady"),
-            condition("Ready"),
-        ]),
-        ..PodStatus::default()
     }
 }
 

@@ -65,12 +65,21 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 7000, targetPort: t
     }
 }
 
+/// The input's pods, without the ones every lab adds.
+fn user_pods(e: &Expanded) -> Vec<&PlannedPod> {
+    e.pods
+        .iter()
+        .filter(|p| p.namespace != "kube-system" && p.namespace != MESH_NAMESPACE)
+        .collect()
+}
+
 #[test]
-fn deployments_become_named_scheduled_addressed_pods() {
+fn deployments_become_named_scheduled_pods_without_addresses() {
     let plan = AddressPlan::new(0).unwrap();
-    let e = expand(&input(), 2, &plan).unwrap();
-    assert_eq!(e.pods.len(), 4);
-    let client = &e.pods[0];
+    let e = expand(&input(), 2, &plan, false).unwrap();
+    let pods = user_pods(&e);
+    assert_eq!(pods.len(), 4);
+    let client = pods[0];
     assert_eq!(
         (client.namespace.as_str(), client.name.as_str()),
         ("default", "client")
@@ -78,14 +87,9 @@ fn deployments_become_named_scheduled_addressed_pods() {
     assert_eq!(client.service_account, "sleep");
     assert!(client.ports.is_empty());
     // Round robin: client node1, replicas node2, node1, node2.
-    let nodes: Vec<usize> = e.pods.iter().map(|p| p.node).collect();
+    let nodes: Vec<usize> = pods.iter().map(|p| p.node).collect();
     assert_eq!(nodes, vec![1, 2, 1, 2]);
-    let ips: Vec<String> = e.pods.iter().map(|p| p.ip.to_string()).collect();
-    assert_eq!(
-        ips,
-        ["10.128.1.2", "10.128.2.2", "10.128.1.3", "10.128.2.3"]
-    );
-    let web = &e.pods[1];
+    let web = pods[1];
     assert_eq!(web.namespace, "shop");
     assert_eq!(web.version, "v2");
     assert_eq!(web.service_account, "default");
@@ -99,25 +103,76 @@ fn deployments_become_named_scheduled_addressed_pods() {
         (owner.kind.as_str(), owner.name.clone()),
         ("ReplicaSet", format!("web-{}", parts[1]))
     );
-    let status = web.pod.status.as_ref().unwrap();
-    assert_eq!(status.pod_ip.as_deref(), Some("10.128.2.2"));
-    assert_eq!(status.host_ip.as_deref(), Some("10.128.0.2"));
+    // Scheduled, not started: no status, so no IP, until the node's CNI ADD gives one.
+    assert!(web.pod.status.is_none());
     assert_eq!(
         web.pod.spec.as_ref().unwrap().node_name.as_deref(),
         Some("node2")
     );
     // Names are stable across runs and distinct across replicas.
-    let again = expand(&input(), 2, &plan).unwrap();
-    assert_eq!(again.pods[1].name, web.name);
-    assert_ne!(e.pods[2].name, web.name);
+    let again = expand(&input(), 2, &plan, false).unwrap();
+    assert_eq!(user_pods(&again)[1].name, web.name);
+    assert_ne!(pods[2].name, web.name);
     assert_eq!(web.uid.len(), 36);
-    assert_ne!(e.pods[2].uid, web.uid);
+    assert_ne!(pods[2].uid, web.uid);
+}
+
+#[test]
+fn system_objects_every_cluster_has() {
+    let plan = AddressPlan::new(0).unwrap();
+    let e = expand(&input(), 2, &plan, true).unwrap();
+    // ztunnel pods first, one per node, then kube-system's.
+    let first: Vec<(String, usize, PodRole)> = e.pods[..3]
+        .iter()
+        .map(|p| (format!("{}/{}", p.namespace, p.name), p.node, p.role))
+        .collect();
+    assert_eq!(
+        first,
+        [
+            (
+                "istio-system/ztunnel-node1".to_string(),
+                1,
+                PodRole::Ztunnel
+            ),
+            (
+                "istio-system/ztunnel-node2".to_string(),
+                2,
+                PodRole::Ztunnel
+            ),
+            ("kube-system/coredns".to_string(), 1, PodRole::App),
+        ]
+    );
+    assert_eq!(e.pods[0].service_account, "ztunnel");
+    assert_eq!(e.pods[0].labels["app"], "ztunnel");
+    // Without the mesh, no ztunnel pods.
+    let plain = expand(&input(), 2, &plan, false).unwrap();
+    assert!(plain.pods.iter().all(|p| p.role == PodRole::App));
+    // default/kubernetes: no selector, the first free address, its hand-kept EndpointSlice
+    // pointing at the root netns (the stand-in API server), outside the mesh.
+    let k = e
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("kubernetes"))
+        .unwrap();
+    let spec = k.spec.as_ref().unwrap();
+    assert!(spec.selector.is_none());
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.128.128.2"));
+    let slice = &e.endpoint_slices[0];
+    assert_eq!(
+        slice.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"],
+        "kubernetes"
+    );
+    assert_eq!(
+        slice.endpoints.as_ref().unwrap()[0].addresses,
+        ["10.128.0.254"]
+    );
+    assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(6443));
 }
 
 #[test]
 fn services_get_free_cluster_ips_and_keep_explicit_ones() {
     let plan = AddressPlan::new(0).unwrap();
-    let e = expand(&input(), 1, &plan).unwrap();
+    let e = expand(&input(), 1, &plan, false).unwrap();
     let vip = |name: &str| {
         e.service_infos
             .iter()
@@ -126,16 +181,18 @@ fn services_get_free_cluster_ips_and_keep_explicit_ones() {
             .vip
             .map(|v| v.to_string())
     };
-    // 10.128.128.1 is taken by "fixed", so "web" gets the next one.
-    assert_eq!(vip("web").as_deref(), Some("10.128.128.2"));
+    // 10.128.128.1 is taken by "fixed", so "kubernetes" gets the next one and "web" the one
+    // after.
+    assert_eq!(vip("kubernetes").as_deref(), Some("10.128.128.2"));
+    assert_eq!(vip("web").as_deref(), Some("10.128.128.3"));
     assert_eq!(vip("fixed").as_deref(), Some("10.128.128.1"));
     assert_eq!(vip("headless"), None);
     let web = e.service_infos.iter().find(|s| s.name == "web").unwrap();
     assert_eq!(web.ports[0].target_port, "8080");
     assert_eq!(web.ports[1].target_port, "9080");
     assert_eq!(
-        e.services[0].spec.as_ref().unwrap().cluster_ips,
-        Some(vec!["10.128.128.2".to_string()])
+        e.services[1].spec.as_ref().unwrap().cluster_ips,
+        Some(vec!["10.128.128.3".to_string()])
     );
 }
 
@@ -144,12 +201,12 @@ fn node_name_pins_a_pod_and_unknown_nodes_are_refused() {
     let plan = AddressPlan::new(0).unwrap();
     let mut i = input();
     i.pods[0].spec.as_mut().unwrap().node_name = Some("node2".into());
-    let e = expand(&i, 2, &plan).unwrap();
-    assert_eq!(e.pods[0].node, 2);
-    let err = expand(&i, 1, &plan).unwrap_err();
+    let e = expand(&i, 2, &plan, false).unwrap();
+    assert_eq!(user_pods(&e)[0].node, 2);
+    let err = expand(&i, 1, &plan, false).unwrap_err();
     assert!(err.to_string().contains("node2"), "{err}");
     assert!(matches!(
-        expand(&i, 0, &plan),
+        expand(&i, 0, &plan, false),
         Err(ExpandError::NodeCount(0))
     ));
 }
@@ -157,7 +214,7 @@ fn node_name_pins_a_pod_and_unknown_nodes_are_refused() {
 #[test]
 fn nodes_have_addresses_and_pod_cidrs() {
     let plan = AddressPlan::new(1).unwrap();
-    let e = expand(&Input::default(), 3, &plan).unwrap();
+    let e = expand(&Input::default(), 3, &plan, false).unwrap();
     assert_eq!(e.nodes.len(), 3);
     let n3 = &e.nodes[2];
     assert_eq!(n3.metadata.name.as_deref(), Some("node3"));

@@ -2,8 +2,10 @@
 //! would hold once the lab has scheduled and started everything. The controller's folder source
 //! reads it.
 //!
-//! - `generated/nodes.yaml`, `generated/pods.yaml`, `generated/services.yaml`: Nodes, Pods with
-//!   `spec.nodeName` and `status.podIP`, Services with `spec.clusterIP`.
+//! - `generated/nodes.yaml`, `generated/pods.yaml`, `generated/services.yaml`,
+//!   `generated/endpointslices.yaml`: Nodes, Pods with `spec.nodeName` (and, once the node
+//!   has started them, `status.podIP`: rewritten as the kubelet would update it), Services
+//!   with `spec.clusterIP`, the hand-kept EndpointSlice of `default/kubernetes`.
 //! - `input/...`: every other document of the input folder, same relative paths (kinds the
 //!   lab does not know included), so policies, routes and namespaces reach the controller as
 //!   written.
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
+
+use k8s_openapi::api::core::v1::Pod;
 
 use super::expand::Expanded;
 
@@ -49,6 +53,7 @@ pub fn write(input_dir: &Path, expanded: &Expanded, out: &Path) -> Result<(), Ge
     let pods: Vec<_> = expanded.pods.iter().map(|p| &p.pod).collect();
     write_docs(&gen.join("pods.yaml"), &pods)?;
     write_docs(&gen.join("services.yaml"), &expanded.services)?;
+    write_docs(&gen.join("endpointslices.yaml"), &expanded.endpoint_slices)?;
     for file in yaml_files(input_dir)? {
         let rel = file.strip_prefix(input_dir).unwrap_or(&file);
         let rel = if rel.as_os_str().is_empty() {
@@ -92,6 +97,14 @@ fn kept_documents(text: &str) -> Result<Vec<Value>, serde_yaml::Error> {
     Ok(kept)
 }
 
+/// Rewrites `generated/pods.yaml` with the pods as the API server holds them now (a pod's
+/// status changes as the kubelet starts it).
+pub fn write_pods(out: &Path, pods: &[&Pod]) -> Result<(), GeneratedError> {
+    write_docs(&out.join("generated").join("pods.yaml"), pods)
+}
+
+/// Writes through a hidden temporary file and a rename: a watcher of the folder (which skips
+/// hidden names) never reads half a file.
 fn write_docs<T: Serialize>(path: &Path, docs: &[T]) -> Result<(), GeneratedError> {
     let mut text = String::new();
     for d in docs {
@@ -99,7 +112,10 @@ fn write_docs<T: Serialize>(path: &Path, docs: &[T]) -> Result<(), GeneratedErro
         // Kubernetes objects and YAML values always serialise.
         text.push_str(&serde_yaml::to_string(d).expect("manifest serialises"));
     }
-    std::fs::write(path, text).map_err(io("cannot write", path))
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot write", path))
 }
 
 /// `*.yaml` / `*.yml` files under `dir` (or `dir` itself if it is a file), sorted; names starting

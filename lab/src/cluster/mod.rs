@@ -20,6 +20,7 @@ use crate::plan::{AddressPlan, LabId};
 use crate::process::{self, ProcessRecord};
 use crate::reap;
 use crate::rundir::RunDir;
+use crate::runtime;
 use crate::state::{LabState, PodInfo};
 use crate::topology;
 
@@ -62,6 +63,8 @@ pub struct Lab {
     children: Vec<(String, Child)>,
     binary: PathBuf,
     startup_timeout: Duration,
+    /// The Pod objects as the API server holds them (status written as pods start).
+    api_pods: Vec<k8s_openapi::api::core::v1::Pod>,
 }
 
 impl Lab {
@@ -99,6 +102,7 @@ impl Lab {
             children: Vec::new(),
             binary,
             startup_timeout: options.startup_timeout,
+            api_pods: Vec::new(),
         };
         // From here on an error drops `lab`, which removes whatever was built.
         lab.build(manifests_dir, &input, nodes)?;
@@ -108,48 +112,194 @@ impl Lab {
     fn build(&mut self, dir: &Path, input: &expand::Input, nodes: usize) -> Result<(), LabError> {
         let plan = self.plan();
         let id = self.state.id.clone();
-        let expanded = expand::expand(input, nodes, &plan)?;
+        let expanded = expand::expand(input, nodes, &plan, self.state.mesh.is_some())?;
         self.state.save()?;
         topology::create_root(&id, &plan)?;
         for n in 1..=nodes {
             let node = topology::add_node(&id, &plan, n)?;
-            self.state.nodes.push(node.clone());
+            self.state.nodes.push(node);
             self.state.save()?;
-            hooks::on_node_created(self, &node)?;
         }
         topology::route_between_nodes(&self.state.nodes)?;
         self.state.services = expanded.service_infos.clone();
+        // What the API server holds once everything is scheduled: pods without status.
         generated::write(dir, &expanded, &self.state.manifests_dir)?;
+        self.api_pods = expanded.pods.iter().map(|p| p.pod.clone()).collect();
         hooks::on_manifests_written(self)?;
-        // Network first (what the CNI does), then the app (the container), as a kubelet does.
+        for node in self.state.nodes.clone() {
+            let plugin = hooks::node_cni_plugin(&self.state, &node);
+            runtime::write_conflist(&self.state, &node, plugin.as_ref())
+                .map_err(|e| LabError::Runtime(format!("node {}: {e}", node.name)))?;
+        }
+        // Each node's kubelet starts its pods in order: ztunnel's first (its ADD must pass
+        // without a ztunnel), kube-system's, then the rest.
         let mut waiting = Vec::new();
         for planned in &expanded.pods {
-            let node = self.state.nodes[planned.node - 1].clone();
-            let net = topology::add_pod(&id, &node, &planned.namespace, &planned.name, planned.ip)?;
-            let pod = PodInfo {
-                name: planned.name.clone(),
-                namespace: planned.namespace.clone(),
-                uid: planned.uid.clone(),
-                node: node.name.clone(),
-                netns: net.netns,
-                ip: planned.ip,
-                veth: net.veth,
-                service_account: planned.service_account.clone(),
-                labels: planned.labels.clone(),
-                ports: planned.ports.clone(),
-            };
-            self.state.pods.push(pod.clone());
-            self.state.save()?;
-            hooks::on_pod_created(self, &pod)?;
-            let name = self.start_echo(&pod, &planned.version)?;
-            waiting.push((name, pod.ports.clone()));
+            if let Some(app) = self.start_pod(planned)? {
+                waiting.push(app);
+            }
         }
-        for (name, ports) in waiting {
+        for (pod, name, ports) in waiting {
             self.wait_listening(&name, &ports)?;
+            self.set_ready(&pod)?;
         }
-        hooks::on_lab_ready(self)?;
         self.state.save()?;
         Ok(())
+    }
+
+    /// Starts one pod as a kubelet does: the sandbox, the node's CNI chain (retried, as the
+    /// kubelet retries, while a plugin says "try again"), the status with the IP IPAM gave,
+    /// then its container. Returns the echo app to wait for, if it runs one.
+    fn start_pod(
+        &mut self,
+        planned: &expand::PlannedPod,
+    ) -> Result<Option<(String, String, Vec<u16>)>, LabError> {
+        let node = self.state.nodes[planned.node - 1].clone();
+        let id = self.state.id.clone();
+        let runtime = runtime::for_node(&self.state, &node)
+            .map_err(|e| LabError::Runtime(format!("node {}: {e}", node.name)))?;
+        let netns = topology::create_sandbox(&id, &planned.namespace, &planned.name)?;
+        let sandbox = runtime::Sandbox {
+            namespace: planned.namespace.clone(),
+            name: planned.name.clone(),
+            uid: planned.uid.clone(),
+            netns: netns.clone(),
+        };
+        let attached = self.add_with_retries(&runtime, &sandbox)?;
+        let pod = PodInfo {
+            name: planned.name.clone(),
+            namespace: planned.namespace.clone(),
+            uid: planned.uid.clone(),
+            node: node.name.clone(),
+            netns,
+            ip: attached.ip,
+            veth: attached.host_veth,
+            service_account: planned.service_account.clone(),
+            labels: planned.labels.clone(),
+            ports: planned.ports.clone(),
+        };
+        runtime::write_resolv_conf(&self.state, &pod)
+            .map_err(|e| LabError::Runtime(format!("pod {}: resolv.conf: {e}", pod.key())))?;
+        self.state.pods.push(pod.clone());
+        self.state.save()?;
+        // Only now does the API learn the pod's address.
+        self.write_status(&pod, false)?;
+        if hooks::on_pod_sandbox_ready(self, &pod, planned.role)? {
+            self.set_ready(&pod.key())?;
+            return Ok(None);
+        }
+        let name = self.start_echo(&pod, &planned.version)?;
+        Ok(Some((pod.key(), name, pod.ports.clone())))
+    }
+
+    /// CNI ADD; on "try again" the sandbox's network is torn down (DEL) and ADD is retried
+    /// with backoff, as a kubelet does, until the startup timeout (three times over).
+    fn add_with_retries(
+        &self,
+        runtime: &runtime::NodeRuntime,
+        sandbox: &runtime::Sandbox,
+    ) -> Result<runtime::Attached, LabError> {
+        let deadline = std::time::Instant::now() + self.startup_timeout * 3;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match runtime.add(sandbox) {
+                Ok(attached) => return Ok(attached),
+                Err(e) if e.is_try_again() && std::time::Instant::now() < deadline => {
+                    tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), "CNI ADD: {e}; retrying in {backoff:?}");
+                    let _ = runtime.del(sandbox);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    let _ = runtime.del(sandbox);
+                    return Err(LabError::Runtime(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Writes `pod`'s status into the API objects (the generated pods file), as the kubelet
+    /// updates it: running with its IP, and Ready when `ready`.
+    fn write_status(&mut self, pod: &PodInfo, ready: bool) -> Result<(), LabError> {
+        let host = self
+            .state
+            .node(&pod.node)
+            .map(|n| n.ip)
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        for api in self.api_pods.iter_mut() {
+            if api.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
+                && api.metadata.name.as_deref() == Some(pod.name.as_str())
+            {
+                api.status = Some(expand::pod_status(pod.ip, host, ready));
+            }
+        }
+        let pods: Vec<&k8s_openapi::api::core::v1::Pod> = self.api_pods.iter().collect();
+        generated::write_pods(&self.state.manifests_dir, &pods)?;
+        hooks::on_pod_status(self)
+    }
+
+    fn set_ready(&mut self, key: &str) -> Result<(), LabError> {
+        let pod = self.state.pod(key)?.clone();
+        self.write_status(&pod, true)
+    }
+
+    /// Records where `node`'s ztunnel pod is; returns the node as it is now.
+    pub fn set_node_ztunnel(
+        &mut self,
+        node: &str,
+        ztunnel: crate::state::ZtunnelPod,
+    ) -> Result<crate::state::NodeInfo, LabError> {
+        let Some(info) = self.state.nodes.iter_mut().find(|n| n.name == node) else {
+            return Err(LabError::Runtime(format!("no node {node}")));
+        };
+        info.ztunnel = Some(ztunnel);
+        let info = info.clone();
+        self.state.save()?;
+        Ok(info)
+    }
+
+    /// Creates a pod in the running lab, as `kubectl apply` of a Pod would: scheduled (on
+    /// `spec.nodeName`, else node1), written to the API, started by its node. Its IP comes
+    /// from the node's IPAM like every pod's.
+    pub fn create_pod(
+        &mut self,
+        pod: k8s_openapi::api::core::v1::Pod,
+    ) -> Result<PodInfo, LabError> {
+        let plan = self.plan();
+        let nodes = self.state.nodes.len();
+        let input = expand::Input {
+            pods: vec![pod],
+            ..expand::Input::default()
+        };
+        let expanded = expand::expand(&input, nodes, &plan, false)?;
+        // Only the one pod: the system objects `expand` adds already exist.
+        let planned = expanded
+            .pods
+            .into_iter()
+            .find(|p| input.pods[0].metadata.name.as_deref() == Some(p.name.as_str()))
+            .ok_or_else(|| LabError::Runtime("the pod did not expand".into()))?;
+        if self
+            .state
+            .pods
+            .iter()
+            .any(|p| p.namespace == planned.namespace && p.name == planned.name)
+        {
+            return Err(LabError::Runtime(format!(
+                "pod {}/{} exists already",
+                planned.namespace, planned.name
+            )));
+        }
+        self.api_pods.push(planned.pod.clone());
+        let pods: Vec<&k8s_openapi::api::core::v1::Pod> = self.api_pods.iter().collect();
+        generated::write_pods(&self.state.manifests_dir, &pods)?;
+        if let Some((key, name, ports)) = self.start_pod(&planned)? {
+            self.wait_listening(&name, &ports)?;
+            self.set_ready(&key)?;
+        }
+        Ok(self
+            .state
+            .pod(&format!("{}/{}", planned.namespace, planned.name))?
+            .clone())
     }
 
     fn start_echo(&mut self, pod: &PodInfo, version: &str) -> Result<String, LabError> {
