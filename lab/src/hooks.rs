@@ -7,6 +7,7 @@
 //! | [`node_cni_plugin`] | when a node's CNI configuration is written | `amesh-cni` chained after the primary plugin |
 //! | [`on_pod_status`] | whenever the kubelet has written a pod's status | the lab's own translation (local-file control plane) |
 //! | [`on_pod_sandbox_ready`] | a pod's network is up, its containers are not started | the ztunnel pod's container: ztunnel itself, then wait for its readiness |
+//! | [`on_lab_ready`] | every pod of `up` (or a created pod) runs and is Ready | wait until every ztunnel has every pod in its configuration |
 //! | [`on_teardown`] | first thing in `down`, also for a crashed lab's leftovers | CNI DEL of every pod (in `runtime`), the pods' resolv.conf files |
 
 use crate::cluster::expand::PodRole;
@@ -45,6 +46,15 @@ pub fn on_pod_sandbox_ready(lab: &mut Lab, pod: &PodInfo, role: PodRole) -> Resu
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+/// Every pod runs: with the mesh, wait until every ztunnel knows every pod (ready for
+/// traffic).
+pub fn on_lab_ready(lab: &Lab) -> Result<(), LabError> {
+    match &lab.state().mesh {
+        Some(_) => crate::mesh::wait_synced(lab.state(), std::time::Duration::from_secs(30)),
+        None => Ok(()),
     }
 }
 

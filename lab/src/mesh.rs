@@ -437,6 +437,64 @@ pub fn http_from(
     serde_json::from_str(&body).map_err(|e| format!("not an echo answer ({e}): {body}"))
 }
 
+/// Waits until every node's ztunnel has every pod of the lab in its configuration, with its
+/// address and healthy: a Ready pod's endpoint reaches the ztunnels a moment after the
+/// kubelet writes its status (the controller's folder poll, the xDS push), as on a cluster.
+/// The lab is ready for traffic only then.
+pub fn wait_synced(state: &LabState, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    for node in &state.nodes {
+        let Some(z) = &node.ztunnel else { continue };
+        loop {
+            let missing = missing_from_config(state, &z.netns);
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(hook_error(
+                    "on_lab_ready",
+                    format!(
+                        "ztunnel on {} lacks these pods after {timeout:?}: {}",
+                        node.name,
+                        missing.join(", ")
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// The lab's pods that a ztunnel's `/config_dump` does not show with their address and
+/// healthy (all of them if it does not answer).
+fn missing_from_config(state: &LabState, ztunnel_netns: &str) -> Vec<String> {
+    let admin: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 15000).into();
+    let dump = crate::netns::run_in(ztunnel_netns, move || http_get(admin, "/config_dump"))
+        .ok()
+        .flatten()
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+    let workloads = dump
+        .as_ref()
+        .and_then(|d| d["config"]["workloads"].as_array().cloned())
+        .unwrap_or_default();
+    state
+        .pods
+        .iter()
+        .filter(|pod| {
+            !workloads.iter().any(|w| {
+                w["name"] == pod.name.as_str()
+                    && w["namespace"] == pod.namespace.as_str()
+                    && w["status"] != "Unhealthy"
+                    && w["workloadIps"]
+                        .as_array()
+                        .is_some_and(|ips| ips.iter().any(|ip| ip == &pod.ip.to_string()))
+            })
+        })
+        .map(PodInfo::key)
+        .collect()
+}
+
 /// Polls a node's ztunnel readiness endpoint (`15021/healthz/ready` on its pod's address,
 /// asked from the node, as a kubelet probes).
 pub fn wait_ready(node: &NodeInfo, timeout: Duration) -> Result<(), LabError> {

@@ -260,11 +260,13 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
         assert_eq!(links_held(ztunnel, netns_inode(&m, "client-a")), 1);
         assert_eq!(programs_on(&m, "client-a").len(), 1);
     }
-    // Once released, the pod talks directly: the app at server-2 sees a plaintext connection
-    // from the pod's own address (PERMISSIVE lets it in).
-    let reply = m
-        .http(pod, addr(m.ip("server-2"), 8080))
-        .expect("direct traffic after release");
-    assert_eq!(reply.source.ip(), m.ip(pod));
+    // The rest of the chain ran too: the pod's interface is gone and IPAM took its address
+    // back.
+    let links = in_pod(&m, pod, "ip", &["-o", "link", "show"]);
+    assert!(!links.contains("eth0"), "the pod's eth0 is still there:\n{links}");
+    let ipam = lab::runtime::node_dir(m.lab.state(), &info.node)
+        .join("ipam/lab")
+        .join(info.ip.to_string());
+    assert!(!ipam.exists(), "IPAM still holds {}", info.ip);
     drop(open);
 }

@@ -316,8 +316,10 @@ fn killed_ztunnel_comes_back_without_rerunning_the_cni() {
 fn admin_endpoints_and_sigterm_drain() {
     let m = MeshLab::up("l4", 2);
     let node1 = m.node("node1");
+    // ztunnel runs in its own pod: the admin port listens on that pod's loopback.
+    let ztunnel = node1.ztunnel.clone().expect("node1's ztunnel pod");
     let get = |addr: std::net::SocketAddr, path: &'static str| {
-        lab::netns::run_in(&node1.netns, move || lab::mesh::http_get(addr, path))
+        lab::netns::run_in(&ztunnel.netns, move || lab::mesh::http_get(addr, path))
             .unwrap()
             .unwrap_or_else(|| panic!("no answer on {addr}{path}"))
     };
@@ -341,7 +343,7 @@ fn admin_endpoints_and_sigterm_drain() {
         .is_some_and(|w| w.len() >= 5));
     assert_eq!(get(admin, "/logging?level=debug").0, 200);
     assert_eq!(get(admin, "/logging?level=ztunnel=loud").0, 400);
-    let ready = std::net::SocketAddr::new(node1.ip.into(), 15021);
+    let ready = std::net::SocketAddr::new(ztunnel.ip.into(), 15021);
     assert_eq!(get(ready, "/healthz/ready").0, 200);
 
     // SIGTERM: ztunnel drains and exits by itself within its deadline.

@@ -144,7 +144,7 @@ impl Lab {
             self.set_ready(&pod)?;
         }
         self.state.save()?;
-        Ok(())
+        hooks::on_lab_ready(self)
     }
 
     /// Starts one pod as a kubelet does: the sandbox, the node's CNI chain (retried, as the
@@ -296,6 +296,7 @@ impl Lab {
             self.wait_listening(&name, &ports)?;
             self.set_ready(&key)?;
         }
+        hooks::on_lab_ready(self)?;
         Ok(self
             .state
             .pod(&format!("{}/{}", planned.namespace, planned.name))?
