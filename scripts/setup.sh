@@ -8,8 +8,8 @@ log() { printf '[setup] %s\n' "$*"; }
 # Debian packages. iproute2 and nftables carry the lab's network namespaces and capture rules;
 # pkg-config and a C compiler build the TLS library (aws-lc) that rustls uses; nsenter
 # (util-linux) runs nft in pod namespaces; tcpdump checks in tests that the wire carries TLS;
-# containernetworking-plugins is each lab node's primary CNI plugin (ptp + host-local IPAM).
-APT_PACKAGES=(build-essential pkg-config iproute2 nftables procps util-linux tcpdump containernetworking-plugins)
+# curl is a pod-side HTTPS client in tests; containernetworking-plugins is each lab node's primary CNI plugin (ptp + host-local IPAM).
+APT_PACKAGES=(build-essential pkg-config iproute2 nftables procps util-linux tcpdump curl containernetworking-plugins)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

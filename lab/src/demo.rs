@@ -84,9 +84,16 @@ pub fn run(dir: &Path, nodes: usize) -> Result<String, LabError> {
         "Calls (HTTP GET; mesh pods use the service VIP, others call its pods):"
     );
     let _ = writeln!(out, "  {:<42} {:<22} RESULT", "FROM", "TO");
-    for pod in &state.pods {
+    // The cluster's own pods (ztunnel, kube-system) and the API server's Service are not the
+    // app's: they stay out of the table.
+    let system = |namespace: &str| matches!(namespace, "kube-system" | "istio-system");
+    for pod in state.pods.iter().filter(|p| !system(&p.namespace)) {
         let meshed = in_mesh(pod.ip.into());
-        for svc in &state.services {
+        for svc in state
+            .services
+            .iter()
+            .filter(|s| !(s.namespace == "default" && s.name == "kubernetes"))
+        {
             let (Some(vip), Some(port)) = (svc.vip, svc.ports.first()) else {
                 continue;
             };

@@ -441,10 +441,20 @@ pub fn http_from(
 /// address and healthy: a Ready pod's endpoint reaches the ztunnels a moment after the
 /// kubelet writes its status (the controller's folder poll, the xDS push), as on a cluster.
 /// The lab is ready for traffic only then.
+/// ztunnels that are not running (a test stopped one) are not waited for.
 pub fn wait_synced(state: &LabState, timeout: Duration) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
     for node in &state.nodes {
         let Some(z) = &node.ztunnel else { continue };
+        let running = state
+            .processes
+            .iter()
+            .rev()
+            .find(|p| p.name == ztunnel_name(&node.name))
+            .is_some_and(crate::process::is_alive);
+        if !running {
+            continue;
+        }
         loop {
             let missing = missing_from_config(state, &z.netns);
             if missing.is_empty() {

@@ -263,7 +263,10 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
     // The rest of the chain ran too: the pod's interface is gone and IPAM took its address
     // back.
     let links = in_pod(&m, pod, "ip", &["-o", "link", "show"]);
-    assert!(!links.contains("eth0"), "the pod's eth0 is still there:\n{links}");
+    assert!(
+        !links.contains("eth0"),
+        "the pod's eth0 is still there:\n{links}"
+    );
     let ipam = lab::runtime::node_dir(m.lab.state(), &info.node)
         .join("ipam/lab")
         .join(info.ip.to_string());

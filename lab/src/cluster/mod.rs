@@ -65,6 +65,17 @@ pub struct Lab {
     startup_timeout: Duration,
     /// The Pod objects as the API server holds them (status written as pods start).
     api_pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    /// Called after each CNI ADD that said "try again" (see [`Lab::create_pod_while_retrying`]).
+    on_retry: Option<RetryHook>,
+}
+
+/// What a test does while a pod's ADD is being retried.
+struct RetryHook(Box<dyn FnMut(&mut Lab, &runtime::CniError)>);
+
+impl std::fmt::Debug for RetryHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryHook")
+    }
 }
 
 impl Lab {
@@ -103,6 +114,7 @@ impl Lab {
             binary,
             startup_timeout: options.startup_timeout,
             api_pods: Vec::new(),
+            on_retry: None,
         };
         // From here on an error drops `lab`, which removes whatever was built.
         lab.build(manifests_dir, &input, nodes)?;
@@ -195,7 +207,7 @@ impl Lab {
     /// CNI ADD; on "try again" the sandbox's network is torn down (DEL) and ADD is retried
     /// with backoff, as a kubelet does, until the startup timeout (three times over).
     fn add_with_retries(
-        &self,
+        &mut self,
         runtime: &runtime::NodeRuntime,
         sandbox: &runtime::Sandbox,
     ) -> Result<runtime::Attached, LabError> {
@@ -207,6 +219,10 @@ impl Lab {
                 Err(e) if e.is_try_again() && std::time::Instant::now() < deadline => {
                     tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), "CNI ADD: {e}; retrying in {backoff:?}");
                     let _ = runtime.del(sandbox);
+                    if let Some(mut hook) = self.on_retry.take() {
+                        (hook.0)(self, &e);
+                        self.on_retry = Some(hook);
+                    }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -256,6 +272,19 @@ impl Lab {
         let info = info.clone();
         self.state.save()?;
         Ok(info)
+    }
+
+    /// Like [`Lab::create_pod`], calling `hook` each time the pod's CNI ADD said "try again"
+    /// (before the next attempt): a test can bring ztunnel back meanwhile.
+    pub fn create_pod_while_retrying(
+        &mut self,
+        pod: k8s_openapi::api::core::v1::Pod,
+        hook: impl FnMut(&mut Lab, &runtime::CniError) + 'static,
+    ) -> Result<PodInfo, LabError> {
+        self.on_retry = Some(RetryHook(Box::new(hook)));
+        let created = self.create_pod(pod);
+        self.on_retry = None;
+        created
     }
 
     /// Creates a pod in the running lab, as `kubectl apply` of a Pod would: scheduled (on
