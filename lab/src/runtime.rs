@@ -347,12 +347,22 @@ pub fn sandbox_of(pod: &crate::state::PodInfo) -> Sandbox {
     }
 }
 
-/// CNI DEL for every pod of the lab, the node's system pods last (ztunnel releases the others
-/// first), and the pods' resolv.conf files: best effort, for teardown.
+/// CNI DEL for the lab's pods while ztunnel still runs (it releases each), and the pods'
+/// resolv.conf files: best effort, for teardown. The ztunnel pods keep their network until
+/// their processes have stopped (cutting it first would leave ztunnel's control-plane
+/// connections half-open, and the controller waiting on them); deleting the namespaces takes
+/// it, and the run directory their IPAM records.
 pub fn teardown(state: &LabState) {
-    let mut pods: Vec<&crate::state::PodInfo> = state.pods.iter().collect();
-    pods.sort_by_key(|p| p.namespace == "istio-system" || p.namespace == "kube-system");
-    for pod in pods {
+    let ztunnel_pods: Vec<&str> = state
+        .nodes
+        .iter()
+        .filter_map(|n| n.ztunnel.as_ref().map(|z| z.pod.as_str()))
+        .collect();
+    for pod in &state.pods {
+        if ztunnel_pods.contains(&pod.key().as_str()) {
+            remove_resolv_conf(pod);
+            continue;
+        }
         if let Some(node) = state.node(&pod.node) {
             match for_node(state, node) {
                 Ok(runtime) => {
