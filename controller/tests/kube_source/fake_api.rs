@@ -38,11 +38,16 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Every collection the controller reads: URL path, list kind, apiVersion.
-pub const COLLECTIONS: [(&str, &str, &str); 10] = [
+pub const COLLECTIONS: [(&str, &str, &str); 11] = [
     ("/api/v1/namespaces", "NamespaceList", "v1"),
     ("/api/v1/nodes", "NodeList", "v1"),
     ("/api/v1/pods", "PodList", "v1"),
     ("/api/v1/services", "ServiceList", "v1"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSliceList",
+        "discovery.k8s.io/v1",
+    ),
     ("/api/v1/serviceaccounts", "ServiceAccountList", "v1"),
     (
         "/apis/gateway.networking.k8s.io/v1/gateways",
