@@ -408,6 +408,11 @@ async fn endpoint_slices_follow_the_watch() {
     assert!(cluster.now().workloads.is_empty(), "no endpoints yet");
     let watch = cluster.served(ENDPOINT_SLICES).next_watch().await;
     assert_eq!(watch.resource_version, "4");
+    // The slices of Services with a selector stay on the API server.
+    assert_eq!(
+        watch.label_selector,
+        "endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io"
+    );
 
     watch.send("ADDED", db_slice("db-x1", "192.0.2.10", "5"));
     let model = cluster

@@ -99,6 +99,19 @@ impl Kind {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", self.name()), plural)
     }
 
+    /// The label selector of the kind's list and watch, when the translation needs only part
+    /// of it. The EndpointSlices that Kubernetes' EndpointSlice controller manages are those of
+    /// Services with a selector, which the translation never reads (their endpoints are the
+    /// pods): left on the API server, they cost no memory and no copy in every snapshot.
+    pub fn label_selector(self) -> Option<&'static str> {
+        match self {
+            Kind::EndpointSlice => {
+                Some("endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io")
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the kind is a security policy: a malformed new version of one keeps the last
     /// valid version in force, because dropping it could open what a DENY closed (fail
     /// closed), where a malformed pod or service simply leaves the config.
