@@ -1,9 +1,10 @@
 //! Kubernetes manifests as typed objects: the input of the model, whatever the source (a folder
 //! of YAML files today, the Kubernetes API later).
 //!
-//! Core kinds (and `discovery.k8s.io` EndpointSlices) are `k8s-openapi` types; Gateway API and Istio security kinds are our own serde
-//! structs ([`gateway`], [`security`]). Objects are kept in maps keyed by namespace and name, so
-//! iteration order, and with it everything derived from them, is deterministic.
+//! Core kinds (and `discovery.k8s.io` EndpointSlices) are `k8s-openapi` types; Gateway API and
+//! Istio security kinds are our own serde structs ([`gateway`], [`security`]). Objects are kept
+//! in maps keyed by namespace and name, so iteration order, and with it everything derived from
+//! them, is deterministic.
 
 mod de;
 mod error;

@@ -50,13 +50,21 @@ pub(crate) fn slice_endpoints(
     let mut endpoints = Vec::new();
     for (key, slice) in &m.endpoint_slices {
         let Some(name) = labels(&slice.metadata).get(labels::SERVICE_NAME) else {
-            tracing::debug!(slice = %key, "not a Service's EndpointSlice (no {} label)", labels::SERVICE_NAME);
+            tracing::debug!(
+                slice = %key,
+                "no {} label: not a Service's slice",
+                labels::SERVICE_NAME
+            );
             continue;
         };
         let service_key = ObjectKey::new(key.namespace.clone(), name.clone());
         let Some(svc) = by_key.get(&service_key) else {
             if m.services.contains_key(&service_key) {
-                tracing::debug!(slice = %key, service = %service_key, "slice of an ExternalName service");
+                tracing::debug!(
+                    slice = %key,
+                    service = %service_key,
+                    "slice of an ExternalName service"
+                );
             } else {
                 warnings.push(format!(
                     "EndpointSlice {key}: label {} names Service {service_key}, which does not \
@@ -67,7 +75,11 @@ pub(crate) fn slice_endpoints(
             continue;
         };
         if !svc.selector.is_empty() {
-            tracing::debug!(slice = %key, service = %service_key, "the endpoints of a Service with a selector come from its pods");
+            tracing::debug!(
+                slice = %key,
+                service = %service_key,
+                "slice of a Service with a selector: its endpoints are its pods"
+            );
             continue;
         }
         if slice.address_type == "FQDN" {
@@ -111,7 +123,7 @@ fn address(
         return None;
     };
     if endpoint.addresses.len() > 1 {
-        tracing::debug!(%slice, index, "endpoint with several addresses: using the first, as kube-proxy does");
+        tracing::debug!(%slice, index, "several addresses: the first one counts, as in kube-proxy");
     }
     match text.parse::<IpAddr>() {
         Ok(ip) => Some(ip),

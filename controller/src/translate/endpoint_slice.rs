@@ -53,7 +53,11 @@ pub(super) fn place(model: &Model, opts: &TranslateOptions, warnings: &mut Warni
             Some(key) => match pods_by_key.get(key) {
                 Some(pod) => Some(*pod),
                 None => {
-                    tracing::debug!(slice = %endpoint.slice, pod = %key, "endpoint of a pod that is not a workload (yet): left out");
+                    tracing::debug!(
+                        slice = %endpoint.slice,
+                        pod = %key,
+                        "endpoint of a pod that is not a workload (yet): left out"
+                    );
                     continue;
                 }
             },
