@@ -80,6 +80,11 @@ fn waypoints() {
     check("waypoints");
 }
 
+#[test]
+fn endpoint_slices() {
+    check("endpoint_slices");
+}
+
 /// Every case folder has a test above (a forgotten one would silently never run).
 #[test]
 fn every_case_is_tested() {
@@ -89,6 +94,7 @@ fn every_case_is_tested() {
         "authorization_policy",
         "peer_authentication",
         "waypoints",
+        "endpoint_slices",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in fs::read_dir(root).expect("golden dir") {

@@ -1,7 +1,8 @@
 //! The Kubernetes source, driven through kube-rs against a fake API server that speaks the
 //! real list/watch protocol (`fake_api`): the published manifests, and the workloads and
 //! policies translated from them, follow adds, updates and deletes, bookmarks, a `410 Gone`
-//! forcing a relist, a CRD that is not installed, and malformed objects.
+//! forcing a relist, a CRD that is not installed, and malformed objects; EndpointSlices of a
+//! Service without a selector are watched like the rest.
 
 #[path = "kube_source/fake_api.rs"]
 mod fake_api;
@@ -20,6 +21,8 @@ use tokio::sync::watch;
 const PODS: &str = "/api/v1/pods";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+const SERVICES: &str = "/api/v1/services";
+const ENDPOINT_SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
 /// The source, started on the fake API server.
 struct Cluster {
@@ -373,4 +376,63 @@ async fn malformed_objects_are_left_out_and_block_nothing() {
         .until("the relist to drop the marker", |m| m.policies.len() == 1)
         .await;
     assert_eq!(model.policies, ["shop/good"]);
+}
+
+/// A Service without a selector in `shop`, as a list item.
+fn selectorless_service(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "2"},
+        "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "sql", "port": 5432}]}
+    })
+}
+
+/// An EndpointSlice of Service `db` with one endpoint at `ip`, as a watch event carries it.
+fn db_slice(name: &str, ip: &str, resource_version: &str) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": name, "namespace": "shop", "resourceVersion": resource_version,
+            "labels": {"kubernetes.io/service-name": "db"}
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]
+    })
+}
+
+#[tokio::test]
+async fn endpoint_slices_follow_the_watch() {
+    let services = vec![selectorless_service("db")];
+    let lists = vec![(SERVICES, "3", services), (ENDPOINT_SLICES, "4", vec![])];
+    let mut cluster = Cluster::start(lists, &[]).await;
+    assert!(cluster.now().workloads.is_empty(), "no endpoints yet");
+    let watch = cluster.served(ENDPOINT_SLICES).next_watch().await;
+    assert_eq!(watch.resource_version, "4");
+    // The slices of Services with a selector stay on the API server.
+    assert_eq!(
+        watch.label_selector,
+        "endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io"
+    );
+
+    watch.send("ADDED", db_slice("db-x1", "192.0.2.10", "5"));
+    let model = cluster
+        .until("the slice's endpoint", |m| m.workload("db-x1").is_some())
+        .await;
+    assert_eq!(
+        model.workload("db-x1"),
+        Some((&ips(&["192.0.2.10"])[..], ""))
+    );
+
+    watch.send("MODIFIED", db_slice("db-x1", "192.0.2.11", "6"));
+    cluster
+        .until("the endpoint's new address", |m| {
+            m.workload("db-x1") == Some((&ips(&["192.0.2.11"])[..], ""))
+        })
+        .await;
+
+    watch.send("DELETED", db_slice("db-x1", "192.0.2.11", "7"));
+    cluster
+        .until("the endpoint gone", |m| m.workloads.is_empty())
+        .await;
+    assert_eq!(cluster.served(ENDPOINT_SLICES).lists(), 1);
 }

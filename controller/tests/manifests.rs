@@ -365,3 +365,71 @@ fn missing_folder_is_an_error_not_a_panic() {
         [ManifestError::Read { .. }]
     ));
 }
+
+/// EndpointSlices load (namespace defaulted) and are held to what the API server would check
+/// at apply time: a known addressType, an address per endpoint, addresses of the slice's
+/// family. The error names the field.
+#[test]
+fn endpoint_slices_are_checked_as_the_api_server_would() {
+    let text = "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: fine, labels: {kubernetes.io/service-name: db}}
+addressType: IPv6
+endpoints: [{addresses: [\"fd00::1\"]}]
+ports: [{name: sql, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: no-type, namespace: shop}
+endpoints: [{addresses: [10.0.0.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: wrong-family, namespace: shop}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2, \"fd00::2\"]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: no-address, namespace: shop}
+addressType: IPv4
+endpoints: [{addresses: []}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bad-port, namespace: shop}
+addressType: IPv4
+ports: [{name: http, port: http}]
+";
+    let loaded = load_yaml("slices.yaml", text);
+    let fields: Vec<(String, Option<String>)> = loaded
+        .errors
+        .iter()
+        .map(|e| match e {
+            ManifestError::Invalid { object, field, .. } => {
+                (object.name.clone().unwrap_or_default(), field.clone())
+            }
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    let f = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        fields,
+        vec![
+            ("no-type".into(), f("addressType")),
+            ("wrong-family".into(), f("endpoints[1].addresses[1]")),
+            ("no-address".into(), f("endpoints[0].addresses")),
+            ("bad-port".into(), f("ports[0].port")),
+        ]
+    );
+    for e in &loaded.errors {
+        assert!(
+            e.to_string()
+                .starts_with("slices.yaml: EndpointSlice shop/"),
+            "{e}"
+        );
+    }
+    let keys: Vec<_> = loaded.manifests.endpoint_slices.keys().collect();
+    assert_eq!(keys, vec![&ObjectKey::new("default", "fine")]);
+}

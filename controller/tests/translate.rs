@@ -1,5 +1,6 @@
 //! Translation behaviours that golden files show less directly: failing closed on policies
-//! that skipped validation, and conflict resolution between PeerAuthentications.
+//! that skipped validation, conflict resolution between PeerAuthentications, and
+//! EndpointSlice endpoints that meet twice (a dual-stack pod, a repeated address).
 
 use amesh_proto::istio::security::{Action, Authorization};
 use amesh_proto::istio::workload::address::Type;
@@ -118,4 +119,83 @@ fn empty_manifests() {
     let names: Vec<&str> = out.authorizations.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["istio-system/istio_converted_static_strict"]);
     assert!(out.warnings.is_empty());
+}
+
+fn workload_services(out: &Translated, uid: &str) -> Vec<(String, Vec<(u32, u32)>)> {
+    let w = out
+        .addresses
+        .iter()
+        .find_map(|(n, a)| match &a.r#type {
+            Some(Type::Workload(w)) if n == uid => Some(w),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no workload {uid} in {:#?}", out.addresses));
+    let mut services: Vec<_> = w
+        .services
+        .iter()
+        .map(|(k, l)| {
+            let ports = l.ports.iter().map(|p| (p.service_port, p.target_port));
+            (k.clone(), ports.collect())
+        })
+        .collect();
+    services.sort();
+    services
+}
+
+/// A dual-stack pod listed by both slices of a selector-less Service (one per family) keeps
+/// one workload with the Service once; an address listed twice in one slice is one workload
+/// and a warning, never two resources under one name.
+#[test]
+fn slice_endpoints_that_meet_twice() {
+    let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop}
+spec: {nodeName: node-1, containers: [{name: db, image: db}]}
+status: {podIPs: [{ip: 10.0.0.5}, {ip: \"fd00::5\"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: 10.96.0.5
+  ports: [{name: sql, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-v4, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.5]}, {addresses: [10.0.0.9]}, {addresses: [10.0.0.9]}]
+ports: [{name: sql, port: 15432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-v6, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv6
+endpoints: [{addresses: [\"fd00::5\"]}]
+ports: [{name: sql, port: 15432}]
+";
+    let loaded = load_yaml("db.yaml", text);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let out = translate(&loaded.manifests, &TranslateOptions::default());
+    let db = "shop/db.shop.svc.cluster.local".to_owned();
+    assert_eq!(
+        workload_services(&out, "Kubernetes//v1/Pod/shop/db-0"),
+        [(db.clone(), vec![(5432, 15432)])]
+    );
+    let uid = "Kubernetes/discovery.k8s.io/EndpointSlice/shop/db-v4/10.0.0.9";
+    assert_eq!(workload_services(&out, uid), [(db, vec![(5432, 15432)])]);
+    let names: Vec<&str> = out.addresses.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Kubernetes//v1/Pod/shop/db-0",
+            uid,
+            "shop/db.shop.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        out.warnings,
+        ["EndpointSlice shop/db-v4: address 10.0.0.9 listed twice; the second endpoint is ignored"]
+    );
 }

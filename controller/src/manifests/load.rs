@@ -288,6 +288,7 @@ enum KnownKind {
     Pod,
     Deployment,
     Service,
+    EndpointSlice,
     ServiceAccount,
     Gateway,
     HttpRoute,
@@ -309,6 +310,7 @@ impl KnownKind {
             ("v1", "Pod") => KnownKind::Pod,
             ("v1", "Service") => KnownKind::Service,
             ("v1", "ServiceAccount") => KnownKind::ServiceAccount,
+            ("discovery.k8s.io/v1", "EndpointSlice") => KnownKind::EndpointSlice,
             ("apps/v1", "Deployment") => KnownKind::Deployment,
             (v, "Gateway") if GATEWAY_API.contains(&v) => KnownKind::Gateway,
             (v, "HTTPRoute") if GATEWAY_API.contains(&v) => KnownKind::HttpRoute,
@@ -445,6 +447,7 @@ fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
         KnownKind::Pod => Object::Pod(parse(text)?),
         KnownKind::Deployment => Object::Deployment(parse(text)?),
         KnownKind::Service => Object::Service(parse(text)?),
+        KnownKind::EndpointSlice => Object::EndpointSlice(parse(text)?),
         KnownKind::ServiceAccount => Object::ServiceAccount(parse(text)?),
         KnownKind::Gateway => Object::Gateway(parse(text)?),
         KnownKind::HttpRoute => Object::HttpRoute(parse(text)?),
@@ -480,6 +483,15 @@ mod tests {
             None
         );
         assert_eq!(KnownKind::of("apps/v1", "StatefulSet"), None);
+        assert_eq!(
+            KnownKind::of("discovery.k8s.io/v1", "EndpointSlice"),
+            Some(KnownKind::EndpointSlice)
+        );
+        // Removed from Kubernetes in 1.25; a copy of such a slice is not one amesh reads.
+        assert_eq!(
+            KnownKind::of("discovery.k8s.io/v1beta1", "EndpointSlice"),
+            None
+        );
         assert_eq!(KnownKind::of("v2", "Pod"), None);
     }
 

@@ -1,9 +1,10 @@
 //! Kubernetes manifests as typed objects: the input of the model, whatever the source (a folder
 //! of YAML files today, the Kubernetes API later).
 //!
-//! Core kinds are `k8s-openapi` types; Gateway API and Istio security kinds are our own serde
-//! structs ([`gateway`], [`security`]). Objects are kept in maps keyed by namespace and name, so
-//! iteration order, and with it everything derived from them, is deterministic.
+//! Core kinds (and `discovery.k8s.io` EndpointSlices) are `k8s-openapi` types; Gateway API and
+//! Istio security kinds are our own serde structs ([`gateway`], [`security`]). Objects are kept
+//! in maps keyed by namespace and name, so iteration order, and with it everything derived from
+//! them, is deterministic.
 
 mod de;
 mod error;
@@ -18,6 +19,7 @@ use std::fmt;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use de::PortKey;
@@ -77,6 +79,9 @@ pub struct Manifests {
     pub deployments: BTreeMap<ObjectKey, Deployment>,
     /// Services.
     pub services: BTreeMap<ObjectKey, Service>,
+    /// Endpoint slices: the endpoints of Services without a selector (those of the others
+    /// come from their pods).
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     /// Service accounts.
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccount>,
     /// Gateways (waypoints among them).
@@ -105,6 +110,8 @@ pub enum Object {
     Deployment(Deployment),
     /// `v1` Service.
     Service(Service),
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice(EndpointSlice),
     /// `v1` ServiceAccount.
     ServiceAccount(ServiceAccount),
     /// `gateway.networking.k8s.io` Gateway.
@@ -128,6 +135,7 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::Deployment(_) => "Deployment",
             Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::Gateway(_) => "Gateway",
             Object::HttpRoute(_) => "HTTPRoute",
@@ -145,6 +153,7 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::Deployment(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
@@ -161,6 +170,7 @@ impl Object {
             Object::Pod(o) => &mut o.metadata,
             Object::Deployment(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
             Object::ServiceAccount(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
@@ -200,6 +210,7 @@ impl Manifests {
             Object::Pod(_) => self.pods.contains_key(&key),
             Object::Deployment(_) => self.deployments.contains_key(&key),
             Object::Service(_) => self.services.contains_key(&key),
+            Object::EndpointSlice(_) => self.endpoint_slices.contains_key(&key),
             Object::ServiceAccount(_) => self.service_accounts.contains_key(&key),
             Object::Gateway(_) => self.gateways.contains_key(&key),
             Object::HttpRoute(_) => self.http_routes.contains_key(&key),
@@ -221,6 +232,7 @@ impl Manifests {
             Object::Pod(o) => self.pods.insert(key, o).is_some(),
             Object::Deployment(o) => self.deployments.insert(key, o).is_some(),
             Object::Service(o) => self.services.insert(key, o).is_some(),
+            Object::EndpointSlice(o) => self.endpoint_slices.insert(key, o).is_some(),
             Object::ServiceAccount(o) => self.service_accounts.insert(key, o).is_some(),
             Object::Gateway(o) => self.gateways.insert(key, o).is_some(),
             Object::HttpRoute(o) => self.http_routes.insert(key, o).is_some(),
@@ -239,6 +251,7 @@ impl Manifests {
             + self.pods.len()
             + self.deployments.len()
             + self.services.len()
+            + self.endpoint_slices.len()
             + self.service_accounts.len()
             + self.gateways.len()
             + self.http_routes.len()

@@ -1,11 +1,14 @@
-//! Checks on the security kinds that their CRD schema or Istio's validating webhook would make
-//! at `kubectl apply` time. An object failing them is rejected when loaded, so translation only
-//! sees well-formed values: a port that is not a number can then never turn into "any port".
+//! Checks that the API server would make at `kubectl apply` time: those of the security
+//! kinds' CRD schema and Istio's validating webhook, and the address checks of EndpointSlices.
+//! An object failing them is rejected when loaded, so translation only sees well-formed
+//! values: a port that is not a number can then never turn into "any port", nor an address
+//! of the wrong family into an endpoint.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::security::{
     AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, PeerAuthenticationSpec,
@@ -58,16 +61,55 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     }
 }
 
-/// The checks Istio's admission webhook makes, for the kinds that have them. Every source
-/// (the folder, the Kubernetes API) runs each typed object through this one function, so a
-/// check added here guards all of them.
+/// The checks Istio's admission webhook (or the API server) makes, for the kinds that have
+/// them. Every source (the folder, the Kubernetes API) runs each typed object through this one
+/// function, so a check added here guards all of them.
 pub fn object(object: &super::Object) -> Result<(), FieldError> {
     match object {
         super::Object::AuthorizationPolicy(p) => authorization_policy(&p.spec),
         super::Object::PeerAuthentication(p) => peer_authentication(&p.spec),
         super::Object::RequestAuthentication(p) => request_authentication(&p.spec),
+        super::Object::EndpointSlice(s) => endpoint_slice(s),
         _ => Ok(()),
     }
+}
+
+/// `addressType` values of an EndpointSlice.
+pub const ADDRESS_TYPES: [&str; 3] = ["IPv4", "IPv6", "FQDN"];
+
+/// Validates an EndpointSlice as the API server does: a known `addressType`, at least one
+/// address per endpoint, and, in IPv4 and IPv6 slices, addresses of that family. (A folder
+/// has no API server in front of it; through the Kubernetes API these never fail.)
+pub fn endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
+    let family = slice.address_type.as_str();
+    if !ADDRESS_TYPES.contains(&family) {
+        return Err(err(
+            "addressType",
+            format!("{family:?} is not one of IPv4, IPv6, FQDN"),
+        ));
+    }
+    for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
+        if endpoint.addresses.is_empty() {
+            return Err(err(
+                format!("endpoints[{i}].addresses"),
+                "an endpoint needs at least one address",
+            ));
+        }
+        for (j, text) in endpoint.addresses.iter().enumerate() {
+            let fits = match family {
+                "IPv4" => text.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4()),
+                "IPv6" => text.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6()),
+                _ => true,
+            };
+            if !fits {
+                return Err(err(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("{text:?} is not an {family} address (the slice's addressType)"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates an AuthorizationPolicy spec.

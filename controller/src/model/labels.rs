@@ -30,6 +30,8 @@ pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 /// Hash label of a Deployment's ReplicaSet, copied onto its pods.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+/// EndpointSlice label naming the Service (in the slice's namespace) it holds endpoints of.
+pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Policy annotation: only log decisions.
 pub const DRY_RUN: &str = "istio.io/dry-run";
 /// Service annotation selecting locality-aware load balancing.

@@ -1,7 +1,9 @@
-//! The mesh as the translation sees it: pods that can be reached, services, waypoints and node
-//! localities, with Kubernetes defaults applied and addresses parsed. Built from
+//! The mesh as the translation sees it: pods that can be reached, services, the endpoints of
+//! services without a selector, waypoints and node localities, with Kubernetes defaults
+//! applied and addresses parsed. Built from
 //! [`Manifests`] whatever their source; policies stay in their manifest form.
 
+mod endpoint_slice;
 pub mod labels;
 mod pod;
 mod service;
@@ -13,6 +15,7 @@ use amesh_proto::istio::workload::Locality;
 
 use crate::manifests::Manifests;
 use crate::warnings::Warnings;
+pub use endpoint_slice::SliceEndpoint;
 pub use pod::{canonical_names, workload_name_and_type, PodInfo};
 pub use service::{app_protocol, ServiceInfo, ServicePortInfo, TargetPort};
 pub use waypoint::{Bound, Waypoint, WaypointFor, Waypoints, DEFAULT_HBONE_PORT};
@@ -27,6 +30,9 @@ pub struct Model {
     pub pods: Vec<PodInfo>,
     /// Services (ExternalName ones aside), sorted by namespace and name.
     pub services: Vec<ServiceInfo>,
+    /// Endpoints of the services without a selector, from their EndpointSlices, in slice
+    /// order (those of the others are the pods their selector picks).
+    pub slice_endpoints: Vec<SliceEndpoint>,
     /// Waypoint Gateways.
     pub waypoints: Waypoints,
     /// Locality of each node that has topology labels.
@@ -48,7 +54,7 @@ impl Model {
                 PodInfo::from_pod(key, pod, m.namespaces.get(&key.namespace), warnings)
             })
             .collect();
-        let services = m
+        let services: Vec<ServiceInfo> = m
             .services
             .iter()
             .filter_map(|(key, svc)| {
@@ -56,6 +62,7 @@ impl Model {
                 ServiceInfo::from_service(key, svc, domain_suffix, ns, warnings)
             })
             .collect();
+        let slice_endpoints = endpoint_slice::slice_endpoints(m, &services, warnings);
         let localities = m
             .nodes
             .iter()
@@ -75,6 +82,7 @@ impl Model {
             namespace_labels,
             pods,
             services,
+            slice_endpoints,
             localities,
         }
     }

@@ -5,6 +5,7 @@
 //! | resource | name | from |
 //! |---|---|---|
 //! | Workload | `<cluster>//v1/Pod/<ns>/<pod>` | every pod with an IP and a node (`workload.rs`) |
+//! | Workload | `<cluster>/discovery.k8s.io/EndpointSlice/<ns>/<slice>/<ip>` | an EndpointSlice endpoint of a Service without a selector that is no pod's (`endpoint_slice.rs`) |
 //! | Service | `<ns>/<hostname>` | every Service but ExternalName ones (`service.rs`) |
 //! | Authorization | `<ns>/<name>` | AuthorizationPolicy without targetRefs, ALLOW or DENY (`authz.rs`) |
 //! | Authorization | `<root ns>/istio_converted_static_strict`, `<ns>/converted_peer_authentication_<name>` | PeerAuthentication (`peer_auth.rs`) |
@@ -28,6 +29,7 @@
 //! and the xDS server can version them by content.
 
 mod authz;
+mod endpoint_slice;
 mod peer_auth;
 mod service;
 mod workload;
@@ -40,6 +42,7 @@ use crate::manifests::Manifests;
 use crate::model::Model;
 use crate::warnings::Warnings;
 pub use authz::string_match;
+pub use endpoint_slice::slice_uid;
 pub use peer_auth::{CONVERTED_PREFIX, STATIC_STRICT_POLICY};
 pub use service::resource_name as service_resource_name;
 pub use workload::pod_uid;
@@ -86,9 +89,24 @@ pub fn translate(m: &Manifests, opts: &TranslateOptions) -> Translated {
     let policies = authz::authorization_policies(m, opts, &mut warnings);
     let peer = peer_auth::PeerAuthn::build(m, opts, &mut warnings);
 
-    let mut addresses = Vec::with_capacity(model.pods.len() + model.services.len());
+    let slices = endpoint_slice::place(&model, opts, &mut warnings);
+
+    let mut addresses =
+        Vec::with_capacity(model.pods.len() + slices.workloads.len() + model.services.len());
     for pod in &model.pods {
-        let w = workload::workload(pod, &model, opts, &policies, &peer, &mut warnings);
+        let slice_services = slices.pod_services.get(&pod.key);
+        let w = workload::workload(
+            pod,
+            &model,
+            opts,
+            &policies,
+            &peer,
+            slice_services,
+            &mut warnings,
+        );
+        addresses.push((w.uid.clone(), wrap(Type::Workload(w))));
+    }
+    for w in slices.workloads {
         addresses.push((w.uid.clone(), wrap(Type::Workload(w))));
     }
     for svc in &model.services {

@@ -2,8 +2,11 @@
 //!
 //! Every reachable pod (IP and node known) is sent, as Istio does: pods captured by ztunnel
 //! (ambient) with tunnel protocol HBONE, the others with NONE so that clients reach them as
-//! plain TCP endpoints of their services. Only ambient pods get a waypoint.
+//! plain TCP endpoints of their services. Only ambient pods get a waypoint. A pod's services
+//! are those whose selector picks it, plus the selector-less ones whose EndpointSlices list it
+//! (`endpoint_slice.rs`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use amesh_proto::istio::workload::{
@@ -22,17 +25,19 @@ pub fn pod_uid(cluster_id: &str, namespace: &str, name: &str) -> String {
     format!("{cluster_id}//v1/Pod/{namespace}/{name}")
 }
 
-/// Builds the Workload of one pod.
+/// Builds the Workload of one pod; `slice_services` are the selector-less services whose
+/// EndpointSlices list it (`<ns>/<hostname>` → ports).
 pub fn workload(
     pod: &PodInfo,
     model: &Model,
     opts: &TranslateOptions,
     policies: &[TranslatedPolicy],
     peer: &PeerAuthn<'_>,
+    slice_services: Option<&BTreeMap<String, Vec<Port>>>,
     warnings: &mut Warnings,
 ) -> Workload {
     let ns = pod.key.namespace.as_str();
-    let services = model
+    let mut services: HashMap<String, PortList> = model
         .services_of(pod)
         .map(|svc| {
             let ports = svc
@@ -60,6 +65,11 @@ pub fn workload(
             (format!("{}/{}", svc.key.namespace, svc.hostname), PortList { ports })
         })
         .collect();
+    // Selector-less services never select a pod, so these keys are not in the map yet.
+    for (key, ports) in slice_services.into_iter().flatten() {
+        let ports = ports.clone();
+        services.insert(key.clone(), PortList { ports });
+    }
 
     let mut authorization_policies: Vec<String> = policies
         .iter()

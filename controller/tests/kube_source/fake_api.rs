@@ -38,11 +38,16 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Every collection the controller reads: URL path, list kind, apiVersion.
-pub const COLLECTIONS: [(&str, &str, &str); 10] = [
+pub const COLLECTIONS: [(&str, &str, &str); 11] = [
     ("/api/v1/namespaces", "NamespaceList", "v1"),
     ("/api/v1/nodes", "NodeList", "v1"),
     ("/api/v1/pods", "PodList", "v1"),
     ("/api/v1/services", "ServiceList", "v1"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSliceList",
+        "discovery.k8s.io/v1",
+    ),
     ("/api/v1/serviceaccounts", "ServiceAccountList", "v1"),
     (
         "/apis/gateway.networking.k8s.io/v1/gateways",
@@ -76,6 +81,8 @@ pub const COLLECTIONS: [(&str, &str, &str); 10] = [
 pub struct Watch {
     /// The `resourceVersion` the client asked to watch from.
     pub resource_version: String,
+    /// The `labelSelector` of the request (percent-decoded), empty if none.
+    pub label_selector: String,
     events: mpsc::UnboundedSender<Value>,
 }
 
@@ -303,6 +310,7 @@ fn handle(
         let (events_tx, events) = mpsc::unbounded_channel::<Value>();
         let watch = Watch {
             resource_version: query.get("resourceVersion").unwrap_or(&"").to_string(),
+            label_selector: percent_decoded(query.get("labelSelector").unwrap_or(&"")),
             events: events_tx,
         };
         // The test may not be waiting for this collection's watches: that is fine.
@@ -326,6 +334,29 @@ fn handle(
         "items": items,
     });
     json_response(StatusCode::OK, &list)
+}
+
+/// `%XX` escapes of a query value decoded (what a label selector needs: `/`, `!`, `=`).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

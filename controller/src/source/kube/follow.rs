@@ -29,10 +29,14 @@ pub async fn follow(
 ) {
     let resource = kind.api_resource();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let config = match kind.label_selector() {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
     let mut missing = false;
     loop {
         // A fresh watcher starts with a list.
-        let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+        let mut events = watcher(api.clone(), config.clone()).boxed();
         let mut backoff = BACKOFF_MIN;
         while let Some(item) = events.next().await {
             let error = match item {

@@ -23,6 +23,8 @@ pub enum Kind {
     Pod,
     /// `v1` Service.
     Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
     /// `v1` ServiceAccount.
     ServiceAccount,
     /// `gateway.networking.k8s.io/v1` Gateway.
@@ -37,16 +39,18 @@ pub enum Kind {
     RequestAuthentication,
 }
 
+const DISCOVERY: &str = "discovery.k8s.io";
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const ISTIO_SECURITY: &str = "security.istio.io";
 
 impl Kind {
     /// Every kind, in the order the source starts them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Service,
+        Kind::EndpointSlice,
         Kind::ServiceAccount,
         Kind::Gateway,
         Kind::HttpRoute,
@@ -62,6 +66,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
@@ -78,6 +83,7 @@ impl Kind {
             Kind::Node => ("", "nodes"),
             Kind::Pod => ("", "pods"),
             Kind::Service => ("", "services"),
+            Kind::EndpointSlice => (DISCOVERY, "endpointslices"),
             Kind::ServiceAccount => ("", "serviceaccounts"),
             Kind::Gateway => (GATEWAY_API, "gateways"),
             Kind::HttpRoute => (GATEWAY_API, "httproutes"),
@@ -93,6 +99,19 @@ impl Kind {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", self.name()), plural)
     }
 
+    /// The label selector of the kind's list and watch, when the translation needs only part
+    /// of it. The EndpointSlices that Kubernetes' EndpointSlice controller manages are those of
+    /// Services with a selector, which the translation never reads (their endpoints are the
+    /// pods): left on the API server, they cost no memory and no copy in every snapshot.
+    pub fn label_selector(self) -> Option<&'static str> {
+        match self {
+            Kind::EndpointSlice => {
+                Some("endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io")
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the kind is a security policy: a malformed new version of one keeps the last
     /// valid version in force, because dropping it could open what a DENY closed (fail
     /// closed), where a malformed pod or service simply leaves the config.
@@ -105,7 +124,7 @@ impl Kind {
 
     /// Whether the kind comes from a CRD, which a cluster may not have installed.
     pub fn is_custom(self) -> bool {
-        !self.group_and_plural().0.is_empty()
+        matches!(self.group_and_plural().0, GATEWAY_API | ISTIO_SECURITY)
     }
 
     /// Whether objects of the kind live outside namespaces.
@@ -172,6 +191,7 @@ impl Kind {
             Kind::Node => Object::Node(from_value(value)?),
             Kind::Pod => Object::Pod(from_value(value)?),
             Kind::Service => Object::Service(from_value(value)?),
+            Kind::EndpointSlice => Object::EndpointSlice(from_value(value)?),
             Kind::ServiceAccount => Object::ServiceAccount(from_value(value)?),
             Kind::Gateway => Object::Gateway(from_value(value)?),
             Kind::HttpRoute => Object::HttpRoute(from_value(value)?),
@@ -251,6 +271,7 @@ impl Kind {
             Kind::Node => Object::Node(m.nodes.remove(name)?),
             Kind::Pod => Object::Pod(m.pods.remove(key)?),
             Kind::Service => Object::Service(m.services.remove(key)?),
+            Kind::EndpointSlice => Object::EndpointSlice(m.endpoint_slices.remove(key)?),
             Kind::ServiceAccount => Object::ServiceAccount(m.service_accounts.remove(key)?),
             Kind::Gateway => Object::Gateway(m.gateways.remove(key)?),
             Kind::HttpRoute => Object::HttpRoute(m.http_routes.remove(key)?),
@@ -274,6 +295,7 @@ impl Kind {
             Kind::Node => to.nodes = take(&mut from.nodes),
             Kind::Pod => to.pods = take(&mut from.pods),
             Kind::Service => to.services = take(&mut from.services),
+            Kind::EndpointSlice => to.endpoint_slices = take(&mut from.endpoint_slices),
             Kind::ServiceAccount => to.service_accounts = take(&mut from.service_accounts),
             Kind::Gateway => to.gateways = take(&mut from.gateways),
             Kind::HttpRoute => to.http_routes = take(&mut from.http_routes),
@@ -296,6 +318,7 @@ impl Kind {
             Kind::Node => m.nodes.len(),
             Kind::Pod => m.pods.len(),
             Kind::Service => m.services.len(),
+            Kind::EndpointSlice => m.endpoint_slices.len(),
             Kind::ServiceAccount => m.service_accounts.len(),
             Kind::Gateway => m.gateways.len(),
             Kind::HttpRoute => m.http_routes.len(),

@@ -1,5 +1,5 @@
 //! The Kubernetes API source: one kube-rs watcher per kind (Namespace, Node, Pod, Service,
-//! ServiceAccount; Gateway, HTTPRoute; AuthorizationPolicy, PeerAuthentication,
+//! EndpointSlice, ServiceAccount; Gateway, HTTPRoute; AuthorizationPolicy, PeerAuthentication,
 //! RequestAuthentication), each keeping a typed copy of its objects; every change publishes a
 //! whole [`Manifests`] snapshot, as the folder source does, into the same debounced pipeline.
 //!
@@ -176,6 +176,7 @@ fn log_snapshot(state: &State, message: &str) {
         namespaces = m.namespaces.len(),
         pods = m.pods.len(),
         services = m.services.len(),
+        endpoint_slices = m.endpoint_slices.len(),
         authorization_policies = m.authorization_policies.len(),
         peer_authentications = m.peer_authentications.len(),
         ?missing,
