@@ -27,6 +27,15 @@ pub enum AppCmd {
     /// (internal) The lab's stand-in Kubernetes API server.
     #[command(hide = true)]
     Apiserver(ApiserverArgs),
+    /// (internal) The lab's stand-in cluster DNS.
+    #[command(hide = true)]
+    Dns {
+        /// The manifests folder to answer from.
+        #[arg(long)]
+        manifests: std::path::PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +106,15 @@ impl AppCmd {
                     .build()
                     .context("cannot start the tokio runtime")?;
                 rt.block_on(crate::apiserver::run(server, args.listen, tls))?;
+                Ok(())
+            }
+            AppCmd::Dns { manifests, listen } => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the tokio runtime")?;
+                rt.block_on(crate::clusterdns::run(manifests, listen))
+                    .with_context(|| format!("serving DNS on {listen}"))?;
                 Ok(())
             }
             AppCmd::Keep { id } => {

@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod apps;
 pub mod client;
 pub mod cluster;
+pub mod clusterdns;
 pub mod cmd;
 pub mod demo;
 pub mod echo;

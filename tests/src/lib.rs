@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub use lab;
 
+pub mod dns;
 pub mod probe;
 use lab::mesh::MeshOptions;
 use lab::{Lab, LabOptions};

@@ -583,34 +583,12 @@ fn idle_dns_over_tcp_connections_are_bounded() {
     drop(held);
 }
 
-/// Sends one A query for `name` from `pod` to its resolver (captured by ztunnel's DNS proxy);
-/// the answer's bytes.
 fn dns_query(m: &MeshLab, pod: &str, name: &str, id: u16) -> Result<Vec<u8>, String> {
-    let query = dns_message(name, id);
-    let netns = m.lab.pod(pod).unwrap().netns.clone();
-    let to = addr(m.lab.state().root_ip.into(), 53);
-    lab::netns::run_in(&netns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.send_to(&query, to).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 1500];
-        let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
-        Ok(buf[..n].to_vec())
-    })
-    .map_err(|e| e.to_string())?
+    e2e::dns::exchange(m, pod, dns_message(name, id))
 }
 
-/// A DNS query for an A record, by hand (12-byte header, one question).
 fn dns_message(name: &str, id: u16) -> Vec<u8> {
-    let mut q = Vec::new();
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
+    e2e::dns::message(name, hickory_proto::rr::RecordType::A, id)
 }
 
 #[test]
@@ -620,6 +598,8 @@ fn a_burst_of_forwarded_dns_queries_is_bounded() {
     let mut live = LiveTunnel::open(&m, "client-a", addr(m.ip("client-b"), 7000));
     // The node's upstream resolver (the lab's root netns) takes queries and never answers:
     // each forwarded query waits for it as long as ztunnel lets it.
+    m.signal(lab::cluster::CLUSTER_DNS, "KILL");
+    std::thread::sleep(Duration::from_millis(200));
     let root = m.lab.state().root_netns.clone();
     let upstream = addr(m.lab.state().root_ip.into(), 53);
     let swallow = lab::netns::run_in(&root, || UdpSocket::bind(upstream))

@@ -271,22 +271,65 @@ fn a_new_deny_closes_an_open_connection() {
         .is_err());
 }
 
+/// The addresses `getent ahosts NAME` prints in `pod` (the pod's resolver, as its apps use it).
+fn getent(m: &MeshLab, pod: &str, name: &str) -> BTreeSet<String> {
+    let netns = m.lab.pod(pod).unwrap().netns.clone();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns, "getent", "ahosts", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 fn dns_answers_service_names_with_the_vip() {
     let m = MeshLab::up("l4", 2);
     let vip = m.vip("server").to_string();
-    let netns = m.lab.pod("client-a").unwrap().netns.clone();
     for name in ["server", "server.mesh", "server.mesh.svc.cluster.local"] {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &netns, "getent", "hosts", name])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.split_whitespace().next() == Some(vip.as_str()),
-            "getent hosts {name}: {text:?}"
+        assert_eq!(
+            getent(&m, "client-a", name),
+            BTreeSet::from([vip.clone()]),
+            "{name}"
         );
     }
+    // ztunnel's proxy answered, not the cluster's DNS behind it: its answers are
+    // authoritative, with its 30 s TTL (the lab's cluster DNS says 5 s).
+    let a = e2e::dns::lookup(&m, "client-a", "server", hickory_proto::rr::RecordType::A).unwrap();
+    assert_eq!(a.addresses, [m.vip("server")]);
+    assert!(a.authoritative && a.ttl == Some(30), "{a:?}");
+}
+
+#[test]
+fn dns_answers_a_headless_service_with_its_pods() {
+    let m = MeshLab::up("l4", 2);
+    let pods = BTreeSet::from([m.ip("server-1").to_string(), m.ip("server-2").to_string()]);
+    for name in ["server-pods", "server-pods.mesh.svc.cluster.local"] {
+        assert_eq!(getent(&m, "client-a", name), pods, "{name}");
+    }
+    // A StatefulSet-style name of one pod: `<pod>.<headless service>`.
+    assert_eq!(
+        getent(
+            &m,
+            "client-a",
+            "server-1.server-pods.mesh.svc.cluster.local"
+        ),
+        BTreeSet::from([m.ip("server-1").to_string()])
+    );
+    let a = e2e::dns::lookup(
+        &m,
+        "client-b",
+        "server-pods.mesh.svc.cluster.local",
+        hickory_proto::rr::RecordType::A,
+    )
+    .unwrap();
+    assert_eq!(a.addresses.len(), 2);
+    assert!(
+        a.authoritative && a.ttl == Some(30),
+        "ztunnel did not answer: {a:?}"
+    );
 }
 
 #[test]

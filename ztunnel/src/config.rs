@@ -132,6 +132,8 @@ pub struct Config {
     /// The resolver configuration whose nameservers get the DNS queries ztunnel does not
     /// answer itself (`AMESH_RESOLV_CONF`, default `/etc/resolv.conf`).
     pub resolv_conf: PathBuf,
+    /// The cluster's DNS domain (`CLUSTER_DOMAIN`, as Istio's ztunnel; `cluster.local`).
+    pub cluster_domain: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +381,9 @@ impl Config {
             resolv_conf: get("AMESH_RESOLV_CONF")
                 .unwrap_or_else(|| "/etc/resolv.conf".into())
                 .into(),
+            cluster_domain: get("CLUSTER_DOMAIN")
+                .map(|d| d.trim_matches('.').to_ascii_lowercase())
+                .unwrap_or_else(|| "cluster.local".into()),
         })
     }
 }

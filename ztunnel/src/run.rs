@@ -84,6 +84,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         node: config.node_name.clone(),
         limits: Limits::new(&config.limits),
         resolvers: Resolvers::new(&config.resolv_conf),
+        cluster_domain: config.cluster_domain.clone(),
     });
     // With ZDS (`INPOD_UDS`), istio-cni installs the in-pod rules and replays its pods on every
     // connection, so ztunnel neither captures nor persists; amesh-cni's socket is not served.

@@ -326,6 +326,7 @@ async fn build_pods(dir: &Path) -> (Arc<Shared>, Arc<PodManager>) {
         node: "node1".into(),
         limits: Default::default(),
         resolvers: ztunnel::dns::Resolvers::new("/etc/resolv.conf"),
+        cluster_domain: "cluster.local".into(),
     });
     let pods = PodManager::new(shared.clone(), CaptureMode::None.backend().unwrap(), None)
         .with_config_wait(Duration::from_secs(1));

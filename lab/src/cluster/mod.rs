@@ -24,6 +24,9 @@ use crate::runtime;
 use crate::state::{LabState, PodInfo};
 use crate::topology;
 
+/// Name of the cluster DNS stand-in in the lab's process records.
+pub const CLUSTER_DNS: &str = "cluster-dns";
+
 /// How long a stopping process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -137,6 +140,7 @@ impl Lab {
         // What the API server holds once everything is scheduled: pods without status.
         generated::write(dir, &expanded, &self.state.manifests_dir)?;
         self.api_pods = expanded.pods.iter().map(|p| p.pod.clone()).collect();
+        self.start_cluster_dns()?;
         hooks::on_manifests_written(self)?;
         for node in self.state.nodes.clone() {
             let plugin = hooks::node_cni_plugin(&self.state, &node);
@@ -330,6 +334,40 @@ impl Lab {
             .state
             .pod(&format!("{}/{}", planned.namespace, planned.name))?
             .clone())
+    }
+
+    /// Starts the cluster's DNS stand-in on the root netns's address, port 53 (the
+    /// nameserver of every pod's resolv.conf), and waits until it answers.
+    fn start_cluster_dns(&mut self) -> Result<(), LabError> {
+        let addr = SocketAddr::new(self.state.root_ip.into(), 53);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("dns")
+            .arg("--manifests")
+            .arg(&self.state.manifests_dir)
+            .arg("--listen")
+            .arg(addr.to_string());
+        self.spawn(CLUSTER_DNS, &self.state.root_netns.clone(), cmd)?;
+        let root = self.state.root_netns.clone();
+        let deadline = std::time::Instant::now() + self.startup_timeout;
+        loop {
+            let answered = netns::run_in(&root, move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+                // A query for "x." (id 7): any answer means the server is up.
+                let q = [0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1];
+                s.send_to(&q, addr).ok()?;
+                let mut buf = [0u8; 512];
+                s.recv(&mut buf).ok()
+            })?;
+            if answered.is_some() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(LabError::Runtime(format!(
+                    "the cluster DNS on {addr} does not answer (see its log in the lab's logs/)"
+                )));
+            }
+        }
     }
 
     fn start_echo(&mut self, pod: &PodInfo, version: &str) -> Result<String, LabError> {

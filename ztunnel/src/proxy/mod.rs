@@ -41,6 +41,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Where DNS queries ztunnel does not answer go.
     pub resolvers: Resolvers,
+    /// The cluster's DNS domain (`cluster.local`), for service hostnames.
+    pub cluster_domain: String,
 }
 
 /// A captured pod, as the CNI plugin (or the state file) described it.

@@ -1,85 +1,28 @@
 //! DNS proxy (15053 in the pod, UDP and TCP): answers A/AAAA for mesh service hostnames from the
-//! current config, so pods resolve service names to VIPs even without cluster DNS; forwards
-//! every other query to the node's upstream resolver. Connections and forwarded queries are
-//! bounded per pod (and forwards per node), and a TCP client that goes quiet is dropped.
+//! current config ([`resolve`]), so pods resolve service names even without cluster DNS;
+//! forwards every other query to the node's nameservers, each in turn. Connections and
+//! forwarded queries are bounded per pod (and forwards per node), and a TCP client that goes
+//! quiet is dropped.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
-use mesh::state::Snapshot;
+use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{debug, warn};
 
 use crate::proxy::{Pod, Shared};
 
-/// Cluster DNS suffix of service hostnames.
-pub const DOMAIN_SUFFIX: &str = "svc.cluster.local";
-const TTL: u32 = 30;
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+mod resolve;
 
-/// What to do with a query.
-#[derive(Debug)]
-pub enum Resolution {
-    /// We know the name: this is the full answer.
-    Answer(Message),
-    /// Not a mesh name: ask the upstream resolver.
-    Forward,
-}
+pub use resolve::{candidates, resolve, Resolution, Zone};
 
-/// Expands a query name the way a pod in `namespace` means it.
-fn candidates(name: &str, namespace: &str) -> Vec<String> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let dots = name.matches('.').count();
-    let mut out = vec![name.clone()];
-    match dots {
-        0 => out.push(format!("{name}.{namespace}.{DOMAIN_SUFFIX}")),
-        1 => out.push(format!("{name}.{DOMAIN_SUFFIX}")),
-        _ if name.ends_with(".svc") => out.push(format!("{name}.cluster.local")),
-        _ => {}
-    }
-    out
-}
-
-/// Resolves one query message against the mesh config (sans-IO).
-pub fn resolve(snapshot: &Snapshot, namespace: &str, query: &Message) -> Resolution {
-    let Some(q) = query.queries.first() else {
-        return Resolution::Answer(Message::error_msg(
-            query.metadata.id,
-            query.metadata.op_code,
-            ResponseCode::FormErr,
-        ));
-    };
-    if !matches!(q.query_type(), RecordType::A | RecordType::AAAA) {
-        return Resolution::Forward;
-    }
-    let name = q.name().to_ascii();
-    let Some(service) = candidates(&name, namespace)
-        .iter()
-        .find_map(|c| snapshot.service_by_host(c))
-    else {
-        return Resolution::Forward;
-    };
-    let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-    answer.metadata.authoritative = true;
-    answer.metadata.recursion_desired = query.metadata.recursion_desired;
-    answer.metadata.recursion_available = true;
-    answer.add_query(q.clone());
-    for ip in service.vips.iter().map(|v| v.address) {
-        let rdata = match (q.query_type(), ip) {
-            (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
-            (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
-            _ => continue,
-        };
-        answer.add_answer(Record::from_rdata(q.name().clone(), TTL, rdata));
-    }
-    Resolution::Answer(answer)
-}
+const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Nameservers tried per query, in resolv.conf order (as glibc's resolver, at most three).
+const MAX_NAMESERVERS: usize = 3;
 
 /// The nameservers queries go to when ztunnel does not answer them: those of a resolv.conf
 /// (the node's, or `AMESH_RESOLV_CONF`), re-read when it changes (looked at every few seconds,
@@ -112,8 +55,8 @@ impl Resolvers {
         }
     }
 
-    /// The first nameserver, if any.
-    fn first(&self) -> Option<SocketAddr> {
+    /// The nameservers, in order (at most [`MAX_NAMESERVERS`]).
+    fn all(&self) -> Vec<SocketAddr> {
         let mut cache = self.cache.lock();
         if cache
             .checked
@@ -130,7 +73,12 @@ impl Resolvers {
                     .unwrap_or_default();
             }
         }
-        cache.nameservers.first().copied()
+        cache
+            .nameservers
+            .iter()
+            .take(MAX_NAMESERVERS)
+            .copied()
+            .collect()
     }
 }
 
@@ -173,10 +121,34 @@ async fn forward(query: &Message, raw: &[u8], server: SocketAddr) -> Option<Vec<
     Some(buf)
 }
 
-/// Answers one raw query; `None` when the query is not DNS at all (drop it).
+/// Asks each nameserver in turn until one answers with something other than SERVFAIL or
+/// REFUSED (those, and silence, send the query to the next one, as glibc does); the last
+/// answer if none did better.
+async fn forward_to_all(query: &Message, raw: &[u8], servers: &[SocketAddr]) -> Option<Vec<u8>> {
+    let mut last = None;
+    for server in servers {
+        let Some(answer) = forward(query, raw, *server).await else {
+            continue;
+        };
+        let rcode = answer.get(3).map(|b| b & 0x0f);
+        // 2: SERVFAIL, 5: REFUSED.
+        if matches!(rcode, Some(2 | 5)) {
+            last = Some(answer);
+            continue;
+        }
+        return Some(answer);
+    }
+    last
+}
+
+/// Answers one raw query; `None` when there is nothing to answer (not DNS, or not a query).
 async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
     let query = Message::from_vec(raw).ok()?;
-    let resolution = resolve(&shared.state.snapshot(), &pod.info.namespace, &query);
+    let zone = Zone {
+        namespace: &pod.info.namespace,
+        domain: &shared.cluster_domain,
+    };
+    let resolution = resolve(&shared.state.snapshot(), zone, &query);
     let servfail = || {
         Message::error_msg(
             query.metadata.id,
@@ -185,6 +157,7 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
         )
     };
     let reply = match resolution {
+        Resolution::Drop => return None,
         Resolution::Answer(m) => m,
         Resolution::Forward => {
             // A forward holds a socket until the upstream answers or gives up: bounded per pod
@@ -197,11 +170,7 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
                 debug!("too many DNS queries in flight upstream; answering SERVFAIL");
                 return servfail().to_vec().ok();
             };
-            let upstream = match shared.resolvers.first() {
-                Some(server) => forward(&query, raw, server).await,
-                None => None,
-            };
-            match upstream {
+            match forward_to_all(&query, raw, &shared.resolvers.all()).await {
                 Some(bytes) => return Some(bytes),
                 None => servfail(),
             }
@@ -402,23 +371,4 @@ async fn serve_tcp_conn(shared: &Shared, pod: &Pod, mut stream: TcpStream) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::candidates;
-
-    #[test]
-    fn short_names_expand_with_the_pod_namespace() {
-        assert_eq!(
-            candidates("reviews", "bookinfo"),
-            ["reviews", "reviews.bookinfo.svc.cluster.local"]
-        );
-        assert_eq!(
-            candidates("reviews.bookinfo.", "x"),
-            ["reviews.bookinfo", "reviews.bookinfo.svc.cluster.local"]
-        );
-        assert_eq!(
-            candidates("Reviews.Bookinfo.svc", "x"),
-            ["reviews.bookinfo.svc", "reviews.bookinfo.svc.cluster.local"]
-        );
-        assert_eq!(candidates("example.com.au", "x"), ["example.com.au"]);
-    }
-}
+mod tests;
