@@ -73,7 +73,9 @@ pub struct Lab {
 }
 
 /// What a test does while a pod's ADD is being retried.
-struct RetryHook(Box<dyn FnMut(&mut Lab, &runtime::CniError)>);
+type RetryFn = dyn FnMut(&mut Lab, &runtime::CniError);
+
+struct RetryHook(Box<RetryFn>);
 
 impl std::fmt::Debug for RetryHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
