@@ -73,7 +73,7 @@ pub struct Lab {
 }
 
 /// What a test does while a pod's ADD is being retried.
-type RetryFn = dyn FnMut(&mut Lab, &runtime::CniError);
+type RetryFn = dyn FnMut(&mut Lab, &runtime::CniError) + Send;
 
 struct RetryHook(Box<RetryFn>);
 
@@ -285,7 +285,7 @@ impl Lab {
     pub fn create_pod_while_retrying(
         &mut self,
         pod: k8s_openapi::api::core::v1::Pod,
-        hook: impl FnMut(&mut Lab, &runtime::CniError) + 'static,
+        hook: impl FnMut(&mut Lab, &runtime::CniError) + Send + 'static,
     ) -> Result<PodInfo, LabError> {
         self.on_retry = Some(RetryHook(Box::new(hook)));
         let created = self.create_pod(pod);
