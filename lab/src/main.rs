@@ -42,6 +42,10 @@ enum Cmd {
         /// ztunnel capture backend.
         #[arg(long, default_value = "nft")]
         capture: String,
+        /// Give nodes and pods IPv6 addresses too (ztunnel captures IPv4 only and leaves
+        /// IPv6 untouched).
+        #[arg(long)]
+        dual_stack: bool,
     },
     /// Bring a lab up with the mesh, send traffic between every pod and service, print what
     /// happened, and tear the lab down.
@@ -127,7 +131,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             foreground,
             no_mesh,
             capture,
-        } => up(dir, nodes, id, foreground, (!no_mesh).then_some(capture)),
+            dual_stack,
+        } => up(
+            dir,
+            nodes,
+            id,
+            foreground,
+            (!no_mesh).then_some(capture),
+            dual_stack,
+        ),
         Cmd::Demo { dir, nodes } => {
             print!("{}", lab::demo::run(&dir, nodes)?);
             Ok(())
@@ -165,6 +177,7 @@ fn up(
     id: Option<LabId>,
     foreground: bool,
     mesh: Option<String>,
+    dual_stack: bool,
 ) -> anyhow::Result<()> {
     let binary = lab::cluster::find_binary()?;
     let options = LabOptions {
@@ -174,6 +187,7 @@ fn up(
             ..lab::mesh::MeshOptions::beside(&binary)
         }),
         binary: Some(binary),
+        dual_stack,
         ..LabOptions::default()
     };
     let lab = Lab::up(&dir, nodes, options)

@@ -13,6 +13,7 @@
 //! | `10.X.0.254` | the root netns itself (`br0`): where lab-wide processes (controller) listen |
 //! | `10.X.N.0/24` | pod CIDR of node N, the range of its `host-local` IPAM: `.1` is the node end of every pod veth (ptp's gateway), pods get `.2` ..= `.254` |
 //! | `10.X.128.0/17` | Service ClusterIPs (VIPs), from `10.X.128.1` up |
+//! | `fd00:10:X::/64`, `fd00:10:X:N::/64` | dual-stack labs only: the node network (`::N` node N, `::fe` the root) and node N's IPv6 pod CIDR |
 //!
 //! # Names
 //!
@@ -24,10 +25,10 @@
 
 use std::fmt;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 /// Every lab network namespace starts with this.
@@ -238,6 +239,45 @@ impl AddressPlan {
             return Err(PlanError::BadPodSlot { node: n, slot });
         }
         Ok(Ipv4Addr::new(10, self.x(), n as u8, (slot + 2) as u8))
+    }
+
+    /// IPv6, for a dual-stack lab: the node network `fd00:10:X::/64` (hex X).
+    pub fn node_cidr6(&self) -> Ipv6Net {
+        Ipv6Net::new(
+            Ipv6Addr::new(0xfd00, 0x10, u16::from(self.x()), 0, 0, 0, 0, 0),
+            64,
+        )
+        .expect("constant prefix length is valid")
+    }
+
+    /// IPv6 address of node `n` on the bridge: `fd00:10:X::n`.
+    pub fn node_ip6(&self, n: usize) -> Result<Ipv6Addr, PlanError> {
+        check_node(n)?;
+        Ok(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            u16::from(self.x()),
+            0,
+            0,
+            0,
+            0,
+            n as u16,
+        ))
+    }
+
+    /// IPv6 address of the root netns on the bridge: `fd00:10:X::fe`.
+    pub fn root_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x10, u16::from(self.x()), 0, 0, 0, 0, 0xfe)
+    }
+
+    /// IPv6 pod CIDR of node `n`: `fd00:10:X:n::/64`.
+    pub fn pod_cidr6(&self, n: usize) -> Result<Ipv6Net, PlanError> {
+        check_node(n)?;
+        Ok(Ipv6Net::new(
+            Ipv6Addr::new(0xfd00, 0x10, u16::from(self.x()), n as u16, 0, 0, 0, 0),
+            64,
+        )
+        .expect("constant prefix length is valid"))
     }
 
     /// The Service ClusterIP range: `10.X.128.0/17`.

@@ -82,6 +82,8 @@ impl Sandbox {
 pub struct Attached {
     /// The pod's IPv4 address, from IPAM.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack lab.
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// The node end of the pod's veth.
     pub host_veth: String,
 }
@@ -99,13 +101,19 @@ pub struct MeshPlugin {
 
 /// A node's CNI configuration list (what `/etc/cni/net.d/*.conflist` holds on a node).
 pub fn conflist(node: &NodeInfo, ipam_dir: &Path, mesh: Option<&MeshPlugin>) -> Value {
+    let mut ranges = vec![json!([{"subnet": node.pod_cidr.to_string()}])];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+    if let Some(cidr6) = node.pod_cidr6 {
+        ranges.push(json!([{"subnet": cidr6.to_string()}]));
+        routes.push(json!({"dst": "::/0"}));
+    }
     let mut plugins = vec![json!({
         "type": "ptp",
         "ipMasq": false,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{"subnet": node.pod_cidr.to_string()}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
+            "ranges": ranges,
+            "routes": routes,
             "dataDir": ipam_dir,
         },
     })];
@@ -185,13 +193,23 @@ impl NodeRuntime {
             plugin: "the chain".into(),
             detail: format!("{detail}: {result}"),
         };
-        let ip = result["ips"]
+        let ips: Vec<std::net::IpAddr> = result["ips"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-            .next()
+            .collect();
+        let ip = ips
+            .iter()
+            .find_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                _ => None,
+            })
             .ok_or_else(|| output("no IPv4 address in the result"))?;
+        let ip6 = ips.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => Some(*v6),
+            _ => None,
+        });
         let host_veth = result["interfaces"]
             .as_array()
             .into_iter()
@@ -200,7 +218,7 @@ impl NodeRuntime {
             .and_then(|i| i["name"].as_str())
             .unwrap_or_default()
             .to_string();
-        Ok(Attached { ip, host_veth })
+        Ok(Attached { ip, ip6, host_veth })
     }
 
     /// Tears the sandbox's network down: the list in reverse, then loopback. Every plugin

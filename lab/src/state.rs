@@ -61,6 +61,9 @@ pub struct LabState {
     /// The mesh running in the lab; `None` for a lab without the mesh.
     #[serde(default)]
     pub mesh: Option<crate::mesh::MeshOptions>,
+    /// Nodes and pods have IPv6 addresses besides IPv4 ones.
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 /// A node: a netns on the bridge that routes its pods.
@@ -76,6 +79,11 @@ pub struct NodeInfo {
     /// The node's ztunnel pod, once started (with the mesh).
     #[serde(default)]
     pub ztunnel: Option<ZtunnelPod>,
+    /// In a dual-stack lab: the node's IPv6 address and IPv6 pod CIDR.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    pub pod_cidr6: Option<ipnet::Ipv6Net>,
 }
 
 /// Where a node's ztunnel runs: its own pod, as Istio's DaemonSet runs it.
@@ -98,6 +106,9 @@ pub struct PodInfo {
     pub netns: String,
     /// From the node's IPAM, at CNI ADD.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, in a dual-stack lab.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// The node side of the pod's veth (in the node netns).
     pub veth: String,
     pub service_account: String,

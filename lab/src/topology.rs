@@ -56,20 +56,41 @@ fn new_netns(name: &str, what: &str) -> Result<(), TopologyError> {
 }
 
 /// Creates the root netns with the bridge `br0` and the root's own address on it.
-pub fn create_root(id: &LabId, plan: &AddressPlan) -> Result<String, TopologyError> {
+pub fn create_root(
+    id: &LabId,
+    plan: &AddressPlan,
+    dual_stack: bool,
+) -> Result<String, TopologyError> {
     let root = id.root_netns();
     let what = format!("root netns {root}");
     new_netns(&root, &what)?;
     let addr = format!("{}/{}", plan.root_ip(), plan.node_cidr().prefix_len());
     ip_in(&root, ["link", "add", BRIDGE, "type", "bridge"]).map_err(cmd_err(&what))?;
     ip_in(&root, ["addr", "add", &addr, "dev", BRIDGE]).map_err(cmd_err(&what))?;
+    if dual_stack {
+        let addr6 = format!("{}/{}", plan.root_ip6(), plan.node_cidr6().prefix_len());
+        ip_in(&root, ["-6", "addr", "add", &addr6, "dev", BRIDGE, "nodad"])
+            .map_err(cmd_err(&what))?;
+    }
     ip_in(&root, ["link", "set", BRIDGE, "up"]).map_err(cmd_err(&what))?;
     Ok(root)
 }
 
+/// Addresses configured at once rather than after duplicate address detection (a lab owns
+/// its addresses; DAD would only delay every IPv6 interface by a second or two).
+const NO_DAD: [(&str, &str); 2] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+];
+
 /// Creates node number `n`: its netns, a veth to the bridge, its address, forwarding on, and
 /// a route from the root netns to its pod CIDR.
-pub fn add_node(id: &LabId, plan: &AddressPlan, n: usize) -> Result<NodeInfo, TopologyError> {
+pub fn add_node(
+    id: &LabId,
+    plan: &AddressPlan,
+    n: usize,
+    dual_stack: bool,
+) -> Result<NodeInfo, TopologyError> {
     let name = plan::node_name(n);
     let node = NodeInfo {
         netns: id.node_netns(&name),
@@ -78,6 +99,16 @@ pub fn add_node(id: &LabId, plan: &AddressPlan, n: usize) -> Result<NodeInfo, To
         number: n,
         name,
         ztunnel: None,
+        ip6: if dual_stack {
+            Some(plan.node_ip6(n)?)
+        } else {
+            None
+        },
+        pod_cidr6: if dual_stack {
+            Some(plan.pod_cidr6(n)?)
+        } else {
+            None
+        },
     };
     let what = format!("node {} (netns {})", node.name, node.netns);
     new_netns(&node.netns, &what)?;
@@ -87,7 +118,11 @@ pub fn add_node(id: &LabId, plan: &AddressPlan, n: usize) -> Result<NodeInfo, To
         ("net.ipv4.ip_forward", "1"),
         ("net.ipv4.conf.all.rp_filter", "0"),
         ("net.ipv4.conf.default.rp_filter", "0"),
-    ] {
+        ("net.ipv6.conf.all.forwarding", "1"),
+    ]
+    .into_iter()
+    .chain(NO_DAD)
+    {
         netns::sysctl(&node.netns, key, value).map_err(ns_err(&what))?;
     }
     let root = id.root_netns();
@@ -120,6 +155,26 @@ pub fn add_node(id: &LabId, plan: &AddressPlan, n: usize) -> Result<NodeInfo, To
     for (ns, args) in steps {
         ip_in(ns, args).map_err(cmd_err(&what))?;
     }
+    if let (Some(ip6), Some(cidr6)) = (node.ip6, node.pod_cidr6) {
+        let addr6 = format!("{ip6}/{}", plan.node_cidr6().prefix_len());
+        ip_in(
+            &node.netns,
+            ["-6", "addr", "add", &addr6, "dev", UPLINK, "nodad"],
+        )
+        .map_err(cmd_err(&what))?;
+        ip_in(
+            &root,
+            [
+                "-6",
+                "route",
+                "add",
+                &cidr6.to_string(),
+                "via",
+                &ip6.to_string(),
+            ],
+        )
+        .map_err(cmd_err(&what))?;
+    }
     Ok(node)
 }
 
@@ -130,7 +185,12 @@ pub fn route_between_nodes(nodes: &[NodeInfo]) -> Result<(), TopologyError> {
             let what = format!("route {} -> {}", from.name, to.name);
             let cidr = to.pod_cidr.to_string();
             let via = to.ip.to_string();
-            ip_in(&from.netns, ["route", "add", &cidr, "via", &via]).map_err(cmd_err(what))?;
+            ip_in(&from.netns, ["route", "add", &cidr, "via", &via]).map_err(cmd_err(&what))?;
+            if let (Some(cidr6), Some(via6)) = (to.pod_cidr6, to.ip6) {
+                let (cidr6, via6) = (cidr6.to_string(), via6.to_string());
+                ip_in(&from.netns, ["-6", "route", "add", &cidr6, "via", &via6])
+                    .map_err(cmd_err(&what))?;
+            }
         }
     }
     Ok(())
@@ -146,7 +206,10 @@ pub fn create_sandbox(id: &LabId, namespace: &str, pod: &str) -> Result<String, 
     for (key, value) in [
         ("net.ipv4.conf.all.rp_filter", "0"),
         ("net.ipv4.conf.default.rp_filter", "0"),
-    ] {
+    ]
+    .into_iter()
+    .chain(NO_DAD)
+    {
         netns::sysctl(&name, key, value).map_err(ns_err(&what))?;
     }
     Ok(name)

@@ -34,6 +34,15 @@ pub fn capture_mode() -> String {
 
 impl MeshLab {
     pub fn up(fixture_name: &str, nodes: usize) -> MeshLab {
+        MeshLab::up_with(fixture_name, nodes, |_| {})
+    }
+
+    /// Like [`MeshLab::up`], with the lab's options changed by `tweak` (a dual-stack lab).
+    pub fn up_with(
+        fixture_name: &str,
+        nodes: usize,
+        tweak: impl FnOnce(&mut LabOptions),
+    ) -> MeshLab {
         let serial = SERIAL.lock();
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let binary = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
@@ -46,6 +55,8 @@ impl MeshLab {
             startup_timeout: Duration::from_secs(20),
             ..LabOptions::default()
         };
+        let mut options = options;
+        tweak(&mut options);
         let lab = Lab::up(&fixture(fixture_name), nodes, options).expect("lab up");
         MeshLab {
             lab,

@@ -160,3 +160,39 @@ fn the_api_server_and_selector_less_services_are_reached_through_their_vips() {
         },
     );
 }
+
+#[test]
+fn ipv6_of_a_dual_stack_pod_is_left_untouched_and_ipv4_is_meshed() {
+    let m = MeshLab::up_with("l4", 2, |o| o.dual_stack = true);
+    let a = m.lab.pod("client-a").unwrap().clone();
+    let a6 = a.ip6.expect("client-a has an IPv6 address");
+    assert!(m.node(&a.node).pod_cidr6.unwrap().contains(&a6));
+    // The API holds both addresses, IPv4 first, as the kubelet writes them.
+    let pods = std::fs::read_to_string(m.lab.manifests_dir().join("generated/pods.yaml")).unwrap();
+    assert!(pods.contains(&format!("ip: {a6}")), "{pods}");
+    // IPv6 between two ambient pods (same node and across nodes) flows as without the mesh:
+    // nothing redirects it, so nothing drops it, and no ztunnel sees it.
+    let before =
+        |node: &str| destination_metric(&m, node, "spiffe://cluster.local/ns/mesh/sa/client-a");
+    assert!(before("node1").is_none() && before("node2").is_none());
+    for server in ["server-1", "server-2"] {
+        let ip6 = m.lab.pod(server).unwrap().ip6.unwrap();
+        let back = m
+            .echo("client-a", addr(ip6.into(), 8080), b"over ipv6")
+            .unwrap_or_else(|e| panic!("IPv6 to {server}: {e}"));
+        assert_eq!(back, b"over ipv6");
+    }
+    assert!(
+        before("node1").is_none() && before("node2").is_none(),
+        "a ztunnel carried IPv6 traffic"
+    );
+    // IPv4 of the same pods is in the mesh.
+    let reply = m.http("client-a", addr(m.ip("server-2"), 8080)).unwrap();
+    assert_eq!(reply.source.ip(), std::net::IpAddr::from(a.ip));
+    let line = destination_metric(&m, "node2", "spiffe://cluster.local/ns/mesh/sa/client-a")
+        .expect("the IPv4 connection went through ztunnel");
+    assert!(
+        line.contains("connection_security_policy=\"mutual_tls\""),
+        "{line}"
+    );
+}

@@ -255,7 +255,12 @@ fn kubernetes_endpoints(api_server: Ipv4Addr) -> EndpointSlice {
 
 /// The status the kubelet writes once the pod's sandbox exists: running, its IP, and Ready
 /// once its containers are.
-pub fn pod_status(ip: Ipv4Addr, host: Ipv4Addr, ready: bool) -> PodStatus {
+pub fn pod_status(
+    ip: Ipv4Addr,
+    ip6: Option<std::net::Ipv6Addr>,
+    host: Ipv4Addr,
+    ready: bool,
+) -> PodStatus {
     let condition = |t: &str, ok: bool| PodCondition {
         type_: t.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
@@ -264,7 +269,12 @@ pub fn pod_status(ip: Ipv4Addr, host: Ipv4Addr, ready: bool) -> PodStatus {
     PodStatus {
         phase: Some("Running".to_string()),
         pod_ip: Some(ip.to_string()),
-        pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+        pod_ips: Some(
+            std::iter::once(ip.to_string())
+                .chain(ip6.map(|v6| v6.to_string()))
+                .map(|ip| PodIP { ip })
+                .collect(),
+        ),
         host_ip: Some(host.to_string()),
         host_ips: Some(vec![HostIP {
             ip: host.to_string(),

@@ -42,6 +42,8 @@ pub struct LabOptions {
     pub startup_timeout: Duration,
     /// Run the mesh (ztunnel per node, amesh-cni per pod); `None` for plain pods.
     pub mesh: Option<crate::mesh::MeshOptions>,
+    /// Give nodes and pods IPv6 addresses besides IPv4 ones.
+    pub dual_stack: bool,
 }
 
 impl Default for LabOptions {
@@ -51,6 +53,7 @@ impl Default for LabOptions {
             binary: None,
             startup_timeout: Duration::from_secs(10),
             mesh: None,
+            dual_stack: false,
         }
     }
 }
@@ -111,6 +114,7 @@ impl Lab {
             processes: Vec::new(),
             detached: false,
             mesh: options.mesh,
+            dual_stack: options.dual_stack,
         };
         let mut lab = Lab {
             run: Some(run),
@@ -131,9 +135,10 @@ impl Lab {
         let id = self.state.id.clone();
         let expanded = expand::expand(input, nodes, &plan, self.state.mesh.is_some())?;
         self.state.save()?;
-        topology::create_root(&id, &plan)?;
+        let dual_stack = self.state.dual_stack;
+        topology::create_root(&id, &plan, dual_stack)?;
         for n in 1..=nodes {
-            let node = topology::add_node(&id, &plan, n)?;
+            let node = topology::add_node(&id, &plan, n, dual_stack)?;
             self.state.nodes.push(node);
             self.state.save()?;
         }
@@ -191,6 +196,7 @@ impl Lab {
             node: node.name.clone(),
             netns,
             ip: attached.ip,
+            ip6: attached.ip6,
             veth: attached.host_veth,
             service_account: planned.service_account.clone(),
             labels: planned.labels.clone(),
@@ -252,7 +258,7 @@ impl Lab {
             if api.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
                 && api.metadata.name.as_deref() == Some(pod.name.as_str())
             {
-                api.status = Some(expand::pod_status(pod.ip, host, ready));
+                api.status = Some(expand::pod_status(pod.ip, pod.ip6, host, ready));
             }
         }
         let pods: Vec<&k8s_openapi::api::core::v1::Pod> = self.api_pods.iter().collect();

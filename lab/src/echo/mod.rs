@@ -47,7 +47,8 @@ pub enum EchoError {
     },
 }
 
-/// Binds every port (all IPv4 addresses of the netns) and serves forever. With no ports it
+/// Binds every port (all IPv4 addresses of the netns, and IPv6 ones where there are) and
+/// serves forever. With no ports it
 /// just waits, like a container that only makes outgoing calls.
 pub async fn run(config: EchoConfig) -> Result<(), EchoError> {
     let config = Arc::new(config);
@@ -57,6 +58,11 @@ pub async fn run(config: EchoConfig) -> Result<(), EchoError> {
             .await
             .map_err(|source| EchoError::Bind { port, source })?;
         listeners.push(l);
+        // IPv6 too where the pod has it (dual-stack labs), on a socket of its own so that
+        // IPv4 clients are still seen with their IPv4 addresses.
+        if let Some(l6) = ipv6_listener(port) {
+            listeners.push(l6);
+        }
     }
     tracing::info!(pod = %config.pod, namespace = %config.namespace, ports = ?config.ports, "echo app listening");
     for l in listeners {
@@ -64,6 +70,18 @@ pub async fn run(config: EchoConfig) -> Result<(), EchoError> {
     }
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// A listener on `[::]:port` for IPv6 only, if the pod's netns has IPv6 at all.
+fn ipv6_listener(port: u16) -> Option<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).ok()?;
+    s.set_only_v6(true).ok()?;
+    s.set_reuse_address(true).ok()?;
+    s.set_nonblocking(true).ok()?;
+    let addr = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    s.bind(&addr.into()).ok()?;
+    s.listen(1024).ok()?;
+    TcpListener::from_std(s.into()).ok()
 }
 
 async fn accept_loop(listener: TcpListener, config: Arc<EchoConfig>) {

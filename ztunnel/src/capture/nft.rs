@@ -8,6 +8,10 @@
 //!   packet mark, and `fwmark 0x111/0xfff → table 100 (local 0.0.0.0/0 dev lo)` delivers the
 //!   app's replies to a spoofed client address back to ztunnel's transparent socket.
 //!
+//! Only IPv4 is redirected: ztunnel's in-pod listeners are IPv4, and a family nobody listens
+//! for must pass untouched rather than be redirected into nothing (a dual-stack pod's IPv6
+//! traffic flows as it would without the mesh).
+//!
 //! Everything lives in one table (`inet amesh`) replaced atomically, so re-installing after a
 //! ztunnel restart is idempotent and never leaves the pod half-captured.
 
@@ -50,18 +54,16 @@ table inet {TABLE} {{
     ip saddr {PROBE_SOURCE} meta l4proto tcp return
     meta mark & {MASK:#x} == {mark:#x} return
     meta l4proto tcp ip daddr != 127.0.0.1 tcp dport != {hbone} redirect to :{inbound}
-    meta l4proto tcp ip6 daddr != ::1 tcp dport != {hbone} redirect to :{inbound}
   }}
   chain nat_output {{
     type nat hook output priority -100; policy accept;
     ip daddr {PROBE_SOURCE} meta l4proto tcp return
     meta mark & {MASK:#x} == {mark:#x} return
     ct mark & {MASK:#x} == {CONNMARK:#x} return
-    udp dport 53 redirect to :{dns}
+    meta nfproto ipv4 udp dport 53 redirect to :{dns}
     ip daddr != 127.0.0.1 tcp dport 53 redirect to :{dns}
     oifname "lo" return
     meta l4proto tcp ip daddr != 127.0.0.1 redirect to :{outbound}
-    meta l4proto tcp ip6 daddr != ::1 redirect to :{outbound}
   }}
 }}
 "#,
