@@ -188,7 +188,7 @@ fn two_node_lab_serves_tcp_and_http_within_and_across_nodes() {
     );
 
     let pids: Vec<i32> = state.processes.iter().map(|p| p.pid).collect();
-    assert_eq!(pids.len(), 4, "one echo app per pod");
+    assert_eq!(pids.len(), 5, "one echo app per pod and the cluster DNS");
     lab.down().expect("down");
     assert_gone(&id, &pids);
 }

@@ -61,7 +61,11 @@ fn detached_lab_lives_on_and_cli_down_removes_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pids: Vec<i32> = state.processes.iter().map(|p| p.pid).collect();
-    assert_eq!(pids.len(), 4, "3 echo apps and the keeper");
+    assert_eq!(
+        pids.len(),
+        6,
+        "4 echo apps (kube-system's too), the cluster DNS and the keeper"
+    );
     assert_gone(&id, &pids);
 }
 
