@@ -15,6 +15,8 @@ pub const MAX_BYPASS: u32 = 4096;
 /// both `u32` in network byte order (see [`PodEntry`]).
 pub const POD_IP4_GLOBAL: &str = "AMESH_POD_IP4";
 pub const PROBE_IP4_GLOBAL: &str = "AMESH_PROBE_IP4";
+/// Read-only global: non-zero when ztunnel's DNS proxy takes the pod's DNS (see [`PodEntry`]).
+pub const DNS_GLOBAL: &str = "AMESH_DNS";
 /// Name of the `sk_lookup` program in the object file.
 pub const PROGRAM: &str = "amesh_sk_lookup";
 
@@ -47,6 +49,9 @@ pub struct PodEntry {
     /// Source address of kubelet probes (network byte order): inbound TCP from it reaches the
     /// app directly, as in Istio's in-pod rules.
     pub probe_ip4: u32,
+    /// Non-zero when the DNS proxy is on: DNS goes to the DNS listeners. Zero: UDP DNS is left
+    /// alone and TCP DNS is outbound TCP like any other.
+    pub dns: u32,
 }
 
 /// A connection ztunnel is opening to the app from a client's address (original source): to
@@ -108,8 +113,8 @@ pub struct Flow {
 /// whether it came from the network or from inside the pod. So:
 ///
 /// - TCP to anything but the pod itself and 127/8, arriving on loopback: the pod's outbound
-///   (port 53: DNS);
-/// - UDP to port 53 arriving on loopback (any address, as Istio's rules): DNS;
+///   (port 53: DNS, when the DNS proxy is on);
+/// - UDP to port 53 arriving on loopback (any address, as Istio's rules): DNS, when it is on;
 /// - TCP to the pod's address: HBONE on 15008, else inbound plaintext; but kubelet probes,
 ///   the app calling itself and ztunnel's own connections to the app pass;
 /// - all else (other UDP, loopback, ICMP) is left alone.
@@ -139,13 +144,15 @@ pub fn classify(
             }
         }
         IPPROTO_TCP if via_loopback && !to_loopback => {
-            if flow.local_port == DNS_PORT {
+            if flow.local_port == DNS_PORT && pod.dns != 0 {
                 Some(slot::DNS_TCP)
             } else {
                 Some(slot::OUTBOUND)
             }
         }
-        IPPROTO_UDP if via_loopback && flow.local_port == DNS_PORT => Some(slot::DNS_UDP),
+        IPPROTO_UDP if via_loopback && flow.local_port == DNS_PORT && pod.dns != 0 => {
+            Some(slot::DNS_UDP)
+        }
         _ => None,
     }
 }

@@ -10,6 +10,7 @@ fn pod() -> PodEntry {
     PodEntry {
         ip4: ip(POD),
         probe_ip4: ip([169, 254, 7, 127]),
+        dns: 1,
     }
 }
 
@@ -103,4 +104,26 @@ fn only_dns_is_captured_among_udp() {
     assert_eq!(classify(&inbound, &pod()), None);
     let icmp = flow(1, POD, [10, 128, 2, 9], 0, LOOPBACK_IFINDEX);
     assert_eq!(classify(&icmp, &pod()), None);
+}
+
+#[test]
+fn with_the_dns_proxy_off_dns_is_not_steered_to_it() {
+    let off = PodEntry { dns: 0, ..pod() };
+    // TCP DNS is outbound TCP like any other; UDP DNS is left alone (also a resolver on
+    // loopback).
+    let f = flow(IPPROTO_TCP, POD, [10, 96, 0, 10], 53, LOOPBACK_IFINDEX);
+    assert_eq!(classify(&f, &off), Some(slot::OUTBOUND));
+    let f = flow(IPPROTO_UDP, POD, [10, 96, 0, 10], 53, LOOPBACK_IFINDEX);
+    assert_eq!(classify(&f, &off), None);
+    let f = flow(
+        IPPROTO_UDP,
+        [127, 0, 0, 1],
+        [127, 0, 0, 53],
+        53,
+        LOOPBACK_IFINDEX,
+    );
+    assert_eq!(classify(&f, &off), None);
+    // The rest is unchanged.
+    let f = flow(IPPROTO_TCP, POD, [10, 128, 2, 9], 8080, LOOPBACK_IFINDEX);
+    assert_eq!(classify(&f, &off), Some(slot::OUTBOUND));
 }

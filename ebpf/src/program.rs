@@ -15,6 +15,9 @@ static AMESH_POD_IP4: u32 = 0;
 /// Source of kubelet probes, network byte order (`ebpf_common::PROBE_IP4_GLOBAL`).
 #[unsafe(no_mangle)]
 static AMESH_PROBE_IP4: u32 = 0;
+/// Whether the DNS proxy takes the pod's DNS (`ebpf_common::DNS_GLOBAL`), set at load.
+#[unsafe(no_mangle)]
+static AMESH_DNS: u32 = 0;
 
 /// The pod's listeners by slot (`ebpf_common::LISTENERS_MAP`). A socket leaves the map by
 /// itself when it is closed, so a dead listener is never assigned.
@@ -38,6 +41,7 @@ pub fn amesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         PodEntry {
             ip4: core::ptr::read_volatile(&AMESH_POD_IP4),
             probe_ip4: core::ptr::read_volatile(&AMESH_PROBE_IP4),
+            dns: core::ptr::read_volatile(&AMESH_DNS),
         }
     };
     let flow = Flow {

@@ -24,6 +24,9 @@ pub struct MeshOptions {
     /// Where ztunnels get config and certificates from.
     #[serde(default)]
     pub control_plane: ControlPlane,
+    /// Extra environment of every ztunnel (a test's setting, e.g. the DNS proxy off).
+    #[serde(default)]
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 /// The lab's source of ztunnel config and certificates. On command lines (and in
@@ -74,6 +77,7 @@ impl MeshOptions {
                 .unwrap_or_default(),
             capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into()),
             control_plane: ControlPlane::from_env(),
+            ztunnel_env: Vec::new(),
         }
     }
 }
@@ -350,6 +354,7 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
             "RUST_LOG",
             std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
         );
+    cmd.envs(opts.ztunnel_env.iter().map(|(k, v)| (k, v)));
     lab.spawn(&ztunnel_name(&node.name), &pod.netns, cmd)?;
     Ok(())
 }

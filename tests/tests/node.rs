@@ -196,3 +196,33 @@ fn ipv6_of_a_dual_stack_pod_is_left_untouched_and_ipv4_is_meshed() {
         "{line}"
     );
 }
+
+#[test]
+fn with_the_dns_proxy_off_pods_use_the_cluster_dns_directly() {
+    let m = MeshLab::up_with("l4", 2, |o| {
+        if let Some(mesh) = o.mesh.as_mut() {
+            mesh.ztunnel_env
+                .push(("ISTIO_META_DNS_CAPTURE".into(), "false".into()));
+        }
+    });
+    // No DNS listener in the pods ztunnel captures.
+    let netns = m.lab.pod("client-a").unwrap().netns.clone();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "ss", "-Hlnu"])
+        .output()
+        .unwrap();
+    let listening = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!listening.contains(":15053"), "{listening}");
+    // Names still resolve, answered by the cluster's DNS (its 5 s TTL, not ztunnel's 30 s).
+    let a = e2e::dns::lookup(
+        &m,
+        "client-a",
+        "server.mesh.svc.cluster.local",
+        hickory_proto::rr::RecordType::A,
+    )
+    .unwrap();
+    assert_eq!(a.addresses, [m.vip("server")]);
+    assert_eq!(a.ttl, Some(5), "{a:?}");
+    // And the rest of the mesh is untouched.
+    assert!(m.http("client-a", addr(m.ip("server-2"), 8080)).is_ok());
+}

@@ -134,6 +134,9 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// The cluster's DNS domain (`CLUSTER_DOMAIN`, as Istio's ztunnel; `cluster.local`).
     pub cluster_domain: String,
+    /// Whether pods' DNS is captured and answered by ztunnel's DNS proxy
+    /// (`ISTIO_META_DNS_CAPTURE`, Istio's proxy metadata name; on by default).
+    pub dns_capture: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -381,6 +384,20 @@ impl Config {
             resolv_conf: get("AMESH_RESOLV_CONF")
                 .unwrap_or_else(|| "/etc/resolv.conf".into())
                 .into(),
+            dns_capture: match get("ISTIO_META_DNS_CAPTURE")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        "ISTIO_META_DNS_CAPTURE",
+                        other,
+                        &"expected true or false",
+                    ))
+                }
+            },
             cluster_domain: get("CLUSTER_DOMAIN")
                 .map(|d| d.trim_matches('.').to_ascii_lowercase())
                 .unwrap_or_else(|| "cluster.local".into()),

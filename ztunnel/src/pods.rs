@@ -351,6 +351,7 @@ impl PodManager {
             mark: self.shared.mark,
             ip: pod.info.ip,
             worker: pod.netns.clone(),
+            dns: self.shared.dns_capture,
         }
     }
 
@@ -394,8 +395,8 @@ impl PodManager {
                 });
             }
         }
-        let listeners =
-            PodListeners::open(&netns, self.shared.mark).map_err(|source| PodError::Listeners {
+        let listeners = PodListeners::open(&netns, self.shared.mark, self.shared.dns_capture)
+            .map_err(|source| PodError::Listeners {
                 pod: label.clone(),
                 source,
             })?;
@@ -447,16 +448,12 @@ impl PodManager {
             )
             .instrument(span.clone()),
         );
-        tasks.spawn(
-            crate::dns::serve(
-                self.shared.clone(),
-                pod.clone(),
-                listeners.dns_udp,
-                listeners.dns_tcp,
-                watch,
-            )
-            .instrument(span),
-        );
+        if let (Some(udp), Some(tcp)) = (listeners.dns_udp, listeners.dns_tcp) {
+            tasks.spawn(
+                crate::dns::serve(self.shared.clone(), pod.clone(), udp, tcp, watch)
+                    .instrument(span),
+            );
+        }
         let running = Running {
             pod,
             fds,

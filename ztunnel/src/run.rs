@@ -85,6 +85,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         limits: Limits::new(&config.limits),
         resolvers: Resolvers::new(&config.resolv_conf),
         cluster_domain: config.cluster_domain.clone(),
+        dns_capture: config.dns_capture,
     });
     // With ZDS (`INPOD_UDS`), istio-cni installs the in-pod rules and replays its pods on every
     // connection, so ztunnel neither captures nor persists; amesh-cni's socket is not served.

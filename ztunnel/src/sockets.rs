@@ -100,8 +100,9 @@ pub struct PodListeners {
     pub outbound: TcpListener,
     pub inbound_plain: TcpListener,
     pub hbone: TcpListener,
-    pub dns_udp: UdpSocket,
-    pub dns_tcp: TcpListener,
+    /// The DNS proxy's, when it is on.
+    pub dns_udp: Option<UdpSocket>,
+    pub dns_tcp: Option<TcpListener>,
 }
 
 /// Ports of the in-pod listeners and of ztunnel's own endpoints (Istio's).
@@ -153,25 +154,40 @@ fn refuse_self_connection(dest: SocketAddr) -> io::Result<()> {
 }
 
 impl PodListeners {
-    /// Opens every listener inside `netns`. Must run inside a Tokio runtime.
-    pub fn open(netns: &Netns, mark: u32) -> io::Result<PodListeners> {
+    /// Opens every listener inside `netns` (the DNS ones only with `dns`). Must run inside a
+    /// Tokio runtime.
+    pub fn open(netns: &Netns, mark: u32, dns: bool) -> io::Result<PodListeners> {
         let any: std::net::IpAddr = std::net::Ipv4Addr::UNSPECIFIED.into();
         let lo: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
-        let (outbound, inbound_plain, hbone, dns_udp, dns_tcp) = netns.run(move || {
+        let (outbound, inbound_plain, hbone, dns_sockets) = netns.run(move || {
+            let dns_sockets = if dns {
+                Some((
+                    udp_socket(SocketAddr::new(lo, ports::DNS), mark)?,
+                    tcp_listener(SocketAddr::new(lo, ports::DNS), true, mark)?,
+                ))
+            } else {
+                None
+            };
             Ok((
                 tcp_listener(SocketAddr::new(any, ports::OUTBOUND), true, mark)?,
                 tcp_listener(SocketAddr::new(any, ports::INBOUND_PLAIN), true, mark)?,
                 tcp_listener(SocketAddr::new(any, ports::HBONE), true, mark)?,
-                udp_socket(SocketAddr::new(lo, ports::DNS), mark)?,
-                tcp_listener(SocketAddr::new(lo, ports::DNS), true, mark)?,
+                dns_sockets,
             ))
         })?;
+        let (dns_udp, dns_tcp) = match dns_sockets {
+            Some((udp, tcp)) => (
+                Some(UdpSocket::from_std(udp)?),
+                Some(TcpListener::from_std(tcp)?),
+            ),
+            None => (None, None),
+        };
         Ok(PodListeners {
             outbound: TcpListener::from_std(outbound)?,
             inbound_plain: TcpListener::from_std(inbound_plain)?,
             hbone: TcpListener::from_std(hbone)?,
-            dns_udp: UdpSocket::from_std(dns_udp)?,
-            dns_tcp: TcpListener::from_std(dns_tcp)?,
+            dns_udp,
+            dns_tcp,
         })
     }
 }
@@ -184,8 +200,16 @@ impl PodListeners {
             outbound: self.outbound.as_fd().try_clone_to_owned()?,
             inbound_plain: self.inbound_plain.as_fd().try_clone_to_owned()?,
             hbone: self.hbone.as_fd().try_clone_to_owned()?,
-            dns_tcp: self.dns_tcp.as_fd().try_clone_to_owned()?,
-            dns_udp: self.dns_udp.as_fd().try_clone_to_owned()?,
+            dns_tcp: self
+                .dns_tcp
+                .as_ref()
+                .map(|l| l.as_fd().try_clone_to_owned())
+                .transpose()?,
+            dns_udp: self
+                .dns_udp
+                .as_ref()
+                .map(|s| s.as_fd().try_clone_to_owned())
+                .transpose()?,
         })
     }
 }

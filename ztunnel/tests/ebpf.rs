@@ -189,6 +189,7 @@ fn pod_netns(bed: &Bed, worker: &Netns) -> PodNetns {
         mark: MARK,
         ip: POD_IP.into(),
         worker: worker.clone(),
+        dns: true,
     }
 }
 
@@ -237,7 +238,7 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     let bed = Bed::new();
     let capture = EbpfCapture::load().expect("loading the eBPF capture program");
     let worker = Netns::open(&bed.pod.path).unwrap();
-    let listeners = PodListeners::open(&worker, MARK).unwrap();
+    let listeners = PodListeners::open(&worker, MARK, true).unwrap();
     let fds = listeners.fds().unwrap();
     let pod = pod_netns(&bed, &worker);
     let netns_file = std::fs::File::open(&bed.pod.path).unwrap();
@@ -260,7 +261,7 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     let (rules, routes) = routing::leftovers(&pod).await.unwrap();
     assert_eq!(
         rules,
-        routing::rules(MARK, ztunnel::capture::ebpf::PROBE_SOURCE)
+        routing::rules(MARK, ztunnel::capture::ebpf::PROBE_SOURCE, true)
     );
     assert_eq!(routes, 1, "one local route in table {}", routing::TABLE);
     let ruleset = bed.pod.nsenter("nft", &["list", "ruleset"]);
@@ -368,17 +369,20 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
         s.send_to(b"query", resolver).unwrap();
     });
     let mut buf = [0u8; 16];
-    let (n, from) = tokio::time::timeout(TIMEOUT, listeners.dns_udp.recv_from(&mut buf))
-        .await
-        .expect("the DNS query steered in time")
-        .unwrap();
+    let (n, from) = tokio::time::timeout(
+        TIMEOUT,
+        listeners.dns_udp.as_ref().unwrap().recv_from(&mut buf),
+    )
+    .await
+    .expect("the DNS query steered in time")
+    .unwrap();
     assert_eq!(&buf[..n], b"query");
     assert_eq!(from.ip(), std::net::IpAddr::from(POD_IP));
 
     // DNS over TCP goes to the DNS listener, with the resolver's address as its local address.
     let pod_path = bed.pod.path.clone();
     let app = tokio::task::spawn_blocking(move || connect_from(&pod_path, None, resolver, b"q"));
-    let (mut steered, _) = accept(&listeners.dns_tcp).await;
+    let (mut steered, _) = accept(listeners.dns_tcp.as_ref().unwrap()).await;
     assert_eq!(steered.local_addr().unwrap(), resolver);
     assert_eq!(read_some(&mut steered).await, b"q");
     drop(app.await.unwrap().expect("DNS over TCP connect"));
@@ -436,7 +440,7 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     let (rules, _) = routing::leftovers(&pod).await.unwrap();
     assert_eq!(
         rules,
-        routing::rules(MARK, ztunnel::capture::ebpf::PROBE_SOURCE)
+        routing::rules(MARK, ztunnel::capture::ebpf::PROBE_SOURCE, true)
     );
     let pod_path = bed.pod.path.clone();
     let app = tokio::task::spawn_blocking(move || connect_from(&pod_path, None, remote, b"again"));

@@ -327,6 +327,7 @@ async fn build_pods(dir: &Path) -> (Arc<Shared>, Arc<PodManager>) {
         limits: Default::default(),
         resolvers: ztunnel::dns::Resolvers::new("/etc/resolv.conf"),
         cluster_domain: "cluster.local".into(),
+        dns_capture: true,
     });
     let pods = PodManager::new(shared.clone(), CaptureMode::None.backend().unwrap(), None)
         .with_config_wait(Duration::from_secs(1));

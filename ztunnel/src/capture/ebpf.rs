@@ -32,7 +32,8 @@ use aya::programs::sk_lookup::SkLookupLink;
 use aya::programs::SkLookup;
 use aya::{Ebpf, EbpfLoader};
 use ebpf_common::{
-    slot, BypassKey, BYPASS_MAP, LISTENERS_MAP, POD_IP4_GLOBAL, PROBE_IP4_GLOBAL, PROGRAM,
+    slot, BypassKey, BYPASS_MAP, DNS_GLOBAL, LISTENERS_MAP, POD_IP4_GLOBAL, PROBE_IP4_GLOBAL,
+    PROGRAM,
 };
 use futures::future::BoxFuture;
 use tracing::{debug, info};
@@ -138,12 +139,14 @@ struct Instance {
 }
 
 /// Loads an instance of the program for a pod at `pod_ip` (errors name the step).
-fn load_instance(pod_ip: Ipv4Addr) -> Result<Instance, (&'static str, BoxError)> {
+fn load_instance(pod_ip: Ipv4Addr, dns: bool) -> Result<Instance, (&'static str, BoxError)> {
     let ip4 = u32::from_ne_bytes(pod_ip.octets());
     let probe4 = u32::from_ne_bytes(PROBE_SOURCE.octets());
+    let dns = u32::from(dns);
     let mut ebpf = EbpfLoader::new()
         .override_global(POD_IP4_GLOBAL, &ip4, true)
         .override_global(PROBE_IP4_GLOBAL, &probe4, true)
+        .override_global(DNS_GLOBAL, &dns, true)
         .load(OBJECT)
         .map_err(|e| ("loading the object", e.into()))?;
     program(&mut ebpf)
@@ -169,7 +172,7 @@ impl EbpfCapture {
     /// Checks that the kernel takes the program (loads and drops one instance). Fails with
     /// what the kernel or the process lacks.
     pub fn load() -> Result<EbpfCapture, EbpfError> {
-        load_instance(Ipv4Addr::UNSPECIFIED).map_err(|(what, cause)| EbpfError::Load {
+        load_instance(Ipv4Addr::UNSPECIFIED, true).map_err(|(what, cause)| EbpfError::Load {
             what,
             cause,
             hint: diagnose(),
@@ -209,7 +212,7 @@ impl EbpfCapture {
                         mut ebpf,
                         listeners,
                         bypass,
-                    } = load_instance(ip).map_err(|(what, e)| fail(what, e))?;
+                    } = load_instance(ip, pod.dns).map_err(|(what, e)| fail(what, e))?;
                     let program = program(&mut ebpf).map_err(|e| fail("finding the program", e))?;
                     let id = program
                         .attach(&netns)
@@ -229,13 +232,21 @@ impl EbpfCapture {
             };
             // Filled (or refreshed, on a repeated ADD) after attaching: until then the program
             // refuses captured flows, which is what an incomplete capture must do.
+            let dns = [
+                (slot::DNS_TCP, fds.dns_tcp.as_ref()),
+                (slot::DNS_UDP, fds.dns_udp.as_ref()),
+            ];
+            let dns = dns
+                .into_iter()
+                .filter_map(|(slot, fd)| fd.map(|fd| (slot, fd)));
             for (slot, fd) in [
                 (slot::OUTBOUND, &fds.outbound),
                 (slot::INBOUND_PLAIN, &fds.inbound_plain),
                 (slot::HBONE, &fds.hbone),
-                (slot::DNS_TCP, &fds.dns_tcp),
-                (slot::DNS_UDP, &fds.dns_udp),
-            ] {
+            ]
+            .into_iter()
+            .chain(dns)
+            {
                 entry
                     .listeners
                     .set(slot, &fd.as_raw_fd(), 0)
@@ -243,7 +254,7 @@ impl EbpfCapture {
             }
         }
         // Rules last: until the program is attached, a flow made local would find no one.
-        routing::install(pod, ip, routing::rules(pod.mark, PROBE_SOURCE)).await?;
+        routing::install(pod, ip, routing::rules(pod.mark, PROBE_SOURCE, pod.dns)).await?;
         debug!(netns = %pod.netns.display(), "eBPF capture installed");
         Ok(())
     }

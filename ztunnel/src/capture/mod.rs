@@ -28,6 +28,8 @@ pub struct PodNetns {
     pub ip: IpAddr,
     /// The pod's netns, to make sockets in (netlink sockets must be made in there).
     pub worker: Netns,
+    /// Whether the pod's DNS goes to ztunnel's DNS proxy.
+    pub dns: bool,
 }
 
 /// The pod's in-pod listeners, for backends that hand flows to them by socket (eBPF).
@@ -37,8 +39,9 @@ pub struct ListenerFds {
     pub outbound: OwnedFd,
     pub inbound_plain: OwnedFd,
     pub hbone: OwnedFd,
-    pub dns_tcp: OwnedFd,
-    pub dns_udp: OwnedFd,
+    /// The DNS listeners, when the DNS proxy is on.
+    pub dns_tcp: Option<OwnedFd>,
+    pub dns_udp: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -34,9 +34,18 @@ pub const PROBE_SOURCE: &str = "169.254.7.127";
 const MASK: u32 = 0xfff;
 const TABLE: &str = "amesh";
 
-/// The whole ruleset, as one nft transaction.
-pub fn ruleset(mark: u32) -> String {
+/// The whole ruleset, as one nft transaction; without `dns`, DNS is left to the outbound
+/// rules (TCP) or untouched (UDP).
+pub fn ruleset(mark: u32, dns: bool) -> String {
     let mark = mark & MASK;
+    let dns_rules = if dns {
+        format!(
+            "meta nfproto ipv4 udp dport 53 redirect to :{port}\n    ip daddr != 127.0.0.1 tcp dport 53 redirect to :{port}\n    ",
+            port = ports::DNS
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"table inet {TABLE} {{}}
 delete table inet {TABLE}
@@ -60,16 +69,13 @@ table inet {TABLE} {{
     ip daddr {PROBE_SOURCE} meta l4proto tcp return
     meta mark & {MASK:#x} == {mark:#x} return
     ct mark & {MASK:#x} == {CONNMARK:#x} return
-    meta nfproto ipv4 udp dport 53 redirect to :{dns}
-    ip daddr != 127.0.0.1 tcp dport 53 redirect to :{dns}
-    oifname "lo" return
+    {dns_rules}oifname "lo" return
     meta l4proto tcp ip daddr != 127.0.0.1 redirect to :{outbound}
   }}
 }}
 "#,
         hbone = ports::HBONE,
         inbound = ports::INBOUND_PLAIN,
-        dns = ports::DNS,
         outbound = ports::OUTBOUND,
     )
 }
@@ -180,7 +186,7 @@ pub async fn install(pod: &PodNetns) -> Result<(), CaptureError> {
         )
         .await?;
     }
-    run(pod, "nft", &["-f", "-"], Some(&ruleset(pod.mark))).await?;
+    run(pod, "nft", &["-f", "-"], Some(&ruleset(pod.mark, pod.dns))).await?;
     Ok(())
 }
 
@@ -230,7 +236,7 @@ mod tests {
 
     #[test]
     fn ruleset_names_istio_ports_and_marks() {
-        let r = ruleset(0x539);
+        let r = ruleset(0x539, true);
         assert!(r.contains("redirect to :15001"));
         assert!(r.contains("redirect to :15006"));
         assert!(r.contains("redirect to :15053"));
@@ -238,5 +244,15 @@ mod tests {
         assert!(r.contains("meta mark & 0xfff == 0x539"));
         assert!(r.contains("ct mark set ct mark & 0xfffff000 | 0x111"));
         assert!(r.contains("ip saddr 169.254.7.127"));
+        // IPv4 only: nothing redirects IPv6 into listeners that are not there.
+        assert!(!r.contains("ip6 daddr"), "{r}");
+    }
+
+    #[test]
+    fn without_the_dns_proxy_dns_is_not_redirected_to_it() {
+        let r = ruleset(0x539, false);
+        assert!(!r.contains("dport 53"), "{r}");
+        assert!(!r.contains(":15053"), "{r}");
+        assert!(r.contains("redirect to :15001"));
     }
 }

@@ -55,7 +55,8 @@ pub struct Rule {
 }
 
 /// The rules for a node whose ztunnel marks its sockets with `mark`.
-pub fn rules(mark: u32, probe_source: Ipv4Addr) -> Vec<Rule> {
+/// The rules of a pod; without `dns`, DNS over UDP is not made local (nothing would take it).
+pub fn rules(mark: u32, probe_source: Ipv4Addr, dns: bool) -> Vec<Rule> {
     let base = Rule {
         priority: 0,
         table: MAIN,
@@ -65,7 +66,7 @@ pub fn rules(mark: u32, probe_source: Ipv4Addr) -> Vec<Rule> {
         ipproto: None,
         dport: None,
     };
-    vec![
+    let mut rules = vec![
         Rule {
             priority: *PRIORITIES.start(),
             to: Some(probe_source),
@@ -91,7 +92,11 @@ pub fn rules(mark: u32, probe_source: Ipv4Addr) -> Vec<Rule> {
             dport: Some(53),
             ..base
         },
-    ]
+    ];
+    if !dns {
+        rules.pop();
+    }
+    rules
 }
 
 impl Rule {

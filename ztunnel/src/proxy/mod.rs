@@ -43,6 +43,8 @@ pub struct Shared {
     pub resolvers: Resolvers,
     /// The cluster's DNS domain (`cluster.local`), for service hostnames.
     pub cluster_domain: String,
+    /// Whether pods' DNS goes to ztunnel's DNS proxy (`ISTIO_META_DNS_CAPTURE`).
+    pub dns_capture: bool,
 }
 
 /// A captured pod, as the CNI plugin (or the state file) described it.

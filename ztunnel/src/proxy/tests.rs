@@ -29,6 +29,7 @@ async fn an_outbound_connection_future_stays_small() {
         limits: Default::default(),
         resolvers: crate::dns::Resolvers::new("/etc/resolv.conf"),
         cluster_domain: "cluster.local".into(),
+        dns_capture: true,
     });
     // Our own netns stands in for a pod's: the future is built, never run.
     let netns = Netns::open_own(std::path::Path::new("/proc/self/ns/net")).unwrap();
