@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use controller::Manifests;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,6 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh::certs::LocalCa;
 use serde_json::json;
 use tokio::net::TcpListener;
+
+use crate::loaded::LoadedManifests;
 
 /// The API server's port (Kubernetes' secure port).
 pub const PORT: u16 = 6443;
@@ -99,6 +102,7 @@ pub fn kubeconfig(server: &str, ca_file: &Path, token: &str) -> String {
 impl ApiServer {
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let manifests = Arc::new(LoadedManifests::new(self.manifests.clone()));
         let server = Arc::new(self);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
@@ -110,7 +114,8 @@ impl ApiServer {
                     continue;
                 }
             };
-            let (server, acceptor) = (server.clone(), acceptor.clone());
+            let (server, manifests, acceptor) =
+                (server.clone(), manifests.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let Ok(Ok(tls)) =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -118,8 +123,8 @@ impl ApiServer {
                     return;
                 };
                 let service = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.answer(&req)) }
+                    let answer = server.answer(&manifests, &req);
+                    async move { Ok::<_, Infallible>(answer) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -128,7 +133,11 @@ impl ApiServer {
         }
     }
 
-    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn answer(
+        &self,
+        manifests: &LoadedManifests,
+        req: &Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         if path == "/version" || path == "/healthz" || path == "/livez" || path == "/readyz" {
             return if path == "/version" {
@@ -158,8 +167,8 @@ impl ApiServer {
         }
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match parts.as_slice() {
-            ["api", "v1", "namespaces", ns, "pods", name] => self.pod(ns, name),
-            ["api", "v1", "namespaces", ns] => self.namespace(ns),
+            ["api", "v1", "namespaces", ns, "pods", name] => pod(&manifests.get(), ns, name),
+            ["api", "v1", "namespaces", ns] => namespace(&manifests.get(), ns),
             _ => status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -167,49 +176,46 @@ impl ApiServer {
             ),
         }
     }
+}
 
-    fn pod(&self, namespace: &str, name: &str) -> Response<Full<Bytes>> {
-        let loaded = controller::load_dir(&self.manifests);
-        let key = controller::manifests::ObjectKey::new(namespace, name);
-        match loaded.manifests.pods.get(&key) {
-            Some(pod) => reply(StatusCode::OK, json!(pod)),
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("pods \"{name}\" not found"),
-            ),
-        }
-    }
-
-    fn namespace(&self, name: &str) -> Response<Full<Bytes>> {
-        let loaded = controller::load_dir(&self.manifests);
-        let m = &loaded.manifests;
-        if let Some(ns) = m.namespaces.get(name) {
-            return reply(StatusCode::OK, json!(ns));
-        }
-        // A namespace holding objects exists in a cluster even when no manifest declares it.
-        let used: BTreeSet<&str> = m
-            .pods
-            .keys()
-            .chain(m.services.keys())
-            .map(|k| k.namespace.as_str())
-            .collect();
-        if BUILT_IN_NAMESPACES.contains(&name) || used.contains(name) {
-            let ns = Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            };
-            return reply(StatusCode::OK, json!(ns));
-        }
-        status(
+fn pod(m: &Manifests, namespace: &str, name: &str) -> Response<Full<Bytes>> {
+    let key = controller::manifests::ObjectKey::new(namespace, name);
+    match m.pods.get(&key) {
+        Some(pod) => reply(StatusCode::OK, json!(pod)),
+        None => status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("namespaces \"{name}\" not found"),
-        )
+            &format!("pods \"{name}\" not found"),
+        ),
     }
+}
+
+fn namespace(m: &Manifests, name: &str) -> Response<Full<Bytes>> {
+    if let Some(ns) = m.namespaces.get(name) {
+        return reply(StatusCode::OK, json!(ns));
+    }
+    // A namespace holding objects exists in a cluster even when no manifest declares it.
+    let used: BTreeSet<&str> = m
+        .pods
+        .keys()
+        .chain(m.services.keys())
+        .map(|k| k.namespace.as_str())
+        .collect();
+    if BUILT_IN_NAMESPACES.contains(&name) || used.contains(name) {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        return reply(StatusCode::OK, json!(ns));
+    }
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("namespaces \"{name}\" not found"),
+    )
 }
 
 fn reply(code: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

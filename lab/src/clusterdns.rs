@@ -14,6 +14,8 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::net::UdpSocket;
 
+use crate::loaded::LoadedManifests;
+
 /// Seconds a record may be cached.
 const TTL: u32 = 5;
 
@@ -22,6 +24,7 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// Serves DNS over UDP on `addr` from the manifests in `manifests`, until the process ends.
 pub async fn run(manifests: PathBuf, addr: SocketAddr) -> std::io::Result<()> {
+    let manifests = LoadedManifests::new(manifests);
     let socket = UdpSocket::bind(addr).await?;
     tracing::info!(%addr, "cluster DNS listening");
     let mut buf = vec![0u8; 4096];
@@ -47,7 +50,7 @@ pub async fn run(manifests: PathBuf, addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// The answer to one query, from the manifests as they are now.
-pub fn answer(manifests: &std::path::Path, query: &Message) -> Message {
+pub fn answer(manifests: &LoadedManifests, query: &Message) -> Message {
     let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
     reply.metadata.recursion_desired = query.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
@@ -76,14 +79,13 @@ pub fn answer(manifests: &std::path::Path, query: &Message) -> Message {
 }
 
 /// The addresses of a Service's name, `None` if no Service has it.
-fn addresses(manifests: &std::path::Path, name: &str) -> Option<Vec<Ipv4Addr>> {
+fn addresses(manifests: &LoadedManifests, name: &str) -> Option<Vec<Ipv4Addr>> {
     let suffix = format!(".svc.{CLUSTER_DOMAIN}");
     let (service, namespace) = name.strip_suffix(&suffix)?.split_once('.')?;
     if namespace.contains('.') {
         return None;
     }
-    let loaded = controller::load_dir(manifests);
-    let m = &loaded.manifests;
+    let m = manifests.get();
     let key = controller::manifests::ObjectKey::new(namespace, service);
     let spec = m.services.get(&key)?.spec.clone().unwrap_or_default();
     match spec.cluster_ip.as_deref() {

@@ -19,6 +19,7 @@ pub mod cmd;
 pub mod demo;
 pub mod echo;
 pub mod hooks;
+pub mod loaded;
 pub mod mesh;
 pub mod netns;
 pub mod plan;

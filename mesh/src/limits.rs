@@ -85,6 +85,14 @@ impl SourceLimits {
         })
     }
 
+    /// Admits a connection just accepted as descriptor `fd` from `source`: only while the
+    /// process keeps its descriptor headroom ([`check_descriptor_headroom`]) and the limits
+    /// have room.
+    pub fn admit(self: &Arc<Self>, fd: i32, source: IpAddr) -> Result<Permit, Refused> {
+        check_descriptor_headroom(self.what, fd)?;
+        self.try_acquire(source)
+    }
+
     /// Connections admitted and not yet released.
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Acquire)
@@ -136,10 +144,6 @@ impl RefusalCounter {
     pub fn count(&self) -> (u64, bool) {
         let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
         (n, n.is_power_of_two())
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub use lab;
 
 pub mod dns;
+pub mod policies;
 pub mod probe;
 use lab::mesh::MeshOptions;
 use lab::{Lab, LabOptions};
@@ -111,6 +112,26 @@ impl MeshLab {
             .find(|p| p.name == name)
             .map(|p| p.pid)
             .unwrap_or_else(|| panic!("no lab process named {name:?}"))
+    }
+
+    /// The names of the authorization policies `node`'s ztunnel holds now (its admin
+    /// `/config_dump`, which listens on the loopback of ztunnel's pod).
+    pub fn ztunnel_policies(&self, node: &str) -> Vec<String> {
+        let pod = self.node(node).ztunnel.expect("the node's ztunnel pod");
+        let admin: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        let body = lab::netns::run_in(&pod.netns, move || {
+            lab::mesh::http_get(admin, "/config_dump")
+        })
+        .expect("enter ztunnel's netns")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+        let dump: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        dump["config"]["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// The pid of `node`'s ztunnel.

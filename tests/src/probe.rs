@@ -194,3 +194,29 @@ pub fn raise_own_fd_limit() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// How many connections wait in the accept queue of the listener on `addr` in `netns`
+/// (`/proc/net/tcp`'s rx_queue of a listening socket); `None` when nothing listens there.
+/// Zero means the owner has taken (or closed) every connection handed to it so far.
+pub fn accept_queue(netns: &str, addr: std::net::SocketAddrV4) -> Option<u32> {
+    // The table is little-endian hex on this machine: "0100007F:3AED" is 127.0.0.1:15085.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    let table = lab::netns::run_in(netns, || {
+        // thread-self: the table of the netns this thread entered, not the process's.
+        std::fs::read_to_string("/proc/thread-self/net/tcp")
+    })
+    .expect("enter the netns")
+    .expect("read /proc/thread-self/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local_address, state 0A (LISTEN), tx_queue:rx_queue.
+        if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+            return None;
+        }
+        u32::from_str_radix(fields.get(4)?.split_once(':')?.1, 16).ok()
+    })
+}

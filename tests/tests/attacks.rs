@@ -9,7 +9,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use e2e::probe::{cpu_seconds_over, raise_own_fd_limit, ConnectOutcome, HboneProbe, ProcStats};
+use e2e::policies::{ALLOW_CLIENT_A, DENY_CLIENT_B, STRICT_MESH};
+use e2e::probe::{
+    accept_queue, cpu_seconds_over, raise_own_fd_limit, ConnectOutcome, HboneProbe, ProcStats,
+};
 use e2e::{addr, wait_for, MeshLab};
 
 /// Every port ztunnel serves (Istio's): none may be a tunnel's or a plaintext connection's
@@ -260,36 +263,6 @@ fn a_forged_forwarded_header_is_not_a_source_address() {
     );
 }
 
-const DENY_CLIENT_B: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-client-b, namespace: mesh}
-spec:
-  selector: {matchLabels: {app: server}}
-  action: DENY
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/mesh/sa/client-b"]}}]
-"#;
-
-const ALLOW_ONLY_A: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-only-a, namespace: mesh}
-spec:
-  selector: {matchLabels: {app: server}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/mesh/sa/client-a"]}}]
-"#;
-
-const STRICT: &str = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: strict, namespace: mesh}
-spec:
-  mtls: {mode: STRICT}
-"#;
-
 /// Invalid edits of a policy, as the attacker's run made them: (how, from, to).
 const EDITS: &[(&str, &str, &str)] = &[
     ("misspelt action", "action: DENY", "action: DENYY"),
@@ -331,7 +304,8 @@ fn break_and_check(
         .filter(|(_, from, _)| valid.contains(from))
         .collect();
     assert!(edits.len() >= 3, "{name}: only {} edits apply", edits.len());
-    for (how, from, to) in edits {
+    let nodes: Vec<String> = m.lab.state().nodes.iter().map(|n| n.name.clone()).collect();
+    for (round, (how, from, to)) in edits.into_iter().enumerate() {
         let broken = valid.replacen(from, to, 1);
         let rejections = |log: &std::path::Path| {
             std::fs::read_to_string(log)
@@ -353,8 +327,23 @@ fn break_and_check(
                 || rejections(log) > before,
             );
         }
-        // Give the config a moment to reach ztunnel, had it changed.
-        std::thread::sleep(Duration::from_millis(1500));
+        // With the controller, a harmless marker applied after the rejection is a barrier:
+        // once every ztunnel holds it, whatever the controller made of the broken file has
+        // reached them too. With the local-file control plane the folder was refused as a
+        // whole, so ztunnel's config did not change at all.
+        if controller_log.is_some() {
+            let marker = format!("marker-{round}");
+            // The lab's own translation still refuses the folder with the broken file in it;
+            // the controller reads the marker regardless.
+            let _ = lab::mesh::apply(&m.lab, "marker", &e2e::policies::marker(&marker));
+            for node in &nodes {
+                wait_for(
+                    &format!("{node}'s ztunnel to hold {marker}"),
+                    Duration::from_secs(10),
+                    || m.ztunnel_policies(node).contains(&marker),
+                );
+            }
+        }
         if let Err(e) = still_enforced() {
             panic!("{name} after an invalid edit ({how}) is no longer enforced: {e}");
         }
@@ -372,6 +361,9 @@ fn break_and_check(
     }
     // Put the valid version back, for the next check.
     let _ = lab::mesh::apply(&m.lab, name, valid);
+    if controller_log.is_some() {
+        lab::mesh::remove(&m.lab, "marker").unwrap();
+    }
 }
 
 #[test]
@@ -400,11 +392,11 @@ fn invalid_edits_keep_policies_in_force() {
     // ALLOW only client-a: everyone else, plaintext from outside the mesh included, is out.
     m.apply_and_wait(
         "allow-only-a",
-        ALLOW_ONLY_A,
+        ALLOW_CLIENT_A,
         "the outsider to be refused",
         || m.http("outsider", server).is_err(),
     );
-    break_and_check(&m, "allow-only-a", ALLOW_ONLY_A, || {
+    break_and_check(&m, "allow-only-a", ALLOW_CLIENT_A, || {
         if let Ok(r) = m.http("outsider", server) {
             return Err(format!("the outsider got through to {}", r.pod));
         }
@@ -422,12 +414,14 @@ fn invalid_edits_keep_policies_in_force() {
         || m.http("outsider", server).is_ok(),
     );
     // STRICT: no plaintext.
-    m.apply_and_wait("strict", STRICT, "plaintext to be refused", || {
+    m.apply_and_wait("strict", STRICT_MESH, "plaintext to be refused", || {
         m.http("outsider", server).is_err()
     });
-    break_and_check(&m, "strict", STRICT, || match m.http("outsider", server) {
-        Ok(r) => Err(format!("plaintext got through to {}", r.pod)),
-        Err(_) => Ok(()),
+    break_and_check(&m, "strict", STRICT_MESH, || {
+        match m.http("outsider", server) {
+            Ok(r) => Err(format!("plaintext got through to {}", r.pod)),
+            Err(_) => Ok(()),
+        }
     });
 }
 
@@ -536,7 +530,8 @@ fn idle_dns_over_tcp_connections_are_bounded() {
     let mut live = LiveTunnel::open(&m, "client-a", addr(m.ip("client-b"), 7000));
     let baseline = ProcStats::read(pid);
     raise_own_fd_limit();
-    let dns = addr(IpAddr::from([127, 0, 0, 1]), 15053);
+    let dns_listener = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), 15053);
+    let dns = SocketAddr::V4(dns_listener);
     let netns = m.lab.pod("server-2").unwrap().netns.clone();
     // Each says "a 65,535-byte query follows" and then nothing.
     let (held, refused) = lab::netns::run_in(&netns, || {
@@ -554,7 +549,12 @@ fn idle_dns_over_tcp_connections_are_bounded() {
         (held, refused)
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Measure once ztunnel has dealt with every connection: taken it or closed it.
+    wait_for(
+        "ztunnel to take or close every DNS connection",
+        Duration::from_secs(15),
+        || accept_queue(&netns, dns_listener) == Some(0),
+    );
     let during = ProcStats::read(pid);
     eprintln!(
         "DNS/TCP idle flood: {} connections held ({refused} refused); node2 ztunnel: {} descriptors (before {}), RSS {} KiB (before {})",
@@ -599,12 +599,19 @@ fn a_burst_of_forwarded_dns_queries_is_bounded() {
     // The node's upstream resolver (the lab's root netns) takes queries and never answers:
     // each forwarded query waits for it as long as ztunnel lets it.
     m.signal(lab::cluster::CLUSTER_DNS, "KILL");
-    std::thread::sleep(Duration::from_millis(200));
     let root = m.lab.state().root_netns.clone();
     let upstream = addr(m.lab.state().root_ip.into(), 53);
-    let swallow = lab::netns::run_in(&root, || UdpSocket::bind(upstream))
-        .unwrap()
-        .unwrap();
+    // The port is free once the killed process is gone.
+    let swallow = std::cell::RefCell::new(None);
+    wait_for(
+        "the cluster DNS's port to be free",
+        Duration::from_secs(10),
+        || {
+            let bound = lab::netns::run_in(&root, || UdpSocket::bind(upstream)).unwrap();
+            bound.map(|s| *swallow.borrow_mut() = Some(s)).is_ok()
+        },
+    );
+    let swallow = swallow.into_inner().unwrap();
     let baseline = ProcStats::read(pid);
     let netns = m.lab.pod("server-2").unwrap().netns.clone();
     let sent = lab::netns::run_in(&netns, move || {

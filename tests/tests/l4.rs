@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use e2e::policies::{ALLOW_CLIENT_A, DENY_CLIENT_B, STRICT_MESH};
 use e2e::{addr, wait_for, MeshLab};
 
 const CLIENT_A: &str = "spiffe://cluster.local/ns/mesh/sa/client-a";
@@ -157,14 +158,6 @@ fn the_node_link_carries_tls_not_plaintext() {
     );
 }
 
-const STRICT_NS: &str = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: strict, namespace: mesh}
-spec:
-  mtls: {mode: STRICT}
-"#;
-
 #[test]
 fn plaintext_is_allowed_under_permissive_and_refused_under_strict() {
     let m = MeshLab::up("l4", 2);
@@ -179,23 +172,12 @@ fn plaintext_is_allowed_under_permissive_and_refused_under_strict() {
             .unwrap(),
         b"out"
     );
-    m.apply_and_wait("strict", STRICT_NS, "STRICT to refuse plaintext", || {
+    m.apply_and_wait("strict", STRICT_MESH, "STRICT to refuse plaintext", || {
         m.http("outsider", server).is_err()
     });
     // mTLS callers are unaffected.
     assert_eq!(m.http("client-a", server).unwrap().pod, "server-2");
 }
-
-const ALLOW_A: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-a, namespace: mesh}
-spec:
-  selector: {matchLabels: {app: server}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/mesh/sa/client-a"]}}]
-"#;
 
 const DENY_9090: &str = r#"
 apiVersion: security.istio.io/v1
@@ -214,9 +196,12 @@ fn allow_by_principal_and_deny_on_a_port() {
     let http = addr(m.ip("server-1"), 8080);
     let admin = addr(m.ip("server-1"), 9090);
     assert!(m.http("client-b", http).is_ok());
-    m.apply_and_wait("allow-a", ALLOW_A, "ALLOW to refuse client-b", || {
-        m.http("client-b", http).is_err()
-    });
+    m.apply_and_wait(
+        "allow-a",
+        ALLOW_CLIENT_A,
+        "ALLOW to refuse client-b",
+        || m.http("client-b", http).is_err(),
+    );
     assert_eq!(m.http("client-a", http).unwrap().pod, "server-1");
     assert!(m.echo("client-a", admin, b"x").is_ok());
     m.apply_and_wait(
@@ -227,17 +212,6 @@ fn allow_by_principal_and_deny_on_a_port() {
     );
     assert!(m.http("client-a", http).is_ok(), "8080 stays allowed");
 }
-
-const DENY_B: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-b, namespace: mesh}
-spec:
-  selector: {matchLabels: {app: server}}
-  action: DENY
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/mesh/sa/client-b"]}}]
-"#;
 
 #[test]
 fn a_new_deny_closes_an_open_connection() {
@@ -254,7 +228,7 @@ fn a_new_deny_closes_an_open_connection() {
     let mut buf = [0u8; 5];
     conn.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"hello");
-    lab::mesh::apply(&m.lab, "deny-b", DENY_B).unwrap();
+    lab::mesh::apply(&m.lab, "deny-b", DENY_CLIENT_B).unwrap();
     // The open connection is cut: the read ends (reset or EOF) instead of waiting 10 s.
     let mut rest = [0u8; 16];
     let started = std::time::Instant::now();
@@ -421,7 +395,7 @@ fn ztunnels_keep_serving_while_the_controller_is_down() {
         assert_eq!(reply.source.ip(), m.ip(pod));
     }
     // A policy applied while the controller is down takes effect once it is back.
-    lab::mesh::apply(&m.lab, "allow-a", ALLOW_A).unwrap();
+    lab::mesh::apply(&m.lab, "allow-a", ALLOW_CLIENT_A).unwrap();
     assert!(
         m.http("client-b", server).is_ok(),
         "config changed without a controller"

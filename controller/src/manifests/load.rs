@@ -2,9 +2,12 @@
 //! path order, each split into documents that are parsed one by one, so that a bad object costs
 //! only itself.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -465,6 +468,55 @@ fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
 fn field_of_serde_message(message: &str) -> Option<String> {
     let (head, _) = message.split_once(": ")?;
     (!head.is_empty() && !head.contains(char::is_whitespace)).then(|| head.to_owned())
+}
+
+/// A hash of every file's path, size, mtime and content under `dir` (hidden entries skipped,
+/// as the loader skips them). Content is included because an editor can rewrite a file
+/// within one mtime tick at the same size.
+pub fn fingerprint(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    collect(dir, 0, &mut files);
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    for path in files {
+        path.hash(&mut hasher);
+        match fs::metadata(&path) {
+            Ok(meta) => {
+                meta.len().hash(&mut hasher);
+                meta.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .hash(&mut hasher);
+            }
+            Err(e) => e.kind().hash(&mut hasher),
+        }
+        match fs::read(&path) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(e) => e.kind().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
+fn collect(dir: &Path, depth: usize, files: &mut Vec<PathBuf>) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        // An unreadable folder still changes the fingerprint: it is in the list as itself.
+        files.push(dir.to_path_buf());
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => collect(&path, depth + 1, files),
+            _ => files.push(path),
+        }
+    }
 }
 
 #[cfg(test)]

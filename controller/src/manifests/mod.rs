@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use de::PortKey;
 pub use error::{ManifestError, ObjectRef};
 pub use gateway::{Gateway, HttpRoute};
-pub use load::{load_dir, load_yaml, KeptObject, LastValid, LoadResult};
+pub use load::{fingerprint, load_dir, load_yaml, KeptObject, LastValid, LoadResult};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Namespace given to namespaced objects that do not name one, as `kubectl apply` does.

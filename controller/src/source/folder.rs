@@ -9,23 +9,18 @@
 //! valid: its last valid version stays in force until the file is fixed ([`LastValid`]), so a
 //! typo in a DENY policy never stops it denying.
 
-use std::collections::hash_map::DefaultHasher;
-use std::fs;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::manifests::{LastValid, ManifestError, Manifests};
+use crate::manifests::{fingerprint, LastValid, ManifestError, Manifests};
 
 /// Default time between two scans of the folder.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(300);
-/// Directory depth scanned, as deep as the loader goes.
-const MAX_DEPTH: usize = 16;
 
 /// A watched folder of manifests.
 #[derive(Debug)]
@@ -131,54 +126,5 @@ fn error_file(error: &ManifestError) -> Option<&Path> {
     match error {
         ManifestError::Read { path, .. } => Some(path),
         ManifestError::Invalid { file, .. } | ManifestError::Duplicate { file, .. } => Some(file),
-    }
-}
-
-/// A hash of every file's path, size, mtime and content under `dir` (hidden entries skipped,
-/// as the loader skips them). Content is included because an editor can rewrite a file
-/// within one mtime tick at the same size.
-pub fn fingerprint(dir: &Path) -> u64 {
-    let mut files = Vec::new();
-    collect(dir, 0, &mut files);
-    files.sort();
-    let mut hasher = DefaultHasher::new();
-    for path in files {
-        path.hash(&mut hasher);
-        match fs::metadata(&path) {
-            Ok(meta) => {
-                meta.len().hash(&mut hasher);
-                meta.modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .hash(&mut hasher);
-            }
-            Err(e) => e.kind().hash(&mut hasher),
-        }
-        match fs::read(&path) {
-            Ok(bytes) => bytes.hash(&mut hasher),
-            Err(e) => e.kind().hash(&mut hasher),
-        }
-    }
-    hasher.finish()
-}
-
-fn collect(dir: &Path, depth: usize, files: &mut Vec<PathBuf>) {
-    if depth > MAX_DEPTH {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        // An unreadable folder still changes the fingerprint: it is in the list as itself.
-        files.push(dir.to_path_buf());
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => collect(&path, depth + 1, files),
-            _ => files.push(path),
-        }
     }
 }

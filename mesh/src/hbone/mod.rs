@@ -20,7 +20,7 @@ mod stream;
 pub use drain::{Drain, DrainWatch};
 pub use error::HboneError;
 pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
-pub use relay::{relay, relay_connecting, relay_tcp, RelayError, RelayStats};
+pub use relay::{abort_on_close, relay, relay_connecting, relay_tcp, RelayError, RelayStats};
 pub use request::{forwarded_header, ConnectRequest, Refusal};
 pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
 pub use settings::H2Settings;

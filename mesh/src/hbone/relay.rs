@@ -104,6 +104,12 @@ pub async fn relay_connecting(mut tcp: TcpStream, connecting: Connecting) -> Rel
     end(result, &tcp, &mut writer, stats)
 }
 
+/// Makes closing `tcp` abort the connection (RST, linger 0) instead of ending it cleanly, so
+/// the peer sees a refusal or a failure rather than an empty but orderly answer.
+pub fn abort_on_close(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+}
+
 /// Passes a failure on to the other side: a reset of the tunnel for a failed application
 /// connection, a TCP reset for a failed or refused tunnel.
 fn end(
@@ -117,7 +123,7 @@ fn end(
             RelayError::Downstream(_) => writer.reset(Reason::CANCEL),
             RelayError::Upstream(_) | RelayError::NotEstablished(_) => {
                 // Abort the TCP connection instead of closing it cleanly.
-                let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                abort_on_close(tcp);
                 writer.reset(Reason::CANCEL);
             }
         }
@@ -253,7 +259,7 @@ pub async fn relay_tcp(mut downstream: TcpStream, mut upstream: TcpStream) -> Re
     if let Err(e) = result {
         // Whichever side failed, abort both so neither mistakes the end for a clean close.
         for s in [&downstream, &upstream] {
-            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+            abort_on_close(s);
         }
         stats.error = Some(e);
     }

@@ -195,11 +195,10 @@ impl<H: ConnectHandler> Server<H> {
     /// A pending-handshake slot for a new connection, or why it gets none.
     fn admit(&self, tcp: &TcpStream, peer: SocketAddr) -> Result<Option<Permit>, Refused> {
         use std::os::fd::AsRawFd;
-        check_descriptor_headroom("HBONE connections", tcp.as_raw_fd())?;
-        self.pending
-            .as_ref()
-            .map(|limits| limits.try_acquire(peer.ip()))
-            .transpose()
+        match &self.pending {
+            Some(limits) => limits.admit(tcp.as_raw_fd(), peer.ip()).map(Some),
+            None => check_descriptor_headroom("HBONE connections", tcp.as_raw_fd()).map(|()| None),
+        }
     }
 
     /// Counts a refused connection (dropping it closes it); logs the 1st, 2nd, 4th, 8th, ...

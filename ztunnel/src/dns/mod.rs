@@ -245,14 +245,14 @@ pub async fn serve(
             use std::os::fd::AsRawFd;
             let headroom =
                 mesh::limits::check_descriptor_headroom("DNS connections", stream.as_raw_fd());
-            let Ok(permit) = pod.dns.tcp.clone().try_acquire_owned() else {
-                debug!("too many DNS connections open in this pod; closing a new one");
-                continue;
-            };
             if let Err(refused) = headroom {
                 debug!("closing a new DNS connection: {refused}");
                 continue;
             }
+            let Ok(permit) = pod.dns.tcp.clone().try_acquire_owned() else {
+                debug!("too many DNS connections open in this pod; closing a new one");
+                continue;
+            };
             let (shared, pod) = (shared.clone(), pod.clone());
             tokio::spawn(async move {
                 serve_tcp_conn(&shared, &pod, stream).await;

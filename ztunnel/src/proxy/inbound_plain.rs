@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mesh::authz::{authorize, ConnInfo};
+use mesh::hbone::abort_on_close;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
@@ -33,8 +34,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
     // ztunnel nears its descriptor limit (the rest is for established tunnels).
     let admitted = {
         use std::os::fd::AsRawFd;
-        mesh::limits::check_descriptor_headroom("plaintext connections", tcp.as_raw_fd())
-            .and_then(|()| shared.limits.plaintext.try_acquire(peer.ip()))
+        shared.limits.plaintext.admit(tcp.as_raw_fd(), peer.ip())
     };
     let _permit = match admitted {
         Ok(permit) => permit,
@@ -46,7 +46,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
                     "closing a plaintext connection at once: {refused}"
                 );
             }
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            abort_on_close(&tcp);
             return;
         }
     };
@@ -61,7 +61,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
         // Connecting there would bring this very connection back to this listener.
         info!(target: "access", direction = "inbound", protocol = "plaintext", src.addr = %peer,
             dst.addr = %target, "target port is ztunnel's own; refusing");
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+        abort_on_close(&tcp);
         return;
     }
     let snapshot = shared.state.snapshot();
@@ -90,7 +90,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
             dst.addr = %target, decision = %decision, "connection denied");
         shared.metrics.denied(labels);
         // Reset rather than close, so the client sees a refusal rather than an empty answer.
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+        abort_on_close(&tcp);
         return;
     }
     // A long connection must not keep this moment's whole config alive.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mesh::authz::{authorize, ConnInfo};
+use mesh::hbone::abort_on_close;
 use mesh::state::{Service, Workload};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -31,13 +32,10 @@ pub(crate) async fn serve(
     target: SocketAddr,
 ) {
     let start = Instant::now();
-    let reset = |tcp: &TcpStream| {
-        let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
-    };
     if ports::is_reserved(target.port()) {
         info!(target: "access", direction = "outbound", dst.addr = %target,
             "target port is ztunnel's own; refusing");
-        return reset(&tcp);
+        return abort_on_close(&tcp);
     }
     let conn = ConnInfo {
         src_ip: pod.info.ip,
@@ -61,7 +59,7 @@ pub(crate) async fn serve(
         info!(target: "access", direction = "inbound", src.addr = %peer, src.identity = %pod.identity,
             dst.addr = %target, decision = %decision, "connection denied");
         shared.metrics.denied(labels(Reporter::Destination));
-        return reset(&tcp);
+        return abort_on_close(&tcp);
     }
     let source = shared.metrics.open(labels(Reporter::Source));
     let destination = shared.metrics.open(labels(Reporter::Destination));
@@ -86,7 +84,7 @@ pub(crate) async fn serve(
             source.close(0, 0, Some("UF"));
             destination.close(0, 0, Some("UF"));
             warn!(%target, error = %e, "connecting to the pod's own app failed");
-            reset(&tcp);
+            abort_on_close(&tcp);
         }
     }
 }
