@@ -16,6 +16,7 @@ const PROTO_FILES: &[&str] = &[
     "istio/workload/zds.proto",
     "istio/security/authorization.proto",
     "istio/v1/auth/ca.proto",
+    "amesh/l7/v1/l7.proto",
 ];
 
 fn main() -> ExitCode {

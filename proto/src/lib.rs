@@ -13,6 +13,7 @@
 //! | `istio.workload.zds` | [`istio::workload::zds`] |
 //! | `istio.security` | [`istio::security`] |
 //! | `istio.v1.auth` | [`istio::v1::auth`] (CA client and server) |
+//! | `amesh.l7.v1` | [`amesh::l7::v1`] (waypoint routes and L7 policy) |
 //!
 //! Well-known types (`google.protobuf.Any`, `Struct`, `Duration`, `Empty`) are the ones from
 //! [`prost_types`]; `google.protobuf.UInt32Value` becomes `Option<u32>`.
@@ -84,6 +85,25 @@ pub mod istio {
         #[allow(clippy::all)]
         pub mod auth {
             include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
+        }
+    }
+}
+
+/// xDS type URL of [`amesh::l7::v1::ServiceRoutes`] resources (waypoints only).
+pub const SERVICE_ROUTES_TYPE_URL: &str = "type.googleapis.com/amesh.l7.v1.ServiceRoutes";
+
+/// xDS type URL of [`amesh::l7::v1::Authorization`] resources (waypoints only).
+pub const L7_AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/amesh.l7.v1.Authorization";
+
+/// amesh's own packages.
+pub mod amesh {
+    /// `amesh.l7.*`
+    pub mod l7 {
+        /// `amesh.l7.v1`: what a waypoint needs beyond ztunnel's types: HTTP routes per
+        /// service and L7 authorization policies (see `proto/amesh/l7/v1/l7.proto`).
+        #[allow(clippy::all)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/amesh.l7.v1.rs"));
         }
     }
 }
