@@ -1,7 +1,7 @@
 //! `ztunnel`: reads its configuration from the environment, sets up logging and the runtime,
 //! runs until SIGTERM and drains.
 
-use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
+use mesh::telemetry::LogFormat;
 
 const USAGE: &str = "\
 ztunnel: amesh's node proxy (Istio ambient's ztunnel, wire compatible)
@@ -47,18 +47,18 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    if config.json_logs {
-        registry.with(fmt::layer().json()).init();
+    let format = if config.json_logs {
+        LogFormat::Json
     } else {
-        registry.with(fmt::layer()).init();
-    }
-    let log_reload: ztunnel::admin::LogReload = Box::new(move |level: &str| {
-        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(f).map_err(|e| e.to_string())
-    });
+        LogFormat::Text
+    };
+    let log_reload = match mesh::telemetry::init(format) {
+        Ok(reload) => reload,
+        Err(e) => {
+            eprintln!("ztunnel: {e}");
+            std::process::exit(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .enable_all()

@@ -1,7 +1,5 @@
 //! Wiring: builds ztunnel's parts from its [`Config`] and runs them until told to stop.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,11 +9,10 @@ use mesh::certs::{
 use mesh::hbone::H2Settings;
 use mesh::state::StateStore;
 use mesh::tls::TlsContext;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::admin::{self, Admin, Endpoint, LogReload};
+use crate::admin::{Admin, Endpoint, LogReload, Readiness, Report};
 use crate::capture::CaptureMode;
 use crate::config::{CaSource, Config, ConfigSource, ProxyMode};
 use crate::dns::Resolvers;
@@ -112,11 +109,13 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         pods = pods.with_own_netns();
     }
     let pods = Arc::new(pods);
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Readiness::default();
     let quit = Arc::new(Notify::new());
     let admin = Arc::new(Admin {
-        shared: shared.clone(),
-        pods: pods.clone(),
+        source: Report {
+            shared: shared.clone(),
+            pods: pods.clone(),
+        },
         ready: ready.clone(),
         log_reload,
         quit: quit.clone(),
@@ -126,8 +125,8 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         (config.stats_addr, Endpoint::Stats),
         (config.readiness_addr, Endpoint::Readiness),
     ] {
-        let listener = bind(addr, endpoint).await?;
-        tokio::spawn(admin::serve(listener, admin.clone(), endpoint));
+        let listener = mesh::admin::bind(addr, endpoint).await?;
+        tokio::spawn(mesh::admin::serve(listener, admin.clone(), endpoint));
     }
 
     // Ready means: config synced, and every pod we had before a restart captured again.
@@ -185,23 +184,17 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
             None
         }
     };
-    ready.store(true, Ordering::Release);
+    ready.set(true);
     info!(node = %config.node_name, "ztunnel ready");
 
     tokio::select! {
         _ = shutdown_signal() => info!("signal received: draining"),
         _ = quit.notified() => info!("/quitquitquit: draining"),
     }
-    ready.store(false, Ordering::Release);
+    ready.set(false);
     pods.shutdown(config.drain_deadline).await;
     info!("drained; exiting");
     Ok(())
-}
-
-async fn bind(addr: SocketAddr, endpoint: Endpoint) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("binding the {endpoint:?} endpoint on {addr} (is another ztunnel running?)")
-    })
 }
 
 /// Starts the configured source; the returned future resolves once the first config arrived.

@@ -1,0 +1,231 @@
+//! The HTTP endpoints every amesh proxy serves, as Istio's proxies do: admin on 15000
+//! (`/config_dump`, `/logging`, `/quitquitquit`), Prometheus on 15020 (`/metrics`,
+//! `/stats/prometheus`) and readiness on 15021 (`/healthz/ready`).
+//!
+//! What the endpoints report comes from the binary through [`AdminSource`]; readiness is a
+//! [`Readiness`] flag the binary sets, and `/quitquitquit` notifies a [`Notify`] the binary
+//! waits on. Each endpoint serves at most [`MAX_CONNECTIONS`] clients at once (more wait in the
+//! listen queue), and a client gets [`REQUEST_TIMEOUT`] to send its headers.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::accept::AcceptLoop;
+use crate::certs::CertStore;
+use crate::telemetry::LogReload;
+
+/// What a proxy reports on its admin and Prometheus endpoints.
+pub trait AdminSource: Send + Sync + 'static {
+    /// Everything the proxy currently knows, for operators (`/config_dump`).
+    fn config_dump(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// Its metrics in Prometheus text exposition (`/metrics`, `/stats/prometheus`).
+    fn metrics(&self) -> String;
+}
+
+/// Whether the proxy takes traffic (`/healthz/ready`): set once it has what it needs to
+/// serve, cleared when it starts draining. Cheap to clone; clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The admin endpoints of one proxy, shared by the three listeners.
+pub struct Admin<S> {
+    /// What `/config_dump` and `/metrics` report.
+    pub source: S,
+    /// Read by `/healthz/ready`.
+    pub ready: Readiness,
+    /// Changes the log filter (`/logging?level=`); `None` where the process cannot (tests).
+    pub log_reload: Option<LogReload>,
+    /// Notified by `/quitquitquit`; the binary drains when it fires.
+    pub quit: Arc<Notify>,
+}
+
+/// Which set of routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// 15000: `/config_dump`, `/logging`, `/quitquitquit`.
+    Admin,
+    /// 15020: `/metrics`, `/stats/prometheus`.
+    Stats,
+    /// 15021: `/healthz/ready`.
+    Readiness,
+}
+
+/// Connections one endpoint serves at once; more wait in the listen queue. Scrapers and
+/// probes use one or two: this only stops a flood from taking the proxy's descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client gets this long to send its request headers, and six times as long in all.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `addr` for `endpoint`; the error names both and the usual cause.
+pub async fn bind(addr: SocketAddr, endpoint: Endpoint) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the {endpoint:?} endpoint on {addr} (is another proxy running?)")
+    })
+}
+
+/// Serves `endpoint` on `listener` for the life of the process: the admin endpoints keep
+/// answering while the proxy drains (readiness must say "not ready", scrapers still scrape).
+pub async fn serve<S: AdminSource>(
+    listener: TcpListener,
+    admin: Arc<Admin<S>>,
+    endpoint: Endpoint,
+) {
+    AcceptLoop::new("admin")
+        .max_connections(MAX_CONNECTIONS)
+        .run(listener, move |stream, _peer| {
+            Some(serve_conn(stream, admin.clone(), endpoint))
+        })
+        .await
+}
+
+/// One admin connection: HTTP/1.1 with the header timeout, closed after a minute whatever
+/// it does, so a client cannot hold one of the few slots forever.
+async fn serve_conn<S: AdminSource>(stream: TcpStream, admin: Arc<Admin<S>>, endpoint: Endpoint) {
+    let service = hyper::service::service_fn(move |req| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(route(&admin, endpoint, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(REQUEST_TIMEOUT * 6, conn).await {
+        Ok(Err(e)) => warn!(error = %e, "admin connection failed"),
+        Err(_) => warn!("admin connection open for over a minute; closing it"),
+        Ok(Ok(())) => {}
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(
+        StatusCode::OK,
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn route<S: AdminSource, B>(
+    admin: &Admin<S>,
+    endpoint: Endpoint,
+    req: Request<B>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (endpoint, req.method(), path) {
+        (Endpoint::Readiness, _, "/healthz/ready") => {
+            if admin.ready.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Endpoint::Stats, &Method::GET, "/metrics" | "/stats/prometheus") => {
+            let mut r = text(StatusCode::OK, admin.source.metrics());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (Endpoint::Admin, &Method::GET, "/config_dump") => json(&admin.source.config_dump().await),
+        (Endpoint::Admin, _, "/logging") => logging(admin, req.uri().query()),
+        (Endpoint::Admin, &Method::POST, "/quitquitquit") => {
+            admin.quit.notify_one();
+            text(StatusCode::OK, "draining\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/logging?level=<filter>`: replaces the log filter (`RUST_LOG` syntax).
+fn logging<S>(admin: &Admin<S>, query: Option<&str>) -> Response<Full<Bytes>> {
+    let level = query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("level="))
+            .map(str::to_string)
+    });
+    match (level, &admin.log_reload) {
+        (None, _) => text(
+            StatusCode::OK,
+            "use /logging?level=<filter>, e.g. level=debug or level=info,access=debug\n",
+        ),
+        (Some(_), None) => text(
+            StatusCode::NOT_IMPLEMENTED,
+            "log level cannot be changed in this process\n",
+        ),
+        (Some(l), Some(reload)) => match reload(&l) {
+            Ok(()) => text(StatusCode::OK, format!("log level set to {l}\n")),
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid level {l:?}: {e}\n"),
+            ),
+        },
+    }
+}
+
+/// The certificates part of a `/config_dump`: identity, serial and validity of each
+/// certificate in `store`.
+pub fn certificates(store: &CertStore) -> serde_json::Value {
+    store
+        .list()
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "identity": c.identity.to_string(),
+                "serial": c.serial,
+                "notBefore": rfc3339(c.not_before),
+                "notAfter": rfc3339(c.not_after),
+            })
+        })
+        .collect()
+}
+
+/// A time as RFC 3339 in UTC, or as seconds since the epoch if it cannot be formatted.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+#[cfg(test)]
+mod tests;
