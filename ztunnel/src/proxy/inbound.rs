@@ -1,8 +1,10 @@
 //! Inbound HBONE (15008 in the pod): the peer proved its identity with mTLS; check the target is
-//! this pod, authorize, connect to the app (from the original client address where the pod's
-//! policy route allows it, see [`super::Pod::original_source`]), and carry bytes.
-//! A live connection is re-checked whenever policy changes and cut if it is now denied.
+//! this pod (never a service VIP or another pod: ztunnel is no one's waypoint), authorize,
+//! connect to the app (from the original client address where the pod's policy route allows
+//! it, see [`super::Pod::original_source`]), and carry bytes. A live connection is re-checked
+//! whenever policy changes and cut if it is now denied.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,9 +12,26 @@ use mesh::authz::{authorize, ConnInfo};
 use mesh::hbone::{relay, ConnectHandler, ConnectRequest, PendingTunnel, Refusal};
 use tracing::{debug, info};
 
-use super::{Pod, Shared};
+use super::{Pod, PodInfo, Shared};
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
 use crate::sockets::ports;
+
+/// Why a CONNECT to `target` is not for the pod `pod`, if it is not.
+///
+/// ztunnel is nobody's waypoint, so only the pod's own address is a target here. A waypoint
+/// sends what it forwards to the pod's own `ip:port` too, and is authorized like any caller,
+/// with the identity its certificate proved. A service VIP or another pod's address is what
+/// only that destination's waypoint may be asked for: refused, or any caller could reach a
+/// service's pods around its waypoint's L7 policy.
+pub(crate) fn foreign_target(pod: &PodInfo, target: SocketAddr) -> Option<String> {
+    (target.ip() != pod.ip).then(|| {
+        format!(
+            "target {target} is not this pod ({}/{} at {}); a service VIP or another pod is \
+             accepted only by that destination's waypoint",
+            pod.namespace, pod.name, pod.ip
+        )
+    })
+}
 
 /// The HBONE handler of one pod.
 pub struct Inbound {
@@ -26,11 +45,7 @@ impl ConnectHandler for Inbound {
         let Some(target) = req.target_addr() else {
             return tunnel.refuse(Refusal::BadRequest, "authority must be ip:port");
         };
-        if target.ip() != self.pod.info.ip {
-            let why = format!(
-                "target {target} is not this pod ({}/{} at {})",
-                self.pod.info.namespace, self.pod.info.name, self.pod.info.ip
-            );
+        if let Some(why) = foreign_target(&self.pod.info, target) {
             return tunnel.refuse(Refusal::BadRequest, &why);
         }
         if ports::is_reserved(target.port()) {
@@ -155,3 +170,6 @@ impl ConnectHandler for Inbound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

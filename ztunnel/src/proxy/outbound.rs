@@ -1,6 +1,9 @@
 //! Outbound: the pod's app connected somewhere; capture brought it to 15001. Find out where it
 //! was going and carry it there: HBONE to a mesh workload (directly or behind a service VIP),
-//! plain TCP to a workload outside the mesh, passthrough for unknown destinations.
+//! HBONE to the waypoint of a destination that has one, plain TCP to a workload outside the
+//! mesh, passthrough for unknown destinations.
+
+mod waypoint;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,15 +11,17 @@ use std::time::Instant;
 
 use http::HeaderMap;
 use mesh::hbone::{
-    forwarded_header, relay_connecting, RelayError, RelayStats, TunnelRequest, HBONE_PORT,
+    abort_on_close, forwarded_header, relay_connecting, RelayError, RelayStats, TunnelRequest,
+    HBONE_PORT,
 };
-use mesh::state::{Service, Snapshot, TunnelProtocol, Workload};
+use mesh::state::{GatewayAddress, Service, Snapshot, TunnelProtocol, Workload};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::{original_dst, Pod, Shared};
-use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
+use crate::metrics::{ConnLabels, OpenConn, Reporter, SecurityPolicy};
+pub use waypoint::{Caller, WaypointError, WaypointPod};
 
 /// Where an outbound connection goes.
 #[derive(Debug)]
@@ -26,6 +31,15 @@ pub enum Route {
         workload: Arc<Workload>,
         service: Option<Arc<Service>>,
         target: SocketAddr,
+    },
+    /// HBONE to the waypoint in charge of what the app addressed. The waypoint picks the
+    /// endpoint and applies L7 policy, so the `:authority` is the address the app dialled
+    /// (service VIP or pod IP, with the app's port), not an endpoint.
+    Waypoint {
+        waypoint: WaypointPod,
+        /// The service the app addressed, if it addressed one.
+        service: Option<Arc<Service>>,
+        authority: SocketAddr,
     },
     /// Plain TCP to a known workload that is not in the mesh.
     Plain {
@@ -37,42 +51,94 @@ pub enum Route {
     Passthrough { target: SocketAddr },
     /// A service without any healthy endpoint.
     NoEndpoints { service: Arc<Service> },
+    /// The destination must go through a waypoint that cannot take it now: refused.
+    WaypointUnavailable {
+        destination: SocketAddr,
+        error: WaypointError,
+    },
 }
 
-/// Decides the route for a connection to `dst` (its original destination).
-pub fn route(snapshot: &Snapshot, dst: SocketAddr) -> Route {
+/// Decides the route for a connection from `caller` to `dst` (its original destination).
+///
+/// As Istio's ztunnel: a service VIP goes to the service's waypoint if it has one, else to
+/// an endpoint; a pod IP goes to the pod's waypoint if it has one, else to the pod. A service
+/// without a waypoint is not sent to its endpoint's waypoint (Istio's "waypoint for
+/// workload" applies to traffic addressed to the pod). The waypoint's own traffic goes on
+/// as if there were no waypoint.
+pub fn route(snapshot: &Snapshot, caller: Caller<'_>, dst: SocketAddr) -> Route {
     if let Some(service) = snapshot.service_by_vip(dst.ip()) {
-        let endpoints: Vec<_> = snapshot
-            .endpoints(&service.key())
-            .iter()
-            .filter(|e| e.workload.healthy && !e.workload.addresses.is_empty())
-            .collect();
-        if endpoints.is_empty() {
-            return Route::NoEndpoints {
-                service: service.clone(),
-            };
+        if let Some(route) = service
+            .waypoint
+            .as_ref()
+            .and_then(|gw| via_waypoint(snapshot, gw, caller, dst, Some(service)))
+        {
+            return route;
         }
-        let pick = endpoints[rand::rng().random_range(0..endpoints.len())];
-        let target_port = pick
-            .port_map
-            .get(&dst.port())
-            .copied()
-            .filter(|p| *p != 0)
-            .or_else(|| {
-                service
-                    .ports
-                    .iter()
-                    .find(|p| p.service_port == dst.port() && p.target_port != 0)
-                    .map(|p| p.target_port)
-            })
-            .unwrap_or(dst.port());
-        let target = SocketAddr::new(pick.workload.addresses[0], target_port);
-        return with_workload(pick.workload.clone(), Some(service.clone()), target);
+        return to_endpoint(snapshot, service, dst);
     }
     if let Some(workload) = snapshot.workload_by_ip(dst.ip()) {
+        if let Some(route) = workload
+            .waypoint
+            .as_ref()
+            .and_then(|gw| via_waypoint(snapshot, gw, caller, dst, None))
+        {
+            return route;
+        }
         return with_workload(workload.clone(), None, dst);
     }
     Route::Passthrough { target: dst }
+}
+
+/// The route through `gateway`, or `None` when `caller` is that waypoint.
+fn via_waypoint(
+    snapshot: &Snapshot,
+    gateway: &GatewayAddress,
+    caller: Caller<'_>,
+    dst: SocketAddr,
+    service: Option<&Arc<Service>>,
+) -> Option<Route> {
+    match waypoint::resolve(snapshot, gateway, caller) {
+        Ok(None) => None,
+        Ok(Some(waypoint)) => Some(Route::Waypoint {
+            waypoint,
+            service: service.cloned(),
+            authority: dst,
+        }),
+        Err(error) => Some(Route::WaypointUnavailable {
+            destination: dst,
+            error,
+        }),
+    }
+}
+
+/// One healthy endpoint of `service`, with the service port mapped to the endpoint's port.
+fn to_endpoint(snapshot: &Snapshot, service: &Arc<Service>, dst: SocketAddr) -> Route {
+    let endpoints: Vec<_> = snapshot
+        .endpoints(&service.key())
+        .iter()
+        .filter(|e| e.workload.healthy && !e.workload.addresses.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Route::NoEndpoints {
+            service: service.clone(),
+        };
+    }
+    let pick = endpoints[rand::rng().random_range(0..endpoints.len())];
+    let target_port = pick
+        .port_map
+        .get(&dst.port())
+        .copied()
+        .filter(|p| *p != 0)
+        .or_else(|| {
+            service
+                .ports
+                .iter()
+                .find(|p| p.service_port == dst.port() && p.target_port != 0)
+                .map(|p| p.target_port)
+        })
+        .unwrap_or(dst.port());
+    let target = SocketAddr::new(pick.workload.addresses[0], target_port);
+    with_workload(pick.workload.clone(), Some(service.clone()), target)
 }
 
 fn with_workload(
@@ -121,7 +187,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
         }
     };
     let snapshot = shared.state.snapshot();
-    let route = route(&snapshot, dst);
+    let caller = Caller {
+        ip: pod.info.ip,
+        identity: &pod.identity,
+    };
+    let route = route(&snapshot, caller, dst);
     let source = snapshot.workload_by_ip(pod.info.ip).cloned();
     // A long connection must not keep this moment's whole config alive.
     drop(snapshot);
@@ -140,16 +210,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
             service,
             target,
         } => {
-            let mut headers = HeaderMap::new();
             let host = service.as_ref().map(|s| s.hostname.as_str());
-            headers.insert(http::header::FORWARDED, forwarded_header(peer, host));
-            let req = TunnelRequest {
-                source: pod.identity.clone(),
-                destination: workload.identity(),
-                address: SocketAddr::new(target.ip(), HBONE_PORT),
-                authority: target.to_string(),
-                headers,
-            };
+            let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
+            let req = tunnel_request(&pod, peer, host, &workload, hbone, target);
             let labels = ConnLabels::new(
                 Reporter::Source,
                 source.as_deref(),
@@ -159,33 +222,31 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
                 SecurityPolicy::MutualTls,
             );
             let conn = shared.metrics.open(labels);
-            // The app's first bytes travel with the CONNECT instead of a round trip later.
-            let stats = match pod.pool.open(req).await {
-                Ok(connecting) => relay_connecting(tcp, connecting).await,
-                Err(e) => RelayStats {
-                    error: Some(RelayError::NotEstablished(e)),
-                    ..RelayStats::default()
-                },
-            };
-            match &stats.error {
-                Some(RelayError::NotEstablished(e)) => {
-                    conn.close(0, 0, Some("UF"));
-                    warn!(target = %target, dst_workload = %workload.name, error = %e, "outbound HBONE connection failed");
-                }
-                other => {
-                    conn.close(stats.sent, stats.received, other.as_ref().map(|_| "UC"));
-                    access_log(
-                        "outbound",
-                        peer,
-                        target,
-                        &pod,
-                        Some(&workload),
-                        "hbone",
-                        &stats,
-                        start,
-                    );
-                }
-            }
+            let stats = tunnel(&pod, tcp, req).await;
+            tunnel_done(&pod, peer, conn, &workload, target, &stats, start);
+        }
+        Route::Waypoint {
+            waypoint,
+            service,
+            authority,
+        } => {
+            let WaypointPod { workload, address } = waypoint;
+            let host = service.as_ref().map(|s| s.hostname.as_str());
+            let req = tunnel_request(&pod, peer, host, &workload, address, authority);
+            // As Istio's ztunnel: the destination is the peer that proved its identity (the
+            // waypoint), the service is the one the app addressed. The waypoint reports the
+            // hop to the app's pod itself.
+            let labels = ConnLabels::new(
+                Reporter::Source,
+                source.as_deref(),
+                Some(&pod.identity),
+                Some(&workload),
+                service.as_deref(),
+                SecurityPolicy::MutualTls,
+            );
+            let conn = shared.metrics.open(labels);
+            let stats = tunnel(&pod, tcp, req).await;
+            tunnel_done(&pod, peer, conn, &workload, authority, &stats, start);
         }
         Route::Plain {
             workload,
@@ -228,6 +289,76 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
         Route::NoEndpoints { service } => {
             warn!(service = %service.hostname, "service has no healthy endpoints; closing");
         }
+        Route::WaypointUnavailable { destination, error } => {
+            // Going around the waypoint would skip the L7 policy it enforces: refuse instead.
+            warn!(%destination, %error, "destination's waypoint is unavailable; resetting");
+            abort_on_close(&tcp);
+        }
+    }
+}
+
+/// The CONNECT for a tunnel from `pod` to `workload` at `address` (its HBONE listener) with
+/// `:authority` `authority`, carrying the app's address (and the service it addressed) as
+/// information.
+fn tunnel_request(
+    pod: &Pod,
+    peer: SocketAddr,
+    host: Option<&str>,
+    workload: &Workload,
+    address: SocketAddr,
+    authority: SocketAddr,
+) -> TunnelRequest {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::FORWARDED, forwarded_header(peer, host));
+    TunnelRequest {
+        source: pod.identity.clone(),
+        destination: workload.identity(),
+        address,
+        authority: authority.to_string(),
+        headers,
+    }
+}
+
+/// Carries `tcp` through the tunnel `req` asks for, until either side is done.
+async fn tunnel(pod: &Pod, tcp: TcpStream, req: TunnelRequest) -> RelayStats {
+    // The app's first bytes travel with the CONNECT instead of a round trip later.
+    match pod.pool.open(req).await {
+        Ok(connecting) => relay_connecting(tcp, connecting).await,
+        Err(e) => RelayStats {
+            error: Some(RelayError::NotEstablished(e)),
+            ..RelayStats::default()
+        },
+    }
+}
+
+/// Counts and logs a finished tunnel to `workload` with `:authority` `target`.
+fn tunnel_done(
+    pod: &Pod,
+    peer: SocketAddr,
+    conn: OpenConn<'_>,
+    workload: &Workload,
+    target: SocketAddr,
+    stats: &RelayStats,
+    start: Instant,
+) {
+    match &stats.error {
+        Some(RelayError::NotEstablished(e)) => {
+            conn.close(0, 0, Some("UF"));
+            warn!(target = %target, dst_workload = %workload.name, error = %e, "outbound HBONE connection failed");
+        }
+        other => {
+            conn.close(stats.sent, stats.received, other.as_ref().map(|_| "UC"));
+            access_log(
+                "outbound",
+                peer,
+                target,
+                pod,
+                Some(workload),
+                "hbone",
+                stats,
+                start,
+            );
+        }
     }
 }
 
@@ -240,7 +371,7 @@ async fn direct(
     start: Instant,
     workload: Option<&Workload>,
     kind: &str,
-    conn: crate::metrics::OpenConn<'_>,
+    conn: OpenConn<'_>,
 ) {
     match pod.sockets.connect(target, None).await {
         Ok(upstream) => {
@@ -286,3 +417,6 @@ pub(crate) fn access_log(
         "connection complete"
     );
 }
+
+#[cfg(test)]
+mod tests;
