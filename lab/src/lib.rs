@@ -7,6 +7,8 @@
 //! - [`topology`] over [`netns`] and [`cmd`]: the network (bridge, nodes, pods, routes).
 //! - [`cluster`]: [`Lab`] — manifests in, a running cluster out; [`hooks`] for the mesh.
 //! - [`reap`]: `down`, `down_all`, `cleanup_stale` from any process, via [`rundir`] and [`state`].
+//! - [`waypoints`]: the `waypoint` binary in each waypoint Gateway's pod; [`probe`]: the
+//!   kubelet's readiness probe.
 //! - [`echo`]: the app in every pod; [`client`]: talking to it from inside a pod; [`apps`]: the
 //!   subcommands that run it (and the keeper) from the lab's binary or any other.
 
@@ -23,6 +25,7 @@ pub mod loaded;
 pub mod mesh;
 pub mod netns;
 pub mod plan;
+pub mod probe;
 pub mod process;
 pub mod reap;
 pub mod rundir;
@@ -30,8 +33,9 @@ pub mod runtime;
 pub mod state;
 pub mod summary;
 pub mod topology;
+pub mod waypoints;
 
 pub use cluster::{Lab, LabError, LabOptions};
 pub use plan::{AddressPlan, LabId};
 pub use reap::{cleanup_stale, down, down_all};
-pub use state::{LabState, NodeInfo, PodInfo, ServiceInfo, ZtunnelPod};
+pub use state::{LabState, NodeInfo, PodInfo, ServiceInfo, WaypointInfo, ZtunnelPod};

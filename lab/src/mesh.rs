@@ -3,8 +3,7 @@
 //! ztunnel's local file) or the controller, one real `ztunnel` per node running in the node's
 //! ztunnel pod, and `amesh-cni` in every node's CNI chain (`runtime`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Lab, LabError};
 use crate::state::{LabState, NodeInfo, PodInfo};
+
+// In `probe` since the kubelet's readiness probe uses them too; here for the mesh's callers.
+pub use crate::probe::{http_get, http_status};
 
 /// How the lab runs the mesh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +142,7 @@ pub fn write_config(state: &LabState) -> Result<usize, LabError> {
         .iter()
         .map(|(_, a)| a.clone())
         .collect();
+    crate::waypoints::write_l7_configs(state, &loaded.manifests)?;
     let config = mesh::state::LocalConfig::from_resources(&addresses, &policies)
         .map_err(|e| hook_error("on_manifests_written", e))?;
     let yaml = config
@@ -174,6 +177,7 @@ pub fn start(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabError> {
             ));
         }
     }
+    crate::waypoints::check_binary(&state, opts)?;
     start_api_server(lab)?;
     if opts.control_plane == ControlPlane::Controller {
         start_controller(lab, opts)?;
@@ -262,11 +266,12 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
             ),
         ));
     }
-    let tokens: String = state
+    let mut tokens: String = state
         .nodes
         .iter()
         .map(|n| format!("{} {}\n", node_token(&state, &n.name), n.name))
         .collect();
+    tokens.push_str(&crate::waypoints::token_lines(&state));
     let tokens_file = mesh_dir(&state).join("node-tokens");
     std::fs::write(&tokens_file, tokens).map_err(|e| hook_error("on_manifests_written", e))?;
     let mut cmd = Command::new(&binary);
@@ -531,24 +536,4 @@ pub fn wait_ready(node: &NodeInfo, timeout: Duration) -> Result<(), LabError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// GET `path` over HTTP/1.0; the status code, or None when nothing answers.
-pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    http_get(addr, path).map(|(status, _)| status)
-}
-
-/// GET `path` over HTTP/1.0 from the calling thread's netns: status and body.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }

@@ -319,6 +319,20 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A stable UUID-shaped uid for an object key.
+pub(crate) fn uid_of(key: &str) -> String {
+    let a = fnv1a(key.as_bytes());
+    let b = fnv1a(format!("{key}#uid").as_bytes());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

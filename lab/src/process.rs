@@ -266,6 +266,15 @@ pub fn terminate(records: &[ProcessRecord], grace: Duration) {
     wait_gone(alive.iter().map(|r| (r.pid, Some(r.start_time))));
 }
 
+/// SIGKILLs the recorded process, if it still runs, and waits briefly for it to go (a test's
+/// crash of one container).
+pub fn kill_and_wait(record: &ProcessRecord) {
+    if is_alive(record) {
+        let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
+    }
+    wait_gone(std::iter::once((record.pid, Some(record.start_time))));
+}
+
 /// SIGKILLs every process living in the named netns (leftovers have no say) and waits briefly
 /// for them to go.
 pub fn kill_netns_processes(netns_name: &str) {

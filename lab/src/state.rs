@@ -64,6 +64,25 @@ pub struct LabState {
     /// Nodes and pods have IPv6 addresses besides IPv4 ones.
     #[serde(default)]
     pub dual_stack: bool,
+    /// The waypoints made for the input's waypoint Gateways (with the mesh).
+    #[serde(default)]
+    pub waypoints: Vec<WaypointInfo>,
+}
+
+/// A waypoint: a Gateway of class `istio-waypoint`, deployed as istiod deploys it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaypointInfo {
+    /// The Gateway's namespace, also its pod's, ServiceAccount's and Service's.
+    pub namespace: String,
+    /// The Gateway's name, also its ServiceAccount's and Service's.
+    pub gateway: String,
+}
+
+impl WaypointInfo {
+    /// `namespace/gateway`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.gateway)
+    }
 }
 
 /// A node: a netns on the bridge that routes its pods.

@@ -3,6 +3,7 @@
 use crate::client::ClientError;
 use crate::netns::NetnsError;
 use crate::plan::LabId;
+use crate::probe::ProbeError;
 use crate::process::ProcessError;
 use crate::rundir::RunDirError;
 use crate::state::StateError;
@@ -34,6 +35,8 @@ pub enum LabError {
     Generated(#[from] GeneratedError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     #[error("no lab is running (`amesh-lab up DIR` starts one)")]
     NoLab,
     #[error("several labs exist ({}): pick one with --id", .0.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "))]

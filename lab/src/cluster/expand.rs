@@ -3,8 +3,10 @@
 //! node when the mesh runs, a kube-system pod, the `kubernetes` Service with its manual
 //! EndpointSlice), and the objects a real cluster's API server holds right after scheduling
 //! (Pods with `spec.nodeName` and no status yet, Services with `spec.clusterIP`, Nodes) built
-//! for the controller's folder source. Pod IPs are not planned: the node's IPAM assigns them
-//! when the pod's CNI ADD runs, as on a real node.
+//! for the controller's folder source. With the mesh, every Gateway of class `istio-waypoint`
+//! becomes a waypoint as istiod deploys it (`waypoint`): a ServiceAccount, a Deployment whose pod
+//! is scheduled like the others, a Service with a ClusterIP. Pod IPs are not planned: the node's
+//! IPAM assigns them when the pod's CNI ADD runs, as on a real node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -12,14 +14,16 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     HostIP, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus,
-    Service,
+    Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::plan::{self, fnv1a, AddressPlan, PlanError, MAX_NODES};
+use crate::plan::{self, fnv1a, uid_of, AddressPlan, PlanError, MAX_NODES};
 use crate::state::{ServiceInfo, ServicePortInfo};
+
+use super::waypoint::{self, PlannedWaypoint, WaypointError};
 
 /// The namespace of objects that do not name one.
 const DEFAULT_NAMESPACE: &str = "default";
@@ -41,6 +45,8 @@ pub enum ExpandError {
     DuplicatePod(String),
     #[error("too many objects for the address plan: {0}")]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Waypoint(#[from] WaypointError),
 }
 
 /// The input the lab reads: a view over the loaded manifests, so that this module does not
@@ -52,6 +58,10 @@ pub struct Input {
     pub services: Vec<Service>,
     /// User-provided Nodes (for their labels), by name.
     pub nodes: BTreeMap<String, Node>,
+    /// Gateways: those of class `istio-waypoint` become waypoints (with the mesh).
+    pub gateways: Vec<controller::manifests::Gateway>,
+    /// ServiceAccounts as given (a waypoint adopts one of its name instead of making it).
+    pub service_accounts: Vec<ServiceAccount>,
 }
 
 /// What runs in a pod.
@@ -61,6 +71,9 @@ pub enum PodRole {
     App,
     /// The node's ztunnel (the DaemonSet's pod).
     Ztunnel,
+    /// A Gateway's waypoint (its Deployment's pod); the Gateway is its
+    /// `gateway.networking.k8s.io/gateway-name` label, in the pod's namespace.
+    Waypoint,
 }
 
 /// A pod the lab will create.
@@ -94,6 +107,9 @@ pub struct Expanded {
     pub service_infos: Vec<ServiceInfo>,
     /// EndpointSlices written by hand, as for `default/kubernetes`.
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// The waypoints made for the input's waypoint Gateways (their Services are in
+    /// `services`, their pods in `pods`).
+    pub waypoints: Vec<PlannedWaypoint>,
 }
 
 /// Namespace of the mesh's own pods (ztunnel), as Istio installs them.
@@ -124,21 +140,42 @@ pub fn expand(
         given_services.insert(0, kubernetes_service());
         endpoint_slices.push(kubernetes_endpoints(plan.root_ip()));
     }
+    // Without the mesh nothing implements the class: the Gateways stay mere objects.
+    let waypoints = if mesh {
+        let key = |meta: &ObjectMeta| {
+            let ns = meta.namespace.as_deref().filter(|n| !n.is_empty());
+            let name = meta.name.as_deref().unwrap_or_default();
+            format!("{}/{name}", ns.unwrap_or(DEFAULT_NAMESPACE))
+        };
+        let services: Vec<String> = given_services.iter().map(|s| key(&s.metadata)).collect();
+        let accounts: Vec<String> = (input.service_accounts.iter())
+            .map(|s| key(&s.metadata))
+            .collect();
+        waypoint::plan(&input.gateways, &services, &accounts, DEFAULT_NAMESPACE)?
+    } else {
+        Vec::new()
+    };
+    // After the input's Services, so that theirs keep the addresses they get without a waypoint.
+    given_services.extend(waypoints.iter().map(|w| w.service.clone()));
     let services = assign_cluster_ips(&given_services, plan)?;
-    let mut pods: Vec<Pod> = Vec::new();
+    let mut pods: Vec<(Pod, PodRole)> = Vec::new();
     if mesh {
-        pods.extend((1..=nodes).map(ztunnel_pod));
+        pods.extend((1..=nodes).map(|n| (ztunnel_pod(n), PodRole::Ztunnel)));
     }
-    pods.push(kube_system_pod());
-    pods.extend(input.pods.iter().map(normalized));
+    pods.push((kube_system_pod(), PodRole::App));
+    pods.extend(input.pods.iter().map(|p| (normalized(p), PodRole::App)));
     for d in &input.deployments {
-        pods.extend(deployment_pods(d));
+        pods.extend(deployment_pods(d).into_iter().map(|p| (p, PodRole::App)));
+    }
+    for w in &waypoints {
+        let made = deployment_pods(&w.deployment);
+        pods.extend(made.into_iter().map(|p| (p, PodRole::Waypoint)));
     }
     let mut seen = BTreeSet::new();
     let mut planned = Vec::new();
     let mut next_rr = 0usize;
     let mut per_node = vec![0usize; nodes + 1];
-    for mut pod in pods {
+    for (mut pod, role) in pods {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let key = format!("{namespace}/{name}");
@@ -174,15 +211,17 @@ pub fn expand(
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let ports = listen_ports(&pod, &namespace, &labels, &services);
         let uid = pod.metadata.uid.get_or_insert_with(|| uid_of(&key)).clone();
-        // Scheduled, not started: the kubelet writes the status once the sandbox exists.
-        pod.status = None;
-        let role = if namespace == MESH_NAMESPACE
+        // A ztunnel pod is recognised by what it is, as before waypoints had roles of their own.
+        let role = if role == PodRole::App
+            && namespace == MESH_NAMESPACE
             && labels.get("app").map(String::as_str) == Some("ztunnel")
         {
             PodRole::Ztunnel
         } else {
-            PodRole::App
+            role
         };
+        // Scheduled, not started: the kubelet writes the status once the sandbox exists.
+        pod.status = None;
         let version = labels
             .get("version")
             .or_else(|| labels.get("app.kubernetes.io/version"))
@@ -210,6 +249,7 @@ pub fn expand(
         service_infos: services.iter().map(service_info).collect(),
         services,
         endpoint_slices,
+        waypoints,
     })
 }
 
@@ -486,20 +526,6 @@ fn node_object(n: usize, plan: &AddressPlan, given: Option<&Node>) -> Result<Nod
             ..NodeStatus::default()
         }),
     })
-}
-
-/// A stable UUID-shaped uid for an object key.
-fn uid_of(key: &str) -> String {
-    let a = fnv1a(key.as_bytes());
-    let b = fnv1a(format!("{key}#uid").as_bytes());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 /// `len` characters of Kubernetes' safe alphabet from a hash.

@@ -62,6 +62,8 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 7000, targetPort: t
             ),
         ],
         nodes: BTreeMap::new(),
+        gateways: Vec::new(),
+        service_accounts: Vec::new(),
     }
 }
 
@@ -232,4 +234,131 @@ fn safe_names() {
     assert_eq!(s.len(), 10);
     assert!(s.bytes().all(|b| SAFE_ALPHABET.contains(&b)));
     assert_ne!(safe_encode(1, 5), safe_encode(2, 5));
+}
+
+fn with_waypoint() -> Input {
+    let mut i = input();
+    i.gateways.push(yaml(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#,
+    ));
+    // Not a waypoint: someone else's class.
+    i.gateways.push(yaml(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: shop}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"#,
+    ));
+    i
+}
+
+#[test]
+fn waypoint_gateways_become_a_service_account_a_pod_and_a_service() {
+    let plan = AddressPlan::new(0).unwrap();
+    let e = expand(&with_waypoint(), 2, &plan, true).unwrap();
+    assert_eq!(e.waypoints.len(), 1, "only the istio-waypoint Gateway");
+    let w = &e.waypoints[0];
+    assert_eq!(w.key(), "shop/waypoint");
+    let sa = w.service_account.as_ref().unwrap();
+    assert_eq!(
+        (
+            sa.metadata.namespace.as_deref(),
+            sa.metadata.name.as_deref()
+        ),
+        (Some("shop"), Some("waypoint"))
+    );
+    // One pod, named as its Deployment's pods are, labelled as Istio's template labels them.
+    let pods: Vec<&PlannedPod> = e
+        .pods
+        .iter()
+        .filter(|p| p.role == PodRole::Waypoint)
+        .collect();
+    assert_eq!(pods.len(), 1);
+    let pod = pods[0];
+    assert_eq!(pod.namespace, "shop");
+    assert!(pod.name.starts_with("waypoint-"), "{}", pod.name);
+    assert_eq!(pod.service_account, "waypoint");
+    for (k, v) in [
+        ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+        ("istio.io/gateway-name", "waypoint"),
+        ("istio.io/dataplane-mode", "none"),
+    ] {
+        assert_eq!(pod.labels.get(k).map(String::as_str), Some(v), "label {k}");
+    }
+    assert_eq!(pod.ports, vec![15008, 15020, 15021]);
+    assert!(pod.pod.spec.as_ref().unwrap().node_name.is_some());
+    // Its Service selects it on the gateway-name label, port `mesh` 15008, with a ClusterIP
+    // after the input's Services (theirs do not move).
+    let svc = e
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("waypoint"))
+        .unwrap();
+    let spec = svc.spec.as_ref().unwrap();
+    let selector = spec.selector.as_ref().unwrap();
+    assert_eq!(
+        selector.get("gateway.networking.k8s.io/gateway-name"),
+        Some(&"waypoint".to_string())
+    );
+    assert!(selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)));
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (port.name.as_deref(), port.port, port.protocol.as_deref()),
+        (Some("mesh"), 15008, Some("TCP"))
+    );
+    assert!(spec.cluster_ip.is_some());
+    let without = expand(&input(), 2, &plan, true).unwrap();
+    for s in &without.service_infos {
+        let same = e.service_infos.iter().find(|x| x.name == s.name).unwrap();
+        assert_eq!(same.vip, s.vip, "{} moved", s.name);
+    }
+    // The Service is the one the controller treats as a waypoint's.
+    assert_eq!(
+        svc.metadata.labels.as_ref().unwrap()["gateway.networking.k8s.io/gateway-name"],
+        "waypoint"
+    );
+}
+
+#[test]
+fn waypoints_need_the_mesh_and_a_free_service_name() {
+    let plan = AddressPlan::new(0).unwrap();
+    // Without the mesh nothing implements the class.
+    let plain = expand(&with_waypoint(), 1, &plan, false).unwrap();
+    assert!(plain.waypoints.is_empty());
+    assert!(plain.pods.iter().all(|p| p.role == PodRole::App));
+    // A Service of the Gateway's name is refused, naming both.
+    let mut taken = with_waypoint();
+    taken.services.push(yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: waypoint, namespace: shop}\nspec: {ports: [{port: 1}]}\n",
+    ));
+    let err = expand(&taken, 1, &plan, true).unwrap_err().to_string();
+    assert!(
+        err.contains("Gateway shop/waypoint") && err.contains("Service"),
+        "{err}"
+    );
+    // A ServiceAccount of that name is adopted, not made again.
+    let mut adopted = with_waypoint();
+    adopted.service_accounts.push(yaml(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: waypoint, namespace: shop}\n",
+    ));
+    let e = expand(&adopted, 1, &plan, true).unwrap();
+    assert!(e.waypoints[0].service_account.is_none());
+    // A name that cannot be a Service's is refused with the field.
+    let mut bad = with_waypoint();
+    bad.gateways[0].metadata.name = Some("Way_point".into());
+    let err = expand(&bad, 1, &plan, true).unwrap_err().to_string();
+    assert!(
+        err.contains("metadata.name") && err.contains("Way_point"),
+        "{err}"
+    );
 }

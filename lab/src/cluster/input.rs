@@ -21,5 +21,7 @@ pub fn load(dir: &Path) -> Result<Input, LabError> {
         deployments: m.deployments.into_values().collect(),
         services: m.services.into_values().collect(),
         nodes: m.nodes,
+        gateways: m.gateways.into_values().collect(),
+        service_accounts: m.service_accounts.into_values().collect(),
     })
 }

@@ -6,6 +6,7 @@ mod error;
 pub mod expand;
 pub mod generated;
 mod input;
+pub mod waypoint;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use crate::process::{self, ProcessRecord};
 use crate::reap;
 use crate::rundir::RunDir;
 use crate::runtime;
-use crate::state::{LabState, PodInfo};
+use crate::state::{LabState, PodInfo, WaypointInfo};
 use crate::topology;
 
 /// Name of the cluster DNS stand-in in the lab's process records.
@@ -71,8 +72,26 @@ pub struct Lab {
     startup_timeout: Duration,
     /// The Pod objects as the API server holds them (status written as pods start).
     api_pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    /// The Gateways as the API server holds them (a waypoint's status written once its pod is
+    /// Ready).
+    api_gateways: Vec<serde_yaml::Value>,
     /// Called after each CNI ADD that said "try again" (see [`Lab::create_pod_while_retrying`]).
     on_retry: Option<RetryHook>,
+}
+
+/// A pod whose container was started, to wait for before the pod is Ready.
+struct Starting {
+    /// `namespace/name`.
+    pod: String,
+    container: Container,
+}
+
+/// How the kubelet learns that a container is ready.
+enum Container {
+    /// The lab's echo app: ready once it listens on all its ports.
+    Listening { process: String, ports: Vec<u16> },
+    /// A container with a readiness probe (a waypoint).
+    Probe(crate::probe::HttpProbe),
 }
 
 /// What a test does while a pod's ADD is being retried.
@@ -115,6 +134,7 @@ impl Lab {
             detached: false,
             mesh: options.mesh,
             dual_stack: options.dual_stack,
+            waypoints: Vec::new(),
         };
         let mut lab = Lab {
             run: Some(run),
@@ -123,6 +143,7 @@ impl Lab {
             binary,
             startup_timeout: options.startup_timeout,
             api_pods: Vec::new(),
+            api_gateways: Vec::new(),
             on_retry: None,
         };
         // From here on an error drops `lab`, which removes whatever was built.
@@ -144,8 +165,14 @@ impl Lab {
         }
         topology::route_between_nodes(&self.state.nodes)?;
         self.state.services = expanded.service_infos.clone();
+        self.state.waypoints = (expanded.waypoints.iter())
+            .map(|w| WaypointInfo {
+                namespace: w.namespace.clone(),
+                gateway: w.name.clone(),
+            })
+            .collect();
         // What the API server holds once everything is scheduled: pods without status.
-        generated::write(dir, &expanded, &self.state.manifests_dir)?;
+        self.api_gateways = generated::write(dir, &expanded, &self.state.manifests_dir)?;
         self.api_pods = expanded.pods.iter().map(|p| p.pod.clone()).collect();
         self.start_cluster_dns()?;
         hooks::on_manifests_written(self)?;
@@ -158,13 +185,12 @@ impl Lab {
         // without a ztunnel), kube-system's, then the rest.
         let mut waiting = Vec::new();
         for planned in &expanded.pods {
-            if let Some(app) = self.start_pod(planned)? {
-                waiting.push(app);
+            if let Some(starting) = self.start_pod(planned)? {
+                waiting.push(starting);
             }
         }
-        for (pod, name, ports) in waiting {
-            self.wait_listening(&name, &ports)?;
-            self.set_ready(&pod)?;
+        for starting in waiting {
+            self.wait_started(starting)?;
         }
         self.state.save()?;
         hooks::on_lab_ready(self)
@@ -172,11 +198,8 @@ impl Lab {
 
     /// Starts one pod as a kubelet does: the sandbox, the node's CNI chain (retried, as the
     /// kubelet retries, while a plugin says "try again"), the status with the IP IPAM gave,
-    /// then its container. Returns the echo app to wait for, if it runs one.
-    fn start_pod(
-        &mut self,
-        planned: &expand::PlannedPod,
-    ) -> Result<Option<(String, String, Vec<u16>)>, LabError> {
+    /// then its container. Returns the container to wait for, unless it is ready already.
+    fn start_pod(&mut self, planned: &expand::PlannedPod) -> Result<Option<Starting>, LabError> {
         let node = self.state.nodes[planned.node - 1].clone();
         let id = self.state.id.clone();
         let runtime = runtime::for_node(&self.state, &node)
@@ -208,12 +231,31 @@ impl Lab {
         self.state.save()?;
         // Only now does the API learn the pod's address.
         self.write_status(&pod, false)?;
-        if hooks::on_pod_sandbox_ready(self, &pod, planned.role)? {
-            self.set_ready(&pod.key())?;
-            return Ok(None);
+        let container = match hooks::on_pod_sandbox_ready(self, &pod, planned.role)? {
+            hooks::Container::Ready => {
+                self.set_ready(&pod.key())?;
+                return Ok(None);
+            }
+            hooks::Container::Probe(probe) => Container::Probe(probe),
+            hooks::Container::Echo => Container::Listening {
+                process: self.start_echo(&pod, &planned.version)?,
+                ports: pod.ports.clone(),
+            },
+        };
+        Ok(Some(Starting {
+            pod: pod.key(),
+            container,
+        }))
+    }
+
+    /// Waits until a started container is ready (its ports listen, or its readiness probe
+    /// passes), then marks its pod Ready.
+    fn wait_started(&mut self, starting: Starting) -> Result<(), LabError> {
+        match starting.container {
+            Container::Listening { process, ports } => self.wait_listening(&process, &ports)?,
+            Container::Probe(probe) => probe.wait()?,
         }
-        let name = self.start_echo(&pod, &planned.version)?;
-        Ok(Some((pod.key(), name, pod.ports.clone())))
+        self.set_ready(&starting.pod)
     }
 
     /// CNI ADD; on "try again" the sandbox's network is torn down (DEL) and ADD is retried
@@ -267,8 +309,47 @@ impl Lab {
     }
 
     fn set_ready(&mut self, key: &str) -> Result<(), LabError> {
+        self.set_pod_ready(key, true)
+    }
+
+    /// Writes pod `key`'s Ready condition, as the kubelet does when its readiness changes (a
+    /// container that crashed, or came back); a waypoint's Gateway is programmed once its pod
+    /// is first Ready, as istiod does.
+    pub fn set_pod_ready(&mut self, key: &str, ready: bool) -> Result<(), LabError> {
         let pod = self.state.pod(key)?.clone();
-        self.write_status(&pod, true)
+        self.write_status(&pod, ready)?;
+        if ready {
+            self.program_gateway(&pod)?;
+        }
+        Ok(())
+    }
+
+    /// If `pod` is a waypoint's: the Gateway's status gets its Service's address and
+    /// `Programmed` (once: a Gateway stays programmed while its pod restarts).
+    fn program_gateway(&mut self, pod: &PodInfo) -> Result<(), LabError> {
+        let gateway = pod.labels.get(waypoint::GATEWAY_NAME_LABEL);
+        let Some(w) = (self.state.waypoints.iter())
+            .find(|w| w.namespace == pod.namespace && Some(&w.gateway) == gateway)
+        else {
+            return Ok(());
+        };
+        let Some(vip) = self
+            .state
+            .service(&w.namespace, &w.gateway)
+            .and_then(|s| s.vip)
+        else {
+            return Ok(());
+        };
+        let Some(gw) = generated::find_gateway(&mut self.api_gateways, &w.namespace, &w.gateway)
+        else {
+            return Ok(());
+        };
+        if gw["status"]["conditions"].as_sequence().is_some() {
+            return Ok(());
+        }
+        generated::set_programmed(gw, &vip.to_string());
+        generated::write_gateways(&self.state.manifests_dir, &self.api_gateways)?;
+        Ok(())
     }
 
     /// Records where `node`'s ztunnel pod is; returns the node as it is now.
@@ -333,9 +414,8 @@ impl Lab {
         self.api_pods.push(planned.pod.clone());
         let pods: Vec<&k8s_openapi::api::core::v1::Pod> = self.api_pods.iter().collect();
         generated::write_pods(&self.state.manifests_dir, &pods)?;
-        if let Some((key, name, ports)) = self.start_pod(&planned)? {
-            self.wait_listening(&name, &ports)?;
-            self.set_ready(&key)?;
+        if let Some(starting) = self.start_pod(&planned)? {
+            self.wait_started(starting)?;
         }
         hooks::on_lab_ready(self)?;
         Ok(self
