@@ -7,8 +7,10 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/amesh/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 amesh_stamp="$CARGO_TARGET_DIR/.amesh-checkout"
-if [ -f "$amesh_stamp" ] && [ "$(cat "$amesh_stamp")" != "$PWD" ]; then
-  echo "[build] $CARGO_TARGET_DIR was last used by $(cat "$amesh_stamp"); rebuilding the workspace crates for $PWD" >&2
+# The clone's root, wherever inside it this is sourced from (a subfolder is the same clone).
+amesh_root=$(git rev-parse --show-toplevel 2>/dev/null || pwd)
+if [ -f "$amesh_stamp" ] && [ "$(cat "$amesh_stamp")" != "$amesh_root" ]; then
+  echo "[build] $CARGO_TARGET_DIR was last used by $(cat "$amesh_stamp"); rebuilding the workspace crates for $amesh_root" >&2
   amesh_members=$(cargo metadata --no-deps --format-version 1 --locked |
     python3 -c 'import json, sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))')
   # shellcheck disable=SC2086 # one word per flag
@@ -16,4 +18,4 @@ if [ -f "$amesh_stamp" ] && [ "$(cat "$amesh_stamp")" != "$PWD" ]; then
   # shellcheck disable=SC2086
   cargo clean --release $amesh_members
 fi
-echo "$PWD" >"$amesh_stamp"
+echo "$amesh_root" >"$amesh_stamp"
