@@ -7,6 +7,7 @@ pub mod admin;
 pub mod capture;
 pub mod cni;
 pub mod config;
+pub mod destination;
 pub mod dns;
 pub mod dump;
 pub mod limits;

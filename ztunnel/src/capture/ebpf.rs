@@ -39,7 +39,7 @@ use futures::future::BoxFuture;
 use tracing::{debug, info};
 
 use super::{routing, Bypass, Capture, CaptureError, ListenerFds, PodNetns};
-use crate::proxy::Destination;
+use crate::destination::Destination;
 
 /// The program object built by `build.rs` from `ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/amesh-capture"));

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::destination::Destination;
 use crate::netns::Netns;
-use crate::proxy::Destination;
 
 /// What a capture backend needs to know about a pod.
 #[derive(Debug, Clone)]

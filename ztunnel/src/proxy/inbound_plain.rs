@@ -11,7 +11,8 @@ use mesh::hbone::abort_on_close;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use super::{original_dst, Pod, Shared};
+use super::{Pod, Shared};
+use crate::destination::original_dst;
 use crate::metrics::{ConnLabels, Reporter, SecurityPolicy};
 use crate::sockets::ports;
 

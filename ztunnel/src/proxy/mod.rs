@@ -16,6 +16,7 @@ use mesh::state::StateStore;
 use mesh::tls::TlsContext;
 use mesh::Identity;
 
+use crate::destination::Destination;
 use crate::dns::Resolvers;
 use crate::limits::{Limits, PodDnsLimits};
 use crate::metrics::Metrics;
@@ -74,16 +75,6 @@ pub struct Pod {
     pub destination: Destination,
     /// This pod's share of DNS proxy work.
     pub dns: PodDnsLimits,
-}
-
-/// Where a captured connection's original destination is found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Destination {
-    /// Rewritten by NAT (nft REDIRECT): ask conntrack (`SO_ORIGINAL_DST`).
-    #[default]
-    Conntrack,
-    /// Handed over unchanged (eBPF sk_lookup): the accepted socket's local address.
-    LocalAddress,
 }
 
 impl Pod {
@@ -155,21 +146,6 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         }
     }
-}
-
-/// Reads where a captured connection was originally going.
-pub fn original_dst(tcp: &tokio::net::TcpStream, how: Destination) -> std::io::Result<SocketAddr> {
-    if how == Destination::LocalAddress {
-        return tcp.local_addr();
-    }
-    let sock = socket2::SockRef::from(tcp);
-    // The in-pod listeners are IPv4: ask for that first, without a `getsockname` to find out.
-    let addr = match sock.original_dst_v4() {
-        Ok(a) => a,
-        Err(v4) => sock.original_dst_v6().map_err(|_| v4)?,
-    };
-    addr.as_socket()
-        .ok_or_else(|| std::io::Error::other("original destination is not an IP socket address"))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::{original_dst, Pod, Shared};
+use super::{Pod, Shared};
+use crate::destination::original_dst;
 use crate::metrics::{ConnLabels, OpenConn, Reporter, SecurityPolicy};
 pub use waypoint::{Caller, WaypointError, WaypointPod};
 
