@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::hbone::DrainWatch;
+use crate::drain::DrainWatch;
 use crate::limits::{check_descriptor_headroom, RefusalCounter};
 
 /// How long the loop waits after a failed `accept` (out of descriptors, out of memory):

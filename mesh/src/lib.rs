@@ -7,6 +7,7 @@ pub mod admin;
 pub mod authz;
 pub mod certs;
 pub mod control;
+pub mod drain;
 pub mod hbone;
 pub mod identity;
 pub mod limits;

@@ -8,7 +8,6 @@
 
 mod bufio;
 mod conn;
-mod drain;
 mod error;
 mod pool;
 mod relay;
@@ -17,7 +16,8 @@ mod server;
 mod settings;
 mod stream;
 
-pub use drain::{Drain, DrainWatch};
+// Drain belongs to every listener, not only HBONE's; re-exported where it was first found.
+pub use crate::drain::{Drain, DrainWatch};
 pub use error::HboneError;
 pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
 pub use relay::{abort_on_close, relay, relay_connecting, relay_tcp, RelayError, RelayStats};

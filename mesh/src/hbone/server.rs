@@ -16,14 +16,14 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderValue, Response};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::bufio::BufferedRead;
 use super::conn::keepalive;
 use super::request::{inspect, ConnectRequest, Inspection, Refusal, REASON_HEADER};
 use super::{DrainWatch, H2Settings, H2Stream, HboneError};
+use crate::accept::AcceptLoop;
 use crate::limits::{check_descriptor_headroom, Permit, RefusalCounter, Refused, SourceLimits};
 
 /// Decides what to do with each CONNECT; runs in its own task per stream.
@@ -146,50 +146,28 @@ impl<H: ConnectHandler> Server<H> {
 
     /// Accepts connections until `drain` fires, then waits up to `deadline` for open
     /// connections to finish their streams and closes the rest.
-    pub async fn serve(self, listener: TcpListener, mut drain: DrainWatch, deadline: Duration) {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        let permit = match self.admit(&tcp, peer) {
-                            Ok(permit) => permit,
-                            Err(refused) => {
-                                self.refused(refused);
-                                continue;
-                            }
-                        };
-                        let server = self.clone();
-                        let drain = drain.clone();
-                        conns.spawn(
-                            async move { server.serve_conn(tcp, peer, permit, drain).await }
-                                .instrument(tracing::debug_span!("hbone_conn", %peer)),
-                        );
+    pub async fn serve(self, listener: TcpListener, drain: DrainWatch, deadline: Duration) {
+        let loop_drain = drain.clone();
+        AcceptLoop::new("HBONE")
+            .until(loop_drain)
+            .drain_deadline(deadline)
+            .run(listener, move |tcp, peer| {
+                self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let permit = match self.admit(&tcp, peer) {
+                    Ok(permit) => permit,
+                    Err(refused) => {
+                        self.refused(refused);
+                        return None;
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accepting HBONE connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                () = drain.signaled() => break,
-            }
-        }
-        drop(listener);
-        info!(open = conns.len(), "HBONE server draining");
-        let finished = tokio::time::timeout(deadline, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
-            warn!(
-                open = conns.len(),
-                "drain deadline passed; closing remaining HBONE connections"
-            );
-            conns.shutdown().await;
-        }
+                };
+                let server = self.clone();
+                let drain = drain.clone();
+                Some(
+                    async move { server.serve_conn(tcp, peer, permit, drain).await }
+                        .instrument(tracing::debug_span!("hbone_conn", %peer)),
+                )
+            })
+            .await
     }
 
     /// A pending-handshake slot for a new connection, or why it gets none.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::proxy::{Pod, Shared};
 
@@ -231,35 +231,21 @@ pub async fn serve(
             }
         }
     };
-    let tcp_loop = async move {
-        loop {
-            let stream = match tcp.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accepting a DNS connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            use std::os::fd::AsRawFd;
-            let headroom =
-                mesh::limits::check_descriptor_headroom("DNS connections", stream.as_raw_fd());
-            if let Err(refused) = headroom {
-                debug!("closing a new DNS connection: {refused}");
-                continue;
-            }
+    // Connections are refused near the descriptor limit before they take one of the pod's
+    // permits; past the pod's bound a new connection is closed at once.
+    let tcp_loop = mesh::accept::AcceptLoop::new("DNS connections")
+        .descriptor_headroom()
+        .run(tcp, move |stream, _peer| {
             let Ok(permit) = pod.dns.tcp.clone().try_acquire_owned() else {
                 debug!("too many DNS connections open in this pod; closing a new one");
-                continue;
+                return None;
             };
             let (shared, pod) = (shared.clone(), pod.clone());
-            tokio::spawn(async move {
+            Some(async move {
                 serve_tcp_conn(&shared, &pod, stream).await;
                 drop(permit);
-            });
-        }
-    };
+            })
+        });
     // Draining stops answering; in-flight lookups are short and need no deadline.
     tokio::select! {
         _ = async { tokio::join!(udp_loop, tcp_loop) } => {}

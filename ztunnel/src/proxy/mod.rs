@@ -115,10 +115,12 @@ impl Pod {
 }
 
 /// Accepts on `listener` until `drain` fires, running `handle` for each connection in its own
-/// task with a span naming the flow, the pod and the peer.
+/// task with a span naming the flow, the pod and the peer. The connections are tracked
+/// ([`mesh::accept::AcceptLoop`]): after drain the loop waits for them, and stopping the
+/// pod's tasks ends them.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
-    mut drain: mesh::hbone::DrainWatch,
+    drain: mesh::hbone::DrainWatch,
     flow: &'static str,
     pod: Arc<Pod>,
     handle: F,
@@ -127,25 +129,15 @@ pub(crate) async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use tracing::Instrument;
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = drain.signaled() => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                // The app's small writes and ours must not wait for ACKs (Nagle).
-                let _ = tcp.set_nodelay(true);
-                let span = tracing::debug_span!("conn", flow, pod = %pod.info.name, %peer);
-                tokio::spawn(handle(tcp, peer).instrument(span));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(flow, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    mesh::accept::AcceptLoop::new(flow)
+        .until(drain)
+        // The app's small writes and ours must not wait for ACKs (Nagle).
+        .nodelay()
+        .run(listener, |tcp, peer| {
+            let span = tracing::debug_span!("conn", flow, pod = %pod.info.name, %peer);
+            Some(handle(tcp, peer).instrument(span))
+        })
+        .await
 }
 
 #[cfg(test)]
