@@ -1,0 +1,83 @@
+//! What the waypoint reports on the shared admin endpoints ([`mesh::admin`]: 15000, 15020,
+//! 15021): its L4 and L7 config and certificate on `/config_dump`, Istio's request metrics on
+//! `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::Waypoint;
+
+/// The waypoint's admin endpoints.
+pub type Admin = mesh::admin::Admin<Report>;
+
+/// What `/config_dump` and `/metrics` read.
+pub struct Report {
+    pub waypoint: Arc<Waypoint>,
+    pub registry: Registry,
+    pub certs: mesh::certs::CertStore,
+}
+
+impl mesh::admin::AdminSource for Report {
+    async fn config_dump(&self) -> serde_json::Value {
+        let wp = &self.waypoint;
+        let snapshot = wp.state.snapshot();
+        let l7 = wp.l7.snapshot();
+        let services: Vec<_> = snapshot
+            .services()
+            .map(|s| {
+                serde_json::json!({
+                    "key": s.key(),
+                    "vips": s.vips.iter().map(|v| v.address.to_string()).collect::<Vec<_>>(),
+                    "waypoint": s.waypoint.as_ref().map(|w| format!("{:?}", w.destination)),
+                })
+            })
+            .collect();
+        let routes: Vec<_> = l7
+            .routes
+            .values()
+            .map(|t| {
+                serde_json::json!({
+                    "service": t.name,
+                    "routes": t.routes.iter().map(|r| serde_json::json!({
+                        "route": r.route_name,
+                        "rule": r.rule_index,
+                        "port": r.port,
+                        "backends": r.backends.iter().map(|b| serde_json::json!({
+                            "service": b.service, "port": b.port, "weight": b.weight,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let policies: Vec<_> = l7
+            .policies
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "policy": p.key,
+                    "action": format!("{:?}", p.action),
+                    "targets": p.targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>(),
+                    "dryRun": p.dry_run,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "gateway": format!("{}/{}", wp.namespace, wp.gateway),
+            "identity": wp.identity.to_string(),
+            "workloads": snapshot.workloads().count(),
+            "services": services,
+            "routes": routes,
+            "policies": policies,
+            "certificates": mesh::admin::certificates(&self.certs),
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,72 @@
+//! amesh's waypoint: the per-namespace L7 proxy of ambient mode. It terminates HBONE tunnels
+//! from ztunnels (clients' identities proven by mTLS), serves HTTP/1.1, HTTP/2 and gRPC inside
+//! them through the request pipeline (L7 authorization, HTTPRoute routing, telemetry), and
+//! forwards each request over HBONE, with its own identity, to the chosen endpoint's ztunnel.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod detect;
+pub mod inbound;
+pub mod l7;
+pub mod metrics;
+pub mod pipeline;
+pub mod record;
+pub mod run;
+pub mod upstream;
+
+use std::net::IpAddr;
+
+use mesh::state::StateStore;
+use mesh::Identity;
+
+/// Everything the request path shares, built once at start.
+pub struct Waypoint {
+    /// Services, workloads, endpoints (Istio's Address resources).
+    pub state: StateStore,
+    /// Routes and L7 policies.
+    pub l7: l7::L7Store,
+    pub upstream: upstream::Upstream,
+    pub metrics: metrics::Metrics,
+    /// The Gateway this waypoint implements.
+    pub namespace: String,
+    pub gateway: String,
+    /// Its Service's hostname, as bindings name it.
+    pub hostname: String,
+    pub instance_ip: IpAddr,
+    pub identity: Identity,
+    round_robin: pipeline::RoundRobin,
+}
+
+impl Waypoint {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: StateStore,
+        l7: l7::L7Store,
+        upstream: upstream::Upstream,
+        metrics: metrics::Metrics,
+        namespace: String,
+        gateway: String,
+        hostname: String,
+        instance_ip: IpAddr,
+        identity: Identity,
+    ) -> Self {
+        Waypoint {
+            state,
+            l7,
+            upstream,
+            metrics,
+            namespace,
+            gateway,
+            hostname,
+            instance_ip,
+            identity,
+            round_robin: Default::default(),
+        }
+    }
+
+    /// The next round-robin position for `service`.
+    pub fn next_index(&self, service: &str) -> usize {
+        self.round_robin.next(service)
+    }
+}

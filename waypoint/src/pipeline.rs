@@ -1,0 +1,736 @@
+//! The request pipeline, one phase after another with a per-request [`Record`]:
+//! authorization → route (match, filters, redirect) → backend and endpoint choice → forward over
+//! HBONE with timeouts → response filters. Retries, faults and outlier detection slot in
+//! between route and forward (see `forward`), which is why routing only *decides* and the
+//! forward phase owns the attempt.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use mesh::state::{Service, Snapshot, Workload};
+use mesh::Identity;
+use rand::Rng;
+use tracing::{debug, warn};
+
+use crate::body::{self, Counted, Finishing, RespBody};
+use crate::l7::authz::{self, Target as PolicyTarget};
+use crate::l7::routes::{rewrite_path, Filter, Route};
+use crate::l7::{Decision, RequestAttrs, RouteView};
+use crate::record::Record;
+use crate::upstream::{Endpoint, UpBody, UpstreamError, Version};
+use crate::Waypoint;
+
+/// What a tunnel was addressed to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Service(Arc<Service>),
+    Workload(Arc<Workload>),
+}
+
+/// One downstream tunnel: who the client is (proven) and what it addressed.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub peer_identity: Identity,
+    pub peer_addr: SocketAddr,
+    pub source_workload: Option<Arc<Workload>>,
+    pub target: Target,
+    /// The `ip:port` of the CONNECT.
+    pub addr: SocketAddr,
+}
+
+/// Headers that belong to one hop and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
+];
+
+/// Serves one request; never fails (errors become responses).
+pub async fn handle(
+    wp: Arc<Waypoint>,
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let request_id = ensure_request_id(req.headers_mut());
+    propagate_trace(req.headers_mut());
+    let authority = authority_of(&req).unwrap_or_else(|| ctx.addr.to_string());
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let service = match &ctx.target {
+        Target::Service(s) => Some(s.clone()),
+        Target::Workload(_) => None,
+    };
+    let mut record = Record::new(
+        wp.clone(),
+        req.method().clone(),
+        req.uri().path().to_string(),
+        authority.clone(),
+        if grpc { "grpc" } else { "http" },
+        req.version(),
+        request_id,
+        req.headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string(),
+        ctx.peer_addr,
+        ctx.peer_identity.to_string(),
+        ctx.source_workload.clone(),
+        service.clone(),
+    );
+    let l7 = wp.l7.snapshot();
+
+    // Authorization: policies bound to this waypoint, and to the service addressed.
+    let principal = ctx.peer_identity.to_string();
+    let attrs = RequestAttrs {
+        principal: principal.trim_start_matches("spiffe://"),
+        namespace: ctx.peer_identity.namespace(),
+        source_ip: ctx.peer_addr.ip(),
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        host: &authority,
+        port: ctx.addr.port(),
+        headers: req.headers(),
+    };
+    let applicable = l7.policies.values().filter(|p| {
+        p.targets.iter().any(|t| match t {
+            PolicyTarget::Gateway { namespace, name } => {
+                *namespace == wp.namespace && *name == wp.gateway
+            }
+            PolicyTarget::Service { namespace, name } => service
+                .as_ref()
+                .is_some_and(|s| s.namespace == *namespace && s.name == *name),
+        })
+    });
+    if let Decision::Deny(policy) = authz::evaluate(applicable.map(|p| &**p), &attrs) {
+        debug!(?policy, principal = attrs.principal, "request denied");
+        return Ok(local_reply(
+            record,
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied",
+            "-",
+        ));
+    }
+
+    // Routing.
+    let table = service.as_ref().and_then(|s| l7.routes.get(&s.key()));
+    let route: Option<&Route> = match table {
+        Some(table) => {
+            let view = RouteView {
+                method: req.method(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+                port: ctx.addr.port(),
+            };
+            match table.find(&view) {
+                Some(r) => Some(r),
+                None => {
+                    return Ok(local_reply(
+                        record,
+                        StatusCode::NOT_FOUND,
+                        "no route matched\n",
+                        "NR",
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(r) = route {
+        record.route = Some((r.route_name.clone(), r.rule_index));
+    }
+
+    let snapshot = wp.state.snapshot();
+    // The destination: a weighted backend of the route, else what the client addressed.
+    let mut filters: Vec<&Filter> = route
+        .map(|r| r.filters.iter().collect())
+        .unwrap_or_default();
+    let destination = match route {
+        Some(r) => {
+            let roll = rand::rng().random::<u64>();
+            match r.pick_backend(roll) {
+                Some(b) => {
+                    filters.extend(b.filters.iter());
+                    Dest::Service {
+                        key: b.service.clone(),
+                        port: b.port,
+                    }
+                }
+                None if r.filters.iter().any(|f| matches!(f, Filter::Redirect(_))) => Dest::None,
+                None => {
+                    return Ok(local_reply(
+                        record,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "route has no backend\n",
+                        "-",
+                    ))
+                }
+            }
+        }
+        None => match &ctx.target {
+            Target::Service(s) => Dest::Service {
+                key: s.key(),
+                port: ctx.addr.port(),
+            },
+            Target::Workload(w) => Dest::Workload(w.clone(), ctx.addr),
+        },
+    };
+
+    // Request filters; a redirect answers here.
+    let matched_prefix = route.and_then(|r| r.matched_prefix());
+    let mut response_filters = Vec::new();
+    for f in &filters {
+        match f {
+            Filter::Redirect(r) => {
+                let location = redirect_location(&req, &authority, r, matched_prefix);
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = r.status;
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                record.responding(r.status.as_u16());
+                return Ok(resp.map(|b| Finishing::new(b, record).boxed()));
+            }
+            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
+            Filter::ResponseHeaders(m) => response_filters.push(m.clone()),
+            Filter::Rewrite(rw) => {
+                if let Some(host) = &rw.hostname {
+                    if let Ok(v) = HeaderValue::from_str(host) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                if let Some(p) = &rw.path {
+                    let new_path = rewrite_path(req.uri().path(), p, matched_prefix);
+                    let pq = match req.uri().query() {
+                        Some(q) => format!("{new_path}?{q}"),
+                        None => new_path,
+                    };
+                    if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+                        *req.uri_mut() = uri;
+                    }
+                }
+            }
+            Filter::Mirror(m) => {
+                if rand::rng().random::<f64>() * 100.0 < m.percent {
+                    mirror(
+                        &wp,
+                        &snapshot,
+                        &req,
+                        m.backend.service.clone(),
+                        m.backend.port,
+                    );
+                }
+            }
+        }
+    }
+
+    let version = if req.version() == http::Version::HTTP_2 {
+        Version::Http2
+    } else {
+        Version::Http1
+    };
+    let (endpoint, workload) = match pick_endpoint(&wp, &snapshot, &destination, version) {
+        Ok(x) => x,
+        Err(Pick::UnknownService(key)) => {
+            warn!(service = %key, "route backend is not a known service");
+            return Ok(local_reply(
+                record,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backend service not found\n",
+                "-",
+            ));
+        }
+        Err(Pick::NoHealthy) => {
+            return Ok(local_reply(
+                record,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                "UH",
+            ))
+        }
+    };
+    drop(snapshot);
+    record.destination = Some(workload);
+    record.upstream = Some(endpoint.addr);
+
+    // Forward: one attempt, bounded by the route's timeouts.
+    let timeout = match route.map(|r| (r.request_timeout, r.backend_timeout)) {
+        Some((Some(a), Some(b))) => Some(a.min(b)),
+        Some((a, b)) => a.or(b),
+        None => None,
+    };
+    let upgrade = version == Version::Http1 && req.headers().contains_key(header::UPGRADE);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let up_req = upstream_request(
+        req,
+        &authority,
+        version,
+        upgrade,
+        record.request_bytes.clone(),
+    );
+    let send = async {
+        if upgrade {
+            wp.upstream.send_upgrade(&endpoint, up_req).await
+        } else {
+            wp.upstream.send(&endpoint, up_req).await
+        }
+    };
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Ok(local_reply(
+                    record,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    "UT",
+                ))
+            }
+        },
+        None => send.await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "upstream failed");
+            let flags = match e {
+                UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } => "UF",
+                UpstreamError::Request { .. } => "UC",
+            };
+            return Ok(local_reply(
+                record,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers",
+                flags,
+            ));
+        }
+    };
+    if let (Some(down), true) = (
+        downstream_upgrade,
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+    ) {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    for m in &response_filters {
+        m.apply(resp.headers_mut());
+    }
+    if let Some(status) = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        record.grpc_status = Some(status.to_string());
+    }
+    record.responding(resp.status().as_u16());
+    Ok(resp.map(|b| Finishing::new(b, record).boxed()))
+}
+
+/// Where a request goes, before an endpoint is picked.
+enum Dest {
+    Service { key: String, port: u16 },
+    Workload(Arc<Workload>, SocketAddr),
+    None,
+}
+
+enum Pick {
+    UnknownService(String),
+    NoHealthy,
+}
+
+/// Round robin over the healthy endpoints of the destination.
+fn pick_endpoint(
+    wp: &Waypoint,
+    snapshot: &Snapshot,
+    dest: &Dest,
+    version: Version,
+) -> Result<(Endpoint, Arc<Workload>), Pick> {
+    match dest {
+        Dest::Workload(w, addr) => Ok((
+            Endpoint {
+                addr: *addr,
+                identity: w.identity(),
+                version,
+            },
+            w.clone(),
+        )),
+        Dest::None => Err(Pick::NoHealthy),
+        Dest::Service { key, port } => {
+            let service = snapshot
+                .service(key)
+                .ok_or_else(|| Pick::UnknownService(key.clone()))?;
+            let endpoints: Vec<_> = snapshot
+                .endpoints(key)
+                .iter()
+                .filter(|e| e.workload.healthy && !e.workload.addresses.is_empty())
+                .collect();
+            if endpoints.is_empty() {
+                return Err(Pick::NoHealthy);
+            }
+            let i = wp.next_index(key) % endpoints.len();
+            let e = endpoints[i];
+            let target_port = e
+                .port_map
+                .get(port)
+                .copied()
+                .filter(|p| *p != 0)
+                .or_else(|| {
+                    service
+                        .port(*port)
+                        .map(|p| p.target_port)
+                        .filter(|p| *p != 0)
+                })
+                .unwrap_or(*port);
+            Ok((
+                Endpoint {
+                    addr: SocketAddr::new(e.workload.addresses[0], target_port),
+                    identity: e.workload.identity(),
+                    version,
+                },
+                e.workload.clone(),
+            ))
+        }
+    }
+}
+
+/// The request as it goes upstream: hop-by-hop headers dropped (kept for an upgrade), the URI
+/// in the form the upstream version needs, the body streamed and counted.
+fn upstream_request(
+    req: Request<Incoming>,
+    authority: &str,
+    version: Version,
+    upgrade: bool,
+    count: Arc<std::sync::atomic::AtomicU64>,
+) -> Request<UpBody> {
+    let (mut parts, body) = req.into_parts();
+    let keep_upgrade = upgrade.then(|| {
+        (
+            parts.headers.get(header::CONNECTION).cloned(),
+            parts.headers.get(header::UPGRADE).cloned(),
+        )
+    });
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(named.iter()) {
+        parts.headers.remove(h);
+    }
+    if let Some((conn, up)) = keep_upgrade {
+        if let Some(c) = conn {
+            parts.headers.insert(header::CONNECTION, c);
+        }
+        if let Some(u) = up {
+            parts.headers.insert(header::UPGRADE, u);
+        }
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    match version {
+        Version::Http2 => {
+            parts.version = http::Version::HTTP_2;
+            if let Ok(uri) = format!("http://{authority}{pq}").parse() {
+                parts.uri = uri;
+            }
+            parts.headers.remove(header::HOST);
+        }
+        Version::Http1 => {
+            parts.version = http::Version::HTTP_11;
+            if let Ok(uri) = pq.parse() {
+                parts.uri = uri;
+            }
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+    }
+    Request::from_parts(parts, Counted::new(body, count).boxed())
+}
+
+/// A response the waypoint makes itself.
+fn local_reply(
+    mut record: Record,
+    status: StatusCode,
+    text: &'static str,
+    flags: &'static str,
+) -> Response<RespBody> {
+    record.flags = flags;
+    record.responding(status.as_u16());
+    let mut resp = Response::new(body::text(text));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.map(|b| Finishing::new(b, record).boxed())
+}
+
+fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
+/// `x-request-id`: kept when the client sent one, generated otherwise.
+fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        return id.to_string();
+    }
+    // A random (version 4, RFC 4122 variant) UUID.
+    let mut bytes: [u8; 16] = rand::rng().random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", v);
+    }
+    id
+}
+
+/// W3C trace context: the waypoint is a hop of the trace, so it keeps the trace id and sampling
+/// and gives the request a new parent id; without a valid `traceparent` it starts a trace.
+fn propagate_trace(headers: &mut HeaderMap) {
+    let mut r = rand::rng();
+    let span: u64 = r.random::<u64>() | 1;
+    let value = match headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
+        None => {
+            let trace: u128 = r.random::<u128>() | 1;
+            format!("00-{trace:032x}-{span:016x}-01")
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("traceparent", v);
+    }
+}
+
+fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let mut parts = v.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    (version == "00"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace != "0".repeat(32)
+        && parent != "0".repeat(16))
+    .then(|| (trace.to_string(), flags.to_string()))
+}
+
+fn redirect_location(
+    req: &Request<Incoming>,
+    authority: &str,
+    r: &crate::l7::routes::Redirect,
+    matched_prefix: Option<&str>,
+) -> String {
+    let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
+    let (host, orig_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+            (h.to_string(), Some(p.to_string()))
+        }
+        _ => (authority.to_string(), None),
+    };
+    let host = r.hostname.clone().unwrap_or(host);
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p.to_string()),
+        // A scheme change drops the old port: the new scheme's default applies.
+        (None, Some(_)) => None,
+        (None, None) => orig_port,
+    };
+    let path = match &r.path {
+        Some(p) => rewrite_path(req.uri().path(), p, matched_prefix),
+        None => req.uri().path().to_string(),
+    };
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let default_port = (scheme == "http" && port.as_deref() == Some("80"))
+        || (scheme == "https" && port.as_deref() == Some("443"));
+    match port {
+        Some(p) if !default_port => format!("{scheme}://{host}:{p}{path}{query}"),
+        _ => format!("{scheme}://{host}{path}{query}"),
+    }
+}
+
+/// Fire and forget: a copy of the request's head (bodies are not mirrored yet) to `service`;
+/// its outcome never touches the original request.
+fn mirror(
+    wp: &Arc<Waypoint>,
+    snapshot: &Snapshot,
+    req: &Request<Incoming>,
+    service: String,
+    port: u16,
+) {
+    let version = if req.version() == http::Version::HTTP_2 {
+        Version::Http2
+    } else {
+        Version::Http1
+    };
+    let Ok((endpoint, _)) =
+        pick_endpoint(wp, snapshot, &Dest::Service { key: service, port }, version)
+    else {
+        return;
+    };
+    let mut builder = Request::builder().method(req.method().clone());
+    let authority = authority_of(req).unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    builder = match version {
+        Version::Http2 => builder.uri(format!("http://{authority}{pq}")),
+        Version::Http1 => builder.uri(pq),
+    };
+    let mut headers = req.headers().clone();
+    for h in HOP_BY_HOP.iter() {
+        headers.remove(h);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    if version == Version::Http2 {
+        headers.remove(header::HOST);
+    }
+    let Ok(mut mirrored) = builder.body(body::empty()) else {
+        return;
+    };
+    *mirrored.headers_mut() = headers;
+    let upstream = wp.upstream.clone();
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            let resp = upstream.send(&endpoint, mirrored).await?;
+            // Read the body so an HTTP/1.1 connection can be reused.
+            let _ = resp.into_body().collect().await;
+            Ok::<_, UpstreamError>(())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            debug!(error = %e, "mirrored request failed");
+        }
+    });
+}
+
+/// Plain TCP through the waypoint: L4 policy only, then the bytes to one endpoint.
+pub async fn tcp<S>(wp: Arc<Waypoint>, ctx: Arc<ConnCtx>, mut io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let l7 = wp.l7.snapshot();
+    let service = match &ctx.target {
+        Target::Service(s) => Some(s.clone()),
+        Target::Workload(_) => None,
+    };
+    let principal = ctx.peer_identity.to_string();
+    let empty = HeaderMap::new();
+    let attrs = RequestAttrs {
+        principal: principal.trim_start_matches("spiffe://"),
+        namespace: ctx.peer_identity.namespace(),
+        source_ip: ctx.peer_addr.ip(),
+        method: "",
+        path: "",
+        host: "",
+        port: ctx.addr.port(),
+        headers: &empty,
+    };
+    let applicable = l7.policies.values().filter(|p| {
+        p.targets.iter().any(|t| match t {
+            PolicyTarget::Gateway { namespace, name } => {
+                *namespace == wp.namespace && *name == wp.gateway
+            }
+            PolicyTarget::Service { namespace, name } => service
+                .as_ref()
+                .is_some_and(|s| s.namespace == *namespace && s.name == *name),
+        })
+    });
+    if let Decision::Deny(policy) = authz::evaluate(applicable.map(|p| &**p), &attrs) {
+        debug!(?policy, "TCP connection denied");
+        return;
+    }
+    let snapshot = wp.state.snapshot();
+    let dest = match &ctx.target {
+        Target::Service(s) => Dest::Service {
+            key: s.key(),
+            port: ctx.addr.port(),
+        },
+        Target::Workload(w) => Dest::Workload(w.clone(), ctx.addr),
+    };
+    let Ok((endpoint, _)) = pick_endpoint(&wp, &snapshot, &dest, Version::Http1) else {
+        debug!("no endpoint for a TCP connection");
+        return;
+    };
+    drop(snapshot);
+    match wp.upstream.tunnel(&endpoint).await {
+        Ok(mut up) => {
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+        }
+        Err(e) => debug!(error = %e, "TCP upstream failed"),
+    }
+}
+
+/// Round-robin position per service.
+#[derive(Default)]
+pub struct RoundRobin(parking_lot::RwLock<std::collections::HashMap<String, Arc<AtomicUsize>>>);
+
+impl RoundRobin {
+    pub fn next(&self, key: &str) -> usize {
+        if let Some(c) = self.0.read().get(key) {
+            return c.fetch_add(1, Ordering::Relaxed);
+        }
+        let c = self.0.write().entry(key.to_string()).or_default().clone();
+        c.fetch_add(1, Ordering::Relaxed)
+    }
+}

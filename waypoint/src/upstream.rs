@@ -1,0 +1,247 @@
+//! Requests to endpoints: each upstream HTTP connection runs inside its own HBONE tunnel to the
+//! endpoint's `ip:15008`, opened with the waypoint's own identity (so the destination ztunnel
+//! authorizes the waypoint). HTTP/2 connections are shared by every request to the endpoint;
+//! HTTP/1.1 connections are kept idle for reuse, one request at a time each.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::hbone::{HboneError, Pool, TunnelRequest, HBONE_PORT};
+use mesh::Identity;
+use parking_lot::Mutex;
+
+/// Body type sent upstream.
+pub type UpBody = BoxBody<Bytes, hyper::Error>;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+/// Which HTTP version to speak to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+/// One endpoint to send to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The app's `ip:port` (the CONNECT's `:authority`).
+    pub addr: SocketAddr,
+    /// The identity its ztunnel presents for it.
+    pub identity: Identity,
+    pub version: Version,
+}
+
+/// Why a request did not reach the app.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The tunnel could not be opened (refused, unreachable, TLS): Envoy's `UF`.
+    #[error("tunnel to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: HboneError,
+    },
+    /// HTTP setup on the tunnel failed: `UF`.
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request was sent and the connection failed before a response: `UC`/`UF`.
+    #[error("request to {addr} failed: {source}")]
+    Request {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+enum Conns {
+    H1(Vec<http1::SendRequest<UpBody>>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+/// Upstream connections of the waypoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    pool: Pool,
+    identity: Identity,
+    conns: Arc<Mutex<HashMap<Endpoint, Conns>>>,
+}
+
+impl Upstream {
+    pub fn new(pool: Pool, identity: Identity) -> Self {
+        Upstream {
+            pool,
+            identity,
+            conns: Arc::default(),
+        }
+    }
+
+    /// Sends `req` to `ep` and returns the response head (the body streams).
+    pub async fn send(
+        &self,
+        ep: &Endpoint,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match ep.version {
+            Version::Http2 => {
+                let mut sender = match self.h2_sender(ep) {
+                    Some(s) => s,
+                    None => {
+                        let s = self.connect_h2(ep).await?;
+                        self.conns.lock().insert(ep.clone(), Conns::H2(s.clone()));
+                        s
+                    }
+                };
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|source| UpstreamError::Request {
+                        addr: ep.addr,
+                        source,
+                    })
+            }
+            Version::Http1 => {
+                let mut sender = match self.h1_idle(ep) {
+                    Some(s) => s,
+                    None => self.connect_h1(ep).await?,
+                };
+                let response =
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(|source| UpstreamError::Request {
+                            addr: ep.addr,
+                            source,
+                        })?;
+                // Reusable once its response body has been read; an upgraded connection is
+                // the client's now.
+                if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    self.h1_return(ep, sender);
+                }
+                Ok(response)
+            }
+        }
+    }
+
+    /// Opens a dedicated HTTP/1.1 connection (upgrades, which take the connection over).
+    pub async fn send_upgrade(
+        &self,
+        ep: &Endpoint,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.connect_h1(ep).await?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request {
+                addr: ep.addr,
+                source,
+            })
+    }
+
+    fn h2_sender(&self, ep: &Endpoint) -> Option<http2::SendRequest<UpBody>> {
+        let mut conns = self.conns.lock();
+        match conns.get(ep) {
+            Some(Conns::H2(s)) if !s.is_closed() => Some(s.clone()),
+            Some(Conns::H2(_)) => {
+                conns.remove(ep);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn h1_idle(&self, ep: &Endpoint) -> Option<http1::SendRequest<UpBody>> {
+        let mut conns = self.conns.lock();
+        let Some(Conns::H1(idle)) = conns.get_mut(ep) else {
+            return None;
+        };
+        idle.retain(|s| !s.is_closed());
+        // A connection whose last response body is still being read is not ready yet; it
+        // stays for later.
+        let i = idle.iter().position(|s| s.is_ready())?;
+        Some(idle.swap_remove(i))
+    }
+
+    fn h1_return(&self, ep: &Endpoint, sender: http1::SendRequest<UpBody>) {
+        let mut conns = self.conns.lock();
+        let entry = conns
+            .entry(ep.clone())
+            .or_insert_with(|| Conns::H1(Vec::new()));
+        if let Conns::H1(idle) = entry {
+            if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                idle.push(sender);
+            }
+        }
+    }
+
+    /// Opens an HBONE tunnel to the endpoint (plain TCP through the waypoint uses it as is).
+    pub async fn tunnel(&self, ep: &Endpoint) -> Result<mesh::hbone::H2Stream, UpstreamError> {
+        self.pool
+            .connect(TunnelRequest {
+                source: self.identity.clone(),
+                destination: ep.identity.clone(),
+                address: SocketAddr::new(ep.addr.ip(), HBONE_PORT),
+                authority: ep.addr.to_string(),
+                headers: HeaderMap::new(),
+            })
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                addr: ep.addr,
+                source,
+            })
+    }
+
+    async fn connect_h1(&self, ep: &Endpoint) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
+        let io = TokioIo::new(self.tunnel(ep).await?);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: ep.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self, ep: &Endpoint) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
+        let io = TokioIo::new(self.tunnel(ep).await?);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: ep.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Drops idle connections to endpoints that are no longer in `keep`.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.conns.lock().retain(|ep, _| keep(&ep.addr));
+    }
+}
