@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use amesh_proto::amesh::l7::v1 as l7;
 use amesh_proto::istio::security::{
     self, string_match::MatchType, Authorization, Match, StringMatch,
 };
@@ -14,10 +15,11 @@ use amesh_proto::istio::workload::{
 };
 use serde_yaml::{Mapping, Value};
 
-use crate::translate::Translated;
+use crate::translate::{L7Resource, Translated};
 
-/// The whole translation: `addresses`, `authorizations` (each entry led by its xDS resource
-/// name, `resource`) and `warnings`.
+/// The whole translation: `addresses`, `authorizations`, the waypoints' `serviceRoutes` and
+/// `l7Authorizations` (each entry led by its xDS resource name, `resource`; L7 ones then by
+/// the `waypoints` they are sent to) and `warnings`.
 pub fn translated(t: &Translated) -> Value {
     let mut m = Obj::default();
     m.list(
@@ -32,6 +34,20 @@ pub fn translated(t: &Translated) -> Value {
         t.authorizations
             .iter()
             .map(|(name, a)| named(name, authorization(a)))
+            .collect(),
+    );
+    m.list(
+        "serviceRoutes",
+        t.service_routes
+            .iter()
+            .map(|r| l7_named(r, service_routes(&r.resource)))
+            .collect(),
+    );
+    m.list(
+        "l7Authorizations",
+        t.l7_authorizations
+            .iter()
+            .map(|r| l7_named(r, l7_authorization(&r.resource)))
             .collect(),
     );
     m.list(
@@ -54,6 +70,240 @@ fn named(name: &str, body: Value) -> Value {
     if let Value::Mapping(body) = body {
         m.0.extend(body);
     }
+    m.done()
+}
+
+/// `resource`, `waypoints` (`[]` when no waypoint gets it), then the resource's fields.
+fn l7_named<T>(r: &L7Resource<T>, body: Value) -> Value {
+    let mut m = Obj::default();
+    m.str("resource", &r.name);
+    m.val(
+        "waypoints",
+        Value::Sequence(
+            r.waypoints
+                .iter()
+                .map(|w| Value::from(w.to_string()))
+                .collect(),
+        ),
+    );
+    if let Value::Mapping(body) = body {
+        m.0.extend(body);
+    }
+    m.done()
+}
+
+/// An `amesh.l7.v1.ServiceRoutes`.
+pub fn service_routes(s: &l7::ServiceRoutes) -> Value {
+    let mut m = Obj::default();
+    m.str("hostname", &s.hostname);
+    // Always shown, in order: the order is the precedence.
+    m.val(
+        "routes",
+        Value::Sequence(s.routes.iter().map(route).collect()),
+    );
+    m.done()
+}
+
+fn route(r: &l7::Route) -> Value {
+    let mut m = Obj::default();
+    m.str("route", &format!("{} {}", r.route_kind, r.route_name));
+    m.val("rule", Value::from(r.rule_index));
+    m.num("port", r.port);
+    if let Some(x) = &r.r#match {
+        let mut mm = Obj::default();
+        if let Some(p) = &x.path {
+            let mut pm = Obj::default();
+            pm.enumeration("kind", p.kind, |v| {
+                l7::path_match::Kind::try_from(v)
+                    .ok()
+                    .map(|e| e.as_str_name())
+            });
+            pm.str("value", &p.value);
+            mm.val("path", pm.done());
+        }
+        let pairs = |name: &str, value: &str, regex: bool| {
+            let mut h = Obj::default();
+            h.str("name", name);
+            h.str(if regex { "regex" } else { "exact" }, value);
+            h.done()
+        };
+        mm.list(
+            "headers",
+            x.headers
+                .iter()
+                .map(|h| pairs(&h.name, &h.value, h.regex))
+                .collect(),
+        );
+        mm.list(
+            "queryParams",
+            x.query_params
+                .iter()
+                .map(|q| pairs(&q.name, &q.value, q.regex))
+                .collect(),
+        );
+        mm.str("method", &x.method);
+        m.val("match", mm.done());
+    }
+    m.list("filters", r.filters.iter().map(filter).collect());
+    // Always shown: no backend means the waypoint answers 500.
+    m.val(
+        "backends",
+        Value::Sequence(r.backends.iter().map(backend).collect()),
+    );
+    if let Some(t) = &r.timeouts {
+        let mut tm = Obj::default();
+        tm.opt("request", t.request.as_ref().map(duration));
+        tm.opt("backendRequest", t.backend_request.as_ref().map(duration));
+        m.val("timeouts", tm.done());
+    }
+    m.done()
+}
+
+fn duration(d: &prost_types::Duration) -> Value {
+    Value::from(format!("{}.{:03}s", d.seconds, d.nanos / 1_000_000))
+}
+
+fn backend(b: &l7::Backend) -> Value {
+    let mut m = Obj::default();
+    m.str("service", &b.service);
+    m.num("port", b.port);
+    // Always shown: weight 0 means "never chosen".
+    m.val("weight", Value::from(b.weight));
+    m.list("filters", b.filters.iter().map(filter).collect());
+    m.done()
+}
+
+fn filter(f: &l7::Filter) -> Value {
+    let headers = |list: &[l7::Header]| {
+        list.iter()
+            .map(|h| Value::from(format!("{}: {}", h.name, h.value)))
+            .collect()
+    };
+    let modifier = |h: &l7::HeaderModifier| {
+        let mut m = Obj::default();
+        m.list("set", headers(&h.set));
+        m.list("add", headers(&h.add));
+        m.list(
+            "remove",
+            h.remove.iter().map(|r| Value::from(r.as_str())).collect(),
+        );
+        m.done()
+    };
+    let path = |p: &l7::PathModifier| {
+        let mut m = Obj::default();
+        m.enumeration("kind", p.kind, |v| {
+            l7::path_modifier::Kind::try_from(v)
+                .ok()
+                .map(|e| e.as_str_name())
+        });
+        m.str("value", &p.value);
+        m.done()
+    };
+    let mut m = Obj::default();
+    use l7::filter::Kind;
+    match &f.kind {
+        Some(Kind::RequestHeaderModifier(h)) => m.val("requestHeaderModifier", modifier(h)),
+        Some(Kind::ResponseHeaderModifier(h)) => m.val("responseHeaderModifier", modifier(h)),
+        Some(Kind::RequestRedirect(r)) => {
+            let mut rm = Obj::default();
+            rm.str("scheme", &r.scheme);
+            rm.str("hostname", &r.hostname);
+            rm.opt("path", r.path.as_ref().map(path));
+            rm.num("port", r.port);
+            rm.num("statusCode", r.status_code);
+            m.val("requestRedirect", rm.done());
+        }
+        Some(Kind::UrlRewrite(r)) => {
+            let mut rm = Obj::default();
+            rm.str("hostname", &r.hostname);
+            rm.opt("path", r.path.as_ref().map(path));
+            m.val("urlRewrite", rm.done());
+        }
+        Some(Kind::RequestMirror(r)) => {
+            let mut rm = Obj::default();
+            rm.opt("backend", r.backend.as_ref().map(backend));
+            rm.val("percent", Value::from(r.percent));
+            m.val("requestMirror", rm.done());
+        }
+        None => {}
+    }
+    m.done()
+}
+
+/// An `amesh.l7.v1.Authorization`.
+pub fn l7_authorization(a: &l7::Authorization) -> Value {
+    let strings = |v: &[String]| v.iter().map(|s| Value::from(s.as_str())).collect();
+    let mut m = Obj::default();
+    m.enumeration("action", a.action, |v| {
+        l7::authorization::Action::try_from(v)
+            .ok()
+            .map(|e| e.as_str_name())
+    });
+    m.flag("dryRun", a.dry_run);
+    m.list(
+        "targets",
+        a.targets
+            .iter()
+            .map(|t| Value::from(format!("{} {}/{}", t.kind, t.namespace, t.name)))
+            .collect(),
+    );
+    let rules = a
+        .rules
+        .iter()
+        .map(|r| {
+            let mut rule = Obj::default();
+            let from = r
+                .from
+                .iter()
+                .map(|s| {
+                    let mut o = Obj::default();
+                    o.list("principals", strings(&s.principals));
+                    o.list("notPrincipals", strings(&s.not_principals));
+                    o.list("namespaces", strings(&s.namespaces));
+                    o.list("notNamespaces", strings(&s.not_namespaces));
+                    o.list("ipBlocks", strings(&s.ip_blocks));
+                    o.list("notIpBlocks", strings(&s.not_ip_blocks));
+                    o.list("requestPrincipals", strings(&s.request_principals));
+                    o.list("notRequestPrincipals", strings(&s.not_request_principals));
+                    o.list("remoteIpBlocks", strings(&s.remote_ip_blocks));
+                    o.list("notRemoteIpBlocks", strings(&s.not_remote_ip_blocks));
+                    o.done()
+                })
+                .collect();
+            let to =
+                r.to.iter()
+                    .map(|op| {
+                        let mut o = Obj::default();
+                        o.list("hosts", strings(&op.hosts));
+                        o.list("notHosts", strings(&op.not_hosts));
+                        o.list("ports", strings(&op.ports));
+                        o.list("notPorts", strings(&op.not_ports));
+                        o.list("methods", strings(&op.methods));
+                        o.list("notMethods", strings(&op.not_methods));
+                        o.list("paths", strings(&op.paths));
+                        o.list("notPaths", strings(&op.not_paths));
+                        o.done()
+                    })
+                    .collect();
+            let when = r
+                .when
+                .iter()
+                .map(|c| {
+                    let mut o = Obj::default();
+                    o.str("key", &c.key);
+                    o.list("values", strings(&c.values));
+                    o.list("notValues", strings(&c.not_values));
+                    o.done()
+                })
+                .collect();
+            rule.list("from", from);
+            rule.list("to", to);
+            rule.list("when", when);
+            rule.done()
+        })
+        .collect();
+    // Always shown: no rules means "matches nothing", which is worth seeing.
+    m.val("rules", Value::Sequence(rules));
     m.done()
 }
 

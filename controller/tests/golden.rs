@@ -85,6 +85,11 @@ fn endpoint_slices() {
     check("endpoint_slices");
 }
 
+#[test]
+fn waypoint_l7() {
+    check("waypoint_l7");
+}
+
 /// Every case folder has a test above (a forgotten one would silently never run).
 #[test]
 fn every_case_is_tested() {
@@ -95,6 +100,7 @@ fn every_case_is_tested() {
         "peer_authentication",
         "waypoints",
         "endpoint_slices",
+        "waypoint_l7",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in fs::read_dir(root).expect("golden dir") {

@@ -1,5 +1,6 @@
 //! `gateway.networking.k8s.io` kinds (`v1`, also `v1beta1`): Gateway (a waypoint when its class
-//! is `istio-waypoint`) and HTTPRoute (mesh routes whose parent is a Service).
+//! is `istio-waypoint`), HTTPRoute and GRPCRoute (mesh routes whose parent is a Service or a
+//! waypoint).
 //!
 //! Unlike the security kinds these accept unknown fields: the Gateway API grows fields in every
 //! release and ignoring one never widens access.
@@ -241,6 +242,9 @@ pub struct HttpRouteRule {
     /// Retries.
     #[serde(default)]
     pub retry: Option<HttpRouteRetry>,
+    /// Session persistence (kept only to report that amesh ignores it).
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
 }
 
 /// A request match; every field set must hold.
@@ -502,4 +506,84 @@ pub struct HttpRouteRetry {
     /// Backoff between attempts (duration string).
     #[serde(default)]
     pub backoff: Option<String>,
+}
+
+/// `gateway.networking.k8s.io/v1` GRPCRoute.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRoute {
+    /// `gateway.networking.k8s.io/v1`.
+    pub api_version: String,
+    /// `GRPCRoute`.
+    pub kind: String,
+    /// Name, namespace.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Parents, hostnames and rules.
+    #[serde(default, deserialize_with = "nullable")]
+    pub spec: GrpcRouteSpec,
+}
+
+/// Desired state of a GRPCRoute.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    /// Gateways or (mesh) Services the route attaches to.
+    #[serde(default, deserialize_with = "nullable")]
+    pub parent_refs: Vec<ParentReference>,
+    /// Hostnames matched.
+    #[serde(default, deserialize_with = "nullable")]
+    pub hostnames: Vec<String>,
+    /// Rules.
+    #[serde(default, deserialize_with = "nullable")]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+/// One gRPC routing rule. Its filters and backends have the HTTPRoute shapes (GRPCRoute allows
+/// a subset of the filter types: header modifiers, mirror, extension).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    /// Optional rule name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Matches, OR-ed; none matches every request.
+    #[serde(default, deserialize_with = "nullable")]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// Filters applied to matching requests.
+    #[serde(default, deserialize_with = "nullable")]
+    pub filters: Vec<HttpRouteFilter>,
+    /// Weighted backends.
+    #[serde(default, deserialize_with = "nullable")]
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Session persistence (kept only to report that amesh ignores it).
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
+}
+
+/// A gRPC request match; every field set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteMatch {
+    /// Service and method.
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    /// Header (metadata) matches, AND-ed.
+    #[serde(default, deserialize_with = "nullable")]
+    pub headers: Vec<HttpHeaderMatch>,
+}
+
+/// Which gRPC service and method; an absent part matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcMethodMatch {
+    /// Match type (default `Exact`).
+    #[serde(default, rename = "type")]
+    pub type_: Option<ValueMatchType>,
+    /// Fully qualified service, e.g. `helloworld.Greeter`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Method, e.g. `SayHello`.
+    #[serde(default)]
+    pub method: Option<String>,
 }

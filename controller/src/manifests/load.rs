@@ -295,6 +295,7 @@ enum KnownKind {
     ServiceAccount,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
@@ -317,6 +318,7 @@ impl KnownKind {
             ("apps/v1", "Deployment") => KnownKind::Deployment,
             (v, "Gateway") if GATEWAY_API.contains(&v) => KnownKind::Gateway,
             (v, "HTTPRoute") if GATEWAY_API.contains(&v) => KnownKind::HttpRoute,
+            (v, "GRPCRoute") if GATEWAY_API.contains(&v) => KnownKind::GrpcRoute,
             (v, "AuthorizationPolicy") if ISTIO_SECURITY.contains(&v) => {
                 KnownKind::AuthorizationPolicy
             }
@@ -454,6 +456,7 @@ fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
         KnownKind::ServiceAccount => Object::ServiceAccount(parse(text)?),
         KnownKind::Gateway => Object::Gateway(parse(text)?),
         KnownKind::HttpRoute => Object::HttpRoute(parse(text)?),
+        KnownKind::GrpcRoute => Object::GrpcRoute(parse(text)?),
         KnownKind::AuthorizationPolicy => Object::AuthorizationPolicy(parse(text)?),
         KnownKind::PeerAuthentication => Object::PeerAuthentication(parse(text)?),
         KnownKind::RequestAuthentication => Object::RequestAuthentication(parse(text)?),

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use de::PortKey;
 pub use error::{ManifestError, ObjectRef};
-pub use gateway::{Gateway, HttpRoute};
+pub use gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use load::{fingerprint, load_dir, load_yaml, KeptObject, LastValid, LoadResult};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
@@ -88,6 +88,8 @@ pub struct Manifests {
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     /// HTTP routes.
     pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
+    /// gRPC routes.
+    pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
     /// Authorization policies.
     pub authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     /// Peer authentication (mTLS mode) policies.
@@ -118,6 +120,8 @@ pub enum Object {
     Gateway(Gateway),
     /// `gateway.networking.k8s.io` HTTPRoute.
     HttpRoute(HttpRoute),
+    /// `gateway.networking.k8s.io` GRPCRoute.
+    GrpcRoute(GrpcRoute),
     /// `security.istio.io` AuthorizationPolicy.
     AuthorizationPolicy(AuthorizationPolicy),
     /// `security.istio.io` PeerAuthentication.
@@ -139,6 +143,7 @@ impl Object {
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::Gateway(_) => "Gateway",
             Object::HttpRoute(_) => "HTTPRoute",
+            Object::GrpcRoute(_) => "GRPCRoute",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::RequestAuthentication(_) => "RequestAuthentication",
@@ -157,6 +162,7 @@ impl Object {
             Object::ServiceAccount(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
@@ -174,6 +180,7 @@ impl Object {
             Object::ServiceAccount(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
             Object::RequestAuthentication(o) => &mut o.metadata,
@@ -214,6 +221,7 @@ impl Manifests {
             Object::ServiceAccount(_) => self.service_accounts.contains_key(&key),
             Object::Gateway(_) => self.gateways.contains_key(&key),
             Object::HttpRoute(_) => self.http_routes.contains_key(&key),
+            Object::GrpcRoute(_) => self.grpc_routes.contains_key(&key),
             Object::AuthorizationPolicy(_) => self.authorization_policies.contains_key(&key),
             Object::PeerAuthentication(_) => self.peer_authentications.contains_key(&key),
             Object::RequestAuthentication(_) => self.request_authentications.contains_key(&key),
@@ -236,6 +244,7 @@ impl Manifests {
             Object::ServiceAccount(o) => self.service_accounts.insert(key, o).is_some(),
             Object::Gateway(o) => self.gateways.insert(key, o).is_some(),
             Object::HttpRoute(o) => self.http_routes.insert(key, o).is_some(),
+            Object::GrpcRoute(o) => self.grpc_routes.insert(key, o).is_some(),
             Object::AuthorizationPolicy(o) => self.authorization_policies.insert(key, o).is_some(),
             Object::PeerAuthentication(o) => self.peer_authentications.insert(key, o).is_some(),
             Object::RequestAuthentication(o) => {
@@ -255,6 +264,7 @@ impl Manifests {
             + self.service_accounts.len()
             + self.gateways.len()
             + self.http_routes.len()
+            + self.grpc_routes.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
             + self.request_authentications.len()

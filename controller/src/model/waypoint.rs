@@ -134,6 +134,11 @@ impl Waypoints {
         out
     }
 
+    /// The waypoint Gateway `key`, if it is one.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Waypoint> {
+        self.waypoints.get(key)
+    }
+
     /// The waypoint `subject` (a service or pod in `namespace`, described as `what` in
     /// warnings) is bound to by its own labels or, failing that, its namespace's labels.
     pub(crate) fn binding(

@@ -9,6 +9,8 @@
 //! | Service | `<ns>/<hostname>` | every Service but ExternalName ones (`service.rs`) |
 //! | Authorization | `<ns>/<name>` | AuthorizationPolicy without targetRefs, ALLOW or DENY (`authz.rs`) |
 //! | Authorization | `<root ns>/istio_converted_static_strict`, `<ns>/converted_peer_authentication_<name>` | PeerAuthentication (`peer_auth.rs`) |
+//! | amesh.l7.v1.ServiceRoutes | `<ns>/<hostname>` | HTTPRoutes and GRPCRoutes attached to a service, for its waypoint (`routes.rs`) |
+//! | amesh.l7.v1.Authorization | `<ns>/<name>` | AuthorizationPolicy with targetRefs, for the waypoints it targets (`l7_authz.rs`) |
 //!
 //! How policies become L4 rules — HTTP-only attributes never widen an ALLOW, and make a DENY
 //! deny at L4 — and how mTLS modes become DENY policies is written in `authz.rs` and
@@ -30,20 +32,25 @@
 
 mod authz;
 mod endpoint_slice;
+mod l7_authz;
 mod peer_auth;
+mod routes;
 mod service;
 mod workload;
+
+use amesh_proto::amesh::l7::v1 as l7;
 
 use amesh_proto::istio::security::Authorization;
 use amesh_proto::istio::workload::address::Type;
 use amesh_proto::istio::workload::Address;
 
-use crate::manifests::Manifests;
+use crate::manifests::{Manifests, ObjectKey};
 use crate::model::Model;
 use crate::warnings::Warnings;
 pub use authz::string_match;
 pub use endpoint_slice::slice_uid;
 pub use peer_auth::{CONVERTED_PREFIX, STATIC_STRICT_POLICY};
+pub use routes::{parse_duration, precedence, RouteOrder};
 pub use service::resource_name as service_resource_name;
 pub use workload::pod_uid;
 
@@ -78,8 +85,54 @@ pub struct Translated {
     pub addresses: Vec<(String, Address)>,
     /// L4 policies (`istio.security.Authorization`).
     pub authorizations: Vec<(String, Authorization)>,
+    /// Waypoint routes of services (`amesh.l7.v1.ServiceRoutes`), sorted by name.
+    pub service_routes: Vec<L7Resource<l7::ServiceRoutes>>,
+    /// Waypoint policies (`amesh.l7.v1.Authorization`), sorted by name.
+    pub l7_authorizations: Vec<L7Resource<l7::Authorization>>,
     /// Configuration problems found on the way (also logged), sorted.
     pub warnings: Vec<String>,
+}
+
+/// A waypoint resource and the waypoints it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L7Resource<T> {
+    /// xDS resource name, `<ns>/<hostname>` or `<ns>/<name>`.
+    pub name: String,
+    /// The waypoint Gateways that are sent this resource, sorted; empty when none enforces it.
+    pub waypoints: Vec<ObjectKey>,
+    /// The resource.
+    pub resource: T,
+}
+
+impl<T> L7Resource<T> {
+    /// Whether the waypoint Gateway `gateway` gets this resource.
+    pub fn is_for(&self, gateway: &ObjectKey) -> bool {
+        self.waypoints.binary_search(gateway).is_ok()
+    }
+}
+
+/// What one waypoint (Gateway `namespace/name`) gets, as its local L7 file: the lab's file
+/// mode, which runs without the controller's servers.
+pub fn l7_local_config(
+    t: &Translated,
+    gateway_namespace: &str,
+    gateway_name: &str,
+) -> l7::LocalL7Config {
+    let gateway = ObjectKey::new(gateway_namespace, gateway_name);
+    l7::LocalL7Config {
+        routes: t
+            .service_routes
+            .iter()
+            .filter(|r| r.is_for(&gateway))
+            .map(|r| r.resource.clone())
+            .collect(),
+        policies: t
+            .l7_authorizations
+            .iter()
+            .filter(|r| r.is_for(&gateway))
+            .map(|r| r.resource.clone())
+            .collect(),
+    }
 }
 
 /// Translates manifests into ztunnel's resources.
@@ -122,9 +175,18 @@ pub fn translate(m: &Manifests, opts: &TranslateOptions) -> Translated {
         .collect();
     authorizations.sort_by(|a, b| a.0.cmp(&b.0));
 
+    let bindings = routes::service_waypoints(&model, &mut warnings);
+    let mut service_routes = routes::service_routes(m, &model, &bindings, opts, &mut warnings);
+    service_routes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut l7_authorizations =
+        l7_authz::l7_authorizations(m, &model, &bindings, opts, &mut warnings);
+    l7_authorizations.sort_by(|a, b| a.name.cmp(&b.name));
+
     Translated {
         addresses,
         authorizations,
+        service_routes,
+        l7_authorizations,
         warnings: warnings.into_sorted(),
     }
 }

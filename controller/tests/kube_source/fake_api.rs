@@ -38,7 +38,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Every collection the controller reads: URL path, list kind, apiVersion.
-pub const COLLECTIONS: [(&str, &str, &str); 11] = [
+pub const COLLECTIONS: [(&str, &str, &str); 12] = [
     ("/api/v1/namespaces", "NamespaceList", "v1"),
     ("/api/v1/nodes", "NodeList", "v1"),
     ("/api/v1/pods", "PodList", "v1"),
@@ -57,6 +57,11 @@ pub const COLLECTIONS: [(&str, &str, &str); 11] = [
     (
         "/apis/gateway.networking.k8s.io/v1/httproutes",
         "HTTPRouteList",
+        "gateway.networking.k8s.io/v1",
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "GRPCRouteList",
         "gateway.networking.k8s.io/v1",
     ),
     (

@@ -31,6 +31,8 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io/v1` HTTPRoute.
     HttpRoute,
+    /// `gateway.networking.k8s.io/v1` GRPCRoute.
+    GrpcRoute,
     /// `security.istio.io/v1` AuthorizationPolicy.
     AuthorizationPolicy,
     /// `security.istio.io/v1` PeerAuthentication.
@@ -45,7 +47,7 @@ const ISTIO_SECURITY: &str = "security.istio.io";
 
 impl Kind {
     /// Every kind, in the order the source starts them.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -54,6 +56,7 @@ impl Kind {
         Kind::ServiceAccount,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::RequestAuthentication,
@@ -70,6 +73,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -87,6 +91,7 @@ impl Kind {
             Kind::ServiceAccount => ("", "serviceaccounts"),
             Kind::Gateway => (GATEWAY_API, "gateways"),
             Kind::HttpRoute => (GATEWAY_API, "httproutes"),
+            Kind::GrpcRoute => (GATEWAY_API, "grpcroutes"),
             Kind::AuthorizationPolicy => (ISTIO_SECURITY, "authorizationpolicies"),
             Kind::PeerAuthentication => (ISTIO_SECURITY, "peerauthentications"),
             Kind::RequestAuthentication => (ISTIO_SECURITY, "requestauthentications"),
@@ -195,6 +200,7 @@ impl Kind {
             Kind::ServiceAccount => Object::ServiceAccount(from_value(value)?),
             Kind::Gateway => Object::Gateway(from_value(value)?),
             Kind::HttpRoute => Object::HttpRoute(from_value(value)?),
+            Kind::GrpcRoute => Object::GrpcRoute(from_value(value)?),
             Kind::AuthorizationPolicy => Object::AuthorizationPolicy(from_value(value)?),
             Kind::PeerAuthentication => Object::PeerAuthentication(from_value(value)?),
             Kind::RequestAuthentication => Object::RequestAuthentication(from_value(value)?),
@@ -275,6 +281,7 @@ impl Kind {
             Kind::ServiceAccount => Object::ServiceAccount(m.service_accounts.remove(key)?),
             Kind::Gateway => Object::Gateway(m.gateways.remove(key)?),
             Kind::HttpRoute => Object::HttpRoute(m.http_routes.remove(key)?),
+            Kind::GrpcRoute => Object::GrpcRoute(m.grpc_routes.remove(key)?),
             Kind::AuthorizationPolicy => {
                 Object::AuthorizationPolicy(m.authorization_policies.remove(key)?)
             }
@@ -299,6 +306,7 @@ impl Kind {
             Kind::ServiceAccount => to.service_accounts = take(&mut from.service_accounts),
             Kind::Gateway => to.gateways = take(&mut from.gateways),
             Kind::HttpRoute => to.http_routes = take(&mut from.http_routes),
+            Kind::GrpcRoute => to.grpc_routes = take(&mut from.grpc_routes),
             Kind::AuthorizationPolicy => {
                 to.authorization_policies = take(&mut from.authorization_policies)
             }
@@ -322,6 +330,7 @@ impl Kind {
             Kind::ServiceAccount => m.service_accounts.len(),
             Kind::Gateway => m.gateways.len(),
             Kind::HttpRoute => m.http_routes.len(),
+            Kind::GrpcRoute => m.grpc_routes.len(),
             Kind::AuthorizationPolicy => m.authorization_policies.len(),
             Kind::PeerAuthentication => m.peer_authentications.len(),
             Kind::RequestAuthentication => m.request_authentications.len(),

@@ -1,7 +1,8 @@
 //! The Kubernetes API source: one kube-rs watcher per kind (Namespace, Node, Pod, Service,
-//! EndpointSlice, ServiceAccount; Gateway, HTTPRoute; AuthorizationPolicy, PeerAuthentication,
-//! RequestAuthentication), each keeping a typed copy of its objects; every change publishes a
-//! whole [`Manifests`] snapshot, as the folder source does, into the same debounced pipeline.
+//! EndpointSlice, ServiceAccount; Gateway, HTTPRoute, GRPCRoute; AuthorizationPolicy,
+//! PeerAuthentication, RequestAuthentication), each keeping a typed copy of its objects; every
+//! change publishes a whole [`Manifests`] snapshot, as the folder source does, into the same
+//! debounced pipeline.
 //!
 //! - Objects are read as `DynamicObject`s and typed one by one ([`Kind::convert`]), so a
 //!   malformed object costs only itself: it is logged with kind, namespace, name and field and
