@@ -8,6 +8,7 @@ pub mod authz;
 pub mod certs;
 pub mod control;
 pub mod drain;
+pub mod env;
 pub mod hbone;
 pub mod identity;
 pub mod limits;

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh::env::Env;
+
 use crate::capture::CaptureMode;
 
 /// Where workload certificates come from.
@@ -139,44 +141,18 @@ pub struct Config {
     pub dns_capture: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{var} is required{hint}")]
-    Missing {
-        var: &'static str,
-        hint: &'static str,
-    },
-    #[error("{var}={value:?} is invalid: {why}")]
-    Invalid {
-        var: &'static str,
-        value: String,
-        why: String,
-    },
-    #[error("{a} and {b} are both set and say the same thing: keep one")]
-    Conflict { a: &'static str, b: &'static str },
-}
+/// Why the configuration could not be read; names the variable.
+pub use mesh::env::EnvError as ConfigError;
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_map(&std::env::vars().collect())
+        Config::from_map(&mesh::env::from_process())
     }
 
     pub fn from_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let get = |k: &str| {
-            env.get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let invalid =
-            |var: &'static str, value: &str, why: &dyn std::fmt::Display| ConfigError::Invalid {
-                var,
-                value: value.to_string(),
-                why: why.to_string(),
-            };
-        let addr = |var: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
-            let v = get(var).unwrap_or_else(|| default.to_string());
-            v.parse().map_err(|e| invalid(var, &v, &e))
-        };
+        let env = Env::new(env);
+        let get = |k: &str| env.get(k);
+        let invalid = Env::invalid;
         // Istio's ztunnel: inside a cluster the control plane defaults to istiod's address,
         // and an address without a scheme means TLS.
         let in_cluster = get("KUBERNETES_SERVICE_HOST").is_some();
@@ -213,12 +189,7 @@ impl Config {
                 })
             }
         };
-        let packet_mark = match get("PACKET_MARK") {
-            None => crate::sockets::DEFAULT_MARK,
-            Some(v) => parse_u32(&v).ok_or_else(|| {
-                invalid("PACKET_MARK", &v, &"expected a number like 1337 or 0x539")
-            })?,
-        };
+        let packet_mark = env.u32("PACKET_MARK", crate::sockets::DEFAULT_MARK)?;
         let capture =
             CaptureMode::parse(&get("CAPTURE_MODE").unwrap_or_default()).map_err(|why| {
                 invalid(
@@ -260,23 +231,10 @@ impl Config {
                 ))
             }
         };
-        let original_source = match get("ENABLE_ORIG_SRC").as_deref() {
-            None => proxy_mode == ProxyMode::Shared,
-            Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(invalid("ENABLE_ORIG_SRC", other, &"expected true or false"))
-            }
-        };
-        let secs = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
-            match get(var) {
-                None => Ok(Duration::from_secs(default)),
-                Some(v) => v
-                    .parse::<u64>()
-                    .map(Duration::from_secs)
-                    .map_err(|e| invalid(var, &v, &e)),
-            }
-        };
+        let original_source = env
+            .bool("ENABLE_ORIG_SRC")?
+            .unwrap_or(proxy_mode == ProxyMode::Shared);
+        let secs = |var: &'static str, default: u64| env.secs(var, default);
         let worker_threads = match get("ZTUNNEL_WORKER_THREADS") {
             None => DEFAULT_WORKER_THREADS,
             Some(v) => v
@@ -285,16 +243,7 @@ impl Config {
                 .filter(|n| (1..=1024).contains(n))
                 .ok_or_else(|| invalid("ZTUNNEL_WORKER_THREADS", &v, &"expected 1 to 1024"))?,
         };
-        let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
-            match get(var) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| invalid(var, &v, &"expected a whole number of at least 1")),
-            }
-        };
+        let count = |var: &'static str, default: usize| env.count(var, default);
         let defaults = LimitSettings::default();
         let limits = LimitSettings {
             hbone_pending_per_source: count(
@@ -348,18 +297,12 @@ impl Config {
             state_file: get("AMESH_STATE_FILE")
                 .unwrap_or_else(|| "/var/run/ztunnel/pods.json".into())
                 .into(),
-            admin_addr: addr("ADMIN_ADDR", "127.0.0.1:15000")?,
-            stats_addr: addr("STATS_ADDR", "0.0.0.0:15020")?,
-            readiness_addr: addr("READINESS_ADDR", "0.0.0.0:15021")?,
+            admin_addr: env.addr("ADMIN_ADDR", "127.0.0.1:15000")?,
+            stats_addr: env.addr("STATS_ADDR", "0.0.0.0:15020")?,
+            readiness_addr: env.addr("READINESS_ADDR", "0.0.0.0:15021")?,
             worker_threads,
-            cert_ttl: match (get("SECRET_TTL"), get("CERT_TTL_SECONDS")) {
-                (Some(v), None) => go_duration(&v).ok_or_else(|| {
-                    invalid(
-                        "SECRET_TTL",
-                        &v,
-                        &"expected a duration like 24h, 12h30m or 3600s",
-                    )
-                })?,
+            cert_ttl: match (env.go_duration("SECRET_TTL")?, get("CERT_TTL_SECONDS")) {
+                (Some(ttl), None) => ttl,
                 (None, _) => secs("CERT_TTL_SECONDS", 24 * 3600)?,
                 (Some(_), Some(_)) => {
                     return Err(ConfigError::Conflict {
@@ -384,20 +327,7 @@ impl Config {
             resolv_conf: get("AMESH_RESOLV_CONF")
                 .unwrap_or_else(|| "/etc/resolv.conf".into())
                 .into(),
-            dns_capture: match get("ISTIO_META_DNS_CAPTURE")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("true") => true,
-                Some("false") => false,
-                Some(other) => {
-                    return Err(invalid(
-                        "ISTIO_META_DNS_CAPTURE",
-                        other,
-                        &"expected true or false",
-                    ))
-                }
-            },
+            dns_capture: env.bool("ISTIO_META_DNS_CAPTURE")?.unwrap_or(true),
             cluster_domain: get("CLUSTER_DOMAIN")
                 .map(|d| d.trim_matches('.').to_ascii_lowercase())
                 .unwrap_or_else(|| "cluster.local".into()),
@@ -426,45 +356,6 @@ fn with_scheme(address: &str) -> String {
         address.to_string()
     } else {
         format!("https://{address}")
-    }
-}
-
-/// A Go duration (`24h`, `1h30m`, `90s`, `500ms`, `2h0m0s`), as Istio's `SECRET_TTL` is written.
-fn go_duration(v: &str) -> Option<Duration> {
-    let mut rest = v.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(digits);
-        let number: f64 = number.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return None,
-        };
-        total += Duration::try_from_secs_f64(number * seconds).ok()?;
-        rest = tail;
-    }
-    Some(total)
-}
-
-fn parse_u32(v: &str) -> Option<u32> {
-    match v.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
     }
 }
 
@@ -511,12 +402,14 @@ mod tests {
                 ..
             })
         ));
-        for bad in ["24", "1d", "h", "-3s", ""] {
-            assert_eq!(go_duration(bad), None, "{bad}");
-        }
-        assert_eq!(go_duration("2h0m0s"), Some(Duration::from_secs(7200)));
-        assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
+        let e = Config::from_map(&env(&[
+            ("XDS_ADDRESS", "x:1"),
+            ("CA_ADDRESS", "x:1"),
+            ("NODE_NAME", "n"),
+            ("SECRET_TTL", "1d"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("SECRET_TTL=\"1d\""), "{e}");
         assert!(matches!(
             Config::from_map(&env(&[
                 ("XDS_ADDRESS", "x:1"),
