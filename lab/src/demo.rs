@@ -64,11 +64,12 @@ pub fn run(dir: &Path, nodes: usize) -> Result<String, LabError> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "amesh demo: lab {} with {} nodes, {} pods, {} services, one ztunnel per node\n",
+        "amesh demo: lab {} with {} nodes, {} pods, {} services, one ztunnel per node, {} waypoint(s)\n",
         state.id,
         state.nodes.len(),
         state.pods.len(),
-        state.services.len()
+        state.services.len(),
+        state.waypoints.len()
     );
     // 1. Traffic. Pods in the mesh call every service's first port through its VIP, twice.
     // Pods outside it have no capture and the lab has no kube-proxy, so they call the
@@ -84,16 +85,24 @@ pub fn run(dir: &Path, nodes: usize) -> Result<String, LabError> {
         "Calls (HTTP GET; mesh pods use the service VIP, others call its pods):"
     );
     let _ = writeln!(out, "  {:<42} {:<22} RESULT", "FROM", "TO");
-    // The cluster's own pods (ztunnel, kube-system) and the API server's Service are not the
-    // app's: they stay out of the table.
+    // The cluster's own pods (ztunnel, kube-system, waypoints) and Services (the API
+    // server's, the waypoints') are not the app's: they stay out of the table.
     let system = |namespace: &str| matches!(namespace, "kube-system" | "istio-system");
-    for pod in state.pods.iter().filter(|p| !system(&p.namespace)) {
+    let waypoint = |namespace: &str, name: &str| {
+        (state.waypoints.iter()).any(|w| w.namespace == namespace && w.gateway == name)
+    };
+    let waypoint_pod = |pod: &&crate::state::PodInfo| {
+        let gateway = pod.labels.get(crate::cluster::waypoint::GATEWAY_NAME_LABEL);
+        gateway.is_some_and(|g| waypoint(&pod.namespace, g))
+    };
+    let app_pods = (state.pods.iter()).filter(|p| !system(&p.namespace) && !waypoint_pod(p));
+    for pod in app_pods {
         let meshed = in_mesh(pod.ip.into());
-        for svc in state
-            .services
-            .iter()
-            .filter(|s| !(s.namespace == "default" && s.name == "kubernetes"))
-        {
+        let kubernetes =
+            |s: &&crate::state::ServiceInfo| s.namespace == "default" && s.name == "kubernetes";
+        let app_services =
+            (state.services.iter()).filter(|s| !kubernetes(s) && !waypoint(&s.namespace, &s.name));
+        for svc in app_services {
             let (Some(vip), Some(port)) = (svc.vip, svc.ports.first()) else {
                 continue;
             };

@@ -85,14 +85,14 @@ pub fn check_binary(state: &LabState, opts: &MeshOptions) -> Result<(), LabError
     ))
 }
 
-/// Writes every waypoint's L7 config from the manifests, through a temporary file and a
-/// rename so that a watching waypoint never reads half a file.
+/// Writes every waypoint's L7 config from the translated manifests, through a temporary file
+/// and a rename so that a watching waypoint never reads half a file.
 pub fn write_l7_configs(
     state: &LabState,
-    manifests: &controller::Manifests,
+    translated: &controller::Translated,
 ) -> Result<(), LabError> {
     for w in &state.waypoints {
-        let config = l7_config(manifests, w);
+        let config = l7_config(translated, w);
         let path = l7_path(state, w);
         let write = || -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
@@ -109,11 +109,10 @@ pub fn write_l7_configs(
 
 /// What the controller would send waypoint `w` over xDS.
 fn l7_config(
-    manifests: &controller::Manifests,
+    translated: &controller::Translated,
     w: &WaypointInfo,
 ) -> amesh_proto::amesh::l7::v1::LocalL7Config {
-    let _ = (manifests, w);
-    amesh_proto::amesh::l7::v1::LocalL7Config::default()
+    controller::translate::l7_local_config(translated, &w.namespace, &w.gateway)
 }
 
 /// The waypoint Gateway that `pod` runs, from the label istiod puts on its pods.

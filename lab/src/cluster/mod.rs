@@ -182,18 +182,29 @@ impl Lab {
                 .map_err(|e| LabError::Runtime(format!("node {}: {e}", node.name)))?;
         }
         // Each node's kubelet starts its pods in order: ztunnel's first (its ADD must pass
-        // without a ztunnel), kube-system's, then the rest.
-        let mut waiting = Vec::new();
-        for planned in &expanded.pods {
-            if let Some(starting) = self.start_pod(planned)? {
-                waiting.push(starting);
+        // without a ztunnel), kube-system's, then the rest. Waypoints come last, once the
+        // app's pods are Ready and known to every ztunnel, as when a user deploys a waypoint
+        // for a running app: the waypoint's first config then has every endpoint healthy (it
+        // has no endpoint view the lab could wait on).
+        let (waypoints, others): (Vec<_>, Vec<_>) =
+            (expanded.pods.iter()).partition(|p| p.role == expand::PodRole::Waypoint);
+        for phase in [others, waypoints] {
+            if phase.is_empty() {
+                continue;
             }
+            let mut waiting = Vec::new();
+            for planned in phase {
+                if let Some(starting) = self.start_pod(planned)? {
+                    waiting.push(starting);
+                }
+            }
+            for starting in waiting {
+                self.wait_started(starting)?;
+            }
+            self.state.save()?;
+            hooks::on_lab_ready(self)?;
         }
-        for starting in waiting {
-            self.wait_started(starting)?;
-        }
-        self.state.save()?;
-        hooks::on_lab_ready(self)
+        Ok(())
     }
 
     /// Starts one pod as a kubelet does: the sandbox, the node's CNI chain (retried, as the
