@@ -1,22 +1,27 @@
 //! HTTP/1.1 and HTTP/2 (h2c) serving: every request gets an [`EchoReply`] as JSON.
-//! `/status/NNN` answers with status NNN, so L7 tests can provoke errors.
+//! `/status/NNN` answers with status NNN, so L7 tests can provoke errors. Streams of any size
+//! without buffering them: `GET /bytes/N` sends N bytes of the pattern, `POST /digest` answers
+//! its body's length and SHA-256 ([`DigestReply`](super::pattern::DigestReply)). `GET /ws`
+//! with `Upgrade: websocket` becomes a WebSocket echo, and HTTP/2 requests with
+//! `content-type: application/grpc` are gRPC calls ([`super::grpc`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::body::EchoBody;
+use super::pattern::Digest;
 use super::reply::EchoReply;
 use super::sniff::Protocol;
-use super::EchoConfig;
+use super::{grpc, websocket, EchoConfig};
 
 /// The endpoints of one connection.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +54,7 @@ where
         _ => {
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, service)
+                .with_upgrades()
                 .await
         }
     }
@@ -58,13 +64,35 @@ async fn answer(
     req: Request<Incoming>,
     config: &EchoConfig,
     addrs: ConnAddrs,
-) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    // A body that breaks off mid-way is still answered: the client learns what arrived.
-    let body_bytes = match body.collect().await {
-        Ok(b) => b.to_bytes().len() as u64,
-        Err(_) => 0,
-    };
+) -> Response<EchoBody> {
+    if grpc::is_grpc(&req) {
+        return grpc::answer(req).await;
+    }
+    let path = req.uri().path();
+    if path == websocket::PATH && websocket::is_upgrade(&req) {
+        return websocket::answer(req);
+    }
+    if req.method() == http::Method::GET {
+        if let Some(n) = path.strip_prefix("/bytes/") {
+            return match n.parse::<u64>() {
+                Ok(n) => binary(EchoBody::pattern(n), StatusCode::OK),
+                Err(_) => binary(
+                    EchoBody::full(format!("not a byte count: {n:?}\n")),
+                    StatusCode::BAD_REQUEST,
+                ),
+            };
+        }
+    }
+    if req.method() == http::Method::POST && path == "/digest" {
+        return digest(req.into_body()).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    // Counted as it streams, never held: a gigabyte upload costs no memory. A body that
+    // breaks off mid-way is still answered: the client learns what arrived.
+    let mut body_bytes = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        body_bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+    }
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -110,13 +138,58 @@ async fn answer(
     // Serialising plain data with string keys cannot fail.
     let mut json = serde_json::to_vec(&reply).expect("echo reply serialises");
     json.push(b'\n');
-    let mut resp = Response::new(Full::new(Bytes::from(json)));
+    json_response(json, status)
+}
+
+fn json_response(json: Vec<u8>, status: StatusCode) -> Response<EchoBody> {
+    let mut resp = Response::new(EchoBody::full(json));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+fn binary(body: EchoBody, status: StatusCode) -> Response<EchoBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+/// `POST /digest`: the body's length and SHA-256, computed as it streams in; 400 when it
+/// breaks off (the figures then cover what arrived).
+async fn digest(mut body: Incoming) -> Response<EchoBody> {
+    let mut digest = Digest::default();
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    digest.update(data);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "digest body broke off");
+                complete = false;
+                break;
+            }
+        }
+    }
+    let reply = digest.finish(complete);
+    let status = if complete {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    // Plain data with string keys serialises.
+    let mut json = serde_json::to_vec(&reply).expect("digest reply serialises");
+    json.push(b'\n');
+    json_response(json, status)
 }
 
 /// `/status/503` → 503.

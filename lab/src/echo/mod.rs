@@ -1,10 +1,15 @@
 //! The echo app that stands in for every container of a lab pod. On each port it sniffs the
 //! first bytes: the HTTP/2 preface → HTTP/2 (h2c), an HTTP/1 request line → HTTP/1.1, anything
-//! else → raw TCP echo (bytes back until the client's EOF, then our own FIN).
+//! else → raw TCP echo (bytes back until the client's EOF, then our own FIN). Over HTTP it also
+//! streams bytes both ways (`/bytes/N`, `/digest`), speaks WebSocket (`/ws`) and gRPC (h2c).
 
+mod body;
+pub mod grpc;
 mod http;
+pub mod pattern;
 mod reply;
 mod sniff;
+pub mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +18,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub use self::body::EchoBody;
 pub use self::http::ConnAddrs;
+pub use self::pattern::DigestReply;
 pub use self::reply::EchoReply;
 pub use self::sniff::{classify, Protocol, Sniff, H2_PREFACE};
 use self::sniff::{Rewind, MAX_REQUEST_LINE};
