@@ -1,6 +1,8 @@
-//! The delta-ADS server (`DeltaAggregatedResources`) that feeds ztunnels: the translated
-//! resources, versioned by content, pushed incrementally to each client.
+//! The delta-ADS server (`DeltaAggregatedResources`) that feeds ztunnels and waypoints: the
+//! translated resources, versioned by content, pushed incrementally to each client.
 //!
+//! - [`client`]: what kind of client a stream is (ztunnel, or the waypoint of which Gateway),
+//!   which decides the waypoint-scoped resources (`amesh.l7.v1` types) it may see.
 //! - [`resources`]: [`ResourceSet`], one immutable snapshot of every resource by type and name,
 //!   each with a content-hash version; what the translation publishes.
 //! - [`publish`]: the debounced pipeline manifests → translation → [`ResourceSet`].
@@ -8,11 +10,13 @@
 //!   holds, nonces, ACK/NACK); tests drive it with no socket.
 //! - [`server`]: the tonic service gluing sessions to gRPC streams and to the snapshot watch.
 
+pub mod client;
 pub mod publish;
 pub mod resources;
 pub mod server;
 pub mod session;
 
+pub use client::Client;
 pub use publish::{spawn_publisher, DEFAULT_DEBOUNCE};
 pub use resources::ResourceSet;
 pub use server::AdsServer;

@@ -1,17 +1,24 @@
 //! [`ResourceSet`]: every resource the server serves, by type URL and name, each encoded once
 //! and versioned by a hash of its bytes, so that an unchanged resource keeps its version across
 //! rebuilds and controller restarts and clients are sent only what really changed.
+//!
+//! Some types are waypoint-scoped (the `amesh.l7.v1` ones): each of their resources carries the
+//! Gateways (`<ns>/<name>`) that may see it, and a stream's [`Client`] is checked against that
+//! list when its responses are built. The bytes stay shared; only the visibility is per client.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use amesh_proto::envoy::service::discovery::v3::Resource;
-use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use amesh_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL, SERVICE_ROUTES_TYPE_URL,
+};
 use prost::Message;
 use prost_types::Any;
 use sha2::{Digest, Sha256};
 
+use super::client::Client;
 use crate::translate::Translated;
 
 /// Resources of one type, by name. Shared: every client stream reads the same encoded bytes.
@@ -21,6 +28,9 @@ pub type TypeResources = BTreeMap<String, Arc<Resource>>;
 #[derive(Debug, Clone, Default)]
 pub struct ResourceSet {
     types: HashMap<String, TypeResources>,
+    /// Waypoint-scoped types: type URL → resource name → the Gateways (`<ns>/<name>`, sorted)
+    /// that may see it. A type absent here is seen by every client.
+    audiences: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 impl ResourceSet {
@@ -29,21 +39,76 @@ impl ResourceSet {
         Self::default()
     }
 
-    /// The ztunnel resources of a translation: `Address` by workload uid or `ns/hostname`,
-    /// `Authorization` by `ns/name`. Both types are present even when empty.
+    /// The resources of a translation: for everyone, `Address` by workload uid or
+    /// `ns/hostname` and `Authorization` by `ns/name`; for their waypoints only,
+    /// `ServiceRoutes` by `ns/hostname` and `amesh.l7.v1.Authorization` by `ns/name`. Every
+    /// type is present even when empty.
     pub fn from_translated(t: &Translated) -> Self {
         let mut set = ResourceSet::new();
-        set.types.entry(ADDRESS_TYPE_URL.to_owned()).or_default();
-        set.types
-            .entry(AUTHORIZATION_TYPE_URL.to_owned())
-            .or_default();
+        for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+            set.types.entry(type_url.to_owned()).or_default();
+        }
+        for type_url in [SERVICE_ROUTES_TYPE_URL, L7_AUTHORIZATION_TYPE_URL] {
+            set.types.entry(type_url.to_owned()).or_default();
+            set.audiences.entry(type_url.to_owned()).or_default();
+        }
         for (name, address) in &t.addresses {
             set.insert(ADDRESS_TYPE_URL, name, address);
         }
         for (name, authorization) in &t.authorizations {
             set.insert(AUTHORIZATION_TYPE_URL, name, authorization);
         }
+        let gateways = |w: &[crate::manifests::ObjectKey]| -> Vec<String> {
+            w.iter().map(ToString::to_string).collect()
+        };
+        for r in &t.service_routes {
+            set.insert_for_waypoints(
+                SERVICE_ROUTES_TYPE_URL,
+                &r.name,
+                &r.resource,
+                gateways(&r.waypoints),
+            );
+        }
+        for r in &t.l7_authorizations {
+            set.insert_for_waypoints(
+                L7_AUTHORIZATION_TYPE_URL,
+                &r.name,
+                &r.resource,
+                gateways(&r.waypoints),
+            );
+        }
         set
+    }
+
+    /// Adds (or replaces) `message` as resource `name` of the waypoint-scoped `type_url`,
+    /// seen only by the waypoints of the `gateways` (`<ns>/<name>`).
+    pub fn insert_for_waypoints(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        message: &impl Message,
+        mut gateways: Vec<String>,
+    ) {
+        self.insert(type_url, name, message);
+        gateways.sort();
+        gateways.dedup();
+        self.audiences
+            .entry(type_url.to_owned())
+            .or_default()
+            .insert(name.to_owned(), gateways);
+    }
+
+    /// Whether `client` may see resource `name` of `type_url`: always for a type that is not
+    /// waypoint-scoped; for a scoped one, only a waypoint whose Gateway is in its audience.
+    pub fn visible(&self, type_url: &str, name: &str, client: &Client) -> bool {
+        let Some(audience) = self.audiences.get(type_url) else {
+            return true;
+        };
+        client.gateway().is_some_and(|gateway| {
+            audience
+                .get(name)
+                .is_some_and(|list| list.binary_search_by(|g| g.as_str().cmp(gateway)).is_ok())
+        })
     }
 
     /// Adds (or replaces) `message` as resource `name` of `type_url`.
@@ -66,6 +131,9 @@ impl ResourceSet {
 
     /// Removes resource `name` of `type_url`; returns whether it was there.
     pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
+        if let Some(audience) = self.audiences.get_mut(type_url) {
+            audience.remove(name);
+        }
         self.types
             .get_mut(type_url)
             .is_some_and(|m| m.remove(name).is_some())
@@ -91,9 +159,10 @@ impl ResourceSet {
         self.types.values().all(BTreeMap::is_empty)
     }
 
-    /// Same types, names and versions: nothing a client could see has changed.
+    /// Same types, names, versions and audiences: nothing a client could see has changed.
     pub fn same_as(&self, other: &ResourceSet) -> bool {
-        self.types.len() == other.types.len()
+        self.audiences == other.audiences
+            && self.types.len() == other.types.len()
             && self.types.iter().all(|(type_url, mine)| {
                 other.types.get(type_url).is_some_and(|theirs| {
                     mine.len() == theirs.len()
@@ -158,10 +227,48 @@ mod tests {
     }
 
     #[test]
+    fn scoped_resources_are_seen_by_their_waypoints_only() {
+        let routes = amesh_proto::amesh::l7::v1::ServiceRoutes::default();
+        let mut a = ResourceSet::new();
+        a.insert_for_waypoints(
+            SERVICE_ROUTES_TYPE_URL,
+            "ns/svc",
+            &routes,
+            vec!["ns/wp".into()],
+        );
+        a.insert(AUTHORIZATION_TYPE_URL, "ns/p", &policy("p", false));
+        let wp = Client::Waypoint {
+            gateway: Some("ns/wp".into()),
+        };
+        let other = Client::Waypoint {
+            gateway: Some("ns/other".into()),
+        };
+        let unnamed = Client::Waypoint { gateway: None };
+        assert!(a.visible(SERVICE_ROUTES_TYPE_URL, "ns/svc", &wp));
+        for c in [&other, &unnamed, &Client::Ztunnel] {
+            assert!(!a.visible(SERVICE_ROUTES_TYPE_URL, "ns/svc", c), "{c:?}");
+            // Istio's types are for everyone.
+            assert!(a.visible(AUTHORIZATION_TYPE_URL, "ns/p", c), "{c:?}");
+        }
+        // Same bytes, another audience: a change clients must be told about.
+        let mut b = a.clone();
+        b.insert_for_waypoints(
+            SERVICE_ROUTES_TYPE_URL,
+            "ns/svc",
+            &routes,
+            vec!["ns/other".into()],
+        );
+        assert!(!a.same_as(&b));
+        assert!(b.visible(SERVICE_ROUTES_TYPE_URL, "ns/svc", &other));
+    }
+
+    #[test]
     fn translation_gives_both_types_even_empty() {
         let set = ResourceSet::from_translated(&Translated::default());
         assert!(set.get(ADDRESS_TYPE_URL).is_some());
         assert!(set.get(AUTHORIZATION_TYPE_URL).is_some());
+        assert!(set.get(SERVICE_ROUTES_TYPE_URL).is_some());
+        assert!(set.get(L7_AUTHORIZATION_TYPE_URL).is_some());
         assert!(set.is_empty());
         assert!(!set.same_as(&ResourceSet::new()));
     }

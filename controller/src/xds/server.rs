@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, Instrument};
 
+use super::client::Client;
 use super::resources::ResourceSet;
 use super::session::Session;
 
@@ -121,8 +122,9 @@ async fn run_stream(
                 };
                 let session = session.get_or_insert_with(|| {
                     let node = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
-                    info!(node, "xDS: client connected");
-                    Session::new(node)
+                    let client = Client::from_node(request.node.as_ref());
+                    info!(node, ?client, "xDS: client connected");
+                    Session::for_client(node, client)
                 });
                 // `borrow`, not `borrow_and_update`: a new snapshot must still wake the
                 // other branch, which pushes it to every type subscribed so far.

@@ -16,6 +16,7 @@ use amesh_proto::envoy::service::discovery::v3::{
 };
 use tracing::{debug, warn};
 
+use super::client::Client;
 use super::resources::ResourceSet;
 use super::WILDCARD;
 
@@ -28,6 +29,8 @@ const MAX_PENDING: usize = 1024;
 pub struct Session {
     /// The client's node id (from the first request), for logs.
     node_id: String,
+    /// What the client is: which waypoint-scoped resources it may see.
+    client: Client,
     /// Per subscribed type URL.
     types: HashMap<String, TypeState>,
     /// Responses sent and not yet answered, by nonce number (nonces are `n` in decimal).
@@ -65,10 +68,16 @@ struct Change {
 }
 
 impl Session {
-    /// A session for the client `node_id` (empty if it did not say).
+    /// A session for the client `node_id` (empty if it did not say), seen as a ztunnel.
     pub fn new(node_id: impl Into<String>) -> Self {
+        Self::for_client(node_id, Client::Ztunnel)
+    }
+
+    /// A session for the client `node_id`, of kind `client`.
+    pub fn for_client(node_id: impl Into<String>, client: Client) -> Self {
         Session {
             node_id: node_id.into(),
+            client,
             types: HashMap::new(),
             pending: BTreeMap::new(),
             next_nonce: 1,
@@ -78,6 +87,11 @@ impl Session {
     /// The client's node id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// What the client is.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Handles one request (subscription change, ACK or NACK) against the current snapshot.
@@ -240,7 +254,11 @@ impl Session {
         let empty = Default::default();
         let desired = set.get(type_url).unwrap_or(&empty);
         let considered = |name: &str| only.is_none_or(|o| o.contains(name));
-        let wanted = |ty: &TypeState, name: &str| ty.wildcard || ty.names.contains(name);
+        let client = &self.client;
+        // A resource this client may not see is, for it, a resource that does not exist.
+        let wanted = |ty: &TypeState, name: &str| {
+            (ty.wildcard || ty.names.contains(name)) && set.visible(type_url, name, client)
+        };
 
         if only.is_none() {
             // A rejection lasts while the content is the same; forget it once that changes.

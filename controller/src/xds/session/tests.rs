@@ -133,3 +133,46 @@ fn removal_and_unsubscribe() {
         .is_empty());
     assert!(s.on_update(&set(&[("a", false), ("z", false)])).is_empty());
 }
+
+#[test]
+fn waypoint_scoped_types_reach_their_waypoint_only_and_follow_rebinding() {
+    use amesh_proto::amesh::l7::v1::ServiceRoutes;
+    use amesh_proto::SERVICE_ROUTES_TYPE_URL as ROUTES;
+
+    let scoped = |gateways: &[&str]| {
+        let mut set = ResourceSet::new();
+        let routes = ServiceRoutes {
+            name: "ns/svc.ns.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        set.insert_for_waypoints(
+            ROUTES,
+            "ns/svc.ns.svc.cluster.local",
+            &routes,
+            gateways.iter().map(|g| (*g).to_owned()).collect(),
+        );
+        set
+    };
+    let wildcard = DeltaDiscoveryRequest {
+        type_url: ROUTES.into(),
+        ..Default::default()
+    };
+    let waypoint = Client::Waypoint {
+        gateway: Some("ns/wp".into()),
+    };
+
+    let mut zt = Session::new("ztunnel~10.0.0.1~z.istio-system~istio-system.svc.cluster.local");
+    let out = zt.on_request(wildcard.clone(), &scoped(&["ns/wp"]));
+    assert_eq!(out.len(), 1, "the first request is answered, empty");
+    assert!(out[0].resources.is_empty());
+
+    let mut wp = Session::for_client("waypoint~10.0.0.9~wp.ns~ns.svc.cluster.local", waypoint);
+    let out = wp.on_request(wildcard, &scoped(&["ns/wp"]));
+    assert_eq!(names(&out[0]), ["ns/svc.ns.svc.cluster.local"]);
+
+    // The service moves to another waypoint: same bytes, but this waypoint must drop it.
+    let out = wp.on_update(&scoped(&["ns/other"]));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].removed_resources, ["ns/svc.ns.svc.cluster.local"]);
+    assert!(zt.on_update(&scoped(&["ns/other"])).is_empty());
+}
