@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub use lab;
 
 pub mod dns;
+pub mod http;
 pub mod policies;
 pub mod probe;
 use lab::mesh::MeshOptions;
@@ -36,6 +37,45 @@ pub fn capture_mode() -> String {
 impl MeshLab {
     pub fn up(fixture_name: &str, nodes: usize) -> MeshLab {
         MeshLab::up_with(fixture_name, nodes, |_| {})
+    }
+
+    /// A lab of `examples/<name>`, the manifests users read (bookinfo with its waypoint).
+    pub fn up_example(name: &str, nodes: usize) -> MeshLab {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        MeshLab::up_dir(&dir, nodes)
+    }
+
+    /// A lab of the manifests in `dir`.
+    pub fn up_dir(dir: &std::path::Path, nodes: usize) -> MeshLab {
+        let serial = SERIAL.lock();
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let binary = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
+        let options = LabOptions {
+            mesh: Some(MeshOptions {
+                capture_mode: capture_mode(),
+                ..MeshOptions::beside(&binary)
+            }),
+            binary: Some(binary),
+            startup_timeout: Duration::from_secs(30),
+            ..LabOptions::default()
+        };
+        let lab = Lab::up(dir, nodes, options).expect("lab up");
+        MeshLab {
+            lab,
+            _serial: serial,
+        }
+    }
+
+    /// The Prometheus text of waypoint `namespace/gateway` (its pod's :15020).
+    pub fn waypoint_metrics(&self, namespace: &str, gateway: &str) -> String {
+        let pod = lab::waypoints::pod(self.lab.state(), namespace, gateway).expect("waypoint pod");
+        let addr = SocketAddr::new(pod.ip.into(), 15020);
+        lab::netns::run_in(&pod.netns, move || lab::mesh::http_get(addr, "/metrics"))
+            .expect("enter the waypoint's netns")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// Like [`MeshLab::up`], with the lab's options changed by `tweak` (a dual-stack lab).
@@ -132,6 +172,23 @@ impl MeshLab {
             .flatten()
             .filter_map(|p| p["name"].as_str().map(str::to_string))
             .collect()
+    }
+
+    /// Kills waypoint `namespace/gateway` (SIGKILL) and waits until it is gone; its pod is
+    /// marked not Ready, as the kubelet would.
+    pub fn kill_waypoint(&mut self, namespace: &str, gateway: &str) {
+        lab::waypoints::kill(&mut self.lab, namespace, gateway).expect("kill the waypoint");
+    }
+
+    /// Starts killed waypoint `namespace/gateway` again and waits until it is ready, its pod
+    /// Ready and every ztunnel synced.
+    pub fn restart_waypoint(&mut self, namespace: &str, gateway: &str) {
+        lab::waypoints::restart(&mut self.lab, namespace, gateway).expect("restart the waypoint");
+    }
+
+    /// The pid of waypoint `namespace/gateway`.
+    pub fn waypoint_pid(&self, namespace: &str, gateway: &str) -> i32 {
+        self.pid(&lab::waypoints::process_name(namespace, gateway))
     }
 
     /// The pid of `node`'s ztunnel.
