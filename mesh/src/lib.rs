@@ -11,6 +11,7 @@ pub mod drain;
 pub mod env;
 pub mod hbone;
 pub mod identity;
+pub mod intern;
 pub mod limits;
 pub mod state;
 pub mod telemetry;

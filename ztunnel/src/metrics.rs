@@ -2,9 +2,9 @@
 //! amesh unchanged. Byte directions follow Istio: "received" is what the client sent, "sent" is
 //! what went back to it, for both reporters.
 
+use mesh::intern::Interner;
 use mesh::state::{Service, Workload};
 use mesh::Identity;
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -134,8 +134,9 @@ pub struct Metrics {
     sent: Family<ConnLabels, Counter>,
     /// One entry per label set seen, holding that set's counters: a connection keeps an `Arc`
     /// of it (not its own copy of ~20 strings) and counts without hashing the labels again.
-    /// Grows as the families do (they keep every label set too).
-    sets: parking_lot::Mutex<HashMap<ConnLabels, Arc<LabelSet>>>,
+    /// Sharded, so connections do not meet on one lock. Grows as the families do (they keep
+    /// every label set too).
+    sets: Interner<ConnLabels, LabelSet>,
 }
 
 /// The counters of one label set.
@@ -188,24 +189,19 @@ impl Metrics {
             closed,
             received,
             sent,
-            sets: parking_lot::Mutex::new(HashMap::new()),
+            sets: Interner::new(),
         }
     }
 
     fn label_set(&self, labels: ConnLabels) -> Arc<LabelSet> {
-        let mut sets = self.sets.lock();
-        if let Some(set) = sets.get(&labels) {
-            return set.clone();
-        }
-        let set = Arc::new(LabelSet {
-            opened: self.opened.get_or_create(&labels).clone(),
-            closed: self.closed.get_or_create(&labels).clone(),
-            received: self.received.get_or_create(&labels).clone(),
-            sent: self.sent.get_or_create(&labels).clone(),
+        // The families' own (family-wide) locks are taken only the first time a set is seen.
+        self.sets.get_or_insert_with(labels, |labels| LabelSet {
+            opened: self.opened.get_or_create(labels).clone(),
+            closed: self.closed.get_or_create(labels).clone(),
+            received: self.received.get_or_create(labels).clone(),
+            sent: self.sent.get_or_create(labels).clone(),
             labels: labels.clone(),
-        });
-        sets.insert(labels, set.clone());
-        set
+        })
     }
 
     /// Counts a connection as opened; close the returned handle when it ends.
