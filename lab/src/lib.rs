@@ -23,6 +23,7 @@ pub mod echo;
 pub mod hooks;
 pub mod loaded;
 pub mod mesh;
+pub mod mesh_options;
 pub mod netns;
 pub mod plan;
 pub mod probe;

@@ -4,85 +4,22 @@
 //! ztunnel pod, and `amesh-cni` in every node's CNI chain (`runtime`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Lab, LabError};
 use crate::state::{LabState, NodeInfo, PodInfo};
 
-// In `probe` since the kubelet's readiness probe uses them too; here for the mesh's callers.
+// Here for the mesh's callers: the options live apart so that `state` (which records them)
+// does not depend on the mesh, and the HTTP GETs in `probe` since the kubelet's probe uses them.
+pub use crate::mesh_options::{ControlPlane, MeshOptions};
 pub use crate::probe::{http_get, http_status};
-
-/// How the lab runs the mesh.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshOptions {
-    /// Directory holding the `ztunnel` and `amesh-cni` binaries.
-    pub bin_dir: PathBuf,
-    /// ztunnel's `CAPTURE_MODE`.
-    pub capture_mode: String,
-    /// Where ztunnels get config and certificates from.
-    #[serde(default)]
-    pub control_plane: ControlPlane,
-    /// Extra environment of every ztunnel (a test's setting, e.g. the DNS proxy off).
-    #[serde(default)]
-    pub ztunnel_env: Vec<(String, String)>,
-}
-
-/// The lab's source of ztunnel config and certificates. On command lines (and in
-/// `AMESH_LAB_CONTROL_PLANE`) it is `controller` or `file`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum ControlPlane {
-    /// `amesh-controller` in the root netns: xDS and CA over TLS on port 15012, watching the
-    /// manifests.
-    #[default]
-    #[value(name = "controller")]
-    Controller,
-    /// No controller: the lab translates the manifests into ztunnel's local file, and each
-    /// ztunnel signs its own certificates with the CA on disk.
-    #[value(name = "file")]
-    LocalFile,
-}
-
-impl ControlPlane {
-    /// `AMESH_LAB_CONTROL_PLANE=file` selects the local file; anything else the controller.
-    pub fn from_env() -> ControlPlane {
-        match std::env::var("AMESH_LAB_CONTROL_PLANE").as_deref() {
-            Ok("file") => ControlPlane::LocalFile,
-            _ => ControlPlane::Controller,
-        }
-    }
-
-    /// The command-line name: `controller` or `file`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ControlPlane::Controller => "controller",
-            ControlPlane::LocalFile => "file",
-        }
-    }
-}
 
 /// The controller's xDS + CA port in the root netns.
 pub const CONTROLLER_PORT: u16 = 15012;
 /// Name of the controller process in the lab's process records.
 pub const CONTROLLER: &str = "amesh-controller";
-
-impl MeshOptions {
-    /// Binaries next to the `amesh-lab` binary (cargo puts a workspace's binaries together).
-    pub fn beside(lab_binary: &Path) -> MeshOptions {
-        MeshOptions {
-            bin_dir: lab_binary
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
-            capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into()),
-            control_plane: ControlPlane::from_env(),
-            ztunnel_env: Vec::new(),
-        }
-    }
-}
 
 fn hook_error(hook: &'static str, e: impl std::fmt::Display) -> LabError {
     LabError::Hook {
@@ -142,7 +79,7 @@ pub fn write_config(state: &LabState) -> Result<usize, LabError> {
         .iter()
         .map(|(_, a)| a.clone())
         .collect();
-    crate::waypoints::write_l7_configs(state, &loaded.manifests)?;
+    crate::waypoints::write_l7_configs(state, &translated)?;
     let config = mesh::state::LocalConfig::from_resources(&addresses, &policies)
         .map_err(|e| hook_error("on_manifests_written", e))?;
     let yaml = config

@@ -60,7 +60,7 @@ pub struct LabState {
     pub detached: bool,
     /// The mesh running in the lab; `None` for a lab without the mesh.
     #[serde(default)]
-    pub mesh: Option<crate::mesh::MeshOptions>,
+    pub mesh: Option<crate::mesh_options::MeshOptions>,
     /// Nodes and pods have IPv6 addresses besides IPv4 ones.
     #[serde(default)]
     pub dual_stack: bool,

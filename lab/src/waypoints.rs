@@ -251,5 +251,6 @@ pub fn restart(lab: &mut Lab, namespace: &str, gateway: &str) -> Result<(), LabE
     let probe = start(lab, &opts, &pod)?;
     probe.wait()?;
     lab.set_pod_ready(&pod.key(), true)?;
-    crate::hooks::on_lab_ready(lab)
+    // The lab is ready again once every ztunnel has the pod healthy again.
+    mesh::wait_synced(lab.state(), READY_TIMEOUT)
 }

@@ -42,7 +42,7 @@ pub struct LabOptions {
     /// How long each process may take to start listening.
     pub startup_timeout: Duration,
     /// Run the mesh (ztunnel per node, amesh-cni per pod); `None` for plain pods.
-    pub mesh: Option<crate::mesh::MeshOptions>,
+    pub mesh: Option<crate::mesh_options::MeshOptions>,
     /// Give nodes and pods IPv6 addresses besides IPv4 ones.
     pub dual_stack: bool,
 }
