@@ -231,8 +231,18 @@ pub fn run(dir: &Path, nodes: usize) -> Result<String, LabError> {
         "\nmutual_tls = carried in HBONE (mTLS 1.3 + HTTP/2 CONNECT) with both SPIFFE identities verified;\n\
          none = plaintext from outside the mesh; DENIED = refused by policy (AuthorizationPolicy or STRICT PeerAuthentication)."
     );
+    // 3. The waypoints: L7 routing, L7 policy and their request metrics.
+    crate::demo_waypoint::report(&state, &mut out)?;
     lab.down()?;
     Ok(out)
+}
+
+/// (name, labels, value) of each sample, for the waypoint section.
+pub(crate) fn parse_metrics_pub(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    parse_metrics(text)
+        .into_iter()
+        .map(|s| (s.name, s.labels, s.value))
+        .collect()
 }
 
 fn short(e: &str) -> String {
