@@ -10,6 +10,7 @@ pub use lab;
 
 pub mod dns;
 pub mod http;
+pub mod l7client;
 pub mod policies;
 pub mod probe;
 use lab::mesh::MeshOptions;
