@@ -42,8 +42,9 @@ struct Args {
     /// istiod.istio-system.svc, amesh-controller.istio-system.svc, localhost and 127.0.0.1.
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_sans: Vec<String>,
-    /// How node agents authenticate: node bootstrap tokens (`--tokens`), or Kubernetes
-    /// TokenReview of their ServiceAccount token. Default: token-review with `--source kube`,
+    /// How node agents and workloads (waypoints) authenticate: bootstrap tokens (`--tokens`),
+    /// or Kubernetes TokenReview of their ServiceAccount token (a `--node-agent` is a node, any
+    /// other ServiceAccount that workload). Default: token-review with `--source kube`,
     /// node-tokens otherwise.
     #[arg(long, env = "AMESH_AUTH", value_enum)]
     auth: Option<AuthKind>,
@@ -68,7 +69,8 @@ struct Args {
     /// ztunnel mounts (`--source kube`).
     #[arg(long, default_value = controller::ca::root_configmap::DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
-    /// Node bootstrap tokens file: lines `<token> <node name>`.
+    /// Bootstrap tokens file: lines `<token> <node name>` (a node agent) or
+    /// `<token> workload <namespace>/<service account>` (a waypoint: its own identity only).
     #[arg(long, env = "AMESH_TOKENS")]
     tokens: Option<PathBuf>,
     /// A node token given directly, `<token>=<node name>`; repeatable.

@@ -1,6 +1,7 @@
 //! The CA service over gRPC on 127.0.0.1 with the real node-agent client (`CaClient`): a pod
 //! identity on the caller's node is signed and verifies to the root; another node's pod, a bad
-//! token and a malformed CSR are refused with readable errors; the root survives a restart.
+//! token and a malformed CSR are refused with readable errors; the root survives a restart. A
+//! workload token (a waypoint's) obtains its own identity and nothing else.
 
 use std::future::Future;
 use std::path::Path;
@@ -55,6 +56,7 @@ async fn serve(dir: &Path) -> String {
     let mut tokens = NodeTokens::default();
     tokens.insert("token-1", "node-1");
     tokens.insert("token-2", "node-2");
+    tokens.insert_workload("token-wp", "shop", "waypoint");
     let service = CaService::new(Arc::new(ca), tokens, manifests, DAY);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -173,6 +175,39 @@ async fn refuses_a_pod_of_another_node() {
         request(&client(&uri, "token-2"), &id("shop", "db"), DAY)
             .await
             .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_workload_gets_its_own_identity_only() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = serve(dir.path()).await;
+        // No pod of it needs to be known: the token itself is the proof, as with istiod.
+        let chain = request(&client(&uri, "token-wp"), &id("shop", "waypoint"), DAY)
+            .await
+            .unwrap();
+        let leaf = der(&chain[0]);
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(
+            format!("{:?}", san.value).contains("spiffe://cluster.local/ns/shop/sa/waypoint"),
+            "{san:?}"
+        );
+        // Impersonating a pod's identity (even one in the same namespace) is refused.
+        for other in [id("shop", "web"), id("other", "waypoint")] {
+            let err = request(&client(&uri, "token-wp"), &other, DAY)
+                .await
+                .unwrap_err();
+            let CaError::PermissionDenied { message, .. } = &err else {
+                panic!("expected PERMISSION_DENIED for {other}, got {err:?}");
+            };
+            assert!(
+                message.contains("only its own identity") && message.contains(&other.to_string()),
+                "{message}"
+            );
+        }
     })
     .await;
 }

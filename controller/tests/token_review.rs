@@ -235,7 +235,8 @@ async fn node_agents_are_authenticated_by_token_review() {
         "{err}"
     );
 
-    // Valid, but an application's ServiceAccount, not a node agent.
+    // An application's ServiceAccount is that workload (a waypoint, as istiod sees it): its
+    // own identity only, wherever its pods run.
     s.reviews.answer(
         "tok-app",
         authenticated(
@@ -244,9 +245,23 @@ async fn node_agents_are_authenticated_by_token_review() {
             &[DEFAULT_AUDIENCE],
         ),
     );
-    let err = ask(&s, "tok-app", "shop", "web").await.unwrap_err();
+    ask(&s, "tok-app", "shop", "web").await.unwrap();
+    let err = ask(&s, "tok-app", "istio-system", "ztunnel")
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, CaError::PermissionDenied { ref message, .. } if message.contains("not a node agent")),
+        matches!(err, CaError::PermissionDenied { ref message, .. } if message.contains("only its own identity")),
+        "{err}"
+    );
+
+    // A user that is no ServiceAccount at all.
+    s.reviews.answer(
+        "tok-user",
+        authenticated("alice", json!({}), &[DEFAULT_AUDIENCE]),
+    );
+    let err = ask(&s, "tok-user", "shop", "web").await.unwrap_err();
+    assert!(
+        matches!(err, CaError::PermissionDenied { ref message, .. } if message.contains("neither a node agent")),
         "{err}"
     );
 

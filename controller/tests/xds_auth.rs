@@ -1,5 +1,6 @@
-//! xDS streams require a node token when the controller has any: the config names every
-//! workload and policy of the cluster, so only nodes may read it.
+//! xDS streams require a node or workload token when the controller has any: the config names
+//! every workload and policy of the cluster, so only mesh members (ztunnels, waypoints) may
+//! read it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,7 @@ async fn open_stream(url: String, token: Option<&str>) -> Result<(), tonic::Stat
 async fn streams_need_a_known_node_token() {
     let mut tokens = NodeTokens::default();
     tokens.insert("secret-node1", "node1");
+    tokens.insert_workload("secret-waypoint", "shop", "waypoint");
     let (_tx, rx) = watch::channel(Arc::new(ResourceSet::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -61,9 +63,12 @@ async fn streams_need_a_known_node_token() {
     let wrong = open_stream(url.clone(), Some("guess")).await.unwrap_err();
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
     assert!(wrong.message().contains("--tokens"), "{wrong:?}");
-    open_stream(url, Some("secret-node1"))
+    open_stream(url.clone(), Some("secret-node1"))
         .await
         .expect("a node with its token is served");
+    open_stream(url, Some("secret-waypoint"))
+        .await
+        .expect("a workload (waypoint) with its token is served");
     task.abort();
 }
 

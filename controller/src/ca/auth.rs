@@ -1,8 +1,11 @@
-//! Who is calling the CA or the xDS server: the node behind a request's
-//! `authorization: Bearer <token>`. In the lab the token is a node bootstrap token
-//! ([`NodeTokens`]); in Kubernetes it is the node agent's projected ServiceAccount token, checked
+//! Who is calling the CA or the xDS server: the [`Caller`] behind a request's
+//! `authorization: Bearer <token>`. A node agent (ztunnel) may obtain the identities of the
+//! pods on its node; a workload (a waypoint, which runs as its own ServiceAccount, as under
+//! istiod) may obtain only its own identity. In the lab the token is a bootstrap token of
+//! either kind ([`NodeTokens`]); in Kubernetes it is a projected ServiceAccount token, checked
 //! with the API server's TokenReview ([`TokenReviewer`]).
 
+use std::fmt;
 use std::sync::Arc;
 
 use tonic::metadata::MetadataMap;
@@ -10,6 +13,32 @@ use tonic::Status;
 
 use super::token_review::TokenReviewer;
 use super::tokens::NodeTokens;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A node agent, by node name.
+    Node(String),
+    /// A workload running as ServiceAccount `service_account` of `namespace`.
+    Workload {
+        /// The ServiceAccount's namespace.
+        namespace: String,
+        /// The ServiceAccount's name.
+        service_account: String,
+    },
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Node(node) => write!(f, "node {node}"),
+            Caller::Workload {
+                namespace,
+                service_account,
+            } => write!(f, "workload {namespace}/{service_account}"),
+        }
+    }
+}
 
 /// How callers are authenticated. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -21,21 +50,22 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
-    /// The node name the request's bearer token stands for, or why it is refused:
+    /// The caller the request's bearer token stands for, or why it is refused:
     /// UNAUTHENTICATED for a missing or unknown token, PERMISSION_DENIED for a valid token of
-    /// someone who is not a node agent, UNAVAILABLE if the Kubernetes API cannot be asked.
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+    /// someone who is neither a node agent nor a ServiceAccount, UNAVAILABLE if the Kubernetes
+    /// API cannot be asked.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let token = bearer(metadata)?;
         match self {
             Authenticator::NodeTokens(tokens) => {
-                tokens.node_of(token).map(str::to_owned).ok_or_else(|| {
+                tokens.caller_of(token).cloned().ok_or_else(|| {
                     Status::unauthenticated(
-                    "the bearer token is not a known node token; check the node's token against \
-                     the controller's --tokens file",
-                )
+                        "the bearer token is not a known token; check it against the controller's \
+                     --tokens file",
+                    )
                 })
             }
-            Authenticator::TokenReview(reviewer) => reviewer.node_of(token).await,
+            Authenticator::TokenReview(reviewer) => reviewer.caller_of(token).await,
         }
     }
 

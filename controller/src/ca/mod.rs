@@ -5,10 +5,13 @@
 //! - [`root_secret`]: the root kept in the Secret `istio-system/istio-ca-secret`, as istiod
 //!   keeps its self-signed root: created by the first controller, used by the others.
 //! - [`root_configmap`]: the root published as the ConfigMap `istio-ca-root-cert` for ztunnel.
-//! - [`auth`]: who is calling: the node behind a bearer token, by one of
-//!   - [`tokens`]: node bootstrap tokens (token → node name), the lab's way, or
-//!   - [`token_review`]: Kubernetes TokenReview of the node agent's ServiceAccount token.
-//! - [`placement`]: which identities a node may obtain: those of the pods scheduled on it.
+//! - [`auth`]: who is calling: the node or workload behind a bearer token, by one of
+//!   - [`tokens`]: bootstrap tokens (token → node name, or workload ServiceAccount), the lab's
+//!     way, or
+//!   - [`token_review`]: Kubernetes TokenReview of a ServiceAccount token (node agents are
+//!     nodes, other ServiceAccounts workloads).
+//! - [`placement`]: which identities a node may obtain: those of the pods scheduled on it (a
+//!   workload may obtain only its own).
 //! - [`service`]: the gRPC service: authenticate, pick the identity, authorize, sign.
 
 pub mod auth;
@@ -19,7 +22,7 @@ pub mod service;
 pub mod token_review;
 pub mod tokens;
 
-pub use auth::Authenticator;
+pub use auth::{Authenticator, Caller};
 pub use root_configmap::RootPublisher;
 pub use root_secret::ObjectName;
 pub use service::{CaService, DEFAULT_MAX_TTL};

@@ -1,14 +1,15 @@
-//! `IstioCertificateService/CreateCertificate`: authenticate the node by its bearer token
-//! ([`Authenticator`]),
-//! read the identity asked for (`ImpersonatedIdentity`, else the CSR's URI SAN), check that a
-//! pod of that identity runs on the node, and sign with the local CA.
+//! `IstioCertificateService/CreateCertificate`: authenticate the caller by its bearer token
+//! ([`Authenticator`]), read the identity asked for (`ImpersonatedIdentity`, else the CSR's
+//! URI SAN), check that the caller may have it — a node: a pod of that identity runs on the
+//! node; a workload: it is the workload's own identity — and sign with the local CA.
 //!
 //! | refusal | code |
 //! |---|---|
 //! | no or unknown token | UNAUTHENTICATED |
-//! | valid token of a caller that is not a node agent | PERMISSION_DENIED |
+//! | valid token of a caller that is neither a node agent nor a ServiceAccount | PERMISSION_DENIED |
 //! | the Kubernetes API cannot review the token | UNAVAILABLE |
 //! | identity of no pod on the caller's node, or another trust domain | PERMISSION_DENIED |
+//! | a workload asking for another identity than its own | PERMISSION_DENIED |
 //! | malformed CSR or identity, CSR not for the identity asked | INVALID_ARGUMENT |
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Caller};
 use super::placement;
 use crate::manifests::Manifests;
 
@@ -141,7 +142,7 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let peer = request.remote_addr();
-        let node = self
+        let caller = self
             .auth
             .authenticate(request.metadata())
             .await
@@ -157,8 +158,26 @@ impl IstioCertificateService for CaService {
                     self.ca.trust_domain()
                 )));
             }
-            placement::authorize(&self.manifests.borrow(), &node, &identity)
-                .map_err(Status::permission_denied)?;
+            match &caller {
+                Caller::Node(node) => {
+                    placement::authorize(&self.manifests.borrow(), node, &identity)
+                        .map_err(Status::permission_denied)?;
+                }
+                Caller::Workload {
+                    namespace,
+                    service_account,
+                } => {
+                    if identity.namespace() != namespace
+                        || identity.service_account() != service_account
+                    {
+                        return Err(Status::permission_denied(format!(
+                            "{caller} may obtain only its own identity \
+                             (spiffe://{}/ns/{namespace}/sa/{service_account}), not {identity}",
+                            self.ca.trust_domain()
+                        )));
+                    }
+                }
+            }
             let ttl = self.ttl(request.validity_duration);
             let chain = self
                 .ca
@@ -168,13 +187,13 @@ impl IstioCertificateService for CaService {
         })();
         match result {
             Ok((identity, ttl, chain)) => {
-                info!(node, %identity, ?ttl, "CA: issued a certificate");
+                info!(%caller, %identity, ?ttl, "CA: issued a certificate");
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain: chain,
                 }))
             }
             Err(status) => {
-                warn!(node, code = ?status.code(), "CA: refused: {}", status.message());
+                warn!(%caller, code = ?status.code(), "CA: refused: {}", status.message());
                 Err(status)
             }
         }

@@ -1,10 +1,11 @@
-//! Kubernetes authentication of node agents: the bearer token is a projected ServiceAccount
-//! token (audience `istio-ca`, as Istio's ztunnel mounts it), checked with a TokenReview
-//! (`authentication.k8s.io/v1`). The reviewed user must be one of the node-agent service
-//! accounts (`system:serviceaccount:istio-system:ztunnel` by default); its node is the one the
-//! token is bound to: the `authentication.kubernetes.io/node-name` extra (Kubernetes ≥ 1.30),
+//! Kubernetes authentication of callers: the bearer token is a projected ServiceAccount
+//! token (audience `istio-ca`, as Istio's ztunnel and waypoints mount it), checked with a
+//! TokenReview (`authentication.k8s.io/v1`). A node-agent service account
+//! (`system:serviceaccount:istio-system:ztunnel` by default) is a node: its node is the one the
+//! token is bound to, the `authentication.kubernetes.io/node-name` extra (Kubernetes ≥ 1.30),
 //! else the node of the pod named in `…/pod-name` (and `…/pod-uid`), looked up in the
-//! controller's own view of the cluster.
+//! controller's own view of the cluster. Any other ServiceAccount is that workload (as istiod
+//! treats it: it may obtain its own identity only); a user that is no ServiceAccount is refused.
 //!
 //! Reviews are cached for [`CACHE_TTL`] by a hash of the token, so that a ztunnel asking for
 //! many certificates at start costs the API server one review, not one per pod.
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::debug;
 
+use super::auth::Caller;
 use crate::manifests::Manifests;
 
 /// Istio's audience for tokens sent to the CA and to xDS.
@@ -82,17 +84,28 @@ impl TokenReviewer {
         }
     }
 
-    /// The node `token` belongs to, or why not.
-    pub async fn node_of(&self, token: &str) -> Result<String, Status> {
+    /// The caller `token` belongs to, or why not.
+    pub async fn caller_of(&self, token: &str) -> Result<Caller, Status> {
         let reviewed = self.review(token).await?;
-        if !self.node_agents.contains(&reviewed.username) {
-            return Err(Status::permission_denied(format!(
-                "{} is not a node agent: only {:?} may obtain certificates for pods and read the \
-                 mesh config (controller flag --node-agent)",
-                reviewed.username, self.node_agents
-            )));
+        if self.node_agents.contains(&reviewed.username) {
+            return self.bound_node(&reviewed).map(Caller::Node);
         }
-        self.bound_node(&reviewed)
+        let workload = reviewed
+            .username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty());
+        match workload {
+            Some((namespace, service_account)) => Ok(Caller::Workload {
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+            }),
+            None => Err(Status::permission_denied(format!(
+                "{} is neither a node agent ({:?}, controller flag --node-agent) nor a \
+                 ServiceAccount: it may not obtain certificates or read the mesh config",
+                reviewed.username, self.node_agents
+            ))),
+        }
     }
 
     /// The review of `token`, from the cache or the API server.

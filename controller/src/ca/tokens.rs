@@ -1,9 +1,13 @@
-//! Node bootstrap tokens: each line of a tokens file is `<token> <node name>`; blank lines and
-//! `#` comments are skipped. A caller presenting `authorization: Bearer <token>` is that node.
+//! Bootstrap tokens: each line of a tokens file is `<token> <node name>` (a node agent) or
+//! `<token> workload <namespace>/<service account>` (a workload such as a waypoint); blank
+//! lines and `#` comments are skipped. A caller presenting `authorization: Bearer <token>` is
+//! that node or workload.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use super::auth::Caller;
 
 /// Why tokens could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -14,13 +18,16 @@ pub enum TokenError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{origin}, line {line}: expected `<token> <node name>`, got {found:?}")]
+    #[error(
+        "{origin}, line {line}: expected `<token> <node name>` or \
+         `<token> workload <namespace>/<service account>`, got {found}"
+    )]
     Malformed {
         origin: String,
         line: usize,
         found: String,
     },
-    #[error("{origin}, line {line}: token already given to node {first:?}; tokens must be unique")]
+    #[error("{origin}, line {line}: token already given to {first}; tokens must be unique")]
     Duplicate {
         origin: String,
         line: usize,
@@ -28,10 +35,10 @@ pub enum TokenError {
     },
 }
 
-/// token → node name. Never printed with the tokens themselves.
+/// token → caller. Never printed with the tokens themselves.
 #[derive(Clone, Default)]
 pub struct NodeTokens {
-    nodes: HashMap<String, String>,
+    callers: HashMap<String, Caller>,
 }
 
 impl NodeTokens {
@@ -53,54 +60,92 @@ impl NodeTokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut words = line.split_whitespace();
-            let (Some(token), Some(node), None) = (words.next(), words.next(), words.next()) else {
-                // Do not echo the line: it may hold a token.
-                let found = format!("{} words", line.split_whitespace().count());
-                return Err(TokenError::Malformed {
-                    origin: origin.to_owned(),
-                    line: i + 1,
-                    found,
-                });
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let malformed = |found: String| TokenError::Malformed {
+                origin: origin.to_owned(),
+                line: i + 1,
+                found,
             };
-            if let Some(first) = self.nodes.get(token) {
+            let (token, caller) = match words.as_slice() {
+                [token, node] => (*token, Caller::Node((*node).to_owned())),
+                [token, "workload", identity] => {
+                    let (namespace, service_account) = identity
+                        .split_once('/')
+                        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'))
+                        .ok_or_else(|| {
+                            malformed(format!("workload {identity:?}, not <namespace>/<name>"))
+                        })?;
+                    let caller = Caller::Workload {
+                        namespace: namespace.to_owned(),
+                        service_account: service_account.to_owned(),
+                    };
+                    (*token, caller)
+                }
+                // Do not echo the line: it may hold a token.
+                other => return Err(malformed(format!("{} words", other.len()))),
+            };
+            if let Some(first) = self.callers.get(token) {
                 return Err(TokenError::Duplicate {
                     origin: origin.to_owned(),
                     line: i + 1,
-                    first: first.clone(),
+                    first: first.to_string(),
                 });
             }
-            self.nodes.insert(token.to_owned(), node.to_owned());
+            self.callers.insert(token.to_owned(), caller);
         }
         Ok(())
     }
 
     /// Adds one token for `node`.
     pub fn insert(&mut self, token: impl Into<String>, node: impl Into<String>) {
-        self.nodes.insert(token.into(), node.into());
+        self.callers.insert(token.into(), Caller::Node(node.into()));
     }
 
-    /// The node a token belongs to.
+    /// Adds one token for the workload of ServiceAccount `namespace/service_account`.
+    pub fn insert_workload(
+        &mut self,
+        token: impl Into<String>,
+        namespace: impl Into<String>,
+        service_account: impl Into<String>,
+    ) {
+        let caller = Caller::Workload {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        };
+        self.callers.insert(token.into(), caller);
+    }
+
+    /// The caller a token belongs to.
+    pub fn caller_of(&self, token: &str) -> Option<&Caller> {
+        self.callers.get(token)
+    }
+
+    /// The node a token belongs to (`None` for unknown and workload tokens).
     pub fn node_of(&self, token: &str) -> Option<&str> {
-        self.nodes.get(token).map(String::as_str)
+        match self.callers.get(token)? {
+            Caller::Node(node) => Some(node),
+            Caller::Workload { .. } => None,
+        }
     }
 
     /// Number of tokens.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.callers.len()
     }
 
     /// No token at all: every request is refused.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.callers.is_empty()
     }
 }
 
 impl fmt::Debug for NodeTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut nodes: Vec<&String> = self.nodes.values().collect();
-        nodes.sort();
-        f.debug_struct("NodeTokens").field("nodes", &nodes).finish()
+        let mut callers: Vec<String> = self.callers.values().map(ToString::to_string).collect();
+        callers.sort();
+        f.debug_struct("NodeTokens")
+            .field("callers", &callers)
+            .finish()
     }
 }
 
@@ -124,5 +169,39 @@ mod tests {
         let err = t.add_text("f", "abc node-3\n").unwrap_err().to_string();
         assert!(err.contains("node-1"), "{err}");
         assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn workload_lines() {
+        let mut t = NodeTokens::default();
+        t.add_text("f", "wp-secret workload bookinfo/waypoint\n")
+            .unwrap();
+        assert_eq!(
+            t.caller_of("wp-secret"),
+            Some(&Caller::Workload {
+                namespace: "bookinfo".into(),
+                service_account: "waypoint".into()
+            })
+        );
+        // A workload token is no node token.
+        assert_eq!(t.node_of("wp-secret"), None);
+        for bad in [
+            "s workload waypoint",
+            "s workload /waypoint",
+            "s workload ns/",
+            "s workload a/b/c",
+            "s client ns/sa",
+        ] {
+            let err = t.add_text("f", bad).unwrap_err().to_string();
+            assert!(
+                err.contains("line 1") && !err.contains("s "),
+                "{bad}: {err}"
+            );
+        }
+        let err = t
+            .add_text("f", "wp-secret node-1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workload bookinfo/waypoint"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ const RESPONSE_QUEUE: usize = 16;
 #[derive(Debug, Clone)]
 pub struct AdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
-    /// When set, every stream must authenticate as a node (as the CA requires).
+    /// When set, every stream must authenticate as a node or a workload (as the CA requires).
     auth: Option<crate::ca::Authenticator>,
 }
 
@@ -40,8 +40,9 @@ impl AdsServer {
         }
     }
 
-    /// Requires every stream to authenticate as a node: the config names every workload and
-    /// policy of the cluster, so only nodes may read it.
+    /// Requires every stream to authenticate as a node or a workload (waypoints run as their
+    /// own ServiceAccount): the config names every workload and policy of the cluster, so only
+    /// mesh members may read it.
     pub fn with_auth(mut self, auth: impl Into<crate::ca::Authenticator>) -> Self {
         self.auth = Some(auth.into());
         self
@@ -78,13 +79,13 @@ impl AggregatedDiscoveryService for AdsServer {
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         if let Some(auth) = &self.auth {
-            let node = auth
+            let caller = auth
                 .authenticate(request.metadata())
                 .await
                 .inspect_err(|e| {
                     info!(%peer, reason = e.message(), "xDS: refused an unauthenticated stream");
                 })?;
-            debug!(%peer, %node, "xDS: stream authenticated");
+            debug!(%peer, %caller, "xDS: stream authenticated");
         }
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
