@@ -18,7 +18,7 @@ mod stream;
 
 // Drain belongs to every listener, not only HBONE's; re-exported where it was first found.
 pub use crate::drain::{Drain, DrainWatch};
-pub use error::HboneError;
+pub use error::{HboneError, InboundError, Side};
 pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
 pub use relay::{abort_on_close, relay, relay_connecting, relay_tcp, RelayError, RelayStats};
 pub use request::{forwarded_header, ConnectRequest, Refusal};

@@ -22,6 +22,7 @@ use super::conn::{self, ClientConn};
 use super::request::{build_connect, REASON_HEADER};
 use super::stream::{H2Reader, H2Writer};
 use super::{H2Settings, H2Stream, HboneError};
+use crate::tls::TlsError;
 use crate::Identity;
 
 /// Creates the sockets HBONE connections leave from. ztunnel supplies one that opens them in a
@@ -50,7 +51,7 @@ pub trait ClientTls: Send + Sync + 'static {
         &self,
         source: &Identity,
         destination: &Identity,
-    ) -> Result<Arc<rustls::ClientConfig>, String>;
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError>;
 }
 
 impl ClientTls for crate::tls::TlsContext {
@@ -58,9 +59,8 @@ impl ClientTls for crate::tls::TlsContext {
         &self,
         source: &Identity,
         destination: &Identity,
-    ) -> Result<Arc<rustls::ClientConfig>, String> {
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         crate::tls::TlsContext::client_config(self, source, std::slice::from_ref(destination))
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -297,7 +297,7 @@ impl Pool {
             .inner
             .tls
             .client_config(&key.source, &key.destination)
-            .map_err(HboneError::TlsConfig)?;
+            .map_err(|e| HboneError::TlsConfig(Box::new(e)))?;
         let socket = self
             .inner
             .sockets

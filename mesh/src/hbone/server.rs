@@ -21,10 +21,12 @@ use tracing::{debug, warn, Instrument};
 
 use super::bufio::BufferedRead;
 use super::conn::keepalive;
+use super::error::InboundError;
 use super::request::{inspect, ConnectRequest, Inspection, Refusal, REASON_HEADER};
 use super::{DrainWatch, H2Settings, H2Stream, HboneError};
 use crate::accept::AcceptLoop;
 use crate::limits::{check_descriptor_headroom, Permit, RefusalCounter, Refused, SourceLimits};
+use crate::tls::TlsError;
 
 /// Decides what to do with each CONNECT; runs in its own task per stream.
 pub trait ConnectHandler: Send + Sync + 'static {
@@ -35,11 +37,11 @@ pub trait ConnectHandler: Send + Sync + 'static {
 /// Supplies the server TLS configuration for a connection accepted on `local` (so one listener
 /// can serve several identities, e.g. every pod behind eBPF steering).
 pub trait ServerTls: Send + Sync + 'static {
-    fn server_config(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String>;
+    fn server_config(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, TlsError>;
 }
 
 impl ServerTls for Arc<rustls::ServerConfig> {
-    fn server_config(&self, _local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {
+    fn server_config(&self, _local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         Ok(self.clone())
     }
 }
@@ -200,18 +202,19 @@ impl<H: ConnectHandler> Server<H> {
         pending: Option<Permit>,
         mut drain: DrainWatch,
     ) {
-        let setup = self.setup(tcp, peer).await;
+        let setup = self.setup(tcp).await;
         // Handshake over: the connection no longer counts against the pending limits.
         drop(pending);
         match setup {
             Ok((conn, identity, local)) => {
                 self.run_conn(conn, identity, peer, local, &mut drain).await
             }
-            Err(reason) => {
+            Err(cause) => {
                 self.stats
                     .rejected_connections
                     .fetch_add(1, Ordering::Relaxed);
-                debug!(%reason, "closing connection from non-HBONE peer");
+                let error = HboneError::Inbound { peer, cause };
+                debug!(%error, side = ?error.side(), "closing connection from non-HBONE peer");
             }
         }
     }
@@ -219,36 +222,40 @@ impl<H: ConnectHandler> Server<H> {
     async fn setup(
         &self,
         tcp: TcpStream,
-        peer: SocketAddr,
-    ) -> Result<(H2Conn, crate::Identity, SocketAddr), String> {
-        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+    ) -> Result<(H2Conn, crate::Identity, SocketAddr), InboundError> {
+        let local = tcp.local_addr().map_err(InboundError::Socket)?;
         let _ = tcp.set_nodelay(true);
-        let config = self.tls.server_config(local)?;
+        let config = self
+            .tls
+            .server_config(local)
+            .map_err(|e| InboundError::TlsConfig(Box::new(e)))?;
         let setup = async {
             let mut tls = TlsAcceptor::from(config)
                 .accept(BufferedRead::new(tcp))
                 .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                .map_err(InboundError::Tls)?;
             tls.get_mut()
                 .1
                 .set_buffer_limit(Some(self.settings.tls_send_buffer()));
             let (_, session) = tls.get_ref();
             if session.alpn_protocol() != Some(b"h2") {
-                return Err("peer did not negotiate ALPN h2".to_string());
+                return Err(InboundError::NoH2);
             }
-            let identity = crate::tls::peer_identity(session)
-                .ok_or_else(|| "peer presented no SPIFFE identity".to_string())?;
+            let identity = crate::tls::peer_identity(session).ok_or(InboundError::NoIdentity)?;
             let conn = self
                 .settings
                 .server_builder()
                 .handshake(tls)
                 .await
-                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+                .map_err(InboundError::H2Handshake)?;
             Ok((conn, identity, local))
         };
-        tokio::time::timeout(self.settings.handshake_timeout, setup)
+        let limit = self.settings.handshake_timeout;
+        tokio::time::timeout(limit, setup)
             .await
-            .map_err(|_| format!("handshake with {peer} timed out"))?
+            .map_err(|_| InboundError::Timeout {
+                secs: limit.as_secs_f64(),
+            })?
     }
 
     async fn run_conn(
