@@ -366,18 +366,20 @@ pub fn sandbox_of(pod: &crate::state::PodInfo) -> Sandbox {
 }
 
 /// CNI DEL for the lab's pods while ztunnel still runs (it releases each), and the pods'
-/// resolv.conf files: best effort, for teardown. The ztunnel pods keep their network until
-/// their processes have stopped (cutting it first would leave ztunnel's control-plane
-/// connections half-open, and the controller waiting on them); deleting the namespaces takes
-/// it, and the run directory their IPAM records.
+/// resolv.conf files: best effort, for teardown. The ztunnel and waypoint pods keep their
+/// network until their processes have stopped (cutting it first would leave their
+/// control-plane connections half-open, and the controller waiting on them); deleting the
+/// namespaces takes it, and the run directory their IPAM records. (ztunnel has nothing to
+/// release for a waypoint pod: it is never captured.)
 pub fn teardown(state: &LabState) {
     let ztunnel_pods: Vec<&str> = state
         .nodes
         .iter()
         .filter_map(|n| n.ztunnel.as_ref().map(|z| z.pod.as_str()))
         .collect();
+    let waypoint_pod = |pod: &crate::state::PodInfo| state.waypoints.iter().any(|w| w.runs_in(pod));
     for pod in &state.pods {
-        if ztunnel_pods.contains(&pod.key().as_str()) {
+        if ztunnel_pods.contains(&pod.key().as_str()) || waypoint_pod(pod) {
             remove_resolv_conf(pod);
             continue;
         }

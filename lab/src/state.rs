@@ -79,6 +79,12 @@ pub struct WaypointInfo {
 }
 
 impl WaypointInfo {
+    /// Whether `pod` is this waypoint's (istiod labels its pods with the Gateway's name).
+    pub fn runs_in(&self, pod: &PodInfo) -> bool {
+        let label = crate::cluster::waypoint::GATEWAY_NAME_LABEL;
+        pod.namespace == self.namespace && pod.labels.get(label) == Some(&self.gateway)
+    }
+
     /// `namespace/gateway`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.gateway)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use crate::cluster::waypoint::{GATEWAY_NAME_LABEL, STATUS_PORT};
+use crate::cluster::waypoint::STATUS_PORT;
 use crate::cluster::{Lab, LabError};
 use crate::mesh::{self, ControlPlane, MeshOptions, CONTROLLER_PORT};
 use crate::probe::HttpProbe;
@@ -117,9 +117,8 @@ fn l7_config(
 
 /// The waypoint Gateway that `pod` runs, from the label istiod puts on its pods.
 fn waypoint_of(state: &LabState, pod: &PodInfo) -> Result<WaypointInfo, LabError> {
-    let gateway = pod.labels.get(GATEWAY_NAME_LABEL);
     (state.waypoints.iter())
-        .find(|w| w.namespace == pod.namespace && Some(&w.gateway) == gateway)
+        .find(|w| w.runs_in(pod))
         .cloned()
         .ok_or_else(|| {
             error(
@@ -131,15 +130,9 @@ fn waypoint_of(state: &LabState, pod: &PodInfo) -> Result<WaypointInfo, LabError
 
 /// The pod of waypoint `namespace/gateway`.
 pub fn pod(state: &LabState, namespace: &str, gateway: &str) -> Result<PodInfo, LabError> {
+    let w = (state.waypoints.iter()).find(|w| w.namespace == namespace && w.gateway == gateway);
     (state.pods.iter())
-        .find(|p| {
-            p.namespace == namespace
-                && p.labels.get(GATEWAY_NAME_LABEL).map(String::as_str) == Some(gateway)
-                && state
-                    .waypoints
-                    .iter()
-                    .any(|w| w.namespace == namespace && w.gateway == gateway)
-        })
+        .find(|p| w.is_some_and(|w| w.runs_in(p)))
         .cloned()
         .ok_or_else(|| {
             let known: Vec<String> = state.waypoints.iter().map(WaypointInfo::key).collect();

@@ -338,10 +338,7 @@ impl Lab {
     /// If `pod` is a waypoint's: the Gateway's status gets its Service's address and
     /// `Programmed` (once: a Gateway stays programmed while its pod restarts).
     fn program_gateway(&mut self, pod: &PodInfo) -> Result<(), LabError> {
-        let gateway = pod.labels.get(waypoint::GATEWAY_NAME_LABEL);
-        let Some(w) = (self.state.waypoints.iter())
-            .find(|w| w.namespace == pod.namespace && Some(&w.gateway) == gateway)
-        else {
+        let Some(w) = self.state.waypoints.iter().find(|w| w.runs_in(pod)) else {
             return Ok(());
         };
         let Some(vip) = self
