@@ -1,6 +1,7 @@
 //! Manifests → the resources Istio's control plane serves to ztunnel: one
 //! `istio.workload.Address` per pod (a Workload) and per Service, and one
-//! `istio.security.Authorization` per L4-enforceable policy.
+//! `istio.security.Authorization` per L4-enforceable policy; plus amesh's own waypoint
+//! resources (`amesh.l7.v1`), each with the waypoints it is for.
 //!
 //! | resource | name | from |
 //! |---|---|---|
