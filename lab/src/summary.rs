@@ -44,10 +44,13 @@ pub fn render(state: &LabState, alive: bool) -> String {
         .pods
         .iter()
         .map(|p| {
-            let app = state
-                .processes
-                .iter()
-                .find(|r| r.name == format!("echo {}", p.key()));
+            // A waypoint's pod runs `waypoint`, the others the echo app; the newest record
+            // is the one that counts after a restart.
+            let name = match state.waypoints.iter().find(|w| w.runs_in(p)) {
+                Some(w) => crate::waypoints::process_name(&w.namespace, &w.gateway),
+                None => format!("echo {}", p.key()),
+            };
+            let app = state.processes.iter().rev().find(|r| r.name == name);
             let up = match app {
                 Some(r) if process::is_alive(r) => "up",
                 Some(_) => "DOWN",
