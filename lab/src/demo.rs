@@ -237,8 +237,11 @@ pub fn run(dir: &Path, nodes: usize) -> Result<String, LabError> {
     Ok(out)
 }
 
-/// (name, labels, value) of each sample, for the waypoint section.
-pub(crate) fn parse_metrics_pub(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+/// (name, labels, value) of one sample.
+pub(crate) type MetricSample = (String, BTreeMap<String, String>, f64);
+
+/// Each sample, for the waypoint section.
+pub(crate) fn parse_metrics_pub(text: &str) -> Vec<MetricSample> {
     parse_metrics(text)
         .into_iter()
         .map(|s| (s.name, s.labels, s.value))

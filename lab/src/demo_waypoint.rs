@@ -23,11 +23,7 @@ pub fn report(state: &LabState, out: &mut String) -> Result<(), LabError> {
     Ok(())
 }
 
-fn section(
-    state: &LabState,
-    w: &WaypointInfo,
-    out: &mut String,
-) -> Result<(), LabError> {
+fn section(state: &LabState, w: &WaypointInfo, out: &mut String) -> Result<(), LabError> {
     let _ = writeln!(
         out,
         "\nWaypoint {}/{} (L7: HTTPRoute, L7 AuthorizationPolicy, request metrics):",
@@ -68,7 +64,8 @@ fn section(
         return Ok(());
     };
     let target = SocketAddr::new(vip.into(), port.port);
-    let scenarios: [(&str, &str, Option<(&str, &str)>); 3] = [
+    type Scenario<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let scenarios: [Scenario; 3] = [
         ("GET", "plain GET (canary split)", None),
         (
             "GET",
