@@ -189,7 +189,7 @@ fn self_signed_root(trust_domain: &str) -> Result<(KeyPair, rcgen::Certificate),
     // Backdated an hour so that nodes with a slightly late clock accept it at once.
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + ROOT_LIFETIME).into();
-    params.serial_number = Some(super::local_ca::random_serial());
+    params.serial_number = Some(super::serial::random_serial());
     let cert = params.self_signed(&key)?;
     Ok((key, cert))
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use super::csr::generate_csr;
 use super::error::CaError;
 use super::provider::{CertificateProvider, SignFuture};
 use super::roots::TrustRoots;
+use super::serial::random_serial;
 use super::workload::WorkloadCert;
 use crate::Identity;
 
@@ -297,15 +298,6 @@ impl std::fmt::Debug for LocalCa {
             .field("trust_domain", &self.trust_domain)
             .finish_non_exhaustive()
     }
-}
-
-/// A random positive 16-byte serial: unique across restarts without keeping a counter.
-pub(super) fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    // Clear the top bit so the DER INTEGER is positive, and keep the first byte non-zero so the
-    // encoding is minimal (RFC 5280 4.1.2.2).
-    bytes[0] = (bytes[0] & 0x7f) | 0x01;
-    SerialNumber::from_slice(&bytes)
 }
 
 fn pem_of(cert: &CertificateDer<'_>) -> String {

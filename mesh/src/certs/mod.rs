@@ -9,6 +9,7 @@ mod local_ca;
 mod manager;
 mod provider;
 mod roots;
+mod serial;
 mod store;
 mod workload;
 pub(crate) mod x509;

@@ -14,6 +14,7 @@ mod relay;
 mod request;
 mod server;
 mod settings;
+mod slot;
 mod stream;
 
 // Drain belongs to every listener, not only HBONE's; re-exported where it was first found.

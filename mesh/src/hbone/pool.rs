@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use tracing::debug;
 
 use super::conn::{self, ClientConn};
 use super::request::{build_connect, REASON_HEADER};
+use super::slot::{PooledConn, Slot};
 use super::stream::{H2Reader, H2Writer};
 use super::{H2Settings, H2Stream, HboneError};
 use crate::tls::TlsError;
@@ -119,45 +120,6 @@ struct KeyState {
     dialing: tokio::sync::Mutex<()>,
 }
 
-struct PooledConn {
-    sender: SendRequest<Bytes>,
-    /// Tunnels currently using this connection.
-    active: AtomicUsize,
-    /// When `active` last dropped to zero.
-    idle_since: Mutex<Instant>,
-    /// Set by the connection task when the connection has ended, or by us on a send failure.
-    closed: Arc<AtomicBool>,
-}
-
-/// A reserved stream on a pooled connection; released when the tunnel is dropped.
-pub(crate) struct Slot(Arc<PooledConn>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock() = Instant::now();
-        }
-    }
-}
-
-impl PooledConn {
-    fn usable(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
-    }
-
-    fn try_reserve(self: &Arc<Self>, limit: usize) -> Option<Slot> {
-        if !self.usable() {
-            return None;
-        }
-        self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.clone()))
-    }
-}
-
 impl KeyState {
     fn try_reserve(&self, limit: usize) -> Option<(SendRequest<Bytes>, Slot)> {
         let conns = self.conns.lock();
@@ -243,7 +205,7 @@ impl Pool {
                 }
                 Err(e) if attempts < 2 => {
                     debug!(error = %e, peer = %key.address, "pooled connection unusable; retrying on a new one");
-                    slot.0.closed.store(true, Ordering::Release);
+                    slot.mark_closed();
                 }
                 Err(e) => return Err(HboneError::Stream(e)),
             }

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::pool::Slot;
+use super::slot::Slot;
 
 /// Largest first chunk queued without waiting for flow-control capacity.
 const FIRST_CHUNK_MAX: usize = 64 << 10;
