@@ -40,10 +40,8 @@ impl mesh::hbone::ServerTls for OwnTls {
     fn server_config(
         &self,
         _local: std::net::SocketAddr,
-    ) -> Result<Arc<rustls::ServerConfig>, String> {
-        self.tls
-            .server_config(&self.identity)
-            .map_err(|e| e.to_string())
+    ) -> Result<Arc<rustls::ServerConfig>, mesh::tls::TlsError> {
+        self.tls.server_config(&self.identity)
     }
 }
 
