@@ -3,7 +3,9 @@
 //! and header match on `reviews`, Istio's request metrics from the waypoint, trace headers, and
 //! a waypoint killed and restarted.
 
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use e2e::http::{keepalive, request, Req};
@@ -45,6 +47,58 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// tcpdump printing every payload byte of TCP in a node's netns (all its links: the bridge
+/// side and every pod veth).
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+    stderr: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+impl Capture {
+    fn start(m: &MeshLab, node: &str) -> Capture {
+        let netns = m.node(node).netns;
+        let file = m.lab.run_dir().join(format!("{node}.waypoint.tcpdump.txt"));
+        let out = std::fs::File::create(&file).unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns, "tcpdump", "-i", "any", "-nn", "-l", "-A", "tcp"])
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (setup installs it)");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = stderr
+            .by_ref()
+            .take(5)
+            .map_while(Result::ok)
+            .any(|l| l.contains("listening on"));
+        assert!(started, "tcpdump did not start in {node}");
+        Capture { child, file, stderr }
+    }
+
+    /// Stops the capture; its text, after checking that every packet was printed.
+    fn stop(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let stats: Vec<String> = self.stderr.map_while(Result::ok).collect();
+        let count = |what: &str| {
+            stats
+                .iter()
+                .find(|l| l.contains(what))
+                .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        let (captured, received) = (count("packets captured"), count("received by filter"));
+        assert!(
+            captured.is_some() && captured == received,
+            "tcpdump printed {captured:?} of {received:?} packets: {stats:?}"
+        );
+        std::fs::read_to_string(&self.file).unwrap_or_default()
+    }
 }
 
 #[test]
@@ -93,6 +147,26 @@ fn bookinfo_through_the_waypoint() {
         assert_eq!(r.echo().expect("echo").version, "v2", "{r:?}");
     }
 
+    // On the wire between nodes and pods, both hops (client -> waypoint, waypoint -> reviews)
+    // are HBONE: a marker in the request never shows in clear.
+    let marker = format!("AMESH-L7-MARKER-{}", std::process::id());
+    let captures: Vec<Capture> = ["node1", "node2"].iter().map(|n| Capture::start(&m, n)).collect();
+    let r = request(
+        &m.lab,
+        &productpage,
+        reviews,
+        Req::get(&format!("/{marker}")).header("x-marker", &marker),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(&marker), "the app did not get the marker: {r:?}");
+    let text: String = captures.into_iter().map(Capture::stop).collect();
+    assert!(
+        text.lines().filter(|l| l.contains(".15008")).count() > 0,
+        "no HBONE packets in the captures"
+    );
+    assert!(!text.contains(&marker), "the request crossed a node in clear");
+
     // Istio's metrics from the waypoint, with the caller's own identity.
     let metrics = m.waypoint_metrics("bookinfo", "waypoint");
     let from_productpage = format!("source_principal=\"{PRODUCTPAGE}\"");
@@ -106,7 +180,7 @@ fn bookinfo_through_the_waypoint() {
             "response_code=\"200\"",
         ],
     );
-    assert_eq!(ok, 1050.0, "200s from productpage in:\n{metrics}");
+    assert_eq!(ok, 1051.0, "200s from productpage in:\n{metrics}");
     let denied = sample(
         &metrics,
         "istio_requests_total",
@@ -118,7 +192,7 @@ fn bookinfo_through_the_waypoint() {
         "amesh_waypoint_route_requests_total",
         &["route=\"bookinfo/reviews\""],
     );
-    assert_eq!(by_route, 1050.0, "per-route counts in:\n{metrics}");
+    assert_eq!(by_route, 1051.0, "per-route counts in:\n{metrics}");
     assert!(
         metrics.contains("istio_request_duration_milliseconds_bucket{"),
         "{metrics}"
