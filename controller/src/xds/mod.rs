@@ -2,7 +2,8 @@
 //! translated resources, versioned by content, pushed incrementally to each client.
 //!
 //! - [`client`]: what kind of client a stream is (ztunnel, or the waypoint of which Gateway),
-//!   which decides the waypoint-scoped resources (`amesh.l7.v1` types) it may see.
+//!   which decides the waypoint-scoped resources (`amesh.l7.v1` types) it may see, and
+//!   whether the authenticated caller may claim to be it.
 //! - [`resources`]: [`ResourceSet`], one immutable snapshot of every resource by type and name,
 //!   each with a content-hash version; what the translation publishes.
 //! - [`publish`]: the debounced pipeline manifests → translation → [`ResourceSet`].
@@ -16,7 +17,7 @@ pub mod resources;
 pub mod server;
 pub mod session;
 
-pub use client::Client;
+pub use client::{Client, WaypointAccounts};
 pub use publish::{spawn_publisher, DEFAULT_DEBOUNCE};
 pub use resources::ResourceSet;
 pub use server::AdsServer;

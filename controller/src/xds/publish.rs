@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
+use super::client::WaypointAccounts;
 use super::resources::ResourceSet;
 use crate::manifests::Manifests;
 use crate::translate::{translate, TranslateOptions};
@@ -70,7 +71,8 @@ pub fn spawn_publisher(
 
 fn build(manifests: &Manifests, options: &TranslateOptions) -> ResourceSet {
     let translated = translate(manifests, options);
-    let set = ResourceSet::from_translated(&translated);
+    let mut set = ResourceSet::from_translated(&translated);
+    set.set_waypoint_accounts(WaypointAccounts::from_manifests(manifests));
     debug!(
         addresses = translated.addresses.len(),
         authorizations = translated.authorizations.len(),

@@ -5,6 +5,8 @@
 //! Some types are waypoint-scoped (the `amesh.l7.v1` ones): each of their resources carries the
 //! Gateways (`<ns>/<name>`) that may see it, and a stream's [`Client`] is checked against that
 //! list when its responses are built. The bytes stay shared; only the visibility is per client.
+//! The set also carries who each waypoint runs as ([`WaypointAccounts`]), against which a
+//! stream claiming to be a Gateway's waypoint is checked when it starts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -18,7 +20,7 @@ use prost::Message;
 use prost_types::Any;
 use sha2::{Digest, Sha256};
 
-use super::client::Client;
+use super::client::{Client, WaypointAccounts};
 use crate::translate::Translated;
 
 /// Resources of one type, by name. Shared: every client stream reads the same encoded bytes.
@@ -31,6 +33,8 @@ pub struct ResourceSet {
     /// Waypoint-scoped types: type URL → resource name → the Gateways (`<ns>/<name>`, sorted)
     /// that may see it. A type absent here is seen by every client.
     audiences: HashMap<String, HashMap<String, Vec<String>>>,
+    /// The ServiceAccounts each waypoint Gateway runs as: who may claim to be its waypoint.
+    waypoint_accounts: WaypointAccounts,
 }
 
 impl ResourceSet {
@@ -111,6 +115,17 @@ impl ResourceSet {
         })
     }
 
+    /// Sets who each waypoint Gateway runs as (none set: every Gateway runs as the
+    /// ServiceAccount named after it).
+    pub fn set_waypoint_accounts(&mut self, accounts: WaypointAccounts) {
+        self.waypoint_accounts = accounts;
+    }
+
+    /// Who each waypoint Gateway runs as.
+    pub fn waypoint_accounts(&self) -> &WaypointAccounts {
+        &self.waypoint_accounts
+    }
+
     /// Adds (or replaces) `message` as resource `name` of `type_url`.
     pub fn insert(&mut self, type_url: &str, name: &str, message: &impl Message) {
         let value = message.encode_to_vec();
@@ -159,9 +174,11 @@ impl ResourceSet {
         self.types.values().all(BTreeMap::is_empty)
     }
 
-    /// Same types, names, versions and audiences: nothing a client could see has changed.
+    /// Same types, names, versions, audiences and waypoint accounts: nothing a client could
+    /// see, nor who may connect as a waypoint, has changed.
     pub fn same_as(&self, other: &ResourceSet) -> bool {
         self.audiences == other.audiences
+            && self.waypoint_accounts == other.waypoint_accounts
             && self.types.len() == other.types.len()
             && self.types.iter().all(|(type_url, mine)| {
                 other.types.get(type_url).is_some_and(|theirs| {
@@ -260,6 +277,24 @@ mod tests {
         );
         assert!(!a.same_as(&b));
         assert!(b.visible(SERVICE_ROUTES_TYPE_URL, "ns/svc", &other));
+    }
+
+    #[test]
+    fn who_a_waypoint_runs_as_is_a_change_to_publish() {
+        let loaded = crate::manifests::load_yaml(
+            "pods.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: wp-0, namespace: ns, labels: \
+             {gateway.networking.k8s.io/gateway-name: wp}}\nspec: {serviceAccountName: runner, \
+             containers: [{name: istio-proxy}]}\n",
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let a = ResourceSet::new();
+        let mut b = ResourceSet::new();
+        b.set_waypoint_accounts(WaypointAccounts::from_manifests(&loaded.manifests));
+        assert!(!a.same_as(&b));
+        let wp = crate::manifests::ObjectKey::new("ns", "wp");
+        assert_eq!(a.waypoint_accounts().of(&wp), ["wp"]);
+        assert_eq!(b.waypoint_accounts().of(&wp), ["runner"]);
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! The tonic `AggregatedDiscoveryService`: one task per delta stream runs a [`Session`] against
 //! the request stream and the published snapshots. State-of-the-world ADS is not served.
+//!
+//! With authentication, the caller a stream's token proves is checked against the client its
+//! first `Node` claims to be ([`Client::admits`]) before anything is sent: a stream claiming a
+//! waypoint it cannot be ends with PERMISSION_DENIED.
 
 use std::sync::Arc;
 
@@ -12,11 +16,12 @@ use amesh_proto::envoy::service::discovery::v3::{
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::client::Client;
 use super::resources::ResourceSet;
 use super::session::Session;
+use crate::ca::Caller;
 
 /// Responses queued towards one client. The stream task waits when the client reads slowly,
 /// so a stuck client holds at most this many responses (and one snapshot) in memory.
@@ -78,19 +83,23 @@ impl AggregatedDiscoveryService for AdsServer {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        if let Some(auth) = &self.auth {
-            let caller = auth
-                .authenticate(request.metadata())
-                .await
-                .inspect_err(|e| {
-                    info!(%peer, reason = e.message(), "xDS: refused an unauthenticated stream");
-                })?;
-            debug!(%peer, %caller, "xDS: stream authenticated");
-        }
+        let caller = match &self.auth {
+            Some(auth) => {
+                let caller = auth
+                    .authenticate(request.metadata())
+                    .await
+                    .inspect_err(|e| {
+                        info!(%peer, reason = e.message(), "xDS: refused an unauthenticated stream");
+                    })?;
+                debug!(%peer, %caller, "xDS: stream authenticated");
+                Some(caller)
+            }
+            None => None,
+        };
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let span = tracing::info_span!("ads", %peer);
-        tokio::spawn(run_stream(requests, self.resources.clone(), tx).instrument(span));
+        tokio::spawn(run_stream(requests, caller, self.resources.clone(), tx).instrument(span));
         let out = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
@@ -100,9 +109,11 @@ impl AggregatedDiscoveryService for AdsServer {
 
 type Responses = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
-/// Runs one stream until the client leaves, the transport fails or the snapshots stop.
+/// Runs one stream until the client leaves, the transport fails, the snapshots stop or the
+/// `caller` (`None`: authentication is off) turns out not to be who its node claims.
 async fn run_stream(
     mut requests: Streaming<DeltaDiscoveryRequest>,
+    caller: Option<Caller>,
     mut resources: watch::Receiver<Arc<ResourceSet>>,
     tx: Responses,
 ) {
@@ -121,12 +132,25 @@ async fn run_stream(
                         break;
                     }
                 };
-                let session = session.get_or_insert_with(|| {
-                    let node = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
-                    let client = Client::from_node(request.node.as_ref());
-                    info!(node, ?client, "xDS: client connected");
-                    Session::for_client(node, client)
-                });
+                let session = match &mut session {
+                    Some(session) => session,
+                    None => {
+                        let node = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                        let client = Client::from_node(request.node.as_ref());
+                        if let Some(caller) = &caller {
+                            // The borrow ends here: it must not be held across the send.
+                            let admitted =
+                                client.admits(caller, resources.borrow().waypoint_accounts());
+                            if let Err(reason) = admitted {
+                                warn!(node, %caller, "xDS: refused a stream: {reason}");
+                                let _ = tx.send(Err(Status::permission_denied(reason))).await;
+                                return;
+                            }
+                        }
+                        info!(node, ?client, "xDS: client connected");
+                        session.insert(Session::for_client(node, client))
+                    }
+                };
                 // `borrow`, not `borrow_and_update`: a new snapshot must still wake the
                 // other branch, which pushes it to every type subscribed so far.
                 let set = resources.borrow().clone();
