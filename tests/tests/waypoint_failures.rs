@@ -1,0 +1,136 @@
+//! The waypoint's answers when things go wrong, and its route filters, on a small cluster
+//! (`tests/fixtures/waypoint`): no endpoints → 503 `UH`, an endpoint that refuses → 503 `UF`,
+//! malformed HTTP → 400 on that connection only, too many headers → 431, plain TCP through the
+//! waypoint, a Service that opts out skips it, and redirect / rewrite / header filters.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use e2e::http::{request, Req};
+use e2e::{addr, MeshLab};
+
+/// Writes `raw` on a new connection from `pod` and reads until the peer closes or 5 s pass.
+fn raw(m: &MeshLab, pod: &str, to: SocketAddr, raw: Vec<u8>) -> String {
+    m.lab
+        .run_in_pod(pod, move || {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&raw).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .unwrap()
+}
+
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn waypoint_failures_and_filters() {
+    let m = MeshLab::up("waypoint", 2);
+    let web = addr(m.vip("web"), 80);
+
+    // Filters: rewrite + request header set/remove + response header add.
+    let r = request(
+        &m.lab,
+        "client",
+        web,
+        Req::get("/old/item?q=1").header("x-secret", "s3cret"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let echo = r.echo().expect("echo reply");
+    assert_eq!(echo.path, "/new/item?q=1");
+    assert_eq!(
+        echo.headers.get("x-added").map(String::as_str),
+        Some("by-waypoint")
+    );
+    assert!(!echo.headers.contains_key("x-secret"), "{:?}", echo.headers);
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "x-served-by" && v == "waypoint"),
+        "{:?}",
+        r.headers
+    );
+    // Redirect: answered by the waypoint itself.
+    let r = request(&m.lab, "client", web, Req::get("/moved/a?b=c")).unwrap();
+    assert_eq!(r.status, 301, "{r:?}");
+    let location = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "location")
+        .map(|(_, v)| v.clone());
+    assert_eq!(location.as_deref(), Some("http://shop.example/moved/a?b=c"));
+
+    // No endpoint: 503 UH. An endpoint that refuses: 503 UF.
+    let r = request(&m.lab, "client", addr(m.vip("empty"), 80), Req::get("/")).unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    let r = request(&m.lab, "client", addr(m.vip("refusing"), 80), Req::get("/")).unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+
+    // Malformed HTTP gets 400 and loses its own connection; a header flood gets 431; the
+    // waypoint serves the next request as before.
+    let bad = raw(
+        &m,
+        "client",
+        web,
+        b"GET / HTTP/1.1\r\nhost: web\r\nno colon here\r\n\r\n".to_vec(),
+    );
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:?}");
+    let mut flood = b"GET / HTTP/1.1\r\nhost: web\r\n".to_vec();
+    for i in 0..150 {
+        flood.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    flood.extend_from_slice(b"\r\n");
+    let flooded = raw(&m, "client", web, flood);
+    assert!(flooded.starts_with("HTTP/1.1 431"), "{flooded:?}");
+    let r = request(&m.lab, "client", web, Req::get("/after")).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A tcp- port: bytes through the waypoint to the app's raw echo.
+    let back = m
+        .echo("client", addr(m.vip("web"), 90), b"plain bytes, not HTTP")
+        .unwrap();
+    assert_eq!(back, b"plain bytes, not HTTP");
+
+    // A Service that opts out: served, but not by the waypoint.
+    let r = request(&m.lab, "client", addr(m.vip("direct"), 80), Req::get("/")).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.echo().unwrap().headers.contains_key("x-request-id"));
+
+    let metrics = m.waypoint_metrics("shop", "waypoint");
+    let count = |labels: &[&str]| sample(&metrics, "istio_requests_total", labels);
+    assert_eq!(
+        count(&[
+            "destination_service=\"empty.shop.svc.cluster.local\"",
+            "response_code=\"503\"",
+            "response_flags=\"UH\""
+        ]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[
+            "destination_service=\"refusing.shop.svc.cluster.local\"",
+            "response_code=\"503\"",
+            "response_flags=\"UF\""
+        ]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(count(&["response_code=\"301\""]), 1.0, "{metrics}");
+    assert_eq!(
+        count(&["destination_service=\"direct.shop.svc.cluster.local\""]),
+        0.0,
+        "{metrics}"
+    );
+}
