@@ -2,7 +2,8 @@
 //! translation → ADS server, and the CA, both served on a TLS port (15012, with a serving
 //! certificate from the mesh CA) and/or a plaintext port (15010, local by default). On the
 //! Kubernetes API the CA root comes from Istio's plug-in files when mounted, else from its
-//! Secret, and is published for ztunnel. `main.rs` parses flags and calls [`run`].
+//! Secret, and is published for ztunnel; waypoint Gateways are deployed
+//! ([`deployer`](crate::deployer)). `main.rs` parses flags and calls [`run`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use tracing::info;
 
 use crate::ca::root_secret::{self, Bootstrap};
 use crate::ca::{Authenticator, CaService, NodeTokens, ObjectName, RootPublisher, TokenReviewer};
+use crate::deployer::{WaypointDeployer, WaypointSettings};
 use crate::source::{FolderSource, KubeSource};
 use crate::tls::ServingCert;
 use crate::translate::TranslateOptions;
@@ -87,6 +89,9 @@ pub struct Config {
     pub max_ttl: Duration,
     /// Trust domain, cluster id and the rest of the translation's settings.
     pub translate: TranslateOptions,
+    /// On the Kubernetes API: how waypoint Gateways are deployed, or `None` to leave them to
+    /// someone else (the Gateways are still translated).
+    pub waypoints: Option<WaypointSettings>,
 }
 
 /// Serves ADS and the CA on `listeners` until `shutdown` resolves, then ends the ADS streams
@@ -116,6 +121,8 @@ pub async fn run(
     // The root never changes while the process runs (a new Secret or new plug-in files take
     // effect at restart); the watch is what the publisher follows, so it is kept until the end.
     let (root_tx, root_rx) = tokio::sync::watch::channel(ca.root_pem());
+    // The deployer publishes the root into each waypoint's namespace too.
+    let deployer_root = root_rx.clone();
     let root_publisher = kube_client
         .as_ref()
         .map(|client| RootPublisher::new(client.clone(), &config.root_namespace).spawn(root_rx));
@@ -138,6 +145,16 @@ pub async fn run(
             };
             FolderSource::new(dir, *poll).start()
         }
+    };
+    let deployer = match (&kube_client, &config.waypoints) {
+        (Some(client), Some(settings)) => {
+            info!(image = settings.image, "deploying waypoint Gateways");
+            Some(
+                WaypointDeployer::new(client.clone(), settings.clone())
+                    .spawn(manifests.clone(), deployer_root),
+            )
+        }
+        _ => None,
     };
     let auth: Authenticator = match config.auth {
         Auth::NodeTokens(tokens) => tokens.into(),
@@ -180,6 +197,9 @@ pub async fn run(
         source.abort();
         publisher.abort();
         if let Some(task) = root_publisher {
+            task.abort();
+        }
+        if let Some(task) = deployer {
             task.abort();
         }
         drop(root_tx);

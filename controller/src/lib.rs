@@ -11,16 +11,20 @@
 //! - [`xds`]: the delta-ADS server pushing the translated resources to ztunnels.
 //! - [`ca`]: the certificate authority (`IstioCertificateService`) for node agents, and its
 //!   root: kept in a folder or a Kubernetes Secret, published as a ConfigMap for ztunnel.
+//! - [`deployer`]: on the Kubernetes API, the waypoint Gateways made into ServiceAccounts,
+//!   Services and Deployments they own, with their status reported on the Gateway.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 //!
-//! `source`, `xds`, `ca`, `tls` and `app` are the `server` feature (on by default); without it the
+//! `source`, `xds`, `ca`, `deployer`, `tls` and `app` are the `server` feature (on by default); without it the
 //! library is the translation alone (the lab's use).
 
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
 pub mod ca;
+#[cfg(feature = "server")]
+pub mod deployer;
 pub mod manifests;
 pub mod model;
 pub mod render;

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use controller::app::{self, Auth, Config, Listeners, Source};
 use controller::ca::{NodeTokens, ObjectName, DEFAULT_MAX_TTL};
+use controller::deployer::WaypointSettings;
 use controller::TranslateOptions;
 use tracing_subscriber::EnvFilter;
 
@@ -88,6 +89,18 @@ struct Args {
     /// Milliseconds between two scans of the manifests folder.
     #[arg(long, default_value_t = 300)]
     poll_ms: u64,
+    /// Deploy waypoint Gateways (class istio-waypoint) as istiod does: a ServiceAccount,
+    /// Service and Deployment per Gateway, and its status (`--source kube`). `false` leaves them
+    /// to another controller.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    deploy_waypoints: bool,
+    /// Container image of the waypoints deployed.
+    #[arg(long, env = "AMESH_WAYPOINT_IMAGE", default_value = controller::deployer::DEFAULT_IMAGE)]
+    waypoint_image: String,
+    /// The controller's address as waypoints reach it (their XDS_ADDRESS and CA_ADDRESS); its
+    /// TLS certificate must hold the name (see --tls-san).
+    #[arg(long, default_value = controller::deployer::DEFAULT_CONTROL_ADDRESS)]
+    waypoint_control_address: String,
     /// Shortest time between two xDS pushes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
@@ -176,6 +189,16 @@ fn main() -> anyhow::Result<()> {
             kubeconfig: args.kubeconfig,
         },
     };
+    let translate = TranslateOptions {
+        trust_domain: args.trust_domain,
+        cluster_id: args.cluster_id,
+        ..TranslateOptions::default()
+    };
+    let waypoints = args.deploy_waypoints.then(|| WaypointSettings {
+        image: args.waypoint_image,
+        control_address: args.waypoint_control_address,
+        ..WaypointSettings::new(&translate)
+    });
     let config = Config {
         source,
         debounce: Duration::from_millis(args.debounce_ms),
@@ -185,11 +208,8 @@ fn main() -> anyhow::Result<()> {
         auth,
         tls_names: args.tls_sans,
         max_ttl: Duration::from_secs(args.max_cert_ttl_secs.max(1)),
-        translate: TranslateOptions {
-            trust_domain: args.trust_domain,
-            cluster_id: args.cluster_id,
-            ..TranslateOptions::default()
-        },
+        translate,
+        waypoints,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;

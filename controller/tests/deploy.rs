@@ -3,7 +3,11 @@
 //! Secret's namespace lets it read and create that Secret and read, create and update the root
 //! ConfigMap, and nothing more on Secrets; the Deployment's flags exist in the binary, the
 //! Service exposes the TLS port, ztunnel mounts the ConfigMap the controller publishes, and its
-//! token is projected with the audience the controller reviews for.
+//! token is projected with the audience the controller reviews for. For waypoints: the
+//! ClusterRole lets the deployer apply ServiceAccounts, Services and Deployments, publish the
+//! root ConfigMap and write Gateway status anywhere; the waypoint's control address is the
+//! controller's Service under a name its certificate holds; `gateway-api-crds.yaml` serves every
+//! Gateway API kind the controller reads, with the status subresource the deployer writes.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,11 +15,18 @@ use std::process::Command;
 use controller::ca::root_configmap::{DEFAULT_ROOT_NAMESPACE, ROOT_CONFIGMAP};
 use controller::ca::root_secret::{ObjectName, DEFAULT_CA_SECRET};
 use controller::ca::token_review::{DEFAULT_AUDIENCE, DEFAULT_NODE_AGENT};
+use controller::deployer::DEFAULT_CONTROL_ADDRESS;
 use controller::source::kube::Kind;
 use serde_yaml::Value;
 
 fn documents() -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/amesh.yaml");
+    documents_of("amesh.yaml")
+}
+
+fn documents_of(file: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -256,4 +267,117 @@ fn ztunnel_token_is_for_the_audience_and_account_the_controller_accepts() {
         projected.get("audience").and_then(Value::as_str),
         Some(DEFAULT_AUDIENCE)
     );
+}
+
+#[test]
+fn rbac_lets_the_controller_deploy_waypoints_in_any_namespace() {
+    let docs = documents();
+    let role = find(&docs, "ClusterRole", "amesh-controller");
+    // Server-side apply is a patch (which creates when absent); reads tell the controller's
+    // objects from someone else's. The rest is what an operator of the objects may need.
+    for (group, resource) in [
+        ("", "serviceaccounts"),
+        ("", "services"),
+        ("apps", "deployments"),
+    ] {
+        for verb in [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ] {
+            assert!(
+                allows(role, group, resource, verb),
+                "ClusterRole amesh-controller lacks {verb} on {group}/{resource}"
+            );
+        }
+    }
+    for verb in ["update", "patch"] {
+        assert!(
+            allows(role, "gateway.networking.k8s.io", "gateways/status", verb),
+            "{verb} on gateways/status"
+        );
+    }
+    // The root the waypoint mounts, in the waypoint's namespace: that ConfigMap by name, plus
+    // create (which RBAC cannot limit by name), and no other ConfigMap.
+    for verb in ["get", "update"] {
+        assert!(allows_named(role, "", "configmaps", verb, ROOT_CONFIGMAP));
+        assert!(!allows_named(role, "", "configmaps", verb, "someone-elses"));
+    }
+    assert!(allows(role, "", "configmaps", "create"));
+    assert!(
+        verbs_on(role, "", "secrets").is_empty(),
+        "still no Secret access cluster-wide"
+    );
+}
+
+#[test]
+fn waypoints_reach_the_controller_service_by_a_name_its_certificate_holds() {
+    let docs = documents();
+    let deployment = find(&docs, "Deployment", "amesh-controller");
+    let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let address = flag(&args, "--waypoint-control-address", DEFAULT_CONTROL_ADDRESS);
+    let authority = address
+        .strip_prefix("https://")
+        .expect("waypoints reach the controller over TLS");
+    let (host, port) = authority.rsplit_once(':').unwrap();
+    let service = find(&docs, "Service", "amesh-controller");
+    assert_eq!(
+        host,
+        format!(
+            "amesh-controller.{}.svc",
+            service["metadata"]["namespace"].as_str().unwrap()
+        )
+    );
+    assert!(service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p["port"].as_u64() == port.parse().ok()));
+    let sans: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--tls-san=").map(str::to_owned))
+        .collect();
+    assert!(
+        controller::tls::DEFAULT_NAMES.contains(&host) || sans.iter().any(|s| s == host),
+        "{host} is in the controller's serving certificate"
+    );
+}
+
+#[test]
+fn gateway_api_crds_serve_every_kind_the_controller_reads() {
+    let docs = documents_of("gateway-api-crds.yaml");
+    for kind in Kind::ALL.into_iter().filter(|k| k.is_custom()) {
+        let resource = kind.api_resource();
+        if resource.group != "gateway.networking.k8s.io" {
+            continue;
+        }
+        let name = format!("{}.{}", resource.plural, resource.group);
+        let crd = find(&docs, "CustomResourceDefinition", &name);
+        assert_eq!(crd["spec"]["group"], resource.group.as_str());
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["kind"], resource.kind.as_str());
+        assert_eq!(crd["spec"]["names"]["plural"], resource.plural.as_str());
+        let versions = crd["spec"]["versions"].as_sequence().unwrap();
+        let served = versions
+            .iter()
+            .find(|v| v["name"] == resource.version.as_str())
+            .unwrap_or_else(|| panic!("{name} has no version {}", resource.version));
+        assert_eq!(served["served"], true, "{name}");
+        assert_eq!(served["storage"], true, "{name}");
+        // Every served version: the status subresource (the deployer writes Gateway status
+        // there) and a structural schema keeping spec and status as given.
+        for version in versions {
+            assert!(version["subresources"]["status"].is_mapping(), "{name}");
+            let schema = &version["schema"]["openAPIV3Schema"];
+            assert_eq!(schema["type"], "object");
+            for part in ["spec", "status"] {
+                assert_eq!(
+                    schema["properties"][part]["type"], "object",
+                    "{name} {part}"
+                );
+                assert_eq!(
+                    schema["properties"][part]["x-kubernetes-preserve-unknown-fields"], true,
+                    "{name} {part}"
+                );
+            }
+        }
+    }
 }

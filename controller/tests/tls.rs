@@ -79,6 +79,7 @@ async fn start() -> Running {
         tls_names: vec![],
         max_ttl: Duration::from_secs(3600),
         translate: TranslateOptions::default(),
+        waypoints: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -4,7 +4,8 @@
 //! newline-delimited watch events, fed by the test through a channel; a collection not served
 //! (a CRD not installed) answers 404 with a `Status`; `POST` of a `TokenReview` answers with
 //! the status the test set for that token ([`TokenReviews`]); namespaced Secrets and ConfigMaps
-//! are read, created and replaced as the API server does ([`Objects`], in `fake_objects.rs`).
+//! are read, created and replaced, and ServiceAccounts, Services, Deployments and Gateways read
+//! and server-side applied, as the API server does ([`Objects`], in `fake_objects.rs`).
 
 // Shared by several test binaries; each uses a part of it.
 #![allow(dead_code)]
@@ -12,7 +13,9 @@
 #[path = "fake_objects.rs"]
 mod objects;
 
-pub use objects::Objects;
+// Only some of the binaries sharing this file look at the recorded requests.
+#[allow(unused_imports)]
+pub use objects::{Objects, Recorded, APPLY};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -206,7 +209,7 @@ pub struct FakeApi {
     pub collections: HashMap<&'static str, Served>,
     /// TokenReview answers and requests.
     pub reviews: Arc<TokenReviews>,
-    /// Namespaced Secrets and ConfigMaps.
+    /// Namespaced Secrets, ConfigMaps, ServiceAccounts, Services, Deployments and Gateways.
     pub objects: Arc<Objects>,
 }
 
@@ -264,8 +267,21 @@ pub async fn serve() -> FakeApi {
                     async move {
                         if let Some(route) = objects::Route::parse(req.method(), req.uri().path()) {
                             let path = req.uri().path().to_owned();
+                            let query = req.uri().query().unwrap_or_default().to_owned();
+                            let content_type = req
+                                .headers()
+                                .get(hyper::header::CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            return Ok::<_, Infallible>(objects.handle(route, &path, &body));
+                            return Ok::<_, Infallible>(objects.handle(
+                                route,
+                                &path,
+                                &query,
+                                &content_type,
+                                &body,
+                            ));
                         }
                         if req.method() == hyper::Method::POST && req.uri().path() == TOKEN_REVIEWS
                         {

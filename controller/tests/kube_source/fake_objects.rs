@@ -1,9 +1,17 @@
-//! Namespaced Secrets and ConfigMaps of the fake API server, with the API server's semantics:
-//! `GET`, `POST` (create) and `PUT` (replace) of
-//! `/api/v1/namespaces/<ns>/{secrets,configmaps}[/<name>]`; `404 NotFound`, `409
-//! AlreadyExists` and `409 Conflict` (a stale `resourceVersion`) as `Status` bodies; a new
-//! `resourceVersion` on every write. Every request is recorded, so tests can say what was (not)
-//! written; a test can also have another writer win a race ([`Objects::insert_before_create`]).
+//! Namespaced objects of the fake API server, with the API server's semantics: `GET`, `POST`
+//! (create) and `PUT` (replace) of Secrets and ConfigMaps at
+//! `/api/v1/namespaces/<ns>/{secrets,configmaps}[/<name>]`; `GET` and server-side apply
+//! (`PATCH`, `application/apply-patch+yaml`) of ServiceAccounts, Services, Deployments and
+//! Gateways, and apply of a Gateway's `/status`; `404 NotFound`, `409 AlreadyExists` and `409
+//! Conflict` (a stale `resourceVersion`) as `Status` bodies; a new `resourceVersion` on every
+//! write that changes the object (an apply that changes nothing keeps it, as the API server
+//! does), and a ClusterIP for a new Service. Every request is recorded with its body, so tests
+//! can say what was (not) written; a test can also have another writer win a race
+//! ([`Objects::insert_before_create`]).
+//!
+//! The apply is a single-manager approximation of server-side apply: the body's fields are
+//! merged into the object (maps field by field, lists replaced whole); `status` is written only
+//! through `/status`, and only `status` is.
 
 use std::collections::HashMap;
 
@@ -14,8 +22,23 @@ use serde_json::{json, Value};
 
 use super::{json_response, Body};
 
-/// Resources served, by their URL plural, with their kind.
-const RESOURCES: [(&str, &str); 2] = [("secrets", "Secret"), ("configmaps", "ConfigMap")];
+/// Resources served: URL prefix, plural, kind, apiVersion.
+const RESOURCES: [(&str, &str, &str, &str); 6] = [
+    ("/api/v1", "secrets", "Secret", "v1"),
+    ("/api/v1", "configmaps", "ConfigMap", "v1"),
+    ("/api/v1", "serviceaccounts", "ServiceAccount", "v1"),
+    ("/api/v1", "services", "Service", "v1"),
+    ("/apis/apps/v1", "deployments", "Deployment", "apps/v1"),
+    (
+        "/apis/gateway.networking.k8s.io/v1",
+        "gateways",
+        "Gateway",
+        "gateway.networking.k8s.io/v1",
+    ),
+];
+
+/// The content type of a server-side apply.
+pub const APPLY: &str = "application/apply-patch+yaml";
 
 /// (plural, namespace, name).
 type Key = (String, String, String);
@@ -25,31 +48,61 @@ pub struct Route {
     method: Method,
     plural: &'static str,
     kind: &'static str,
+    api_version: &'static str,
     namespace: String,
     /// `None` for the collection (`POST`).
     name: Option<String>,
+    /// The `/status` subresource.
+    status: bool,
 }
 
 impl Route {
     /// The route of `path`, if it is one of ours.
     pub fn parse(method: &Method, path: &str) -> Option<Route> {
-        let rest = path.strip_prefix("/api/v1/namespaces/")?;
-        let mut parts = rest.split('/');
-        let namespace = parts.next().filter(|s| !s.is_empty())?;
-        let plural = parts.next()?;
-        let name = parts.next().map(str::to_owned);
-        if parts.next().is_some() || name.as_deref() == Some("") {
-            return None;
-        }
-        let (plural, kind) = RESOURCES.into_iter().find(|(p, _)| *p == plural)?;
-        Some(Route {
-            method: method.clone(),
-            plural,
-            kind,
-            namespace: namespace.to_owned(),
-            name,
-        })
+        RESOURCES
+            .into_iter()
+            .find_map(|(prefix, plural, kind, api_version)| {
+                let rest = path.strip_prefix(prefix)?.strip_prefix("/namespaces/")?;
+                let mut parts = rest.split('/');
+                let namespace = parts.next().filter(|s| !s.is_empty())?;
+                if parts.next()? != plural {
+                    return None;
+                }
+                let name = parts.next().map(str::to_owned);
+                let status = match parts.next() {
+                    None => false,
+                    Some("status") if parts.next().is_none() => true,
+                    Some(_) => return None,
+                };
+                if name.as_deref() == Some("") {
+                    return None;
+                }
+                Some(Route {
+                    method: method.clone(),
+                    plural,
+                    kind,
+                    api_version,
+                    namespace: namespace.to_owned(),
+                    name,
+                    status,
+                })
+            })
     }
+}
+
+/// One request as the server got it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `POST`, `PUT`, `PATCH`.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string (`fieldManager=...&force=true`), empty if none.
+    pub query: String,
+    /// The `Content-Type` header, empty if none.
+    pub content_type: String,
+    /// The JSON body (`null` if none).
+    pub body: Value,
 }
 
 #[derive(Default)]
@@ -58,6 +111,8 @@ struct State {
     version: u64,
     /// `"<METHOD> <path>"` of every request, in order.
     requests: Vec<String>,
+    /// Every request in full, in order.
+    recorded: Vec<Recorded>,
     /// Put in place just before the next create of the same key is handled.
     before_create: HashMap<Key, Value>,
 }
@@ -74,8 +129,8 @@ impl Objects {
     /// Stores `object` as `kubectl apply` would have (not recorded as a request).
     pub fn insert(&self, plural: &str, namespace: &str, name: &str, object: Value) {
         let mut state = self.0.lock();
-        let kind = RESOURCES.iter().find(|(p, _)| *p == plural).unwrap().1;
-        let stored = stamp(&mut state, object, kind, namespace, name);
+        let (_, _, kind, api_version) = *RESOURCES.iter().find(|r| r.1 == plural).unwrap();
+        let stored = stamp(&mut state, object, (kind, api_version), namespace, name);
         state.objects.insert(key(plural, namespace, name), stored);
     }
 
@@ -107,19 +162,55 @@ impl Objects {
         self.0.lock().requests.clone()
     }
 
-    /// The requests that tried to write (`POST`, `PUT`).
+    /// Every request so far in full: method, path, query, content type and body.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.0.lock().recorded.clone()
+    }
+
+    /// The requests that tried to write (`POST`, `PUT`, `PATCH`).
     pub fn writes(&self) -> Vec<String> {
         self.requests()
             .into_iter()
-            .filter(|r| r.starts_with("POST ") || r.starts_with("PUT "))
+            .filter(|r| r.starts_with("POST ") || r.starts_with("PUT ") || r.starts_with("PATCH "))
             .collect()
     }
 
-    /// Answers one request.
-    pub fn handle(&self, route: Route, path: &str, body: &Bytes) -> Response<Body> {
+    /// Changes the stored object with `edit` (bumping its resourceVersion), as another writer
+    /// would (not recorded as a request): a Deployment's status, a Service's ClusterIP.
+    pub fn modify(&self, plural: &str, namespace: &str, name: &str, edit: impl FnOnce(&mut Value)) {
+        let mut state = self.0.lock();
+        let key = key(plural, namespace, name);
+        let mut object = state
+            .objects
+            .get(&key)
+            .cloned()
+            .expect("the object is stored");
+        edit(&mut object);
+        let (_, _, kind, api_version) = *RESOURCES.iter().find(|r| r.1 == plural).unwrap();
+        let stored = stamp(&mut state, object, (kind, api_version), namespace, name);
+        state.objects.insert(key, stored);
+    }
+
+    /// Answers one request; `query` and `content_type` are recorded, and say what a `PATCH` is.
+    pub fn handle(
+        &self,
+        route: Route,
+        path: &str,
+        query: &str,
+        content_type: &str,
+        body: &Bytes,
+    ) -> Response<Body> {
         let mut state = self.0.lock();
         state.requests.push(format!("{} {path}", route.method));
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        state.recorded.push(Recorded {
+            method: route.method.to_string(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            content_type: content_type.to_owned(),
+            body: body.clone(),
+        });
+        let typ = (route.kind, route.api_version);
         match (&route.method, &route.name) {
             (&Method::GET, Some(name)) => {
                 match state
@@ -142,7 +233,7 @@ impl Objects {
                 };
                 let key = key(route.plural, &route.namespace, &name);
                 if let Some(winner) = state.before_create.remove(&key) {
-                    let stored = stamp(&mut state, winner, route.kind, &route.namespace, &name);
+                    let stored = stamp(&mut state, winner, typ, &route.namespace, &name);
                     state.objects.insert(key.clone(), stored);
                 }
                 if state.objects.contains_key(&key) {
@@ -155,7 +246,7 @@ impl Objects {
                         &name,
                     );
                 }
-                let stored = stamp(&mut state, body, route.kind, &route.namespace, &name);
+                let stored = stamp(&mut state, body, typ, &route.namespace, &name);
                 state.objects.insert(key, stored.clone());
                 json_response(StatusCode::CREATED, &stored)
             }
@@ -173,7 +264,60 @@ impl Objects {
                     );
                     return status(StatusCode::CONFLICT, "Conflict", &message, &route, name);
                 }
-                let stored = stamp(&mut state, body, route.kind, &route.namespace, name);
+                let stored = stamp(&mut state, body, typ, &route.namespace, name);
+                state.objects.insert(key, stored.clone());
+                json_response(StatusCode::OK, &stored)
+            }
+            (&Method::PATCH, Some(name)) => {
+                if content_type != APPLY {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        &format!("the fake serves server-side apply only, not {content_type:?}"),
+                        &route,
+                        name,
+                    );
+                }
+                if !query.split('&').any(|p| p.starts_with("fieldManager=")) {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "fieldManager: Required value: is required for apply patch",
+                        &route,
+                        name,
+                    );
+                }
+                let key = key(route.plural, &route.namespace, name);
+                let current = state.objects.get(&key).cloned();
+                let next = match (current.clone(), route.status) {
+                    (None, true) => return not_found(&route, name),
+                    (None, false) => {
+                        let mut created = body;
+                        created.as_object_mut().map(|o| o.remove("status"));
+                        if route.kind == "Service" && created["spec"]["clusterIP"].is_null() {
+                            let ip = format!("10.96.0.{}", 10 + state.version);
+                            created["spec"]["clusterIP"] = ip.clone().into();
+                            created["spec"]["clusterIPs"] = json!([ip]);
+                        }
+                        let stored = stamp(&mut state, created, typ, &route.namespace, name);
+                        state.objects.insert(key, stored.clone());
+                        return json_response(StatusCode::CREATED, &stored);
+                    }
+                    (Some(mut next), true) => {
+                        merge(&mut next["status"], &body["status"]);
+                        next
+                    }
+                    (Some(mut next), false) => {
+                        let mut patch = body;
+                        patch.as_object_mut().map(|o| o.remove("status"));
+                        merge(&mut next, &patch);
+                        next
+                    }
+                };
+                if Some(&next) == current.as_ref() {
+                    return json_response(StatusCode::OK, &next);
+                }
+                let stored = stamp(&mut state, next, typ, &route.namespace, name);
                 state.objects.insert(key, stored.clone());
                 json_response(StatusCode::OK, &stored)
             }
@@ -188,10 +332,32 @@ impl Objects {
     }
 }
 
+/// `patch` merged into `target`: maps field by field (`null` removes), anything else replaced.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
 /// `object` as the API server stores it: kind, name, namespace, a fresh resourceVersion.
-fn stamp(state: &mut State, mut object: Value, kind: &str, namespace: &str, name: &str) -> Value {
+fn stamp(
+    state: &mut State,
+    mut object: Value,
+    (kind, api_version): (&str, &str),
+    namespace: &str,
+    name: &str,
+) -> Value {
     state.version += 1;
-    object["apiVersion"] = "v1".into();
+    object["apiVersion"] = api_version.into();
     object["kind"] = kind.into();
     let metadata = &mut object["metadata"];
     metadata["name"] = name.into();
