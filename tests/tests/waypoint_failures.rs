@@ -1,7 +1,8 @@
 //! The waypoint's answers when things go wrong, and its route filters, on a small cluster
 //! (`tests/fixtures/waypoint`): no endpoints → 503 `UH`, an endpoint that refuses → 503 `UF`,
 //! malformed HTTP → 400 on that connection only, too many headers → 431, plain TCP through the
-//! waypoint, a Service that opts out skips it, and redirect / rewrite / header filters.
+//! waypoint, a Service that opts out skips it, redirect / rewrite / header filters, a route
+//! timeout (504 `UT`) and a client that leaves mid-request (`DC`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -107,7 +108,44 @@ fn waypoint_failures_and_filters() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!r.echo().unwrap().headers.contains_key("x-request-id"));
 
+    // A route timeout: 504 UT. Without it the same slow request is served.
+    let slow = Req::get("/delay/3000").header("x-timeout", "short");
+    let r = request(&m.lab, "client", web, slow).unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    let r = request(&m.lab, "client", web, Req::get("/delay/300")).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The client leaves mid-request: the waypoint counts it as DC (no response code).
+    m.lab
+        .run_in_pod("client", move || {
+            let mut s = TcpStream::connect_timeout(&web, Duration::from_secs(5)).unwrap();
+            s.write_all(b"GET /delay/5000 HTTP/1.1\r\nhost: web\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        })
+        .unwrap();
+    e2e::wait_for(
+        "the waypoint to count the disconnect",
+        Duration::from_secs(5),
+        || {
+            sample(
+                &m.waypoint_metrics("shop", "waypoint"),
+                "istio_requests_total",
+                &["response_code=\"0\"", "response_flags=\"DC\""],
+            ) == 1.0
+        },
+    );
+
     let metrics = m.waypoint_metrics("shop", "waypoint");
+    assert_eq!(
+        sample(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"504\"", "response_flags=\"UT\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
     let count = |labels: &[&str]| sample(&metrics, "istio_requests_total", labels);
     assert_eq!(
         count(&[

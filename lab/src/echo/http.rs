@@ -1,5 +1,6 @@
 //! HTTP/1.1 and HTTP/2 (h2c) serving: every request gets an [`EchoReply`] as JSON.
-//! `/status/NNN` answers with status NNN, so L7 tests can provoke errors. Streams of any size
+//! `/status/NNN` answers with status NNN and `/delay/MS` after MS milliseconds, so L7 tests can
+//! provoke errors and timeouts. Streams of any size
 //! without buffering them: `GET /bytes/N` sends N bytes of the pattern, `POST /digest` answers
 //! its body's length and SHA-256 ([`DigestReply`](super::pattern::DigestReply)). `GET /ws`
 //! with `Upgrade: websocket` becomes a WebSocket echo, and HTTP/2 requests with
@@ -85,6 +86,11 @@ async fn answer(
     }
     if req.method() == http::Method::POST && path == "/digest" {
         return digest(req.into_body()).await;
+    }
+    // `/delay/MS`: answer after MS milliseconds (at most a minute), for timeout and
+    // disconnect scenarios; the echo reply follows as for any path.
+    if let Some(ms) = requested_delay(path) {
+        tokio::time::sleep(ms).await;
     }
     let (parts, mut body) = req.into_parts();
     // Counted as it streams, never held: a gigabyte upload costs no memory. A body that
@@ -192,6 +198,16 @@ async fn digest(mut body: Incoming) -> Response<EchoBody> {
     json_response(json, status)
 }
 
+/// `/delay/250` → 250 ms, capped at a minute.
+fn requested_delay(path: &str) -> Option<std::time::Duration> {
+    let ms: u64 = path
+        .strip_prefix("/delay/")?
+        .trim_end_matches('/')
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms.min(60_000)))
+}
+
 /// `/status/503` → 503.
 fn requested_status(path: &str) -> Option<StatusCode> {
     let code = path.strip_prefix("/status/")?;
@@ -213,6 +229,15 @@ mod tests {
             Some(StatusCode::NO_CONTENT)
         );
         assert_eq!(requested_status("/status/abc"), None);
+        assert_eq!(
+            requested_delay("/delay/250"),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            requested_delay("/delay/99999999"),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(requested_delay("/delay/x"), None);
         assert_eq!(requested_status("/"), None);
     }
 }
