@@ -1,11 +1,11 @@
 //! The waypoint's settings, from environment variables with Istio's names where Istio has one
 //! (read through a map, so tests pass their own).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh::env::{Env, EnvMap};
 use mesh::Identity;
 
 /// Where routes, policies and addresses come from.
@@ -57,75 +57,72 @@ pub struct Config {
     pub worker_threads: usize,
     pub drain_deadline: Duration,
     pub cert_ttl: Duration,
+    /// `AMESH_WAYPOINT_LB`: `ROUND_ROBIN` (default) or `LEAST_REQUEST`, for every service
+    /// until DestinationRules choose per service.
+    pub balancer: crate::balance::Balancer,
 }
 
-/// A setting is missing or malformed; names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {problem}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub problem: String,
-}
-
-fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.into(),
-    }
-}
+/// A setting is missing or malformed; the error names the variable (`mesh::env`'s).
+pub use mesh::env::EnvError as ConfigError;
 
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&std::env::vars().collect())
+        Self::from_map(&mesh::env::from_process())
     }
 
-    pub fn from_map(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let required = |k: &'static str| {
-            get(k)
-                .map(str::to_string)
-                .ok_or_else(|| err(k, "required (set by the waypoint's Deployment)"))
+    pub fn from_map(map: &EnvMap) -> Result<Self, ConfigError> {
+        let env = Env::new(map);
+        let required = |var: &'static str| {
+            env.get(var).ok_or(ConfigError::Missing {
+                var,
+                hint: " (set by the waypoint's Deployment)",
+            })
         };
         let namespace = required("POD_NAMESPACE")?;
         let pod_name = required("POD_NAME")?;
         let gateway = required("GATEWAY_NAME")?;
-        let service_account = get("SERVICE_ACCOUNT").unwrap_or(&gateway).to_string();
-        let trust_domain = get("TRUST_DOMAIN").unwrap_or("cluster.local").to_string();
+        let service_account = env
+            .get("SERVICE_ACCOUNT")
+            .unwrap_or_else(|| gateway.clone());
+        let trust_domain = env
+            .get("TRUST_DOMAIN")
+            .unwrap_or_else(|| "cluster.local".into());
         let identity = Identity::new(&trust_domain, &namespace, &service_account)
-            .map_err(|e| err("SERVICE_ACCOUNT", e.to_string()))?;
-        let instance_ip = match get("INSTANCE_IP") {
+            .map_err(|e| Env::invalid("SERVICE_ACCOUNT", &service_account, &e))?;
+        let instance_ip = match env.get("INSTANCE_IP") {
             Some(v) => v
                 .parse()
-                .map_err(|_| err("INSTANCE_IP", format!("{v:?} is not an IP address")))?,
+                .map_err(|_| Env::invalid("INSTANCE_IP", &v, &"not an IP address"))?,
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
-        let control =
-            match (get("XDS_ADDRESS"), get("LOCAL_XDS_PATH")) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "XDS_ADDRESS",
-                        "both XDS_ADDRESS and LOCAL_XDS_PATH are set; choose one",
-                    ))
-                }
-                (Some(address), None) => ControlPlane::Xds {
-                    address: with_scheme(address),
-                    root: get("XDS_ROOT_CA").map(PathBuf::from),
-                },
-                (None, Some(path)) => ControlPlane::Files {
-                    l4: path.into(),
-                    l7: get("AMESH_L7_PATH").map(PathBuf::from),
-                },
-                (None, None) => return Err(err(
-                    "XDS_ADDRESS",
-                    "no control plane: set XDS_ADDRESS (the controller) or LOCAL_XDS_PATH (files)",
-                )),
-            };
-        let ca = match (get("LOCAL_CA_DIR"), get("CA_ADDRESS")) {
+        let control = match (env.get("XDS_ADDRESS"), env.get("LOCAL_XDS_PATH")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    a: "XDS_ADDRESS",
+                    b: "LOCAL_XDS_PATH",
+                })
+            }
+            (Some(address), None) => ControlPlane::Xds {
+                address: with_scheme(&address),
+                root: env.get("XDS_ROOT_CA").map(PathBuf::from),
+            },
+            (None, Some(path)) => ControlPlane::Files {
+                l4: path.into(),
+                l7: env.get("AMESH_L7_PATH").map(PathBuf::from),
+            },
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    var: "XDS_ADDRESS",
+                    hint: " (the controller), or LOCAL_XDS_PATH (files)",
+                })
+            }
+        };
+        let ca = match (env.get("LOCAL_CA_DIR"), env.get("CA_ADDRESS")) {
             (Some(dir), _) => CaSource::LocalDir(dir.into()),
             (None, Some(address)) => CaSource::Remote {
-                address: with_scheme(address),
-                root: get("CA_ROOT_CA").map(PathBuf::from),
+                address: with_scheme(&address),
+                root: env.get("CA_ROOT_CA").map(PathBuf::from),
             },
             (None, None) => match &control {
                 ControlPlane::Xds { address, root } => CaSource::Remote {
@@ -133,56 +130,60 @@ impl Config {
                     root: root.clone(),
                 },
                 ControlPlane::Files { .. } => {
-                    return Err(err(
-                        "CA_ADDRESS",
-                        "no certificate source: set CA_ADDRESS or LOCAL_CA_DIR",
-                    ))
+                    return Err(ConfigError::Missing {
+                        var: "CA_ADDRESS",
+                        hint: " (or LOCAL_CA_DIR) with LOCAL_XDS_PATH",
+                    })
                 }
             },
         };
-        let addr = |k: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
-            get(k)
-                .unwrap_or(default)
-                .parse()
-                .map_err(|_| err(k, "not an ip:port"))
-        };
-        let worker_threads = match get("WAYPOINT_WORKER_THREADS") {
-            Some(v) => v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| err("WAYPOINT_WORKER_THREADS", "a positive number"))?,
-            None => 2,
-        };
-        let secs = |k: &'static str, default: u64| -> Result<Duration, ConfigError> {
-            match get(k) {
-                Some(v) => v
-                    .parse()
-                    .map(Duration::from_secs)
-                    .map_err(|_| err(k, "a number of seconds")),
-                None => Ok(Duration::from_secs(default)),
+        let worker_threads = env.count("WAYPOINT_WORKER_THREADS", 2)?;
+        if worker_threads == 0 {
+            return Err(Env::invalid(
+                "WAYPOINT_WORKER_THREADS",
+                "0",
+                &"at least one worker",
+            ));
+        }
+        let balancer = match env.get("AMESH_WAYPOINT_LB").as_deref() {
+            None => crate::balance::Balancer::RoundRobin,
+            Some(v) if v.eq_ignore_ascii_case("ROUND_ROBIN") => {
+                crate::balance::Balancer::RoundRobin
+            }
+            Some(v) if v.eq_ignore_ascii_case("LEAST_REQUEST") => {
+                crate::balance::Balancer::LeastRequest
+            }
+            Some(v) => {
+                return Err(Env::invalid(
+                    "AMESH_WAYPOINT_LB",
+                    v,
+                    &"ROUND_ROBIN or LEAST_REQUEST",
+                ))
             }
         };
         Ok(Config {
+            balancer,
             identity,
             pod_name,
             namespace,
             gateway,
             instance_ip,
-            node_name: get("NODE_NAME").unwrap_or_default().to_string(),
-            cluster_id: get("CLUSTER_ID").unwrap_or("Kubernetes").to_string(),
-            cluster_domain: get("CLUSTER_DOMAIN").unwrap_or("cluster.local").to_string(),
+            node_name: env.get("NODE_NAME").unwrap_or_default(),
+            cluster_id: env.get("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+            cluster_domain: env
+                .get("CLUSTER_DOMAIN")
+                .unwrap_or_else(|| "cluster.local".into()),
             control,
             ca,
-            token: get("AMESH_TOKEN").map(str::to_string),
-            token_file: get("AMESH_TOKEN_FILE").map(PathBuf::from),
-            hbone_addr: addr("AMESH_HBONE_ADDR", "0.0.0.0:15008")?,
-            admin_addr: addr("AMESH_ADMIN_ADDR", "127.0.0.1:15000")?,
-            stats_addr: addr("AMESH_STATS_ADDR", "0.0.0.0:15020")?,
-            readiness_addr: addr("AMESH_READINESS_ADDR", "0.0.0.0:15021")?,
+            token: env.get("AMESH_TOKEN"),
+            token_file: env.get("AMESH_TOKEN_FILE").map(PathBuf::from),
+            hbone_addr: env.addr("AMESH_HBONE_ADDR", "0.0.0.0:15008")?,
+            admin_addr: env.addr("AMESH_ADMIN_ADDR", "127.0.0.1:15000")?,
+            stats_addr: env.addr("AMESH_STATS_ADDR", "0.0.0.0:15020")?,
+            readiness_addr: env.addr("AMESH_READINESS_ADDR", "0.0.0.0:15021")?,
             worker_threads,
-            drain_deadline: secs("TERMINATION_DRAIN_DURATION_SECONDS", 5)?,
-            cert_ttl: secs("CERT_TTL_SECONDS", 24 * 3600)?,
+            drain_deadline: env.secs("TERMINATION_DRAIN_DURATION_SECONDS", 5)?,
+            cert_ttl: env.secs("CERT_TTL_SECONDS", 24 * 3600)?,
         })
     }
 
@@ -208,7 +209,7 @@ fn with_scheme(address: &str) -> String {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn env(pairs: &[(&str, &str)]) -> EnvMap {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -241,14 +242,14 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let e = Config::from_map(&env(&[("POD_NAME", "w")])).unwrap_err();
-        assert_eq!(e.var, "POD_NAMESPACE");
+        assert!(e.to_string().starts_with("POD_NAMESPACE"), "{e}");
         let e = Config::from_map(&env(&[
             ("POD_NAMESPACE", "a"),
             ("POD_NAME", "w"),
             ("GATEWAY_NAME", "w"),
         ]))
         .unwrap_err();
-        assert_eq!(e.var, "XDS_ADDRESS");
+        assert!(e.to_string().starts_with("XDS_ADDRESS"), "{e}");
         let e = Config::from_map(&env(&[
             ("POD_NAMESPACE", "a"),
             ("POD_NAME", "w"),
@@ -257,6 +258,6 @@ mod tests {
             ("INSTANCE_IP", "nope"),
         ]))
         .unwrap_err();
-        assert_eq!(e.var, "INSTANCE_IP");
+        assert!(e.to_string().starts_with("INSTANCE_IP"), "{e}");
     }
 }

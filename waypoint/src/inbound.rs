@@ -107,7 +107,7 @@ impl ConnectHandler for Inbound {
                     debug!(error = %e, "HTTP/2 connection ended");
                 }
             }
-            Protocol::Tcp => pipeline::tcp(wp, ctx, io).await,
+            Protocol::Tcp => crate::tcp::serve(wp, ctx, io).await,
         }
     }
 }

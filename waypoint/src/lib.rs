@@ -4,15 +4,18 @@
 //! forwards each request over HBONE, with its own identity, to the chosen endpoint's ztunnel.
 
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod detect;
+pub mod headers;
 pub mod inbound;
 pub mod l7;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod run;
+pub mod tcp;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -35,7 +38,11 @@ pub struct Waypoint {
     pub hostname: String,
     pub instance_ip: IpAddr,
     pub identity: Identity,
-    round_robin: pipeline::RoundRobin,
+    /// Endpoint choice within a service.
+    pub balancer: balance::Balancer,
+    /// Requests in flight per endpoint.
+    pub in_flight: balance::InFlight,
+    round_robin: balance::RoundRobin,
 }
 
 impl Waypoint {
@@ -50,6 +57,7 @@ impl Waypoint {
         hostname: String,
         instance_ip: IpAddr,
         identity: Identity,
+        balancer: balance::Balancer,
     ) -> Self {
         Waypoint {
             state,
@@ -61,6 +69,8 @@ impl Waypoint {
             hostname,
             instance_ip,
             identity,
+            balancer,
+            in_flight: Default::default(),
             round_robin: Default::default(),
         }
     }

@@ -6,12 +6,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mesh::state::{Service, Snapshot, Workload};
@@ -19,7 +18,9 @@ use mesh::Identity;
 use rand::Rng;
 use tracing::{debug, warn};
 
+use crate::balance::{least_of_two, Balancer};
 use crate::body::{self, Counted, Finishing, RespBody};
+use crate::headers::{authority_of, ensure_request_id, propagate_trace, redirect_location};
 use crate::l7::authz::{self, Target as PolicyTarget};
 use crate::l7::routes::{rewrite_path, Filter, Route};
 use crate::l7::{Decision, RequestAttrs, RouteView};
@@ -105,17 +106,7 @@ pub async fn handle(
         port: ctx.addr.port(),
         headers: req.headers(),
     };
-    let applicable = l7.policies.values().filter(|p| {
-        p.targets.iter().any(|t| match t {
-            PolicyTarget::Gateway { namespace, name } => {
-                *namespace == wp.namespace && *name == wp.gateway
-            }
-            PolicyTarget::Service { namespace, name } => service
-                .as_ref()
-                .is_some_and(|s| s.namespace == *namespace && s.name == *name),
-        })
-    });
-    if let Decision::Deny(policy) = authz::evaluate(applicable.map(|p| &**p), &attrs) {
+    if let Decision::Deny(policy) = decide(&wp, &l7, service.as_deref(), &attrs) {
         debug!(?policy, principal = attrs.principal, "request denied");
         return Ok(local_reply(
             record,
@@ -266,6 +257,7 @@ pub async fn handle(
     drop(snapshot);
     record.destination = Some(workload);
     record.upstream = Some(endpoint.addr);
+    record.in_flight = Some(wp.in_flight.start(endpoint.addr.ip()));
 
     // Forward: one attempt, bounded by the route's timeouts.
     let timeout = match route.map(|r| (r.request_timeout, r.backend_timeout)) {
@@ -349,20 +341,40 @@ pub async fn handle(
     Ok(resp.map(|b| Finishing::new(b, record).boxed()))
 }
 
+/// The decision of the L7 policies bound to this waypoint or to `service`.
+pub(crate) fn decide(
+    wp: &Waypoint,
+    l7: &crate::l7::L7Snapshot,
+    service: Option<&Service>,
+    attrs: &RequestAttrs<'_>,
+) -> Decision {
+    let applicable = l7.policies.values().filter(|p| {
+        p.targets.iter().any(|t| match t {
+            PolicyTarget::Gateway { namespace, name } => {
+                *namespace == wp.namespace && *name == wp.gateway
+            }
+            PolicyTarget::Service { namespace, name } => {
+                service.is_some_and(|s| s.namespace == *namespace && s.name == *name)
+            }
+        })
+    });
+    authz::evaluate(applicable.map(|p| &**p), attrs)
+}
+
 /// Where a request goes, before an endpoint is picked.
-enum Dest {
+pub(crate) enum Dest {
     Service { key: String, port: u16 },
     Workload(Arc<Workload>, SocketAddr),
     None,
 }
 
-enum Pick {
+pub(crate) enum Pick {
     UnknownService(String),
     NoHealthy,
 }
 
 /// Round robin over the healthy endpoints of the destination.
-fn pick_endpoint(
+pub(crate) fn pick_endpoint(
     wp: &Waypoint,
     snapshot: &Snapshot,
     dest: &Dest,
@@ -390,7 +402,17 @@ fn pick_endpoint(
             if endpoints.is_empty() {
                 return Err(Pick::NoHealthy);
             }
-            let i = wp.next_index(key) % endpoints.len();
+            let i = match wp.balancer {
+                Balancer::RoundRobin => wp.next_index(key) % endpoints.len(),
+                Balancer::LeastRequest => {
+                    let load = |i: usize| {
+                        let ip = endpoints[i].workload.addresses[0];
+                        wp.in_flight.load(ip)
+                    };
+                    let mut rng = rand::rng();
+                    least_of_two(endpoints.len(), load, &mut rng)
+                }
+            };
             let e = endpoints[i];
             let target_port = e
                 .port_map
@@ -496,117 +518,6 @@ fn local_reply(
     resp.map(|b| Finishing::new(b, record).boxed())
 }
 
-fn authority_of<B>(req: &Request<B>) -> Option<String> {
-    req.uri().authority().map(|a| a.to_string()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
-}
-
-/// `x-request-id`: kept when the client sent one, generated otherwise.
-fn ensure_request_id(headers: &mut HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        return id.to_string();
-    }
-    // A random (version 4, RFC 4122 variant) UUID.
-    let mut bytes: [u8; 16] = rand::rng().random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert("x-request-id", v);
-    }
-    id
-}
-
-/// W3C trace context: the waypoint is a hop of the trace, so it keeps the trace id and sampling
-/// and gives the request a new parent id; without a valid `traceparent` it starts a trace.
-fn propagate_trace(headers: &mut HeaderMap) {
-    let mut r = rand::rng();
-    let span: u64 = r.random::<u64>() | 1;
-    let value = match headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-    {
-        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
-        None => {
-            let trace: u128 = r.random::<u128>() | 1;
-            format!("00-{trace:032x}-{span:016x}-01")
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("traceparent", v);
-    }
-}
-
-fn parse_traceparent(v: &str) -> Option<(String, String)> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let parent = parts.next()?;
-    let flags = parts.next()?;
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    (version == "00"
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace != "0".repeat(32)
-        && parent != "0".repeat(16))
-    .then(|| (trace.to_string(), flags.to_string()))
-}
-
-fn redirect_location(
-    req: &Request<Incoming>,
-    authority: &str,
-    r: &crate::l7::routes::Redirect,
-    matched_prefix: Option<&str>,
-) -> String {
-    let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
-    let (host, orig_port) = match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
-            (h.to_string(), Some(p.to_string()))
-        }
-        _ => (authority.to_string(), None),
-    };
-    let host = r.hostname.clone().unwrap_or(host);
-    let port = match (r.port, &r.scheme) {
-        (Some(p), _) => Some(p.to_string()),
-        // A scheme change drops the old port: the new scheme's default applies.
-        (None, Some(_)) => None,
-        (None, None) => orig_port,
-    };
-    let path = match &r.path {
-        Some(p) => rewrite_path(req.uri().path(), p, matched_prefix),
-        None => req.uri().path().to_string(),
-    };
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let default_port = (scheme == "http" && port.as_deref() == Some("80"))
-        || (scheme == "https" && port.as_deref() == Some("443"));
-    match port {
-        Some(p) if !default_port => format!("{scheme}://{host}:{p}{path}{query}"),
-        _ => format!("{scheme}://{host}{path}{query}"),
-    }
-}
-
 /// Fire and forget: a copy of the request's head (bodies are not mirrored yet) to `service`;
 /// its outcome never touches the original request.
 fn mirror(
@@ -662,75 +573,4 @@ fn mirror(
             debug!(error = %e, "mirrored request failed");
         }
     });
-}
-
-/// Plain TCP through the waypoint: L4 policy only, then the bytes to one endpoint.
-pub async fn tcp<S>(wp: Arc<Waypoint>, ctx: Arc<ConnCtx>, mut io: S)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let l7 = wp.l7.snapshot();
-    let service = match &ctx.target {
-        Target::Service(s) => Some(s.clone()),
-        Target::Workload(_) => None,
-    };
-    let principal = ctx.peer_identity.to_string();
-    let empty = HeaderMap::new();
-    let attrs = RequestAttrs {
-        principal: principal.trim_start_matches("spiffe://"),
-        namespace: ctx.peer_identity.namespace(),
-        source_ip: ctx.peer_addr.ip(),
-        method: "",
-        path: "",
-        host: "",
-        port: ctx.addr.port(),
-        headers: &empty,
-    };
-    let applicable = l7.policies.values().filter(|p| {
-        p.targets.iter().any(|t| match t {
-            PolicyTarget::Gateway { namespace, name } => {
-                *namespace == wp.namespace && *name == wp.gateway
-            }
-            PolicyTarget::Service { namespace, name } => service
-                .as_ref()
-                .is_some_and(|s| s.namespace == *namespace && s.name == *name),
-        })
-    });
-    if let Decision::Deny(policy) = authz::evaluate(applicable.map(|p| &**p), &attrs) {
-        debug!(?policy, "TCP connection denied");
-        return;
-    }
-    let snapshot = wp.state.snapshot();
-    let dest = match &ctx.target {
-        Target::Service(s) => Dest::Service {
-            key: s.key(),
-            port: ctx.addr.port(),
-        },
-        Target::Workload(w) => Dest::Workload(w.clone(), ctx.addr),
-    };
-    let Ok((endpoint, _)) = pick_endpoint(&wp, &snapshot, &dest, Version::Http1) else {
-        debug!("no endpoint for a TCP connection");
-        return;
-    };
-    drop(snapshot);
-    match wp.upstream.tunnel(&endpoint).await {
-        Ok(mut up) => {
-            let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
-        }
-        Err(e) => debug!(error = %e, "TCP upstream failed"),
-    }
-}
-
-/// Round-robin position per service.
-#[derive(Default)]
-pub struct RoundRobin(parking_lot::RwLock<std::collections::HashMap<String, Arc<AtomicUsize>>>);
-
-impl RoundRobin {
-    pub fn next(&self, key: &str) -> usize {
-        if let Some(c) = self.0.read().get(key) {
-            return c.fetch_add(1, Ordering::Relaxed);
-        }
-        let c = self.0.write().entry(key.to_string()).or_default().clone();
-        c.fetch_add(1, Ordering::Relaxed)
-    }
 }

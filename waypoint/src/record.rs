@@ -37,6 +37,8 @@ pub struct Record {
     pub grpc_status: Option<String>,
     /// Set once the response head went to the client; until then a drop means `DC`.
     pub responded: bool,
+    /// Counts the request against its endpoint until the record is written.
+    pub in_flight: Option<crate::balance::InFlightGuard>,
     done: bool,
 }
 
@@ -78,6 +80,7 @@ impl Record {
             flags: "-",
             grpc_status: None,
             responded: false,
+            in_flight: None,
             done: false,
         }
     }

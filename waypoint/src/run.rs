@@ -97,6 +97,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         config.service_hostname(),
         config.instance_ip,
         config.identity.clone(),
+        config.balancer,
     ));
 
     // Admin endpoints first: readiness says "not ready" until config and certificate are in.
