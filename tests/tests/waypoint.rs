@@ -63,7 +63,9 @@ impl Capture {
         let file = m.lab.run_dir().join(format!("{node}.waypoint.tcpdump.txt"));
         let out = std::fs::File::create(&file).unwrap();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &netns, "tcpdump", "-i", "any", "-nn", "-l", "-A", "tcp"])
+            .args([
+                "netns", "exec", &netns, "tcpdump", "-i", "any", "-nn", "-l", "-A", "tcp",
+            ])
             .stdout(out)
             .stderr(Stdio::piped())
             .spawn()
@@ -75,7 +77,11 @@ impl Capture {
             .map_while(Result::ok)
             .any(|l| l.contains("listening on"));
         assert!(started, "tcpdump did not start in {node}");
-        Capture { child, file, stderr }
+        Capture {
+            child,
+            file,
+            stderr,
+        }
     }
 
     /// Stops the capture; its text, after checking that every packet was printed.
@@ -132,10 +138,21 @@ fn bookinfo_through_the_waypoint() {
             v2 += 1;
         }
         // The waypoint names the request and starts a trace for it.
-        assert!(echo.headers.contains_key("x-request-id"), "{:?}", echo.headers);
-        assert!(echo.headers.contains_key("traceparent"), "{:?}", echo.headers);
+        assert!(
+            echo.headers.contains_key("x-request-id"),
+            "{:?}",
+            echo.headers
+        );
+        assert!(
+            echo.headers.contains_key("traceparent"),
+            "{:?}",
+            echo.headers
+        );
     }
-    assert!((50..=150).contains(&v2), "{v2} of 1000 went to v2, expected 100 ± 50");
+    assert!(
+        (50..=150).contains(&v2),
+        "{v2} of 1000 went to v2, expected 100 ± 50"
+    );
     // The app sees the waypoint, whose identity the destination ztunnel authorized.
     assert!(destination_saw(&m, "reviews-"));
 
@@ -150,7 +167,10 @@ fn bookinfo_through_the_waypoint() {
     // On the wire between nodes and pods, both hops (client -> waypoint, waypoint -> reviews)
     // are HBONE: a marker in the request never shows in clear.
     let marker = format!("AMESH-L7-MARKER-{}", std::process::id());
-    let captures: Vec<Capture> = ["node1", "node2"].iter().map(|n| Capture::start(&m, n)).collect();
+    let captures: Vec<Capture> = ["node1", "node2"]
+        .iter()
+        .map(|n| Capture::start(&m, n))
+        .collect();
     let r = request(
         &m.lab,
         &productpage,
@@ -159,13 +179,19 @@ fn bookinfo_through_the_waypoint() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body.contains(&marker), "the app did not get the marker: {r:?}");
+    assert!(
+        r.body.contains(&marker),
+        "the app did not get the marker: {r:?}"
+    );
     let text: String = captures.into_iter().map(Capture::stop).collect();
     assert!(
         text.lines().filter(|l| l.contains(".15008")).count() > 0,
         "no HBONE packets in the captures"
     );
-    assert!(!text.contains(&marker), "the request crossed a node in clear");
+    assert!(
+        !text.contains(&marker),
+        "the request crossed a node in clear"
+    );
 
     // Istio's metrics from the waypoint, with the caller's own identity.
     let metrics = m.waypoint_metrics("bookinfo", "waypoint");
@@ -209,9 +235,13 @@ fn bookinfo_through_the_waypoint() {
     );
     lab::waypoints::restart(&mut lab.lab, "bookinfo", "waypoint").unwrap();
     let target: SocketAddr = reviews;
-    wait_for("requests flow after the restart", Duration::from_secs(20), || {
-        request(&lab.lab, &productpage, target, Req::get("/"))
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
-    });
+    wait_for(
+        "requests flow after the restart",
+        Duration::from_secs(20),
+        || {
+            request(&lab.lab, &productpage, target, Req::get("/"))
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        },
+    );
 }
