@@ -14,6 +14,8 @@ use crate::state::{LabState, WaypointInfo};
 
 /// Requests per scenario: enough for the split to show.
 const REQUESTS: usize = 200;
+/// The waypoint's Prometheus port.
+const METRICS_PORT: u16 = 15020;
 
 /// Appends the waypoint section to `out`.
 pub fn report(state: &LabState, out: &mut String) -> Result<(), LabError> {
@@ -105,7 +107,8 @@ fn section(state: &LabState, w: &WaypointInfo, out: &mut String) -> Result<(), L
 
     // What the waypoint reported.
     let pod = crate::waypoints::pod(state, &w.namespace, &w.gateway)?;
-    let addr = SocketAddr::new(pod.ip.into(), crate::cluster::waypoint::STATUS_PORT);
+    // Prometheus is on 15020 (15021 is the readiness probe's port).
+    let addr = SocketAddr::new(pod.ip.into(), METRICS_PORT);
     let text = crate::netns::run_in(&pod.netns, move || crate::mesh::http_get(addr, "/metrics"))?
         .map(|(_, body)| body)
         .unwrap_or_default();
@@ -115,41 +118,37 @@ fn section(state: &LabState, w: &WaypointInfo, out: &mut String) -> Result<(), L
         "    {:<28} {:<6} {:>8}   (amesh_waypoint_route_requests_total)",
         "ROUTE / RULE", "CODE", "REQUESTS"
     );
-    for s in super::demo::parse_metrics_pub(&text) {
-        if s.0 == "amesh_waypoint_route_requests_total" {
-            let l = &s.1;
-            let get = |k: &str| l.get(k).cloned().unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "    {:<28} {:<6} {:>8}",
-                format!("{} #{}", get("route"), get("rule")),
-                get("response_code"),
-                s.2
-            );
+    // Summed over the labels not shown, sorted.
+    let mut routes: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut edges: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for (name, labels, value) in super::demo::parse_metrics_pub(&text) {
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        match name.as_str() {
+            "amesh_waypoint_route_requests_total" => {
+                let route = format!("{} #{}", get("route"), get("rule"));
+                *routes.entry((route, get("response_code"))).or_default() += value;
+            }
+            "istio_requests_total" => {
+                let edge = format!(
+                    "{} -> {}",
+                    get("source_principal").trim_start_matches("spiffe://"),
+                    get("destination_service_name")
+                );
+                *edges.entry((edge, get("response_code"))).or_default() += value;
+            }
+            _ => {}
         }
+    }
+    for ((route, code), n) in &routes {
+        let _ = writeln!(out, "    {route:<28} {code:<6} {n:>8}");
     }
     let _ = writeln!(
         out,
         "    {:<56} {:<6} {:>8}   (istio_requests_total, reporter=waypoint)",
         "SOURCE PRINCIPAL -> DESTINATION SERVICE", "CODE", "REQUESTS"
     );
-    for s in super::demo::parse_metrics_pub(&text) {
-        if s.0 == "istio_requests_total" {
-            let l = &s.1;
-            let get = |k: &str| l.get(k).cloned().unwrap_or_default();
-            let edge = format!(
-                "{} -> {}",
-                get("source_principal").trim_start_matches("spiffe://"),
-                get("destination_service_name")
-            );
-            let _ = writeln!(
-                out,
-                "    {:<56} {:<6} {:>8}",
-                edge,
-                get("response_code"),
-                s.2
-            );
-        }
+    for ((edge, code), n) in &edges {
+        let _ = writeln!(out, "    {edge:<56} {code:<6} {n:>8}");
     }
     Ok(())
 }
