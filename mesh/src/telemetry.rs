@@ -35,9 +35,12 @@ pub fn init(format: LogFormat) -> Result<LogReload, String> {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    // Colour codes only for a person at a terminal: a log file or a collector reading the
+    // container's stdout gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let installed = match format {
         LogFormat::Json => registry.with(fmt::layer().json()).try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi)).try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(Box::new(move |level: &str| {

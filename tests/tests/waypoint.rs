@@ -224,6 +224,36 @@ fn bookinfo_through_the_waypoint() {
         "{metrics}"
     );
 
+    // The access log: one line per request, with the caller's own identity.
+    let log_path = m
+        .lab
+        .state()
+        .processes
+        .iter()
+        .rev()
+        .find(|p| p.name == lab::waypoints::process_name("bookinfo", "waypoint"))
+        .map(|p| p.log.clone())
+        .expect("the waypoint's process record");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" access: request"))
+        .collect();
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains(&format!("source_principal={PRODUCTPAGE}"))
+                && l.contains("response_code=403")
+                && l.contains("method=POST")),
+        "no access-log line for the denied POST in {}",
+        log_path.display()
+    );
+    assert!(
+        access.len() >= 1053,
+        "{} access-log lines for 1,053 requests",
+        access.len()
+    );
+
     // A waypoint killed and started again (as the kubelet restarts a crashed container):
     // new requests flow without any other step.
     let mut lab = m;
