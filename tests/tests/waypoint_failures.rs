@@ -2,7 +2,8 @@
 //! (`tests/fixtures/waypoint`): no endpoints → 503 `UH`, an endpoint that refuses → 503 `UF`,
 //! malformed HTTP → 400 on that connection only, too many headers → 431, plain TCP through the
 //! waypoint, a Service that opts out skips it, redirect / rewrite / header filters, a route
-//! timeout (504 `UT`) and a client that leaves mid-request (`DC`).
+//! timeout (504 `UT`), a client that leaves mid-request (`DC`) and a request mirrored with its
+//! body.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -107,6 +108,40 @@ fn waypoint_failures_and_filters() {
     let r = request(&m.lab, "client", addr(m.vip("direct"), 80), Req::get("/")).unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!r.echo().unwrap().headers.contains_key("x-request-id"));
+
+    // RequestMirror: shadow gets a copy of the request, body included, and the client gets
+    // web's answer.
+    let mut post = Req::get("/digest").method("POST");
+    post.body = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = request(&m.lab, "client", web, post).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let digest: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(digest["bytes"], 1_000_000, "{digest}");
+    let sha = digest["sha256"].as_str().unwrap().to_string();
+    let shadow_log = m
+        .lab
+        .state()
+        .processes
+        .iter()
+        .find(|p| p.name == "echo shop/shadow-1")
+        .map(|p| p.log.clone())
+        .expect("shadow's echo process");
+    let received = |log: &str| {
+        log.lines()
+            .any(|l| l.contains(&sha) && l.contains("bytes=1000000") && l.contains("complete=true"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&shadow_log).unwrap_or_default();
+        if received(&log) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror did not receive the whole body ({sha}); its log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A route timeout: 504 UT. Without it the same slow request is served.
     let slow = Req::get("/delay/3000").header("x-timeout", "short");

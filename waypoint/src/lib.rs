@@ -12,6 +12,7 @@ pub mod headers;
 pub mod inbound;
 pub mod l7;
 pub mod metrics;
+pub mod mirror;
 pub mod pipeline;
 pub mod record;
 pub mod run;

@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -24,6 +23,7 @@ use crate::headers::{authority_of, ensure_request_id, propagate_trace, redirect_
 use crate::l7::authz::{self, Target as PolicyTarget};
 use crate::l7::routes::{rewrite_path, Filter, Route};
 use crate::l7::{Decision, RequestAttrs, RouteView};
+use crate::mirror;
 use crate::record::Record;
 use crate::upstream::{Endpoint, UpBody, UpstreamError, Version};
 use crate::Waypoint;
@@ -47,7 +47,7 @@ pub struct ConnCtx {
 }
 
 /// Headers that belong to one hop and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -184,6 +184,7 @@ pub async fn handle(
     // Request filters; a redirect answers here.
     let matched_prefix = route.and_then(|r| r.matched_prefix());
     let mut response_filters = Vec::new();
+    let mut mirrors = Vec::new();
     for f in &filters {
         match f {
             Filter::Redirect(r) => {
@@ -217,13 +218,13 @@ pub async fn handle(
             }
             Filter::Mirror(m) => {
                 if rand::rng().random::<f64>() * 100.0 < m.percent {
-                    mirror(
+                    mirrors.extend(mirror::plan(
                         &wp,
                         &snapshot,
                         &req,
                         m.backend.service.clone(),
                         m.backend.port,
-                    );
+                    ));
                 }
             }
         }
@@ -267,8 +268,14 @@ pub async fn handle(
     };
     let upgrade = version == Version::Http1 && req.headers().contains_key(header::UPGRADE);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // An upgraded connection is not a request body: it is never mirrored.
+    if upgrade {
+        mirrors.clear();
+    }
+    let (parts, body) = req.into_parts();
+    let body = mirror::start(&wp, mirrors, body);
     let up_req = upstream_request(
-        req,
+        Request::from_parts(parts, body),
         &authority,
         version,
         upgrade,
@@ -440,13 +447,17 @@ pub(crate) fn pick_endpoint(
 
 /// The request as it goes upstream: hop-by-hop headers dropped (kept for an upgrade), the URI
 /// in the form the upstream version needs, the body streamed and counted.
-fn upstream_request(
-    req: Request<Incoming>,
+fn upstream_request<B>(
+    req: Request<B>,
     authority: &str,
     version: Version,
     upgrade: bool,
     count: Arc<std::sync::atomic::AtomicU64>,
-) -> Request<UpBody> {
+) -> Request<UpBody>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::upstream::BoxError>,
+{
     let (mut parts, body) = req.into_parts();
     let keep_upgrade = upgrade.then(|| {
         (
@@ -499,7 +510,7 @@ fn upstream_request(
             }
         }
     }
-    Request::from_parts(parts, Counted::new(body, count).boxed())
+    Request::from_parts(parts, Counted::new(body, count).map_err(Into::into).boxed())
 }
 
 /// A response the waypoint makes itself.
@@ -516,61 +527,4 @@ fn local_reply(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp.map(|b| Finishing::new(b, record).boxed())
-}
-
-/// Fire and forget: a copy of the request's head (bodies are not mirrored yet) to `service`;
-/// its outcome never touches the original request.
-fn mirror(
-    wp: &Arc<Waypoint>,
-    snapshot: &Snapshot,
-    req: &Request<Incoming>,
-    service: String,
-    port: u16,
-) {
-    let version = if req.version() == http::Version::HTTP_2 {
-        Version::Http2
-    } else {
-        Version::Http1
-    };
-    let Ok((endpoint, _)) =
-        pick_endpoint(wp, snapshot, &Dest::Service { key: service, port }, version)
-    else {
-        return;
-    };
-    let mut builder = Request::builder().method(req.method().clone());
-    let authority = authority_of(req).unwrap_or_default();
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    builder = match version {
-        Version::Http2 => builder.uri(format!("http://{authority}{pq}")),
-        Version::Http1 => builder.uri(pq),
-    };
-    let mut headers = req.headers().clone();
-    for h in HOP_BY_HOP.iter() {
-        headers.remove(h);
-    }
-    headers.remove(header::CONTENT_LENGTH);
-    if version == Version::Http2 {
-        headers.remove(header::HOST);
-    }
-    let Ok(mut mirrored) = builder.body(body::empty()) else {
-        return;
-    };
-    *mirrored.headers_mut() = headers;
-    let upstream = wp.upstream.clone();
-    tokio::spawn(async move {
-        let r = tokio::time::timeout(Duration::from_secs(10), async {
-            let resp = upstream.send(&endpoint, mirrored).await?;
-            // Read the body so an HTTP/1.1 connection can be reused.
-            let _ = resp.into_body().collect().await;
-            Ok::<_, UpstreamError>(())
-        })
-        .await;
-        if let Ok(Err(e)) = r {
-            debug!(error = %e, "mirrored request failed");
-        }
-    });
 }

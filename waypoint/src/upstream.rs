@@ -17,8 +17,11 @@ use mesh::hbone::{HboneError, Pool, TunnelRequest, HBONE_PORT};
 use mesh::Identity;
 use parking_lot::Mutex;
 
+/// Errors of bodies sent upstream (the client's body, or a mirror's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Body type sent upstream.
-pub type UpBody = BoxBody<Bytes, hyper::Error>;
+pub type UpBody = BoxBody<Bytes, BoxError>;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;

@@ -187,6 +187,8 @@ async fn digest(mut body: Incoming) -> Response<EchoBody> {
         }
     }
     let reply = digest.finish(complete);
+    // In the pod's log too: a mirror's answer goes nowhere, so tests read what it received here.
+    tracing::info!(bytes = reply.bytes, sha256 = %reply.sha256, complete = reply.complete, "digest");
     let status = if complete {
         StatusCode::OK
     } else {
