@@ -22,6 +22,15 @@ use crate::Waypoint;
 /// How long a tunnel of unknown protocol may stay silent before it is taken for a
 /// server-first TCP protocol.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client on a port declared HTTP may take to send its first bytes (a silent
+/// client otherwise holds a task forever).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// An HTTP/1.1 connection's limit for each request head. hyper starts it as soon as the
+/// connection waits for a request, so it is also how long a kept-alive connection may idle:
+/// long, so clients rarely race a close when they reuse one.
+pub const H1_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// HTTP/2 PING interval towards clients; a client that does not answer within it is gone.
+pub const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most header fields in one HTTP/1.1 request.
@@ -88,6 +97,8 @@ impl ConnectHandler for Inbound {
             Protocol::Http1 => {
                 let svc = service_fn(move |r| pipeline::handle(wp.clone(), ctx.clone(), r));
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(H1_IDLE_TIMEOUT)
                     .max_buf_size(MAX_HEADER_BYTES)
                     .max_headers(MAX_HEADERS)
                     .serve_connection(TokioIo::new(io), svc)
@@ -99,6 +110,9 @@ impl ConnectHandler for Inbound {
             Protocol::Http2 => {
                 let svc = service_fn(move |r| pipeline::handle(wp.clone(), ctx.clone(), r));
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(H2_KEEPALIVE)
+                    .keep_alive_timeout(H2_KEEPALIVE)
                     .max_header_list_size(MAX_HEADER_BYTES as u32)
                     .initial_stream_window_size(4 << 20)
                     .initial_connection_window_size(16 << 20)
@@ -170,8 +184,11 @@ async fn sniff(
             Ok::<_, std::io::Error>((chunk, n))
         };
         let (chunk, n) = match declared {
-            // A port declared HTTP is client-first: wait as long as the client takes.
-            Some(_) => read.await?,
+            // A port declared HTTP is client-first: wait for the client, within a limit.
+            Some(_) => match tokio::time::timeout(HEADER_TIMEOUT, read).await {
+                Ok(r) => r?,
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            },
             None => match tokio::time::timeout(SNIFF_TIMEOUT, read).await {
                 Ok(r) => r?,
                 Err(_) => return Ok((Protocol::Tcp, buf)),
