@@ -98,6 +98,13 @@ fn waypoint_failures_and_filters() {
     let r = request(&m.lab, "client", web, Req::get("/after")).unwrap();
     assert_eq!(r.status, 200, "{r:?}");
 
+    // A port declared HTTP/2 is spoken to in HTTP/2, whatever the client used.
+    let r = request(&m.lab, "client", addr(m.vip("web"), 81), Req::get("/h2")).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo().unwrap().protocol, "HTTP/2", "{r:?}");
+    let r = request(&m.lab, "client", web, Req::get("/h1")).unwrap();
+    assert_eq!(r.echo().unwrap().protocol, "HTTP/1.1", "{r:?}");
+
     // A tcp- port: bytes through the waypoint to the app's raw echo.
     let back = m
         .echo("client", addr(m.vip("web"), 90), b"plain bytes, not HTTP")

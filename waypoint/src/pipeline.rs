@@ -12,7 +12,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mesh::state::{Service, Snapshot, Workload};
+use mesh::state::{AppProtocol, Service, Snapshot, Workload};
 use mesh::Identity;
 use rand::Rng;
 use tracing::{debug, warn};
@@ -117,7 +117,10 @@ pub async fn handle(
     }
 
     // Routing.
-    let table = service.as_ref().and_then(|s| l7.routes.get(&s.key()));
+    let table = service
+        .as_ref()
+        .and_then(|s| l7.routes.get(&s.key()))
+        .filter(|t| t.covers(ctx.addr.port()));
     let route: Option<&Route> = match table {
         Some(table) => {
             let view = RouteView {
@@ -277,7 +280,12 @@ pub async fn handle(
     let up_req = upstream_request(
         Request::from_parts(parts, body),
         &authority,
-        version,
+        // An upgrade is an HTTP/1.1 mechanism and gets a connection of its own.
+        if upgrade {
+            Version::Http1
+        } else {
+            endpoint.version
+        },
         upgrade,
         record.request_bytes.clone(),
     );
@@ -433,6 +441,12 @@ pub(crate) fn pick_endpoint(
                         .filter(|p| *p != 0)
                 })
                 .unwrap_or(*port);
+            // A port declared HTTP/2 or gRPC is spoken to in HTTP/2 whatever the client used;
+            // otherwise the client's version goes through (Istio's protocol selection).
+            let version = match service.port(*port).map(|p| p.app_protocol) {
+                Some(AppProtocol::Http2 | AppProtocol::Grpc) => Version::Http2,
+                _ => version,
+            };
             Ok((
                 Endpoint {
                     addr: SocketAddr::new(e.workload.addresses[0], target_port),

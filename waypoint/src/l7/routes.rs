@@ -147,6 +147,12 @@ impl RouteTable {
         Ok(RouteTable { name, routes })
     }
 
+    /// Whether any route attaches to `port` (a route's parentRef may name one port of the
+    /// service; the others keep the service's default routing).
+    pub fn covers(&self, port: u16) -> bool {
+        self.routes.iter().any(|r| r.port == 0 || r.port == port)
+    }
+
     /// The first route whose port and match hold, with the prefix it matched (for
     /// `ReplacePrefixMatch`).
     pub fn find(&self, req: &RouteView<'_>) -> Option<&Route> {

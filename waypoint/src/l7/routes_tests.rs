@@ -142,6 +142,17 @@ fn matches_in_order_with_gateway_api_semantics() {
 }
 
 #[test]
+fn routes_cover_only_their_port() {
+    let mut r = route("p80", pb::RouteMatch::default(), &[("v1", 1)]);
+    r.port = 80;
+    let t = table(vec![r]);
+    assert!(t.covers(80));
+    assert!(!t.covers(81));
+    let any = table(vec![route("all", pb::RouteMatch::default(), &[("v1", 1)])]);
+    assert!(any.covers(81));
+}
+
+#[test]
 fn weights_split_by_roll() {
     let t = table(vec![route(
         "split",
