@@ -65,7 +65,17 @@ impl mesh::admin::AdminSource for Report {
         serde_json::json!({
             "gateway": format!("{}/{}", wp.namespace, wp.gateway),
             "identity": wp.identity.to_string(),
-            "workloads": snapshot.workloads().count(),
+            "workloads": snapshot
+                .workloads()
+                .map(|w| serde_json::json!({
+                    "uid": w.uid,
+                    "name": w.name,
+                    "namespace": w.namespace,
+                    "addresses": w.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "healthy": w.healthy,
+                    "identity": w.identity.to_string(),
+                }))
+                .collect::<Vec<_>>(),
             "services": services,
             "routes": routes,
             "policies": policies,
