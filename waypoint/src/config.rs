@@ -60,6 +60,9 @@ pub struct Config {
     /// `AMESH_WAYPOINT_LB`: `ROUND_ROBIN` (default) or `LEAST_REQUEST`, for every service
     /// until DestinationRules choose per service.
     pub balancer: crate::balance::Balancer,
+    /// `AMESH_ACCESS_LOG`: `on` (default) or `off`, like Istio's mesh-wide access log switch;
+    /// off saves formatting and writing a line per request.
+    pub access_log: bool,
 }
 
 /// A setting is missing or malformed; the error names the variable (`mesh::env`'s).
@@ -161,8 +164,15 @@ impl Config {
                 ))
             }
         };
+        let access_log = match env.get("AMESH_ACCESS_LOG").as_deref() {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("on") => true,
+            Some(v) if v.eq_ignore_ascii_case("off") => false,
+            Some(v) => return Err(Env::invalid("AMESH_ACCESS_LOG", v, &"on or off")),
+        };
         Ok(Config {
             balancer,
+            access_log,
             identity,
             pod_name,
             namespace,
@@ -214,6 +224,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn access_log_is_on_unless_switched_off() {
+        let base = [
+            ("POD_NAMESPACE", "bookinfo"),
+            ("POD_NAME", "waypoint-0"),
+            ("GATEWAY_NAME", "waypoint"),
+            ("XDS_ADDRESS", "10.0.0.1:15012"),
+        ];
+        let with = |v: Option<&str>| {
+            let mut pairs = base.to_vec();
+            pairs.extend(v.map(|v| ("AMESH_ACCESS_LOG", v)));
+            Config::from_map(&env(&pairs))
+        };
+        assert!(with(None).unwrap().access_log);
+        assert!(with(Some("on")).unwrap().access_log);
+        assert!(!with(Some("OFF")).unwrap().access_log);
+        let e = with(Some("maybe")).unwrap_err().to_string();
+        assert!(e.contains("AMESH_ACCESS_LOG"), "{e}");
     }
 
     #[test]

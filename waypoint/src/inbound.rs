@@ -73,6 +73,8 @@ impl ConnectHandler for Inbound {
             }
         };
         let ctx = Arc::new(ConnCtx {
+            peer_principal: req.peer_identity.to_string(),
+            series: Default::default(),
             peer_identity: req.peer_identity.clone(),
             peer_addr: req.peer_addr,
             source_workload,

@@ -43,6 +43,8 @@ pub struct Waypoint {
     pub balancer: balance::Balancer,
     /// Requests in flight per endpoint.
     pub in_flight: balance::InFlight,
+    /// Whether every request writes an access log line (`AMESH_ACCESS_LOG`).
+    pub access_log: bool,
     round_robin: balance::RoundRobin,
 }
 
@@ -59,6 +61,7 @@ impl Waypoint {
         instance_ip: IpAddr,
         identity: Identity,
         balancer: balance::Balancer,
+        access_log: bool,
     ) -> Self {
         Waypoint {
             state,
@@ -71,6 +74,7 @@ impl Waypoint {
             instance_ip,
             identity,
             balancer,
+            access_log,
             in_flight: Default::default(),
             round_robin: Default::default(),
         }

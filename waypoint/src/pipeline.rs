@@ -39,6 +39,11 @@ pub enum Target {
 #[derive(Debug)]
 pub struct ConnCtx {
     pub peer_identity: Identity,
+    /// `peer_identity` as a SPIFFE URI, made once for the connection's requests (policies
+    /// and the access log read it on every request).
+    pub peer_principal: String,
+    /// The connection's metric series (see `record::SeriesCache`).
+    pub series: crate::record::SeriesCache,
     pub peer_addr: SocketAddr,
     pub source_workload: Option<Arc<Workload>>,
     pub target: Target,
@@ -64,7 +69,10 @@ pub async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     let request_id = ensure_request_id(req.headers_mut());
     propagate_trace(req.headers_mut());
-    let authority = authority_of(&req).unwrap_or_else(|| ctx.addr.to_string());
+    let authority: Arc<str> = match authority_of(&req) {
+        Some(a) => a.into(),
+        None => ctx.addr.to_string().into(),
+    };
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -76,28 +84,21 @@ pub async fn handle(
     };
     let mut record = Record::new(
         wp.clone(),
+        ctx.clone(),
         req.method().clone(),
-        req.uri().path().to_string(),
+        req.uri().clone(),
         authority.clone(),
         if grpc { "grpc" } else { "http" },
         req.version(),
         request_id,
-        req.headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string(),
-        ctx.peer_addr,
-        ctx.peer_identity.to_string(),
-        ctx.source_workload.clone(),
+        req.headers().get(header::USER_AGENT).cloned(),
         service.clone(),
     );
     let l7 = wp.l7.snapshot();
 
     // Authorization: policies bound to this waypoint, and to the service addressed.
-    let principal = ctx.peer_identity.to_string();
     let attrs = RequestAttrs {
-        principal: principal.trim_start_matches("spiffe://"),
+        principal: ctx.peer_principal.trim_start_matches("spiffe://"),
         namespace: ctx.peer_identity.namespace(),
         source_ip: ctx.peer_addr.ip(),
         method: req.method().as_str(),
@@ -117,9 +118,11 @@ pub async fn handle(
     }
 
     // Routing.
-    let table = service
+    // Made once: routing and the endpoint choice both key by it.
+    let mut service_key = service.as_ref().map(|s| s.key());
+    let table = service_key
         .as_ref()
-        .and_then(|s| l7.routes.get(&s.key()))
+        .and_then(|k| l7.routes.get(k))
         .filter(|t| t.covers(ctx.addr.port()));
     let route: Option<&Route> = match table {
         Some(table) => {
@@ -177,7 +180,7 @@ pub async fn handle(
         }
         None => match &ctx.target {
             Target::Service(s) => Dest::Service {
-                key: s.key(),
+                key: service_key.take().unwrap_or_else(|| s.key()),
                 port: ctx.addr.port(),
             },
             Target::Workload(w) => Dest::Workload(w.clone(), ctx.addr),

@@ -2,30 +2,34 @@
 //! per-route count and an access log line, written exactly once when the response ends, fails,
 //! or the client goes away (`DC`).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::Uri;
 use mesh::state::{Service, Workload};
+use parking_lot::Mutex;
 
-use crate::metrics::{RequestLabels, RouteLabels};
+use crate::metrics::{RequestLabels, RouteLabels, Series};
+use crate::pipeline::ConnCtx;
 use crate::Waypoint;
 
 /// Everything logged and counted about one request.
 pub struct Record {
     pub wp: Arc<Waypoint>,
+    /// The downstream connection: the source's identity, workload and address.
+    pub ctx: Arc<ConnCtx>,
     pub start: Instant,
     pub method: http::Method,
-    pub path: String,
-    pub authority: String,
+    /// The request's URI as it arrived (before rewrites); a clone shares hyper's buffer.
+    pub uri: Uri,
+    pub authority: Arc<str>,
     pub protocol: &'static str,
     pub http_version: http::Version,
-    pub request_id: String,
-    pub user_agent: String,
-    pub peer: SocketAddr,
-    pub source_principal: String,
-    pub source_workload: Option<Arc<Workload>>,
+    pub request_id: http::HeaderValue,
+    pub user_agent: Option<http::HeaderValue>,
     pub service: Option<Arc<Service>>,
     pub destination: Option<Arc<Workload>>,
     pub upstream: Option<SocketAddr>,
@@ -46,31 +50,27 @@ impl Record {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         wp: Arc<Waypoint>,
+        ctx: Arc<ConnCtx>,
         method: http::Method,
-        path: String,
-        authority: String,
+        uri: Uri,
+        authority: Arc<str>,
         protocol: &'static str,
         http_version: http::Version,
-        request_id: String,
-        user_agent: String,
-        peer: SocketAddr,
-        source_principal: String,
-        source_workload: Option<Arc<Workload>>,
+        request_id: http::HeaderValue,
+        user_agent: Option<http::HeaderValue>,
         service: Option<Arc<Service>>,
     ) -> Self {
         Record {
             wp,
+            ctx,
             start: Instant::now(),
             method,
-            path,
+            uri,
             authority,
             protocol,
             http_version,
             request_id,
             user_agent,
-            peer,
-            source_principal,
-            source_workload,
             service,
             destination: None,
             upstream: None,
@@ -106,6 +106,44 @@ impl Record {
         self.done = true;
         let elapsed = self.start.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let series = self.ctx.series.get(self, || self.series());
+        series.requests.inc();
+        series.duration.observe(elapsed.as_secs_f64() * 1000.0);
+        series.request_bytes.observe(request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+        series.route_requests.inc();
+        if !self.wp.access_log {
+            return;
+        }
+        let ua = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
+        // Istio's access log fields, one line per request. Every value is borrowed or
+        // displayed in place: the line is the only thing formatted.
+        tracing::info!(
+            target: "access",
+            // `%`: values printed as they are (a bare `&str` field would be quoted).
+            method = %self.method.as_str(),
+            path = %self.uri.path(),
+            protocol = ?self.http_version,
+            response_code = self.code,
+            response_flags = %self.flags,
+            bytes_received = request_bytes,
+            bytes_sent = response_bytes,
+            duration_ms = elapsed.as_millis() as u64,
+            upstream_host = %OrDash(self.upstream),
+            downstream_peer = %self.ctx.peer_addr,
+            source_principal = %&*self.ctx.peer_principal,
+            destination_service = %self.service.as_ref().map_or("unknown", |s| s.hostname.as_str()),
+            route = %self.route.as_ref().map_or("default", |(r, _)| r.as_str()),
+            x_request_id = %self.request_id.to_str().unwrap_or("-"),
+            authority = %&*self.authority,
+            user_agent = %ua.unwrap_or("-"),
+            "request"
+        );
+    }
+
+    /// The metric handles of this request's labels: the slow path, once per series and
+    /// connection (see [`SeriesCache`]).
+    fn series(&self) -> Series {
         let labels = RequestLabels {
             reporter: "waypoint",
             request_protocol: self.protocol,
@@ -115,53 +153,35 @@ impl Record {
             connection_security_policy: "mutual_tls",
             ..Default::default()
         }
-        .with_source(&self.source_principal, self.source_workload.as_deref())
+        .with_source(
+            &self.ctx.peer_principal,
+            self.ctx.source_workload.as_deref(),
+        )
         .with_service(self.service.as_deref())
         .with_destination(self.destination.as_deref());
-        let m = &self.wp.metrics;
-        m.requests.get_or_create(&labels).inc();
-        m.duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64() * 1000.0);
-        m.request_bytes
-            .get_or_create(&labels)
-            .observe(request_bytes as f64);
-        m.response_bytes
-            .get_or_create(&labels)
-            .observe(response_bytes as f64);
         let (route, rule) = match &self.route {
             Some((r, i)) => (r.clone(), i.to_string()),
             None => ("default".to_string(), "-".to_string()),
         };
-        m.route_requests
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-                rule,
-                destination_service: labels.destination_service.clone(),
-                response_code: self.code,
-            })
-            .inc();
-        // Istio's access log fields, one line per request.
-        tracing::info!(
-            target: "access",
-            method = %self.method,
-            path = %self.path,
-            protocol = ?self.http_version,
-            response_code = self.code,
-            response_flags = self.flags,
-            bytes_received = request_bytes,
-            bytes_sent = response_bytes,
-            duration_ms = elapsed.as_millis() as u64,
-            upstream_host = %self.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            downstream_peer = %self.peer,
-            source_principal = %self.source_principal,
-            destination_service = %labels.destination_service,
-            route = %route,
-            x_request_id = %self.request_id,
-            authority = %self.authority,
-            user_agent = %self.user_agent,
-            "request"
-        );
+        let route = RouteLabels {
+            route,
+            rule,
+            destination_service: labels.destination_service.clone(),
+            response_code: self.code,
+        };
+        self.wp.metrics.series(&labels, &route)
+    }
+}
+
+/// `-` for an absent address, as Envoy logs it.
+struct OrDash(Option<SocketAddr>);
+
+impl fmt::Display for OrDash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -174,5 +194,74 @@ impl Drop for Record {
             }
             self.write(0);
         }
+    }
+}
+
+/// Series seen at most this many per connection before the cache starts over; a connection
+/// normally sees a handful (its endpoints times its response codes).
+const SERIES_PER_CONNECTION: usize = 32;
+
+/// One connection's metric series, by what varies between its requests. The source and the
+/// addressed service are the connection's, so the rest of Istio's labels follow from the
+/// destination workload, the response and the route. Finding a request's series is then a
+/// short scan of borrowed values under a lock only this connection's requests take, with no
+/// label strings built and no family lookup.
+#[derive(Debug, Default)]
+pub struct SeriesCache(Mutex<Vec<(SeriesKey, Arc<Series>)>>);
+
+/// What a connection's series differ by.
+#[derive(Debug)]
+pub struct SeriesKey {
+    /// Compared by address: the `Arc` held here keeps the address from being reused, and a
+    /// workload that changes comes as a new `Arc`, so equal addresses mean equal labels.
+    destination: Option<Arc<Workload>>,
+    code: u16,
+    flags: &'static str,
+    protocol: &'static str,
+    grpc_status: Option<String>,
+    route: Option<(String, u32)>,
+}
+
+impl SeriesKey {
+    fn of(r: &Record) -> SeriesKey {
+        SeriesKey {
+            destination: r.destination.clone(),
+            code: r.code,
+            flags: r.flags,
+            protocol: r.protocol,
+            grpc_status: r.grpc_status.clone(),
+            route: r.route.clone(),
+        }
+    }
+
+    fn matches(&self, r: &Record) -> bool {
+        let same_destination = match (&self.destination, &r.destination) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_destination
+            && self.code == r.code
+            && self.flags == r.flags
+            && self.protocol == r.protocol
+            && self.grpc_status == r.grpc_status
+            && self.route == r.route
+    }
+}
+
+impl SeriesCache {
+    /// The series of `r`, made by `make` the first time this connection sees it.
+    fn get(&self, r: &Record, make: impl FnOnce() -> Series) -> Arc<Series> {
+        if let Some((_, s)) = self.0.lock().iter().find(|(k, _)| k.matches(r)) {
+            return s.clone();
+        }
+        // Outside the lock: the families' lookup is the slow part.
+        let series = Arc::new(make());
+        let mut cache = self.0.lock();
+        if cache.len() >= SERIES_PER_CONNECTION {
+            cache.clear();
+        }
+        cache.push((SeriesKey::of(r), series.clone()));
+        series
     }
 }

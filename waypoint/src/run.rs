@@ -98,6 +98,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         config.instance_ip,
         config.identity.clone(),
         config.balancer,
+        config.access_log,
     ));
 
     // Admin endpoints first: readiness says "not ready" until config and certificate are in.

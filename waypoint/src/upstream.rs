@@ -180,9 +180,12 @@ impl Upstream {
 
     fn h1_return(&self, ep: &Endpoint, sender: http1::SendRequest<UpBody>) {
         let mut conns = self.conns.lock();
-        let entry = conns
-            .entry(ep.clone())
-            .or_insert_with(|| Conns::H1(Vec::new()));
+        // Look up before `entry`: it takes its key by value, and cloning an endpoint (three
+        // identity strings) for every returned connection showed in profiles.
+        let entry = match conns.get_mut(ep) {
+            Some(e) => e,
+            None => conns.entry(ep.clone()).or_insert(Conns::H1(Vec::new())),
+        };
         if let Conns::H1(idle) = entry {
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
                 idle.push(sender);
