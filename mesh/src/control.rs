@@ -81,6 +81,15 @@ impl ControlRoot {
 }
 
 /// Whether `address` asks for TLS.
+/// A control-plane address as Istio's proxies read it: without a scheme, it is `https://`.
+pub fn with_scheme(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("https://{address}")
+    }
+}
+
 pub fn is_tls(address: &str) -> bool {
     address
         .get(..8)

@@ -37,3 +37,19 @@ impl DrainWatch {
         *self.rx.borrow()
     }
 }
+
+/// Resolves on SIGTERM or SIGINT (never, where the handlers cannot be installed): the start of
+/// a proxy's drain.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

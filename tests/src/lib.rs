@@ -229,6 +229,18 @@ pub fn wait_for(what: &str, limit: Duration, check: impl Fn() -> bool) {
     }
 }
 
+/// The sum of the samples of metric `name` whose line contains every one of `labels`
+/// (`key="value"` strings), in a Prometheus text exposition.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let head = format!("{name}{{");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&head))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
 pub fn addr(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }

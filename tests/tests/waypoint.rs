@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use e2e::http::{keepalive, request, Req};
-use e2e::{addr, wait_for, MeshLab};
+use e2e::{addr, metric_sum as sample, wait_for, MeshLab};
 
 const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage";
 
@@ -37,16 +37,6 @@ fn destination_saw(m: &MeshLab, prefix: &str) -> bool {
                     && l.contains(&format!("destination_workload=\"{prefix}"))
             })
     })
-}
-
-/// The value of the first sample of `name` whose line contains every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// tcpdump printing every payload byte of TCP in a node's netns (all its links: the bridge

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use e2e::http::{request, Req};
-use e2e::{addr, MeshLab};
+use e2e::{addr, metric_sum as sample, MeshLab};
 
 /// Writes `raw` on a new connection from `pod` and reads until the peer closes or 5 s pass.
 fn raw(m: &MeshLab, pod: &str, to: SocketAddr, raw: Vec<u8>) -> String {
@@ -24,15 +24,6 @@ fn raw(m: &MeshLab, pod: &str, to: SocketAddr, raw: Vec<u8>) -> String {
             String::from_utf8_lossy(&out).into_owned()
         })
         .unwrap()
-}
-
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 #[test]

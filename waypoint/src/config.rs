@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh::control::with_scheme;
 use mesh::env::{Env, EnvMap};
 use mesh::Identity;
 
@@ -203,15 +204,6 @@ impl Config {
             "{}.{}.svc.{}",
             self.gateway, self.namespace, self.cluster_domain
         )
-    }
-}
-
-/// An address without a scheme is TLS, as Istio's chart values are written.
-fn with_scheme(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("https://{address}")
     }
 }
 

@@ -74,7 +74,11 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
                 },
             )
             .with_context(|| format!("CA_ADDRESS={address}"))?;
-            (TrustRoots::empty(), Arc::new(client))
+            let client = Arc::new(client);
+            if let Some(path) = &config.token_file {
+                client.follow_token_file(path.clone());
+            }
+            (TrustRoots::empty(), client)
         }
     };
     let tls = TlsContext::new(config.identity.trust_domain(), store.clone(), roots.clone())
@@ -207,7 +211,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     info!(gateway = %format!("{}/{}", config.namespace, config.gateway), identity = %config.identity, "waypoint ready");
 
     tokio::select! {
-        _ = shutdown_signal() => info!("signal received: draining"),
+        _ = mesh::drain::shutdown_signal() => info!("signal received: draining"),
         _ = quit.notified() => info!("/quitquitquit: draining"),
     }
     ready.set(false);
@@ -247,18 +251,4 @@ fn read_token(config: &Config) -> Option<String> {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .map(|t| t.trim().to_string())
         .or_else(|| config.token.clone())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

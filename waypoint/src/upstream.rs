@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -69,9 +70,43 @@ pub enum UpstreamError {
     },
 }
 
+/// How long an HTTP/1.1 connection may wait unused for its next request before it is closed
+/// (each holds an HBONE tunnel to its endpoint).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the whole table is swept of closed and expired connections, so endpoints that
+/// went away take nothing with them.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 enum Conns {
-    H1(Vec<http1::SendRequest<UpBody>>),
+    /// Connections handed back after a response, with when.
+    H1(Vec<(http1::SendRequest<UpBody>, Instant)>),
     H2(http2::SendRequest<UpBody>),
+}
+
+/// The connections by endpoint, and when they were last swept.
+struct Table {
+    by_endpoint: HashMap<Endpoint, Conns>,
+    last_sweep: Instant,
+}
+
+impl Table {
+    /// Drops closed connections, HTTP/1.1 ones idle past [`IDLE_TIMEOUT`], and endpoints left
+    /// with none; at most every [`SWEEP_EVERY`].
+    fn sweep_if_due(&mut self, now: Instant) {
+        if now.duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        self.by_endpoint.retain(|_, conns| match conns {
+            Conns::H2(s) => !s.is_closed(),
+            Conns::H1(idle) => {
+                idle.retain(|(s, since)| {
+                    !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+                });
+                !idle.is_empty()
+            }
+        });
+    }
 }
 
 /// Upstream connections of the waypoint. Cheap to clone.
@@ -79,7 +114,7 @@ enum Conns {
 pub struct Upstream {
     pool: Pool,
     identity: Identity,
-    conns: Arc<Mutex<HashMap<Endpoint, Conns>>>,
+    conns: Arc<Mutex<Table>>,
 }
 
 impl Upstream {
@@ -87,7 +122,10 @@ impl Upstream {
         Upstream {
             pool,
             identity,
-            conns: Arc::default(),
+            conns: Arc::new(Mutex::new(Table {
+                by_endpoint: HashMap::new(),
+                last_sweep: Instant::now(),
+            })),
         }
     }
 
@@ -103,7 +141,9 @@ impl Upstream {
                     Some(s) => s,
                     None => {
                         let s = self.connect_h2(ep).await?;
-                        self.conns.lock().insert(ep.clone(), Conns::H2(s.clone()));
+                        let mut table = self.conns.lock();
+                        table.by_endpoint.insert(ep.clone(), Conns::H2(s.clone()));
+                        table.sweep_if_due(Instant::now());
                         s
                     }
                 };
@@ -155,11 +195,11 @@ impl Upstream {
     }
 
     fn h2_sender(&self, ep: &Endpoint) -> Option<http2::SendRequest<UpBody>> {
-        let mut conns = self.conns.lock();
-        match conns.get(ep) {
+        let mut table = self.conns.lock();
+        match table.by_endpoint.get(ep) {
             Some(Conns::H2(s)) if !s.is_closed() => Some(s.clone()),
             Some(Conns::H2(_)) => {
-                conns.remove(ep);
+                table.by_endpoint.remove(ep);
                 None
             }
             _ => None,
@@ -167,19 +207,21 @@ impl Upstream {
     }
 
     fn h1_idle(&self, ep: &Endpoint) -> Option<http1::SendRequest<UpBody>> {
-        let mut conns = self.conns.lock();
-        let Some(Conns::H1(idle)) = conns.get_mut(ep) else {
+        let mut table = self.conns.lock();
+        let Some(Conns::H1(idle)) = table.by_endpoint.get_mut(ep) else {
             return None;
         };
-        idle.retain(|s| !s.is_closed());
+        idle.retain(|(s, _)| !s.is_closed());
         // A connection whose last response body is still being read is not ready yet; it
         // stays for later.
-        let i = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        let i = idle.iter().position(|(s, _)| s.is_ready())?;
+        Some(idle.swap_remove(i).0)
     }
 
     fn h1_return(&self, ep: &Endpoint, sender: http1::SendRequest<UpBody>) {
-        let mut conns = self.conns.lock();
+        let now = Instant::now();
+        let mut table = self.conns.lock();
+        let conns = &mut table.by_endpoint;
         // Look up before `entry`: it takes its key by value, and cloning an endpoint (three
         // identity strings) for every returned connection showed in profiles.
         let entry = match conns.get_mut(ep) {
@@ -188,9 +230,10 @@ impl Upstream {
         };
         if let Conns::H1(idle) = entry {
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                idle.push(sender);
+                idle.push((sender, now));
             }
         }
+        table.sweep_if_due(now);
     }
 
     /// Opens an HBONE tunnel to the endpoint (plain TCP through the waypoint uses it as is).
@@ -244,10 +287,5 @@ impl Upstream {
             }
         });
         Ok(sender)
-    }
-
-    /// Drops idle connections to endpoints that are no longer in `keep`.
-    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.conns.lock().retain(|ep, _| keep(&ep.addr));
     }
 }

@@ -1,6 +1,7 @@
 //! ztunnel configuration from environment variables. Names follow Istio's ztunnel where the
 //! meaning is the same, so existing DaemonSet manifests carry over.
 
+use mesh::control::with_scheme;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -349,15 +350,6 @@ fn root_for(address: &str, configured: Option<String>) -> Option<PathBuf> {
 pub const ISTIOD_ADDRESS: &str = "https://istiod.istio-system.svc:15012";
 /// Where Istio's ztunnel reads its projected ServiceAccount token.
 pub const ISTIO_TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
-
-/// An address as Istio's ztunnel reads it: without a scheme, it is `https://`.
-fn with_scheme(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("https://{address}")
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -58,7 +58,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
             .with_context(|| format!("CA_ADDRESS={address}"))?;
             let client = Arc::new(client);
             if let Some(path) = &config.token_file {
-                follow_token_file(client.clone(), path.clone());
+                client.follow_token_file(path.clone());
             }
             (TrustRoots::empty(), client)
         }
@@ -141,7 +141,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
             // may take forever (istio-cni missing), so a stop request still gets through.
             tokio::select! {
                 _ = client.wait_synced() => {}
-                _ = shutdown_signal() => {
+                _ = mesh::drain::shutdown_signal() => {
                     info!("signal received before istio-cni's snapshot: draining");
                     pods.shutdown(config.drain_deadline).await;
                     return Ok(());
@@ -188,7 +188,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     info!(node = %config.node_name, "ztunnel ready");
 
     tokio::select! {
-        _ = shutdown_signal() => info!("signal received: draining"),
+        _ = mesh::drain::shutdown_signal() => info!("signal received: draining"),
         _ = quit.notified() => info!("/quitquitquit: draining"),
     }
     ready.set(false);
@@ -269,20 +269,6 @@ fn own_ip(shared: &Shared, namespace: &str, name: &str) -> anyhow::Result<std::n
     ip.ok_or_else(|| anyhow::anyhow!("no workload {namespace}/{name} with an address"))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 /// Reads the control plane's root certificate for a TLS address; `var` names the setting in
 /// errors.
 fn load_root(
@@ -291,29 +277,4 @@ fn load_root(
 ) -> anyhow::Result<Option<mesh::control::ControlRoot>> {
     path.map(|p| mesh::control::ControlRoot::load(p).with_context(|| var.to_string()))
         .transpose()
-}
-
-/// How often the CA client's token is re-read from its file: the kubelet refreshes projected
-/// tokens at 80 % of their life (an hour by default), so a minute is early enough.
-const TOKEN_REREAD: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Keeps the CA client's bearer token equal to the file's content.
-fn follow_token_file(client: Arc<CaClient>, path: std::path::PathBuf) {
-    tokio::spawn(async move {
-        let mut last = std::fs::read_to_string(&path).ok();
-        loop {
-            tokio::time::sleep(TOKEN_REREAD).await;
-            match std::fs::read_to_string(&path) {
-                Ok(token) if Some(&token) != last.as_ref() => {
-                    info!(file = %path.display(), "CA token file changed; using the new token");
-                    client.set_token(Some(token.trim().to_string()));
-                    last = Some(token);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(file = %path.display(), error = %e, "cannot re-read the CA token file; keeping the last token")
-                }
-            }
-        }
-    });
 }

@@ -16,6 +16,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::error::CaError;
+
+/// How often a followed token file is re-read: the kubelet refreshes projected tokens at 80 %
+/// of their life (an hour by default), so a minute is early enough.
+pub const TOKEN_REREAD: Duration = Duration::from_secs(60);
 use super::provider::{CertificateProvider, SignFuture};
 use crate::Identity;
 
@@ -87,6 +91,35 @@ impl CaClient {
     /// Replaces the bearer token for later calls.
     pub fn set_token(&self, token: Option<String>) {
         self.token.store(token.map(std::sync::Arc::new));
+    }
+
+    /// Keeps the bearer token equal to `path`'s content, re-read every [`TOKEN_REREAD`]: the
+    /// kubelet rotates projected ServiceAccount tokens in place. The task lives as long as
+    /// the client.
+    pub fn follow_token_file(self: &std::sync::Arc<Self>, path: std::path::PathBuf) {
+        let client = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = std::fs::read_to_string(&path).ok();
+            loop {
+                tokio::time::sleep(TOKEN_REREAD).await;
+                let Some(client) = client.upgrade() else {
+                    return;
+                };
+                match std::fs::read_to_string(&path) {
+                    Ok(token) if Some(&token) != last.as_ref() => {
+                        tracing::info!(file = %path.display(), "CA token file changed; using the new token");
+                        client.set_token(Some(token.trim().to_string()));
+                        last = Some(token);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        file = %path.display(),
+                        error = %e,
+                        "cannot re-read the CA token file; keeping the last token"
+                    ),
+                }
+            }
+        });
     }
 
     /// Sends one CSR; returns the PEM chain, leaf first, root last.
