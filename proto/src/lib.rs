@@ -95,6 +95,13 @@ pub const SERVICE_ROUTES_TYPE_URL: &str = "type.googleapis.com/amesh.l7.v1.Servi
 /// xDS type URL of [`amesh::l7::v1::Authorization`] resources (waypoints only).
 pub const L7_AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/amesh.l7.v1.Authorization";
 
+/// xDS type URL of [`amesh::l7::v1::RequestAuthentication`] resources (waypoints only).
+pub const REQUEST_AUTHENTICATION_TYPE_URL: &str =
+    "type.googleapis.com/amesh.l7.v1.RequestAuthentication";
+
+/// xDS type URL of [`amesh::l7::v1::RateLimit`] resources (waypoints only).
+pub const RATE_LIMIT_TYPE_URL: &str = "type.googleapis.com/amesh.l7.v1.RateLimit";
+
 /// amesh's own packages.
 pub mod amesh {
     /// `amesh.l7.*`

@@ -133,6 +133,8 @@ pub fn l7_local_config(
             .filter(|r| r.is_for(&gateway))
             .map(|r| r.resource.clone())
             .collect(),
+        authentications: Vec::new(),
+        rate_limits: Vec::new(),
     }
 }
 

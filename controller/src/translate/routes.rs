@@ -203,6 +203,8 @@ pub(crate) fn service_routes(
                         filters: filters.clone(),
                         backends: backends.clone(),
                         timeouts,
+                        retry: None,
+                        fault: None,
                     };
                     routes.push((order, route));
                 }
@@ -231,6 +233,7 @@ pub(crate) fn service_routes(
                     namespace: key.namespace.clone(),
                     hostname: svc.hostname.clone(),
                     routes: routes.into_iter().map(|(_, r)| r).collect(),
+                    destination: None,
                 },
             })
         })
@@ -536,6 +539,7 @@ fn backend(
         port,
         weight: 1,
         filters: Vec::new(),
+        subset: String::new(),
     }
 }
 

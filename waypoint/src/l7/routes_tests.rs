@@ -13,6 +13,7 @@ fn route(name: &str, m: pb::RouteMatch, backends: &[(&str, u32)]) -> pb::Route {
                 port: 9080,
                 weight: *w,
                 filters: vec![],
+                subset: String::new(),
             })
             .collect(),
         ..Default::default()
