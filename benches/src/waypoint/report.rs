@@ -27,7 +27,8 @@ pub const NOTES: &[&str] = &[
     "Proxy RSS: VmRSS right after each window (its connections still open), median over repetitions.",
     "Added p50: the path's p50 minus the ztunnel-only path's p50 at the same point.",
     "Memory per 1,000 requests/s: the proxy's RSS (MB = 10^6 bytes) divided by its requests/s in thousands.",
-    "The lab schedules the two waypoint pods on different nodes (round robin); every path is client ztunnel (node1) -> proxy -> server ztunnel (node2) either way, the veth hops differ only in which node's bridge they cross.",
+    "The lab schedules the waypoint pods on the nodes round robin; every path is client ztunnel (node1) -> proxy -> server ztunnel (node2) either way, the veth hops differ only in which node's bridge they cross.",
+    "VS/DR path: a second amesh waypoint whose service has a VirtualService (timeout, 3 retries on 5xx/reset/connect-failure, 50/50 over subsets v1/v2) and a DestinationRule (least request, outlier detection, connection pool limits far above the load); two server pods instead of one. Its targets compare it with the bare waypoint path in the same run: the cost of policies that are configured but never triggered.",
 ];
 
 /// One line of the results table.
@@ -53,7 +54,7 @@ pub struct TargetCheck {
     pub concurrency: usize,
     pub target: &'static str,
     pub amesh: f64,
-    /// Envoy's figure, or the absolute bound.
+    /// Envoy's figure, the bare waypoint's (policies targets), or the absolute bound.
     pub reference: f64,
     pub met: bool,
 }
@@ -124,6 +125,21 @@ pub fn build(machine: Machine, settings: Settings, m: Measured) -> Report {
                     wc <= ec / 2.0,
                 );
                 check("RSS ≤ ⅓ Envoy's (MiB)", wr, er, wr <= er / 3.0);
+                if let Some(pl) = find(PathKind::Policies) {
+                    let pc = pl.proxy_cpu_per_1k.unwrap_or(f64::NAN);
+                    check(
+                        "policies not triggered: req/s ≥ 90 % of the bare waypoint's",
+                        pl.requests_per_s,
+                        w.requests_per_s,
+                        pl.requests_per_s >= 0.9 * w.requests_per_s,
+                    );
+                    check(
+                        "policies not triggered: CPU per request ≤ 110 % of the bare waypoint's",
+                        pc,
+                        wc,
+                        pc <= 1.1 * wc,
+                    );
+                }
                 let (wa, ea) = (w.p50_us - z.p50_us, e.p50_us - z.p50_us);
                 check("added p50 ≤ Envoy's (µs)", wa, ea, wa <= ea);
                 check("CPU ≤ 0.05 vCPU per 1,000 req/s", wc, 0.05, wc <= 0.05);
@@ -159,11 +175,13 @@ fn row(proto: Proto, concurrency: usize, path: PathKind, ps: &[&Point]) -> Row {
     let proxy_cpu: Option<&dyn Fn(&Point) -> f64> = match path {
         PathKind::Waypoint => Some(&|p: &Point| p.waypoint_cpu_s),
         PathKind::Envoy => Some(&|p: &Point| p.envoy_cpu_s),
+        PathKind::Policies => Some(&|p: &Point| p.policies_cpu_s),
         _ => None,
     };
     let proxy_rss: Option<&dyn Fn(&Point) -> f64> = match path {
         PathKind::Waypoint => Some(&|p: &Point| p.waypoint_rss_kib as f64 / 1024.0),
         PathKind::Envoy => Some(&|p: &Point| p.envoy_rss_kib as f64 / 1024.0),
+        PathKind::Policies => Some(&|p: &Point| p.policies_rss_kib as f64 / 1024.0),
         _ => None,
     };
     Row {
@@ -229,7 +247,7 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| protocol | in flight | target | amesh | Envoy / bound | met |"
+        "\n| protocol | in flight | target | amesh | Envoy, bare waypoint or bound | met |"
     );
     let _ = writeln!(out, "|---|---:|---|---:|---:|---|");
     for t in &r.targets {

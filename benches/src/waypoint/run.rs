@@ -1,5 +1,6 @@
-//! One run: the lab up (four client → server pairs, amesh's waypoint and a second waypoint
-//! Gateway whose process is swapped for Envoy), a check that each path goes where it claims,
+//! One run: the lab up (five client → server pairs; amesh's waypoint, a second waypoint
+//! Gateway whose process is swapped for Envoy, and a second amesh waypoint with Istio traffic
+//! policies in place), a check that each path goes where it claims,
 //! then every (protocol, concurrency) point on every path, repeated with the paths' order
 //! rotating, reading the proxies' CPU time around each measured window and their RSS after it.
 
@@ -22,6 +23,8 @@ const APP_PORT: u16 = 8080;
 /// Namespace and Gateway of amesh's waypoint, and of the one Envoy replaces.
 const AMESH: &str = "waypoint";
 const ENVOY: &str = "envoy";
+/// Namespace and Gateway of the amesh waypoint with a VirtualService and a DestinationRule.
+const POLICIES: &str = "policies";
 
 /// Which path a request takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -35,14 +38,19 @@ pub enum PathKind {
     Waypoint,
     /// Client ztunnel → Envoy → server ztunnel.
     Envoy,
+    /// As `Waypoint`, through a second amesh waypoint whose service has a VirtualService
+    /// (retries, timeout, two weighted subsets) and a DestinationRule (least request, outlier
+    /// detection, pool limits) that the load never triggers.
+    Policies,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 4] = [
+    pub const ALL: [PathKind; 5] = [
         PathKind::Direct,
         PathKind::Ztunnel,
         PathKind::Waypoint,
         PathKind::Envoy,
+        PathKind::Policies,
     ];
 
     /// The fixture's namespace of the path.
@@ -52,6 +60,7 @@ impl PathKind {
             PathKind::Ztunnel => "mesh",
             PathKind::Waypoint => AMESH,
             PathKind::Envoy => ENVOY,
+            PathKind::Policies => POLICIES,
         }
     }
 
@@ -61,6 +70,7 @@ impl PathKind {
             PathKind::Ztunnel => "ztunnel only",
             PathKind::Waypoint => "ztunnel + amesh waypoint",
             PathKind::Envoy => "ztunnel + Envoy waypoint",
+            PathKind::Policies => "ztunnel + amesh waypoint + VS/DR",
         }
     }
 }
@@ -81,13 +91,16 @@ pub struct Point {
     pub proto: Proto,
     pub concurrency: usize,
     pub load: LoadRun,
-    /// CPU seconds in the measured window: amesh's waypoint, Envoy, each ztunnel (node order).
+    /// CPU seconds in the measured window: amesh's waypoint, Envoy, the policies waypoint,
+    /// each ztunnel (node order).
     pub waypoint_cpu_s: f64,
     pub envoy_cpu_s: f64,
+    pub policies_cpu_s: f64,
     pub ztunnel_cpu_s: Vec<f64>,
     /// RSS right after the window (connections still open, pools warm).
     pub waypoint_rss_kib: u64,
     pub envoy_rss_kib: u64,
+    pub policies_rss_kib: u64,
 }
 
 /// Memory of one proxy outside the points.
@@ -112,13 +125,14 @@ pub struct Measured {
 struct Pids {
     waypoint: i32,
     envoy: i32,
+    policies: i32,
     ztunnels: Vec<i32>,
 }
 
 impl Pids {
     fn cpu(&self) -> anyhow::Result<Vec<f64>> {
-        std::iter::once(self.waypoint)
-            .chain(std::iter::once(self.envoy))
+        [self.waypoint, self.envoy, self.policies]
+            .into_iter()
             .chain(self.ztunnels.iter().copied())
             .map(cpu_secs)
             .collect()
@@ -147,7 +161,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Measured> {
     let envoy_bin = envoy::find_binary()?;
     let envoy_version = envoy::version(&envoy_bin);
     progress(&format!(
-        "bringing up the lab (2 nodes, 2 waypoints); {envoy_version}"
+        "bringing up the lab (2 nodes, 3 waypoints); {envoy_version}"
     ));
     let binary = std::env::current_exe().context("cannot find the amesh-bench-waypoint binary")?;
     let options = LabOptions {
@@ -176,12 +190,14 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     let envoy = swap_in_envoy(lab, envoy_bin)?;
     let waypoint_pid = process_pid(lab, &lab::waypoints::process_name(AMESH, AMESH))?;
+    let policies_pid = process_pid(lab, &lab::waypoints::process_name(POLICIES, POLICIES))?;
     let ztunnels = (lab.state().nodes.iter())
         .map(|n| process_pid(lab, &lab::mesh::ztunnel_name(&n.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pids = Pids {
         waypoint: waypoint_pid,
         envoy: envoy.pid,
+        policies: policies_pid,
         ztunnels,
     };
     let targets = targets(lab)?;
@@ -254,9 +270,11 @@ fn point(
         load: run,
         waypoint_cpu_s: d[0],
         envoy_cpu_s: d[1],
-        ztunnel_cpu_s: d[2..].to_vec(),
+        policies_cpu_s: d[2],
+        ztunnel_cpu_s: d[3..].to_vec(),
         waypoint_rss_kib: rss(pids.waypoint)?,
         envoy_rss_kib: rss(pids.envoy)?,
+        policies_rss_kib: rss(pids.policies)?,
     })
 }
 
@@ -406,8 +424,34 @@ fn check_paths(lab: &Lab, targets: &[Target]) -> anyhow::Result<()> {
     if !counted(AMESH) {
         bail!("amesh's waypoint counted no request for server.{AMESH}: the waypoint path does not go through it");
     }
-    if counted("mesh") || counted(ENVOY) {
+    if counted("mesh") || counted(ENVOY) || counted(POLICIES) {
         bail!("amesh's waypoint counted requests of another path");
+    }
+    // The policies path: its waypoint split the requests over both subsets (the VirtualService
+    // and DestinationRule are in force).
+    let pod = lab::waypoints::pod(lab.state(), POLICIES, POLICIES)?;
+    let metrics = http_get(
+        lab,
+        &pod.key(),
+        (pod.ip, lab::cluster::waypoint::METRICS_PORT).into(),
+        "/metrics",
+    )?;
+    let routed = metrics.lines().any(|l| {
+        l.starts_with("amesh_waypoint_route_requests_total{")
+            && l.contains("route=\"policies/server\"")
+    });
+    if !routed {
+        bail!("the policies waypoint routed nothing by VirtualService policies/server: it is not in force; its metrics:\n{metrics}");
+    }
+    for version in ["server-v1", "server-v2"] {
+        let seen = metrics.lines().any(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains(&format!("destination_workload=\"{version}\""))
+                && l.contains("response_code=\"200\"")
+        });
+        if !seen {
+            bail!("the policies waypoint sent nothing to {version}: its VirtualService split is not in force; its metrics:\n{metrics}");
+        }
     }
     Ok(())
 }
