@@ -299,6 +299,8 @@ enum KnownKind {
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
+    VirtualService,
+    DestinationRule,
 }
 
 impl KnownKind {
@@ -308,6 +310,11 @@ impl KnownKind {
             "gateway.networking.k8s.io/v1beta1",
         ];
         const ISTIO_SECURITY: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+        const ISTIO_NETWORKING: [&str; 3] = [
+            "networking.istio.io/v1",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1alpha3",
+        ];
         let known = match (api_version, kind) {
             ("v1", "Namespace") => KnownKind::Namespace,
             ("v1", "Node") => KnownKind::Node,
@@ -328,6 +335,8 @@ impl KnownKind {
             (v, "RequestAuthentication") if ISTIO_SECURITY.contains(&v) => {
                 KnownKind::RequestAuthentication
             }
+            (v, "VirtualService") if ISTIO_NETWORKING.contains(&v) => KnownKind::VirtualService,
+            (v, "DestinationRule") if ISTIO_NETWORKING.contains(&v) => KnownKind::DestinationRule,
             _ => return None,
         };
         Some(known)
@@ -460,6 +469,8 @@ fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
         KnownKind::AuthorizationPolicy => Object::AuthorizationPolicy(parse(text)?),
         KnownKind::PeerAuthentication => Object::PeerAuthentication(parse(text)?),
         KnownKind::RequestAuthentication => Object::RequestAuthentication(parse(text)?),
+        KnownKind::VirtualService => Object::VirtualService(parse(text)?),
+        KnownKind::DestinationRule => Object::DestinationRule(parse(text)?),
     };
     validate::object(&object).map_err(Rejected::Field)?;
     Ok(object)
@@ -535,8 +546,13 @@ mod tests {
         );
         assert_eq!(
             KnownKind::of("networking.istio.io/v1", "VirtualService"),
-            None
+            Some(KnownKind::VirtualService)
         );
+        assert_eq!(
+            KnownKind::of("networking.istio.io/v1alpha3", "DestinationRule"),
+            Some(KnownKind::DestinationRule)
+        );
+        assert_eq!(KnownKind::of("networking.istio.io/v1", "Gateway"), None);
         assert_eq!(KnownKind::of("apps/v1", "StatefulSet"), None);
         assert_eq!(
             KnownKind::of("discovery.k8s.io/v1", "EndpointSlice"),

@@ -10,6 +10,7 @@ mod de;
 mod error;
 pub mod gateway;
 mod load;
+pub mod networking;
 pub mod security;
 mod split;
 pub mod validate;
@@ -26,6 +27,7 @@ pub use de::PortKey;
 pub use error::{ManifestError, ObjectRef};
 pub use gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use load::{fingerprint, load_dir, load_yaml, KeptObject, LastValid, LoadResult};
+pub use networking::{DestinationRule, VirtualService};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Namespace given to namespaced objects that do not name one, as `kubectl apply` does.
@@ -96,6 +98,10 @@ pub struct Manifests {
     pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     /// Request authentication (JWT) policies.
     pub request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
+    /// Istio VirtualServices (waypoint routes).
+    pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
+    /// Istio DestinationRules (waypoint destination policies).
+    pub destination_rules: BTreeMap<ObjectKey, DestinationRule>,
 }
 
 /// One typed object of any known kind.
@@ -128,6 +134,10 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     /// `security.istio.io` RequestAuthentication.
     RequestAuthentication(RequestAuthentication),
+    /// `networking.istio.io` VirtualService.
+    VirtualService(VirtualService),
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -147,6 +157,8 @@ impl Object {
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::RequestAuthentication(_) => "RequestAuthentication",
+            Object::VirtualService(_) => "VirtualService",
+            Object::DestinationRule(_) => "DestinationRule",
         }
     }
 
@@ -166,6 +178,8 @@ impl Object {
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -184,6 +198,8 @@ impl Object {
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
             Object::RequestAuthentication(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
         }
     }
 
@@ -225,6 +241,8 @@ impl Manifests {
             Object::AuthorizationPolicy(_) => self.authorization_policies.contains_key(&key),
             Object::PeerAuthentication(_) => self.peer_authentications.contains_key(&key),
             Object::RequestAuthentication(_) => self.request_authentications.contains_key(&key),
+            Object::VirtualService(_) => self.virtual_services.contains_key(&key),
+            Object::DestinationRule(_) => self.destination_rules.contains_key(&key),
         }
     }
 
@@ -250,6 +268,8 @@ impl Manifests {
             Object::RequestAuthentication(o) => {
                 self.request_authentications.insert(key, o).is_some()
             }
+            Object::VirtualService(o) => self.virtual_services.insert(key, o).is_some(),
+            Object::DestinationRule(o) => self.destination_rules.insert(key, o).is_some(),
         }
     }
 
@@ -268,6 +288,8 @@ impl Manifests {
             + self.authorization_policies.len()
             + self.peer_authentications.len()
             + self.request_authentications.len()
+            + self.virtual_services.len()
+            + self.destination_rules.len()
     }
 
     /// Whether there is no object at all.

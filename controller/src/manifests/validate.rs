@@ -70,6 +70,8 @@ pub fn object(object: &super::Object) -> Result<(), FieldError> {
         super::Object::PeerAuthentication(p) => peer_authentication(&p.spec),
         super::Object::RequestAuthentication(p) => request_authentication(&p.spec),
         super::Object::EndpointSlice(s) => endpoint_slice(s),
+        super::Object::VirtualService(v) => super::networking::validate_virtual_service(&v.spec),
+        super::Object::DestinationRule(d) => super::networking::validate_destination_rule(&d.spec),
         _ => Ok(()),
     }
 }

@@ -39,15 +39,20 @@ pub enum Kind {
     PeerAuthentication,
     /// `security.istio.io/v1` RequestAuthentication.
     RequestAuthentication,
+    /// `networking.istio.io/v1` VirtualService.
+    VirtualService,
+    /// `networking.istio.io/v1` DestinationRule.
+    DestinationRule,
 }
 
 const DISCOVERY: &str = "discovery.k8s.io";
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const ISTIO_SECURITY: &str = "security.istio.io";
+const ISTIO_NETWORKING: &str = "networking.istio.io";
 
 impl Kind {
     /// Every kind, in the order the source starts them.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -60,6 +65,8 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::RequestAuthentication,
+        Kind::VirtualService,
+        Kind::DestinationRule,
     ];
 
     /// The kind as written in manifests.
@@ -77,6 +84,8 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
         }
     }
 
@@ -95,6 +104,8 @@ impl Kind {
             Kind::AuthorizationPolicy => (ISTIO_SECURITY, "authorizationpolicies"),
             Kind::PeerAuthentication => (ISTIO_SECURITY, "peerauthentications"),
             Kind::RequestAuthentication => (ISTIO_SECURITY, "requestauthentications"),
+            Kind::VirtualService => (ISTIO_NETWORKING, "virtualservices"),
+            Kind::DestinationRule => (ISTIO_NETWORKING, "destinationrules"),
         }
     }
 
@@ -129,7 +140,10 @@ impl Kind {
 
     /// Whether the kind comes from a CRD, which a cluster may not have installed.
     pub fn is_custom(self) -> bool {
-        matches!(self.group_and_plural().0, GATEWAY_API | ISTIO_SECURITY)
+        matches!(
+            self.group_and_plural().0,
+            GATEWAY_API | ISTIO_SECURITY | ISTIO_NETWORKING
+        )
     }
 
     /// Whether objects of the kind live outside namespaces.
@@ -204,6 +218,8 @@ impl Kind {
             Kind::AuthorizationPolicy => Object::AuthorizationPolicy(from_value(value)?),
             Kind::PeerAuthentication => Object::PeerAuthentication(from_value(value)?),
             Kind::RequestAuthentication => Object::RequestAuthentication(from_value(value)?),
+            Kind::VirtualService => Object::VirtualService(from_value(value)?),
+            Kind::DestinationRule => Object::DestinationRule(from_value(value)?),
         };
         validate::object(&object).map_err(Fault::Field)?;
         Ok(object)
@@ -291,6 +307,8 @@ impl Kind {
             Kind::RequestAuthentication => {
                 Object::RequestAuthentication(m.request_authentications.remove(key)?)
             }
+            Kind::VirtualService => Object::VirtualService(m.virtual_services.remove(key)?),
+            Kind::DestinationRule => Object::DestinationRule(m.destination_rules.remove(key)?),
         })
     }
 
@@ -316,6 +334,8 @@ impl Kind {
             Kind::RequestAuthentication => {
                 to.request_authentications = take(&mut from.request_authentications)
             }
+            Kind::VirtualService => to.virtual_services = take(&mut from.virtual_services),
+            Kind::DestinationRule => to.destination_rules = take(&mut from.destination_rules),
         }
     }
 
@@ -334,6 +354,8 @@ impl Kind {
             Kind::AuthorizationPolicy => m.authorization_policies.len(),
             Kind::PeerAuthentication => m.peer_authentications.len(),
             Kind::RequestAuthentication => m.request_authentications.len(),
+            Kind::VirtualService => m.virtual_services.len(),
+            Kind::DestinationRule => m.destination_rules.len(),
         }
     }
 }
