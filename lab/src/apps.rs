@@ -69,6 +69,10 @@ pub struct EchoArgs {
     /// Comma-separated TCP ports.
     #[arg(long, value_delimiter = ',', num_args = 0..)]
     ports: Vec<u16>,
+    /// The pod's resolv.conf (the lab enters the pod's netns but not a mount namespace, so
+    /// `/etc/resolv.conf` would be the host's).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: std::path::PathBuf,
 }
 
 impl AppCmd {
@@ -76,12 +80,18 @@ impl AppCmd {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             AppCmd::Echo(args) => {
+                // The container's `env`, which the lab gave this process (echo::env).
+                let app = echo::env::AppEnv::parse(|name| std::env::var(name).ok())
+                    .context("the echo app's environment")?;
                 let config = EchoConfig {
                     pod: args.pod,
                     namespace: args.namespace,
                     version: args.version,
                     node: args.node,
                     ports: args.ports,
+                    app,
+                    resolv_conf: args.resolv_conf,
+                    fail_count: Default::default(),
                 };
                 // One thread per pod app is plenty, and keeps a lab of many pods light.
                 let rt = tokio::runtime::Builder::new_current_thread()

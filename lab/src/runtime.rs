@@ -401,16 +401,25 @@ pub fn teardown(state: &LabState) {
 /// netns exec` mounts over `/etc/resolv.conf`. The nameserver (the lab's root netns) stands
 /// for the cluster's DNS Service; with the mesh, capture sends DNS to ztunnel's proxy.
 pub fn write_resolv_conf(state: &LabState, pod: &crate::state::PodInfo) -> std::io::Result<()> {
-    let dir = PathBuf::from("/etc/netns").join(&pod.netns);
-    std::fs::create_dir_all(&dir)?;
+    let path = resolv_conf_path(pod);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(
-        dir.join("resolv.conf"),
+        path,
         format!(
             "nameserver {}\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
             state.root_ip,
             ns = pod.namespace
         ),
     )
+}
+
+/// Where [`write_resolv_conf`] puts a pod's file (its echo app reads it from there).
+pub fn resolv_conf_path(pod: &crate::state::PodInfo) -> PathBuf {
+    PathBuf::from("/etc/netns")
+        .join(&pod.netns)
+        .join("resolv.conf")
 }
 
 fn remove_resolv_conf(pod: &crate::state::PodInfo) {

@@ -47,6 +47,8 @@ pub enum ExpandError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Waypoint(#[from] WaypointError),
+    #[error(transparent)]
+    AppEnv(#[from] crate::echo::env::EnvError),
 }
 
 /// The input the lab reads: a view over the loaded manifests, so that this module does not
@@ -93,6 +95,8 @@ pub struct PlannedPod {
     pub version: String,
     /// TCP ports the echo app listens on.
     pub ports: Vec<u16>,
+    /// The containers' plain `env` values, for the echo app (app pods only; checked).
+    pub env: Vec<(String, String)>,
 }
 
 /// The whole planned cluster.
@@ -227,7 +231,13 @@ pub fn expand(
             .or_else(|| labels.get("app.kubernetes.io/version"))
             .cloned()
             .unwrap_or_default();
+        // The app's settings fail `up` now, naming the pod, rather than its process later.
+        let env = match role {
+            PodRole::App => crate::echo::env::pod_env(&pod)?,
+            _ => Vec::new(),
+        };
         planned.push(PlannedPod {
+            env,
             pod,
             name,
             namespace,

@@ -249,7 +249,7 @@ impl Lab {
             }
             hooks::Container::Probe(probe) => Container::Probe(probe),
             hooks::Container::Echo => Container::Listening {
-                process: self.start_echo(&pod, &planned.version)?,
+                process: self.start_echo(&pod, &planned.version, &planned.env)?,
                 ports: pod.ports.clone(),
             },
         };
@@ -466,14 +466,27 @@ impl Lab {
         }
     }
 
-    fn start_echo(&mut self, pod: &PodInfo, version: &str) -> Result<String, LabError> {
+    /// Starts a pod's echo app with its containers' `env`: only the manifest configures it, so
+    /// the echo app's variables in the lab's own environment are taken out first.
+    fn start_echo(
+        &mut self,
+        pod: &PodInfo,
+        version: &str,
+        env: &[(String, String)],
+    ) -> Result<String, LabError> {
         let mut cmd = Command::new(&self.binary);
         let ports: Vec<String> = pod.ports.iter().map(u16::to_string).collect();
         cmd.args(["echo", "--pod", &pod.name, "--namespace", &pod.namespace])
-            .args(["--version", version, "--node", &pod.node]);
+            .args(["--version", version, "--node", &pod.node])
+            .arg("--resolv-conf")
+            .arg(runtime::resolv_conf_path(pod));
         if !ports.is_empty() {
             cmd.args(["--ports", &ports.join(",")]);
         }
+        for name in crate::echo::env::ALL {
+            cmd.env_remove(name);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let name = format!("echo {}", pod.key());
         self.spawn(&name, &pod.netns.clone(), cmd)?;
         Ok(name)

@@ -5,6 +5,13 @@
 //! its body's length and SHA-256 ([`DigestReply`](super::pattern::DigestReply)). `GET /ws`
 //! with `Upgrade: websocket` becomes a WebSocket echo, and HTTP/2 requests with
 //! `content-type: application/grpc` are gRPC calls ([`super::grpc`]).
+//!
+//! Those endpoints are the app's own. Any other request is the app's business, shaped by its
+//! environment ([`super::env`]): it waits `ECHO_DELAY_MS`, then either fails with
+//! `ECHO_FAIL_STATUS` (its share counted by [`FailShare`](super::fail::FailShare)) or calls
+//! its next hops (`ECHO_CALLS`, [`super::calls`]) and answers 200 whatever they answered
+//! (as bookinfo's productpage renders with an error where a part is missing); the reply
+//! lists each hop's outcome. `ECHO_STATIC`'s path serves its fixed document to GET and HEAD.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,8 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::body::EchoBody;
 use super::pattern::Digest;
 use super::reply::EchoReply;
+use super::resolve::Resolver;
 use super::sniff::Protocol;
-use super::{grpc, websocket, EchoConfig};
+use super::{calls, grpc, websocket, EchoConfig};
 
 /// The endpoints of one connection.
 #[derive(Clone, Copy, Debug)]
@@ -87,10 +95,25 @@ async fn answer(
     if req.method() == http::Method::POST && path == "/digest" {
         return digest(req.into_body()).await;
     }
+    if let Some(doc) = &config.app.static_doc {
+        if path == doc.path && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            let mut resp = Response::new(EchoBody::full(doc.body.clone()));
+            if let Ok(v) = http::HeaderValue::from_str(&doc.content_type) {
+                resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+            return resp;
+        }
+    }
+    // `/delay/MS` and `/status/N` are the app's own test endpoints: never delayed, failed or
+    // fanned out by its environment.
+    let own = requested_delay(path).is_some() || requested_status(path).is_some();
     // `/delay/MS`: answer after MS milliseconds (at most a minute), for timeout and
     // disconnect scenarios; the echo reply follows as for any path.
     if let Some(ms) = requested_delay(path) {
         tokio::time::sleep(ms).await;
+    }
+    if !own && !config.app.delay.is_zero() {
+        tokio::time::sleep(config.app.delay).await;
     }
     let (parts, mut body) = req.into_parts();
     // Counted as it streams, never held: a gigabyte upload costs no memory. A body that
@@ -121,7 +144,7 @@ async fn answer(
         .map(|a| a.as_str().to_string())
         .or_else(|| headers.get("host").cloned())
         .unwrap_or_default();
-    let reply = EchoReply {
+    let mut reply = EchoReply {
         authority,
         pod: config.pod.clone(),
         namespace: config.namespace.clone(),
@@ -139,8 +162,23 @@ async fn answer(
         destination: addrs.local,
         headers,
         body_bytes,
+        calls: Vec::new(),
     };
-    let status = requested_status(parts.uri.path()).unwrap_or(StatusCode::OK);
+    let mut status = requested_status(parts.uri.path()).unwrap_or(StatusCode::OK);
+    if !own {
+        if config.fail_count.next_fails(config.app.fail_percent) {
+            status = config.app.fail_status;
+        } else if !config.app.calls.is_empty() {
+            let resolver = Resolver::load(&config.resolv_conf_path());
+            reply.calls = calls::call_all(
+                &config.app.calls,
+                &parts.headers,
+                config.app.call_timeout,
+                &resolver,
+            )
+            .await;
+        }
+    }
     // Serialising plain data with string keys cannot fail.
     let mut json = serde_json::to_vec(&reply).expect("echo reply serialises");
     json.push(b'\n');

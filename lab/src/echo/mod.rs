@@ -2,12 +2,32 @@
 //! first bytes: the HTTP/2 preface → HTTP/2 (h2c), an HTTP/1 request line → HTTP/1.1, anything
 //! else → raw TCP echo (bytes back until the client's EOF, then our own FIN). Over HTTP it also
 //! streams bytes both ways (`/bytes/N`, `/digest`), speaks WebSocket (`/ws`) and gRPC (h2c).
+//!
+//! A pod's manifest configures its app through the container `env` (plain `value:`s; the lab
+//! passes them to the app's process, see [`env::pod_env`]), so a lab can model an application
+//! and not only a server:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `ECHO_CALLS` | comma-separated `http://host[:port][/path]` URLs; each request calls them in order ([`calls`]) and nests their replies in its own `calls` |
+//! | `ECHO_CALL_TIMEOUT_MS` | time limit per call (default 10000); a hop that runs out is status 504 in `calls` |
+//! | `ECHO_FAIL_PERCENT` | whole percent 0..=100 of requests answered with `ECHO_FAIL_STATUS` (and no calls): deterministic, after n requests exactly floor(n·p/100) failed (50: every second; 33: the 4th, 7th, 10th…), counted per pod |
+//! | `ECHO_FAIL_STATUS` | the failure's status (default 503); the body is still the echo reply |
+//! | `ECHO_DELAY_MS` | wait before answering (at most a minute) |
+//! | `ECHO_STATIC`, `ECHO_STATIC_BODY`, `ECHO_STATIC_CONTENT_TYPE` | GET/HEAD of that path answers that body (default type `application/json`), e.g. a JWKS at `/.well-known/jwks.json` |
+//!
+//! They apply to requests answered with an echo reply on any path but the app's own test
+//! endpoints (`/status/N`, `/delay/MS`, `/bytes/N`, `/digest`, `/ws`, gRPC, the static path).
 
 mod body;
+pub mod calls;
+pub mod env;
+pub mod fail;
 pub mod grpc;
 mod http;
 pub mod pattern;
 mod reply;
+pub mod resolve;
 mod sniff;
 pub mod websocket;
 
@@ -21,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub use self::body::EchoBody;
 pub use self::http::ConnAddrs;
 pub use self::pattern::DigestReply;
-pub use self::reply::EchoReply;
+pub use self::reply::{EchoReply, Hop};
 pub use self::sniff::{classify, Protocol, Sniff, H2_PREFACE};
 use self::sniff::{Rewind, MAX_REQUEST_LINE};
 
@@ -41,6 +61,23 @@ pub struct EchoConfig {
     pub version: String,
     pub node: String,
     pub ports: Vec<u16>,
+    /// What the pod's environment asks of the app.
+    pub app: env::AppEnv,
+    /// The pod's resolver configuration, for next hops (empty: `/etc/resolv.conf`).
+    pub resolv_conf: std::path::PathBuf,
+    /// The pod's count of requests for `ECHO_FAIL_PERCENT` (shared by its ports).
+    pub fail_count: Arc<fail::FailShare>,
+}
+
+impl EchoConfig {
+    /// Where the pod's `resolv.conf` is.
+    pub fn resolv_conf_path(&self) -> std::path::PathBuf {
+        if self.resolv_conf.as_os_str().is_empty() {
+            "/etc/resolv.conf".into()
+        } else {
+            self.resolv_conf.clone()
+        }
+    }
 }
 
 /// An echo app that could not start.
@@ -72,6 +109,9 @@ pub async fn run(config: EchoConfig) -> Result<(), EchoError> {
         }
     }
     tracing::info!(pod = %config.pod, namespace = %config.namespace, ports = ?config.ports, "echo app listening");
+    if config.app != env::AppEnv::default() {
+        tracing::info!(app = ?config.app, "configured by its environment");
+    }
     for l in listeners {
         tokio::spawn(accept_loop(l, Arc::clone(&config)));
     }

@@ -1,4 +1,5 @@
-//! The JSON body every HTTP answer of the echo app carries: who answered and what it saw.
+//! The JSON body every HTTP answer of the echo app carries: who answered, what it saw, and
+//! what its next hops (`ECHO_CALLS`) answered, nested, so one reply is the whole call graph.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,4 +31,26 @@ pub struct EchoReply {
     pub headers: BTreeMap<String, String>,
     /// Size of the request body.
     pub body_bytes: u64,
+    /// The next hops this request made, in order (absent when the app has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Hop>,
+}
+
+/// One next-hop call and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// The URL as configured.
+    pub url: String,
+    /// The callee's status; when it gave none: 504 if the call timed out, 503 if it could not
+    /// be made (name lookup, connection), 502 if the answer broke off or was not HTTP.
+    pub status: u16,
+    /// The callee's own reply, when it answered with one (its `calls` nested in turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Box<EchoReply>>,
+    /// Why there is no reply: the failure, or the start of a body that is not an echo reply
+    /// (a proxy's `RBAC: access denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the call took, in milliseconds.
+    pub millis: u64,
 }
