@@ -1,6 +1,7 @@
 //! amesh's waypoint: the per-namespace L7 proxy of ambient mode. It terminates HBONE tunnels
 //! from ztunnels (clients' identities proven by mTLS), serves HTTP/1.1, HTTP/2 and gRPC inside
-//! them through the request pipeline (L7 authorization, HTTPRoute routing, telemetry), and
+//! them through the request pipeline (JWT authentication, L7 authorization, local rate limits,
+//! HTTPRoute routing, telemetry), and
 //! forwards each request over HBONE, with its own identity, to the chosen endpoint's ztunnel.
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod l7;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod record;
 pub mod run;
 pub mod tcp;

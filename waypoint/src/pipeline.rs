@@ -96,7 +96,22 @@ pub async fn handle(
     );
     let l7 = wp.l7.snapshot();
 
-    // Authorization: policies bound to this waypoint, and to the service addressed.
+    // Request authentication (JWT), then authorization, then local rate limits: all bound to
+    // this waypoint or to the service addressed.
+    // The URI is shared bytes: cloning it lets the query be read while headers change.
+    let uri = req.uri().clone();
+    let jwt = match crate::l7::jwt::authenticate(
+        applicable(&wp, service.as_deref(), &l7.authentications, |p| &p.targets),
+        req.headers_mut(),
+        uri.query(),
+    ) {
+        crate::l7::jwt::Outcome::Verified(v) => Some(v),
+        crate::l7::jwt::Outcome::NoToken => None,
+        crate::l7::jwt::Outcome::Failed { message, detail } => {
+            debug!(reason = message, detail, "JWT rejected");
+            return Ok(jwt_rejected(record, message, &authority, uri.path()));
+        }
+    };
     let attrs = RequestAttrs {
         principal: ctx.peer_principal.trim_start_matches("spiffe://"),
         namespace: ctx.peer_identity.namespace(),
@@ -106,6 +121,7 @@ pub async fn handle(
         host: &authority,
         port: ctx.addr.port(),
         headers: req.headers(),
+        auth: jwt.as_deref(),
     };
     if let Decision::Deny(policy) = decide(&wp, &l7, service.as_deref(), &attrs) {
         debug!(?policy, principal = attrs.principal, "request denied");
@@ -114,6 +130,16 @@ pub async fn handle(
             StatusCode::FORBIDDEN,
             "RBAC: access denied",
             "-",
+        ));
+    }
+    let mut limits = applicable(&wp, service.as_deref(), &l7.rate_limits, |p| &p.targets);
+    if let Some(limit) = limits.find(|p| !p.limiter.try_acquire(attrs.principal)) {
+        debug!(policy = %limit.key, principal = attrs.principal, "rate limited");
+        return Ok(local_reply(
+            record,
+            StatusCode::TOO_MANY_REQUESTS,
+            "local_rate_limited",
+            "RL",
         ));
     }
 
@@ -357,6 +383,41 @@ pub async fn handle(
     }
     record.responding(resp.status().as_u16());
     Ok(resp.map(|b| Finishing::new(b, record).boxed()))
+}
+
+/// The policies of `all` bound to this waypoint or to `service`.
+fn applicable<'a, P>(
+    wp: &'a Waypoint,
+    service: Option<&'a Service>,
+    all: &'a std::collections::BTreeMap<String, Arc<P>>,
+    targets: impl Fn(&P) -> &[PolicyTarget] + 'a,
+) -> impl Iterator<Item = &'a P> + 'a {
+    all.values().map(|p| &**p).filter(move |p| {
+        targets(p).iter().any(|t| match t {
+            PolicyTarget::Gateway { namespace, name } => {
+                *namespace == wp.namespace && *name == wp.gateway
+            }
+            PolicyTarget::Service { namespace, name } => {
+                service.is_some_and(|s| s.namespace == *namespace && s.name == *name)
+            }
+        })
+    })
+}
+
+/// Envoy's answer to a token that verifies under no rule: 401 with the reason and a
+/// `www-authenticate` challenge naming the request's URL as the realm.
+fn jwt_rejected(
+    record: Record,
+    message: &'static str,
+    authority: &str,
+    path: &str,
+) -> Response<RespBody> {
+    let mut resp = local_reply(record, StatusCode::UNAUTHORIZED, message, "-");
+    let challenge = format!("Bearer realm=\"http://{authority}{path}\", error=\"invalid_token\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }
 
 /// The decision of the L7 policies bound to this waypoint or to `service`.

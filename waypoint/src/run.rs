@@ -163,6 +163,10 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
                 .push(amesh_proto::SERVICE_ROUTES_TYPE_URL.to_string());
             xds.type_urls
                 .push(amesh_proto::L7_AUTHORIZATION_TYPE_URL.to_string());
+            xds.type_urls
+                .push(amesh_proto::REQUEST_AUTHENTICATION_TYPE_URL.to_string());
+            xds.type_urls
+                .push(amesh_proto::RATE_LIMIT_TYPE_URL.to_string());
             xds.token = config.token.clone();
             xds.token_file = config.token_file.clone();
             xds.root = root

@@ -33,6 +33,7 @@ where
         host: "",
         port: ctx.addr.port(),
         headers: &empty,
+        auth: None,
     };
     if let Decision::Deny(policy) = decide(&wp, &l7, service.as_deref(), &attrs) {
         debug!(?policy, "TCP connection denied");

@@ -16,6 +16,7 @@ use amesh_proto::amesh::l7::v1 as pb;
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use super::jwt::Verified;
 use super::ConvertError;
 
 /// Action of an L7 policy.
@@ -92,7 +93,14 @@ enum ConditionKey {
     SourcePrincipal,
     DestinationPort,
     RequestPrincipal,
-    /// Known to Istio, not evaluated here (JWT claims before JWT support, `connection.sni`).
+    /// `request.auth.audiences`: the token's `aud` (any of a list).
+    RequestAudiences,
+    /// `request.auth.presenter`: the token's `azp`.
+    RequestPresenter,
+    /// `request.auth.claims[a][b]...`: a claim, nested objects by name; a list claim holds
+    /// when one of its elements does.
+    RequestClaim(Vec<String>),
+    /// Known to Istio, not evaluated here (`connection.sni`, `destination.ip`, `experimental.*`).
     Unsupported,
 }
 
@@ -123,6 +131,8 @@ pub struct RequestAttrs<'a> {
     /// The service port addressed.
     pub port: u16,
     pub headers: &'a HeaderMap,
+    /// The request's verified JWT (RequestAuthentication), if it carried one.
+    pub auth: Option<&'a Verified>,
 }
 
 /// The outcome for one request.
@@ -148,31 +158,7 @@ impl L7Policy {
                 ))
             }
         };
-        let mut targets = Vec::new();
-        for (i, t) in p.targets.into_iter().enumerate() {
-            let namespace = if t.namespace.is_empty() {
-                p.namespace.clone()
-            } else {
-                t.namespace
-            };
-            targets.push(match t.kind.as_str() {
-                "Gateway" => Target::Gateway {
-                    namespace,
-                    name: t.name,
-                },
-                "Service" => Target::Service {
-                    namespace,
-                    name: t.name,
-                },
-                other => {
-                    return Err(ConvertError::new(
-                        &key,
-                        format!("targets[{i}].kind"),
-                        format!("{other:?} is not Gateway or Service"),
-                    ))
-                }
-            });
-        }
+        let targets = targets(&key, &p.namespace, p.targets)?;
         let mut rules = Vec::new();
         for (i, r) in p.rules.into_iter().enumerate() {
             let at = |f: &str| format!("rules[{i}].{f}");
@@ -253,6 +239,41 @@ impl L7Policy {
     }
 }
 
+/// The converted targets of a policy in `namespace` (a target without a namespace is in the
+/// policy's own).
+pub(crate) fn targets(
+    key: &str,
+    namespace: &str,
+    refs: Vec<pb::TargetRef>,
+) -> Result<Vec<Target>, ConvertError> {
+    let mut targets = Vec::with_capacity(refs.len());
+    for (i, t) in refs.into_iter().enumerate() {
+        let namespace = if t.namespace.is_empty() {
+            namespace.to_owned()
+        } else {
+            t.namespace
+        };
+        targets.push(match t.kind.as_str() {
+            "Gateway" => Target::Gateway {
+                namespace,
+                name: t.name,
+            },
+            "Service" => Target::Service {
+                namespace,
+                name: t.name,
+            },
+            other => {
+                return Err(ConvertError::new(
+                    key,
+                    format!("targets[{i}].kind"),
+                    format!("{other:?} is not Gateway or Service"),
+                ))
+            }
+        });
+    }
+    Ok(targets)
+}
+
 /// Decides `req` under `policies` (those that apply to it).
 pub fn evaluate<'p>(
     policies: impl IntoIterator<Item = &'p L7Policy>,
@@ -320,10 +341,17 @@ impl Source {
     fn matches(&self, req: &RequestAttrs<'_>) -> bool {
         field(&self.principals, &self.not_principals, Some(req.principal))
             && field(&self.namespaces, &self.not_namespaces, Some(req.namespace))
-            // No request authentication yet: a request has no request principal.
-            && field(&self.request_principals, &self.not_request_principals, None)
-            && (self.ip_blocks.is_empty() || self.ip_blocks.iter().any(|n| n.contains(&req.source_ip)))
-            && !self.not_ip_blocks.iter().any(|n| n.contains(&req.source_ip))
+            && field(
+                &self.request_principals,
+                &self.not_request_principals,
+                req.auth.map(|a| a.principal.as_str()),
+            )
+            && (self.ip_blocks.is_empty()
+                || self.ip_blocks.iter().any(|n| n.contains(&req.source_ip)))
+            && !self
+                .not_ip_blocks
+                .iter()
+                .any(|n| n.contains(&req.source_ip))
     }
 }
 
@@ -379,9 +407,27 @@ impl Condition {
                 let port = req.port.to_string();
                 field(&self.values, &self.not_values, Some(&port))
             }
-            ConditionKey::RequestPrincipal => field(&self.values, &self.not_values, None),
+            ConditionKey::RequestPrincipal => field(
+                &self.values,
+                &self.not_values,
+                req.auth.map(|a| a.principal.as_str()),
+            ),
+            ConditionKey::RequestAudiences => self.claim_matches(req, &["aud"]),
+            ConditionKey::RequestPresenter => self.claim_matches(req, &["azp"]),
+            ConditionKey::RequestClaim(path) => self.claim_matches(req, path),
             ConditionKey::Unsupported => fail_closed,
         }
+    }
+}
+
+impl Condition {
+    /// Istio's claim conditions: `values` hold when one of the claim's values matches one;
+    /// `not_values` when none does. No token, or no such claim: `values` do not hold.
+    fn claim_matches<S: AsRef<str>>(&self, req: &RequestAttrs<'_>, path: &[S]) -> bool {
+        let path: Vec<String> = path.iter().map(|p| p.as_ref().to_owned()).collect();
+        let actual = req.auth.map(|a| a.claim_strings(&path)).unwrap_or_default();
+        let any = |s: &Strings| actual.iter().any(|a| s.matches(a));
+        (self.values.0.is_empty() || any(&self.values)) && !any(&self.not_values)
     }
 }
 
@@ -447,15 +493,37 @@ fn condition_key(key: &str) -> Result<ConditionKey, String> {
         "source.principal" => ConditionKey::SourcePrincipal,
         "destination.port" => ConditionKey::DestinationPort,
         "request.auth.principal" => ConditionKey::RequestPrincipal,
-        k if k.starts_with("request.auth.")
-            || k.starts_with("experimental.")
-            || k == "connection.sni"
-            || k == "destination.ip" =>
-        {
+        "request.auth.audiences" => ConditionKey::RequestAudiences,
+        "request.auth.presenter" => ConditionKey::RequestPresenter,
+        k if k.starts_with("request.auth.claims[") => ConditionKey::RequestClaim(claim_path(k)?),
+        k if k.starts_with("experimental.") || k == "connection.sni" || k == "destination.ip" => {
             ConditionKey::Unsupported
         }
         other => return Err(format!("{other:?} is not a condition key Istio knows")),
     })
+}
+
+/// `request.auth.claims[a][b]` → `["a", "b"]`.
+fn claim_path(key: &str) -> Result<Vec<String>, String> {
+    let mut rest = key.strip_prefix("request.auth.claims").unwrap_or(key);
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .filter(|(name, _)| !name.is_empty());
+        let Some((name, after)) = inner else {
+            return Err(format!(
+                "{key:?}: expected request.auth.claims[name] (nested: [a][b])"
+            ));
+        };
+        path.push(name.to_owned());
+        rest = after;
+    }
+    if path.is_empty() {
+        return Err(format!("{key:?}: no claim named"));
+    }
+    Ok(path)
 }
 
 #[cfg(test)]

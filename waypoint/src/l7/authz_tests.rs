@@ -36,6 +36,7 @@ fn attrs<'a>(
         host: "reviews.bookinfo.svc.cluster.local:9080",
         port: 9080,
         headers,
+        auth: None,
     }
 }
 
@@ -124,21 +125,21 @@ fn allow_without_rules_denies_and_unsupported_fails_closed() {
         evaluate([&nothing], &attrs(PRODUCTPAGE, "GET", "/", &h)),
         Decision::Deny(None)
     );
-    let jwt_rule = |action| {
+    let unsupported = |action| {
         policy(
             action,
             vec![pb::Rule {
                 when: vec![pb::Condition {
-                    key: "request.auth.claims[group]".into(),
-                    values: vec!["admin".into()],
+                    key: "connection.sni".into(),
+                    values: vec!["a.example".into()],
                     not_values: vec![],
                 }],
                 ..Default::default()
             }],
         )
     };
-    let allow = jwt_rule(pb::authorization::Action::Allow);
-    let deny = jwt_rule(pb::authorization::Action::Deny);
+    let allow = unsupported(pb::authorization::Action::Allow);
+    let deny = unsupported(pb::authorization::Action::Deny);
     assert_eq!(
         evaluate([&allow], &attrs(PRODUCTPAGE, "GET", "/", &h)),
         Decision::Deny(None)
@@ -147,6 +148,127 @@ fn allow_without_rules_denies_and_unsupported_fails_closed() {
         evaluate([&deny], &attrs(PRODUCTPAGE, "GET", "/", &h)),
         Decision::Deny(Some(_))
     ));
+}
+
+fn verified(principal: &str, claims: serde_json::Value) -> crate::l7::jwt::Verified {
+    crate::l7::jwt::Verified {
+        principal: principal.into(),
+        claims: claims.as_object().unwrap().clone(),
+    }
+}
+
+#[test]
+fn request_principals_and_claims() {
+    let h = HeaderMap::new();
+    let require_principal = policy(
+        pb::authorization::Action::Allow,
+        vec![pb::Rule {
+            from: vec![pb::Source {
+                request_principals: vec!["*".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    );
+    let token = verified(
+        "https://issuer/alice",
+        serde_json::json!({ "sub": "alice", "aud": ["api"], "azp": "cli",
+                            "groups": ["dev", "admin"], "org": { "team": "blue" } }),
+    );
+    let mut with = attrs(PRODUCTPAGE, "GET", "/", &h);
+    with.auth = Some(&token);
+    let without = attrs(PRODUCTPAGE, "GET", "/", &h);
+    assert_eq!(evaluate([&require_principal], &with), Decision::Allow);
+    assert_eq!(
+        evaluate([&require_principal], &without),
+        Decision::Deny(None),
+        "no token: no request principal"
+    );
+
+    let when = |key: &str, values: &[&str], not_values: &[&str]| {
+        policy(
+            pb::authorization::Action::Allow,
+            vec![pb::Rule {
+                when: vec![pb::Condition {
+                    key: key.into(),
+                    values: values.iter().map(|v| v.to_string()).collect(),
+                    not_values: not_values.iter().map(|v| v.to_string()).collect(),
+                }],
+                ..Default::default()
+            }],
+        )
+    };
+    let allowed = |p: &L7Policy, a: &RequestAttrs<'_>| evaluate([p], a) == Decision::Allow;
+    assert!(allowed(
+        &when("request.auth.principal", &["https://issuer/*"], &[]),
+        &with
+    ));
+    assert!(
+        allowed(&when("request.auth.claims[groups]", &["admin"], &[]), &with),
+        "any element of a list"
+    );
+    assert!(!allowed(
+        &when("request.auth.claims[groups]", &["root"], &[]),
+        &with
+    ));
+    assert!(!allowed(
+        &when("request.auth.claims[groups]", &[], &["dev"]),
+        &with
+    ));
+    assert!(
+        allowed(
+            &when("request.auth.claims[org][team]", &["blue"], &[]),
+            &with
+        ),
+        "nested"
+    );
+    assert!(!allowed(
+        &when("request.auth.claims[org][team]", &["red"], &[]),
+        &with
+    ));
+    assert!(allowed(
+        &when("request.auth.audiences", &["api"], &[]),
+        &with
+    ));
+    assert!(allowed(
+        &when("request.auth.presenter", &["cli"], &[]),
+        &with
+    ));
+    assert!(!allowed(
+        &when("request.auth.claims[groups]", &["admin"], &[]),
+        &without
+    ));
+
+    let deny_alice = policy(
+        pb::authorization::Action::Deny,
+        vec![pb::Rule {
+            from: vec![pb::Source {
+                not_request_principals: vec!["*/bob".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    );
+    assert!(matches!(
+        evaluate([&deny_alice], &with),
+        Decision::Deny(Some(_))
+    ));
+    assert!(
+        L7Policy::from_proto(pb::Authorization {
+            name: "x".into(),
+            namespace: "ns".into(),
+            rules: vec![pb::Rule {
+                when: vec![pb::Condition {
+                    key: "request.auth.claims[]".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .is_err(),
+        "an empty claim name is refused"
+    );
 }
 
 #[test]

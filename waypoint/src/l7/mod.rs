@@ -1,8 +1,10 @@
-//! The waypoint's L7 configuration: HTTP routes per service and L7 authorization policies,
+//! The waypoint's L7 configuration: HTTP routes per service, L7 authorization policies,
+//! request authentication (JWT) and local rate limits,
 //! converted once from their `amesh.l7.v1` resources into forms the request path evaluates
 //! without allocating (compiled regexes, parsed CIDRs), and kept as one immutable snapshot.
 
 pub mod authz;
+pub mod jwt;
 pub mod routes;
 pub mod store;
 

@@ -7,13 +7,18 @@ use std::sync::Arc;
 
 use amesh_proto::amesh::l7::v1 as pb;
 use amesh_proto::envoy::service::discovery::v3::Resource;
-use amesh_proto::{L7_AUTHORIZATION_TYPE_URL, SERVICE_ROUTES_TYPE_URL};
+use amesh_proto::{
+    L7_AUTHORIZATION_TYPE_URL, RATE_LIMIT_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL,
+    SERVICE_ROUTES_TYPE_URL,
+};
 use arc_swap::ArcSwap;
 use mesh::state::StateStore;
 use mesh::xds::ResourceHandler;
 use prost::Message;
 
+use super::jwt::JwtPolicy;
 use super::{L7Policy, RouteTable};
+use crate::ratelimit::RateLimitPolicy;
 
 /// One version of the L7 config.
 #[derive(Debug, Default)]
@@ -22,6 +27,10 @@ pub struct L7Snapshot {
     pub routes: BTreeMap<String, Arc<RouteTable>>,
     /// By `<namespace>/<name>`.
     pub policies: BTreeMap<String, Arc<L7Policy>>,
+    /// RequestAuthentications, by `<namespace>/<name>`.
+    pub authentications: BTreeMap<String, Arc<JwtPolicy>>,
+    /// Local rate limits, by `<namespace>/<name>`.
+    pub rate_limits: BTreeMap<String, Arc<RateLimitPolicy>>,
 }
 
 /// Lock-free reads of the current [`L7Snapshot`]. Cheap to clone.
@@ -45,6 +54,8 @@ impl L7Store {
         let old = self.snapshot();
         let mut routes = old.routes.clone();
         let mut policies = old.policies.clone();
+        let mut authentications = old.authentications.clone();
+        let mut rate_limits = old.rate_limits.clone();
         match type_url {
             SERVICE_ROUTES_TYPE_URL => {
                 for r in upserts {
@@ -74,10 +85,44 @@ impl L7Store {
                     policies.remove(name);
                 }
             }
+            REQUEST_AUTHENTICATION_TYPE_URL => {
+                for r in upserts {
+                    let any = r
+                        .resource
+                        .ok_or_else(|| format!("{}: no resource", r.name))?;
+                    let p = pb::RequestAuthentication::decode(any.value.as_slice())
+                        .map_err(|e| format!("{}: not a RequestAuthentication: {e}", r.name))?;
+                    let policy = JwtPolicy::from_proto(p).map_err(|e| e.to_string())?;
+                    authentications.insert(r.name, Arc::new(policy));
+                }
+                for name in removed {
+                    authentications.remove(name);
+                }
+            }
+            RATE_LIMIT_TYPE_URL => {
+                for r in upserts {
+                    let any = r
+                        .resource
+                        .ok_or_else(|| format!("{}: no resource", r.name))?;
+                    let p = pb::RateLimit::decode(any.value.as_slice())
+                        .map_err(|e| format!("{}: not a RateLimit: {e}", r.name))?;
+                    let previous = old.rate_limits.get(&r.name).map(|p| &**p);
+                    let policy =
+                        RateLimitPolicy::from_proto(p, previous).map_err(|e| e.to_string())?;
+                    rate_limits.insert(r.name, Arc::new(policy));
+                }
+                for name in removed {
+                    rate_limits.remove(name);
+                }
+            }
             other => return Err(format!("type {other} is not an L7 type")),
         }
-        self.current
-            .store(Arc::new(L7Snapshot { routes, policies }));
+        self.current.store(Arc::new(L7Snapshot {
+            routes,
+            policies,
+            authentications,
+            rate_limits,
+        }));
         Ok(())
     }
 
@@ -93,8 +138,25 @@ impl L7Store {
             let policy = L7Policy::from_proto(p).map_err(|e| e.to_string())?;
             policies.insert(policy.key.clone(), Arc::new(policy));
         }
-        self.current
-            .store(Arc::new(L7Snapshot { routes, policies }));
+        let mut authentications = BTreeMap::new();
+        for a in config.authentications {
+            let policy = JwtPolicy::from_proto(a).map_err(|e| e.to_string())?;
+            authentications.insert(policy.key.clone(), Arc::new(policy));
+        }
+        let old = self.snapshot();
+        let mut rate_limits = BTreeMap::new();
+        for r in config.rate_limits {
+            let key = format!("{}/{}", r.namespace, r.name);
+            let previous = old.rate_limits.get(&key).map(|p| &**p);
+            let policy = RateLimitPolicy::from_proto(r, previous).map_err(|e| e.to_string())?;
+            rate_limits.insert(policy.key.clone(), Arc::new(policy));
+        }
+        self.current.store(Arc::new(L7Snapshot {
+            routes,
+            policies,
+            authentications,
+            rate_limits,
+        }));
         Ok(())
     }
 
@@ -126,9 +188,10 @@ impl ResourceHandler for Handler {
         removed: &[String],
     ) -> Result<(), String> {
         match type_url {
-            SERVICE_ROUTES_TYPE_URL | L7_AUTHORIZATION_TYPE_URL => {
-                self.l7.apply_delta(type_url, upserts, removed)
-            }
+            SERVICE_ROUTES_TYPE_URL
+            | L7_AUTHORIZATION_TYPE_URL
+            | REQUEST_AUTHENTICATION_TYPE_URL
+            | RATE_LIMIT_TYPE_URL => self.l7.apply_delta(type_url, upserts, removed),
             _ => self
                 .state
                 .apply_delta(type_url, upserts, removed)
