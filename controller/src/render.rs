@@ -17,6 +17,8 @@ use serde_yaml::{Mapping, Value};
 
 use crate::translate::{L7Resource, Translated};
 
+mod traffic;
+
 /// The whole translation: `addresses`, `authorizations`, the waypoints' `serviceRoutes` and
 /// `l7Authorizations` (each entry led by its xDS resource name, `resource`; L7 ones then by
 /// the `waypoints` they are sent to) and `warnings`.
@@ -101,6 +103,10 @@ pub fn service_routes(s: &l7::ServiceRoutes) -> Value {
         "routes",
         Value::Sequence(s.routes.iter().map(route).collect()),
     );
+    m.opt(
+        "destination",
+        s.destination.as_ref().map(traffic::destination),
+    );
     m.done()
 }
 
@@ -156,6 +162,8 @@ fn route(r: &l7::Route) -> Value {
         tm.opt("backendRequest", t.backend_request.as_ref().map(duration));
         m.val("timeouts", tm.done());
     }
+    m.opt("retry", r.retry.as_ref().map(traffic::retry));
+    m.opt("fault", r.fault.as_ref().map(traffic::fault));
     m.done()
 }
 
@@ -169,6 +177,7 @@ fn backend(b: &l7::Backend) -> Value {
     m.num("port", b.port);
     // Always shown: weight 0 means "never chosen".
     m.val("weight", Value::from(b.weight));
+    m.str("subset", &b.subset);
     m.list("filters", b.filters.iter().map(filter).collect());
     m.done()
 }

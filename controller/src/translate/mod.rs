@@ -10,7 +10,7 @@
 //! | Service | `<ns>/<hostname>` | every Service but ExternalName ones (`service.rs`) |
 //! | Authorization | `<ns>/<name>` | AuthorizationPolicy without targetRefs, ALLOW or DENY (`authz.rs`) |
 //! | Authorization | `<root ns>/istio_converted_static_strict`, `<ns>/converted_peer_authentication_<name>` | PeerAuthentication (`peer_auth.rs`) |
-//! | amesh.l7.v1.ServiceRoutes | `<ns>/<hostname>` | HTTPRoutes and GRPCRoutes attached to a service, for its waypoint (`routes.rs`) |
+//! | amesh.l7.v1.ServiceRoutes | `<ns>/<hostname>` | HTTPRoutes and GRPCRoutes attached to a service (`routes.rs`), else its VirtualServices (`virtual_service.rs`); its DestinationRule (`destination_rule.rs`); for its waypoint and the waypoints whose routes send to it |
 //! | amesh.l7.v1.Authorization | `<ns>/<name>` | AuthorizationPolicy with targetRefs, for the waypoints it targets (`l7_authz.rs`) |
 //!
 //! How policies become L4 rules — HTTP-only attributes never widen an ALLOW, and make a DENY
@@ -32,11 +32,13 @@
 //! and the xDS server can version them by content.
 
 mod authz;
+mod destination_rule;
 mod endpoint_slice;
 mod l7_authz;
 mod peer_auth;
 mod routes;
 mod service;
+mod virtual_service;
 mod workload;
 
 use amesh_proto::amesh::l7::v1 as l7;
@@ -181,6 +183,24 @@ pub fn translate(m: &Manifests, opts: &TranslateOptions) -> Translated {
     let bindings = routes::service_waypoints(&model, &mut warnings);
     let mut service_routes = routes::service_routes(m, &model, &bindings, opts, &mut warnings);
     service_routes.sort_by(|a, b| a.name.cmp(&b.name));
+    virtual_service::apply(
+        &mut service_routes,
+        m,
+        &model,
+        &bindings,
+        opts,
+        &mut warnings,
+    );
+    destination_rule::apply(
+        &mut service_routes,
+        m,
+        &model,
+        &bindings,
+        opts,
+        &mut warnings,
+    );
+    destination_rule::check_subsets(&service_routes, &mut warnings);
+    destination_rule::widen_visibility(&mut service_routes);
     let mut l7_authorizations =
         l7_authz::l7_authorizations(m, &model, &bindings, opts, &mut warnings);
     l7_authorizations.sort_by(|a, b| a.name.cmp(&b.name));

@@ -27,7 +27,11 @@
 //!   unknown types are warnings and left out.
 //! - **Timeouts** `request` and `backendRequest` are Gateway API durations (`1h2m`, `500ms`);
 //!   zero means "no timeout" and is left out, as is an unparsable one (with a warning).
-//!   Fields amesh does not implement yet (`retry`, `sessionPersistence`) are warnings.
+//!   Fields amesh does not implement yet (`sessionPersistence`) are warnings.
+//! - **Retry** (`rules[].retry`, GEP-1731): `attempts` retries (default 2, as Istio; 0 = none)
+//!   of a request answered with one of `codes`, and, as the API's
+//!   HTTPRouteRetryConnectionError feature describes, of one that failed to connect or was
+//!   reset; another endpoint each time; `backoff` is the base interval (default 25 ms).
 //! - **Order.** Every (rule, match) pair of every route on a service is one `Route`, sorted by
 //!   [`precedence`]: Gateway API's rules for HTTPRoute (GRPCRoutes take part through the
 //!   path matches they become).
@@ -40,8 +44,8 @@ use std::collections::BTreeMap;
 
 use amesh_proto::amesh::l7::v1::{
     filter, path_match, path_modifier, Backend, Filter, Header, HeaderMatch, HeaderModifier,
-    PathMatch, PathModifier, QueryParamMatch, RequestMirror, RequestRedirect, Route, RouteMatch,
-    ServiceRoutes, Timeouts, UrlRewrite,
+    PathMatch, PathModifier, QueryParamMatch, RequestMirror, RequestRedirect, RetryPolicy, Route,
+    RouteMatch, ServiceRoutes, Timeouts, UrlRewrite,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -139,6 +143,7 @@ struct SourceRule<'a> {
     filters: &'a [HttpRouteFilter],
     backends: &'a [HttpBackendRef],
     timeouts: Option<&'a gateway::HttpRouteTimeouts>,
+    retry: Option<RetryPolicy>,
 }
 
 /// The `ServiceRoutes` of every service some route attaches to, sorted by resource name.
@@ -203,7 +208,7 @@ pub(crate) fn service_routes(
                         filters: filters.clone(),
                         backends: backends.clone(),
                         timeouts,
-                        retry: None,
+                        retry: rule.retry.clone(),
                         fault: None,
                     };
                     routes.push((order, route));
@@ -253,11 +258,6 @@ fn sources<'a>(m: &'a Manifests, warnings: &mut Warnings) -> Vec<Source<'a>> {
         let mut rules = Vec::new();
         for (i, rule) in route.spec.rules.iter().enumerate() {
             let at = format!("HTTPRoute {key} spec.rules[{i}]");
-            if rule.retry.is_some() {
-                warnings.push(format!(
-                    "{at}.retry is not supported by amesh's waypoint yet; ignored"
-                ));
-            }
             if rule.session_persistence.is_some() {
                 warnings.push(format!(
                     "{at}.sessionPersistence is not supported by amesh's waypoint; ignored"
@@ -273,6 +273,7 @@ fn sources<'a>(m: &'a Manifests, warnings: &mut Warnings) -> Vec<Source<'a>> {
                 filters: &rule.filters,
                 backends: &rule.backend_refs,
                 timeouts: rule.timeouts.as_ref(),
+                retry: rule.retry.as_ref().and_then(|r| retry(r, &at, warnings)),
             });
         }
         out.push(Source {
@@ -303,6 +304,7 @@ fn sources<'a>(m: &'a Manifests, warnings: &mut Warnings) -> Vec<Source<'a>> {
                 filters: &rule.filters,
                 backends: &rule.backend_refs,
                 timeouts: None,
+                retry: None,
             });
         }
         out.push(Source {
@@ -718,6 +720,37 @@ fn timeouts(t: &gateway::HttpRouteTimeouts, at: &str, warnings: &mut Warnings) -
         backend_request: one("backendRequest", &t.backend_request),
     };
     (out != Timeouts::default()).then_some(out)
+}
+
+/// An HTTPRoute rule's `retry` as a RetryPolicy; `None` when it asks for no retries.
+fn retry(r: &gateway::HttpRouteRetry, at: &str, warnings: &mut Warnings) -> Option<RetryPolicy> {
+    let attempts = r.attempts.unwrap_or(2);
+    if attempts == 0 {
+        return None;
+    }
+    let mut retry_on = vec!["connect-failure".to_owned(), "reset".to_owned()];
+    if !r.codes.is_empty() {
+        retry_on.push("retriable-status-codes".to_owned());
+    }
+    let mut backoff = std::time::Duration::from_millis(25);
+    if let Some(text) = &r.backoff {
+        match parse_duration(text) {
+            Ok(d) if !d.is_zero() => backoff = d,
+            Ok(_) => {}
+            Err(e) => warnings.push(format!("{at}.retry.backoff: {e}; 25ms applies")),
+        }
+    }
+    Some(RetryPolicy {
+        attempts,
+        per_try_timeout: None,
+        retry_on,
+        retriable_status_codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
+        backoff_base: Some(prost_types::Duration {
+            seconds: i64::try_from(backoff.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(backoff.subsec_nanos()).unwrap_or(0),
+        }),
+        other_host: true,
+    })
 }
 
 /// A Gateway API duration: one to four `<number><unit>` parts, unit `h`, `m`, `s` or `ms`,

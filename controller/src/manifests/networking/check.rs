@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::{
     DestinationRuleSpec, DrConnectionPool, DrLoadBalancer, DrOutlierDetection, DrTrafficPolicy,
     PortSelector, VirtualServiceSpec, VsPercent, VsStringMatch,
@@ -47,6 +49,44 @@ pub fn parse_istio_duration(text: &str) -> Result<Duration, String> {
         return Err(bad("out of range"));
     }
     Ok(Duration::from_secs_f64(total))
+}
+
+/// gRPC status names (Istio's `grpcStatus`) by code.
+const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code of a `grpcStatus`, written as a name (`UNAVAILABLE`) or a number (`14`).
+pub fn grpc_status_code(v: &Value) -> Option<u32> {
+    let code = match v {
+        Value::Number(n) => u32::try_from(n.as_u64()?).ok()?,
+        Value::String(s) => match s.trim().parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let name = s.trim().to_ascii_uppercase();
+                let i = GRPC_STATUS.iter().position(|g| *g == name)?;
+                u32::try_from(i).ok()?
+            }
+        },
+        _ => return None,
+    };
+    (code < 17).then_some(code)
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
@@ -146,6 +186,16 @@ pub fn validate_virtual_service(spec: &VirtualServiceSpec) -> Result<(), FieldEr
             }
             if let Some(a) = &f.abort {
                 percent(&format!("{at}.fault.abort.percentage"), &a.percentage)?;
+                if let Some(g) = &a.grpc_status {
+                    if grpc_status_code(g).is_none() {
+                        return Err(err(
+                            format!("{at}.fault.abort.grpcStatus"),
+                            format!(
+                                "{g} is not a gRPC status (a name such as UNAVAILABLE, or 0-16)"
+                            ),
+                        ));
+                    }
+                }
                 if let Some(s) = a.http_status {
                     if !(200..=599).contains(&s) {
                         return Err(err(

@@ -20,7 +20,9 @@ mod check;
 #[cfg(test)]
 mod tests;
 
-pub use check::{parse_istio_duration, validate_destination_rule, validate_virtual_service};
+pub use check::{
+    grpc_status_code, parse_istio_duration, validate_destination_rule, validate_virtual_service,
+};
 
 /// Fields of an object that amesh does not model, by name (reported, never applied).
 pub type Unsupported = BTreeMap<String, Value>;

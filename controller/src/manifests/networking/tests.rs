@@ -5,10 +5,10 @@ use std::time::Duration;
 use super::*;
 use crate::manifests::{load_yaml, ManifestError, Object};
 
-fn load_one(text: &str) -> Result<Object, ManifestError> {
+fn load_one(text: &str) -> Result<Object, Box<ManifestError>> {
     let mut loaded = load_yaml("test.yaml", text);
     if let Some(e) = loaded.errors.pop() {
-        return Err(e);
+        return Err(Box::new(e));
     }
     let m = loaded.manifests;
     if let Some(vs) = m.virtual_services.into_values().next() {
@@ -23,7 +23,7 @@ fn load_one(text: &str) -> Result<Object, ManifestError> {
 }
 
 fn invalid_field(text: &str) -> (Option<String>, String) {
-    match load_one(text) {
+    match load_one(text).map_err(|e| *e) {
         Err(ManifestError::Invalid { field, detail, .. }) => (field, detail),
         other => panic!("expected an Invalid error, got {other:?}"),
     }
