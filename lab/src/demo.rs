@@ -233,6 +233,8 @@ pub fn run(dir: &Path, nodes: usize) -> Result<String, LabError> {
     );
     // 3. The waypoints: L7 routing, L7 policy and their request metrics.
     crate::demo_waypoint::report(&state, &mut out)?;
+    // 4. One request's whole call graph through the mesh.
+    crate::demo_callgraph::report(&state, &mut out)?;
     lab.down()?;
     Ok(out)
 }

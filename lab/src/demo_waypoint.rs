@@ -85,7 +85,9 @@ fn section(state: &LabState, w: &WaypointInfo, out: &mut String) -> Result<(), L
     );
     for (method, what, header) in scenarios {
         let netns = caller.netns.clone();
-        let replies = crate::netns::run_in(&netns, move || send(target, method, header, REQUESTS))?;
+        let replies = crate::netns::run_in(&netns, move || {
+            send(target, "/demo", method, header, REQUESTS)
+        })?;
         let mut tally: BTreeMap<String, usize> = BTreeMap::new();
         match replies {
             Ok(replies) => {
@@ -153,9 +155,10 @@ fn section(state: &LabState, w: &WaypointInfo, out: &mut String) -> Result<(), L
     Ok(())
 }
 
-/// `n` requests on one kept-alive connection; (status, body) each.
-fn send(
+/// `n` requests for `path` on one kept-alive connection; (status, body) each.
+pub(crate) fn send(
     target: SocketAddr,
+    path: &str,
     method: &str,
     header: Option<(&str, &str)>,
     n: usize,
@@ -171,7 +174,7 @@ fn send(
     for _ in 0..n {
         write!(
             writer,
-            "{method} /demo HTTP/1.1\r\nhost: {target}\r\n{extra}content-length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nhost: {target}\r\n{extra}content-length: 0\r\n\r\n"
         )?;
         let mut line = String::new();
         reader.read_line(&mut line)?;

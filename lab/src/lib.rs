@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod clusterdns;
 pub mod cmd;
 pub mod demo;
+mod demo_callgraph;
 mod demo_waypoint;
 pub mod echo;
 pub mod hooks;
