@@ -17,10 +17,12 @@ use serde_yaml::{Mapping, Value};
 
 use crate::translate::{L7Resource, Translated};
 
+mod policy;
+
 mod traffic;
 
-/// The whole translation: `addresses`, `authorizations`, the waypoints' `serviceRoutes` and
-/// `l7Authorizations` (each entry led by its xDS resource name, `resource`; L7 ones then by
+/// The whole translation: `addresses`, `authorizations`, the waypoints' `serviceRoutes`,
+/// `l7Authorizations`, `requestAuthentications` and `rateLimits` (each entry led by its xDS resource name, `resource`; L7 ones then by
 /// the `waypoints` they are sent to) and `warnings`.
 pub fn translated(t: &Translated) -> Value {
     let mut m = Obj::default();
@@ -50,6 +52,20 @@ pub fn translated(t: &Translated) -> Value {
         t.l7_authorizations
             .iter()
             .map(|r| l7_named(r, l7_authorization(&r.resource)))
+            .collect(),
+    );
+    m.list(
+        "requestAuthentications",
+        t.request_authentications
+            .iter()
+            .map(|r| l7_named(r, policy::request_authentication(&r.resource)))
+            .collect(),
+    );
+    m.list(
+        "rateLimits",
+        t.rate_limits
+            .iter()
+            .map(|r| l7_named(r, policy::rate_limit(&r.resource)))
             .collect(),
     );
     m.list(

@@ -90,6 +90,16 @@ fn waypoint_l7() {
     check("waypoint_l7");
 }
 
+#[test]
+fn request_authentication() {
+    check("request_authentication");
+}
+
+#[test]
+fn rate_limit() {
+    check("rate_limit");
+}
+
 /// Every case folder has a test above (a forgotten one would silently never run).
 #[test]
 fn every_case_is_tested() {
@@ -101,6 +111,8 @@ fn every_case_is_tested() {
         "waypoints",
         "endpoint_slices",
         "waypoint_l7",
+        "request_authentication",
+        "rate_limit",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in fs::read_dir(root).expect("golden dir") {

@@ -301,6 +301,7 @@ enum KnownKind {
     RequestAuthentication,
     VirtualService,
     DestinationRule,
+    HttpLocalRateLimitPolicy,
 }
 
 impl KnownKind {
@@ -337,6 +338,9 @@ impl KnownKind {
             }
             (v, "VirtualService") if ISTIO_NETWORKING.contains(&v) => KnownKind::VirtualService,
             (v, "DestinationRule") if ISTIO_NETWORKING.contains(&v) => KnownKind::DestinationRule,
+            ("policy.amesh.io/v1alpha1", "HTTPLocalRateLimitPolicy") => {
+                KnownKind::HttpLocalRateLimitPolicy
+            }
             _ => return None,
         };
         Some(known)
@@ -402,6 +406,13 @@ fn parse_document(
     let Some(known) = KnownKind::of(&api_version, &kind) else {
         // A misspelt security kind must not pass for "a kind amesh does not use": the policy
         // the user meant would silently be missing.
+        if api_version.starts_with("policy.amesh.io/") {
+            let detail = format!(
+                "{api_version} {kind}: amesh knows policy.amesh.io/v1alpha1 \
+                 HTTPLocalRateLimitPolicy only"
+            );
+            return Err(invalid(&object, Some("kind".into()), detail));
+        }
         if api_version.starts_with("security.istio.io/") {
             let detail = format!(
                 "kind: {kind:?} is not a {api_version} kind amesh knows \
@@ -471,6 +482,7 @@ fn parse_typed(kind: KnownKind, text: &str) -> Result<Object, Rejected> {
         KnownKind::RequestAuthentication => Object::RequestAuthentication(parse(text)?),
         KnownKind::VirtualService => Object::VirtualService(parse(text)?),
         KnownKind::DestinationRule => Object::DestinationRule(parse(text)?),
+        KnownKind::HttpLocalRateLimitPolicy => Object::HttpLocalRateLimitPolicy(parse(text)?),
     };
     validate::object(&object).map_err(Rejected::Field)?;
     Ok(object)

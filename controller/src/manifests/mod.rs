@@ -11,6 +11,7 @@ mod error;
 pub mod gateway;
 mod load;
 pub mod networking;
+pub mod ratelimit;
 pub mod security;
 mod split;
 pub mod validate;
@@ -28,6 +29,7 @@ pub use error::{ManifestError, ObjectRef};
 pub use gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use load::{fingerprint, load_dir, load_yaml, KeptObject, LastValid, LoadResult};
 pub use networking::{DestinationRule, VirtualService};
+pub use ratelimit::HttpLocalRateLimitPolicy;
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Namespace given to namespaced objects that do not name one, as `kubectl apply` does.
@@ -102,6 +104,8 @@ pub struct Manifests {
     pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
     /// Istio DestinationRules (waypoint destination policies).
     pub destination_rules: BTreeMap<ObjectKey, DestinationRule>,
+    /// amesh's local rate limits for waypoints.
+    pub rate_limit_policies: BTreeMap<ObjectKey, HttpLocalRateLimitPolicy>,
 }
 
 /// One typed object of any known kind.
@@ -138,6 +142,8 @@ pub enum Object {
     VirtualService(VirtualService),
     /// `networking.istio.io` DestinationRule.
     DestinationRule(DestinationRule),
+    /// `policy.amesh.io` HTTPLocalRateLimitPolicy.
+    HttpLocalRateLimitPolicy(HttpLocalRateLimitPolicy),
 }
 
 impl Object {
@@ -159,6 +165,7 @@ impl Object {
             Object::RequestAuthentication(_) => "RequestAuthentication",
             Object::VirtualService(_) => "VirtualService",
             Object::DestinationRule(_) => "DestinationRule",
+            Object::HttpLocalRateLimitPolicy(_) => "HTTPLocalRateLimitPolicy",
         }
     }
 
@@ -180,6 +187,7 @@ impl Object {
             Object::RequestAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::HttpLocalRateLimitPolicy(o) => &o.metadata,
         }
     }
 
@@ -200,6 +208,7 @@ impl Object {
             Object::RequestAuthentication(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
+            Object::HttpLocalRateLimitPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -243,6 +252,7 @@ impl Manifests {
             Object::RequestAuthentication(_) => self.request_authentications.contains_key(&key),
             Object::VirtualService(_) => self.virtual_services.contains_key(&key),
             Object::DestinationRule(_) => self.destination_rules.contains_key(&key),
+            Object::HttpLocalRateLimitPolicy(_) => self.rate_limit_policies.contains_key(&key),
         }
     }
 
@@ -270,6 +280,9 @@ impl Manifests {
             }
             Object::VirtualService(o) => self.virtual_services.insert(key, o).is_some(),
             Object::DestinationRule(o) => self.destination_rules.insert(key, o).is_some(),
+            Object::HttpLocalRateLimitPolicy(o) => {
+                self.rate_limit_policies.insert(key, o).is_some()
+            }
         }
     }
 
@@ -290,6 +303,7 @@ impl Manifests {
             + self.request_authentications.len()
             + self.virtual_services.len()
             + self.destination_rules.len()
+            + self.rate_limit_policies.len()
     }
 
     /// Whether there is no object at all.

@@ -72,6 +72,7 @@ pub fn object(object: &super::Object) -> Result<(), FieldError> {
         super::Object::EndpointSlice(s) => endpoint_slice(s),
         super::Object::VirtualService(v) => super::networking::validate_virtual_service(&v.spec),
         super::Object::DestinationRule(d) => super::networking::validate_destination_rule(&d.spec),
+        super::Object::HttpLocalRateLimitPolicy(p) => super::ratelimit::validate(&p.spec),
         _ => Ok(()),
     }
 }

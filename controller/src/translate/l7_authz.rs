@@ -29,7 +29,7 @@ use amesh_proto::amesh::l7::v1::{
 };
 
 use super::{L7Resource, TranslateOptions};
-use crate::manifests::security::{self, AuthorizationAction};
+use crate::manifests::security::{self, AuthorizationAction, PolicyTargetReference};
 use crate::manifests::validate::{self, parse_service_account};
 use crate::manifests::{AuthorizationPolicy, Manifests, ObjectKey};
 use crate::model::{labels, Model};
@@ -73,9 +73,74 @@ fn convert(
         }
     };
 
+    let (targets, waypoints) = resolve_targets(
+        key,
+        &what,
+        spec.all_target_refs(),
+        model,
+        bindings,
+        warnings,
+    );
+
+    let rules = match validate::authorization_policy(spec) {
+        Ok(()) => spec
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                convert_rule(
+                    action,
+                    rule,
+                    &format!("{what} spec.rules[{i}]"),
+                    opts,
+                    warnings,
+                )
+            })
+            .collect(),
+        // The folder source rejects such objects on load; another source might not.
+        Err(e) => {
+            warnings.push(format!(
+                "{what} is invalid ({e}); failing closed for the waypoint"
+            ));
+            match action {
+                authorization::Action::Deny => vec![Rule::default()],
+                _ => Vec::new(),
+            }
+        }
+    };
+    let dry_run = labels::annotations(&policy.metadata)
+        .get(labels::DRY_RUN)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    Some(L7Resource {
+        name: key.to_string(),
+        waypoints,
+        resource: Authorization {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            action: action as i32,
+            targets,
+            rules,
+            dry_run,
+        },
+    })
+}
+
+/// The targets of a waypoint policy (`what`, e.g. "AuthorizationPolicy ns/name") and the
+/// waypoint Gateways that enforce it, sorted: a Gateway that is a waypoint, or the waypoint a
+/// Service is bound to. Unusable targets are warnings (see the module's doc); Gateway and
+/// Service targets are kept in `targets` even without a waypoint, so the resource still
+/// shows them.
+pub(crate) fn resolve_targets<'a>(
+    key: &ObjectKey,
+    what: &str,
+    refs: impl Iterator<Item = &'a PolicyTargetReference>,
+    model: &Model,
+    bindings: &BTreeMap<ObjectKey, ObjectKey>,
+    warnings: &mut Warnings,
+) -> (Vec<TargetRef>, Vec<ObjectKey>) {
     let mut targets = Vec::new();
     let mut waypoints = Vec::new();
-    for (i, target) in spec.all_target_refs().enumerate() {
+    for (i, target) in refs.enumerate() {
         let at = format!("{what} target {i} ({} {})", target.kind, target.name);
         let ns = target.namespace.as_deref().unwrap_or(&key.namespace);
         if ns != key.namespace {
@@ -126,48 +191,7 @@ fn convert(
     }
     waypoints.sort();
     waypoints.dedup();
-
-    let rules = match validate::authorization_policy(spec) {
-        Ok(()) => spec
-            .rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rule)| {
-                convert_rule(
-                    action,
-                    rule,
-                    &format!("{what} spec.rules[{i}]"),
-                    opts,
-                    warnings,
-                )
-            })
-            .collect(),
-        // The folder source rejects such objects on load; another source might not.
-        Err(e) => {
-            warnings.push(format!(
-                "{what} is invalid ({e}); failing closed for the waypoint"
-            ));
-            match action {
-                authorization::Action::Deny => vec![Rule::default()],
-                _ => Vec::new(),
-            }
-        }
-    };
-    let dry_run = labels::annotations(&policy.metadata)
-        .get(labels::DRY_RUN)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    Some(L7Resource {
-        name: key.to_string(),
-        waypoints,
-        resource: Authorization {
-            name: key.name.clone(),
-            namespace: key.namespace.clone(),
-            action: action as i32,
-            targets,
-            rules,
-            dry_run,
-        },
-    })
+    (targets, waypoints)
 }
 
 fn convert_rule(

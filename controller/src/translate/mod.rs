@@ -12,6 +12,8 @@
 //! | Authorization | `<root ns>/istio_converted_static_strict`, `<ns>/converted_peer_authentication_<name>` | PeerAuthentication (`peer_auth.rs`) |
 //! | amesh.l7.v1.ServiceRoutes | `<ns>/<hostname>` | HTTPRoutes and GRPCRoutes attached to a service (`routes.rs`), else its VirtualServices (`virtual_service.rs`); its DestinationRule (`destination_rule.rs`); for its waypoint and the waypoints whose routes send to it |
 //! | amesh.l7.v1.Authorization | `<ns>/<name>` | AuthorizationPolicy with targetRefs, for the waypoints it targets (`l7_authz.rs`) |
+//! | amesh.l7.v1.RequestAuthentication | `<ns>/<name>` | RequestAuthentication with targetRefs, JWKS inline or fetched (`request_authn.rs`) |
+//! | amesh.l7.v1.RateLimit | `<ns>/<name>` | HTTPLocalRateLimitPolicy (`rate_limit.rs`) |
 //!
 //! How policies become L4 rules — HTTP-only attributes never widen an ALLOW, and make a DENY
 //! deny at L4 — and how mTLS modes become DENY policies is written in `authz.rs` and
@@ -36,6 +38,8 @@ mod destination_rule;
 mod endpoint_slice;
 mod l7_authz;
 mod peer_auth;
+mod rate_limit;
+mod request_authn;
 mod routes;
 mod service;
 mod virtual_service;
@@ -53,6 +57,7 @@ use crate::warnings::Warnings;
 pub use authz::string_match;
 pub use endpoint_slice::slice_uid;
 pub use peer_auth::{CONVERTED_PREFIX, STATIC_STRICT_POLICY};
+pub use request_authn::{jwks_uris, JwksDocuments};
 pub use routes::{parse_duration, precedence, RouteOrder};
 pub use service::resource_name as service_resource_name;
 pub use workload::pod_uid;
@@ -92,6 +97,10 @@ pub struct Translated {
     pub service_routes: Vec<L7Resource<l7::ServiceRoutes>>,
     /// Waypoint policies (`amesh.l7.v1.Authorization`), sorted by name.
     pub l7_authorizations: Vec<L7Resource<l7::Authorization>>,
+    /// Waypoint JWT validation (`amesh.l7.v1.RequestAuthentication`), sorted by name.
+    pub request_authentications: Vec<L7Resource<l7::RequestAuthentication>>,
+    /// Waypoint local rate limits (`amesh.l7.v1.RateLimit`), sorted by name.
+    pub rate_limits: Vec<L7Resource<l7::RateLimit>>,
     /// Configuration problems found on the way (also logged), sorted.
     pub warnings: Vec<String>,
 }
@@ -135,13 +144,34 @@ pub fn l7_local_config(
             .filter(|r| r.is_for(&gateway))
             .map(|r| r.resource.clone())
             .collect(),
-        authentications: Vec::new(),
-        rate_limits: Vec::new(),
+        authentications: t
+            .request_authentications
+            .iter()
+            .filter(|r| r.is_for(&gateway))
+            .map(|r| r.resource.clone())
+            .collect(),
+        rate_limits: t
+            .rate_limits
+            .iter()
+            .filter(|r| r.is_for(&gateway))
+            .map(|r| r.resource.clone())
+            .collect(),
     }
 }
 
-/// Translates manifests into ztunnel's resources.
+/// Translates manifests into ztunnel's resources, with no JWKS fetched (see
+/// [`translate_with_jwks`]).
 pub fn translate(m: &Manifests, opts: &TranslateOptions) -> Translated {
+    translate_with_jwks(m, opts, &JwksDocuments::new())
+}
+
+/// Translates manifests, with the JWKS documents the controller has fetched for the
+/// `jwksUri`s of RequestAuthentications (by uri).
+pub fn translate_with_jwks(
+    m: &Manifests,
+    opts: &TranslateOptions,
+    jwks: &JwksDocuments,
+) -> Translated {
     let mut warnings = Warnings::default();
     let model = Model::build(m, &opts.domain_suffix, &mut warnings);
     let policies = authz::authorization_policies(m, opts, &mut warnings);
@@ -204,12 +234,19 @@ pub fn translate(m: &Manifests, opts: &TranslateOptions) -> Translated {
     let mut l7_authorizations =
         l7_authz::l7_authorizations(m, &model, &bindings, opts, &mut warnings);
     l7_authorizations.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut request_authentications =
+        request_authn::request_authentications(m, &model, &bindings, jwks, &mut warnings);
+    request_authentications.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rate_limits = rate_limit::rate_limits(m, &model, &bindings, opts, &mut warnings);
+    rate_limits.sort_by(|a, b| a.name.cmp(&b.name));
 
     Translated {
         addresses,
         authorizations,
         service_routes,
         l7_authorizations,
+        request_authentications,
+        rate_limits,
         warnings: warnings.into_sorted(),
     }
 }

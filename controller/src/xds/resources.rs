@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use amesh_proto::envoy::service::discovery::v3::Resource;
 use amesh_proto::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL, SERVICE_ROUTES_TYPE_URL,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL, RATE_LIMIT_TYPE_URL,
+    REQUEST_AUTHENTICATION_TYPE_URL, SERVICE_ROUTES_TYPE_URL,
 };
 use prost::Message;
 use prost_types::Any;
@@ -45,14 +46,20 @@ impl ResourceSet {
 
     /// The resources of a translation: for everyone, `Address` by workload uid or
     /// `ns/hostname` and `Authorization` by `ns/name`; for their waypoints only,
-    /// `ServiceRoutes` by `ns/hostname` and `amesh.l7.v1.Authorization` by `ns/name`. Every
+    /// `ServiceRoutes` by `ns/hostname`, and `amesh.l7.v1.Authorization`,
+    /// `RequestAuthentication` and `RateLimit` by `ns/name`. Every
     /// type is present even when empty.
     pub fn from_translated(t: &Translated) -> Self {
         let mut set = ResourceSet::new();
         for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
             set.types.entry(type_url.to_owned()).or_default();
         }
-        for type_url in [SERVICE_ROUTES_TYPE_URL, L7_AUTHORIZATION_TYPE_URL] {
+        for type_url in [
+            SERVICE_ROUTES_TYPE_URL,
+            L7_AUTHORIZATION_TYPE_URL,
+            REQUEST_AUTHENTICATION_TYPE_URL,
+            RATE_LIMIT_TYPE_URL,
+        ] {
             set.types.entry(type_url.to_owned()).or_default();
             set.audiences.entry(type_url.to_owned()).or_default();
         }
@@ -76,6 +83,22 @@ impl ResourceSet {
         for r in &t.l7_authorizations {
             set.insert_for_waypoints(
                 L7_AUTHORIZATION_TYPE_URL,
+                &r.name,
+                &r.resource,
+                gateways(&r.waypoints),
+            );
+        }
+        for r in &t.request_authentications {
+            set.insert_for_waypoints(
+                REQUEST_AUTHENTICATION_TYPE_URL,
+                &r.name,
+                &r.resource,
+                gateways(&r.waypoints),
+            );
+        }
+        for r in &t.rate_limits {
+            set.insert_for_waypoints(
+                RATE_LIMIT_TYPE_URL,
                 &r.name,
                 &r.resource,
                 gateways(&r.waypoints),

@@ -43,16 +43,19 @@ pub enum Kind {
     VirtualService,
     /// `networking.istio.io/v1` DestinationRule.
     DestinationRule,
+    /// `policy.amesh.io/v1alpha1` HTTPLocalRateLimitPolicy.
+    HttpLocalRateLimitPolicy,
 }
 
 const DISCOVERY: &str = "discovery.k8s.io";
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const ISTIO_SECURITY: &str = "security.istio.io";
 const ISTIO_NETWORKING: &str = "networking.istio.io";
+const AMESH_POLICY: &str = crate::manifests::ratelimit::GROUP;
 
 impl Kind {
     /// Every kind, in the order the source starts them.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -67,6 +70,7 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::VirtualService,
         Kind::DestinationRule,
+        Kind::HttpLocalRateLimitPolicy,
     ];
 
     /// The kind as written in manifests.
@@ -86,6 +90,7 @@ impl Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
+            Kind::HttpLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
         }
     }
 
@@ -106,13 +111,22 @@ impl Kind {
             Kind::RequestAuthentication => (ISTIO_SECURITY, "requestauthentications"),
             Kind::VirtualService => (ISTIO_NETWORKING, "virtualservices"),
             Kind::DestinationRule => (ISTIO_NETWORKING, "destinationrules"),
+            Kind::HttpLocalRateLimitPolicy => (AMESH_POLICY, "httplocalratelimitpolicies"),
         }
     }
 
-    /// Where the API serves the kind (all versions are `v1`).
+    /// Where the API serves the kind (`v1`, but amesh's own `v1alpha1` policy kind).
     pub fn api_resource(self) -> ApiResource {
         let (group, plural) = self.group_and_plural();
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", self.name()), plural)
+        let version = if group == AMESH_POLICY {
+            "v1alpha1"
+        } else {
+            "v1"
+        };
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, self.name()),
+            plural,
+        )
     }
 
     /// The label selector of the kind's list and watch, when the translation needs only part
@@ -134,7 +148,10 @@ impl Kind {
     pub fn is_policy(self) -> bool {
         matches!(
             self,
-            Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication
+            Kind::AuthorizationPolicy
+                | Kind::PeerAuthentication
+                | Kind::RequestAuthentication
+                | Kind::HttpLocalRateLimitPolicy
         )
     }
 
@@ -142,7 +159,7 @@ impl Kind {
     pub fn is_custom(self) -> bool {
         matches!(
             self.group_and_plural().0,
-            GATEWAY_API | ISTIO_SECURITY | ISTIO_NETWORKING
+            GATEWAY_API | ISTIO_SECURITY | ISTIO_NETWORKING | AMESH_POLICY
         )
     }
 
@@ -220,6 +237,7 @@ impl Kind {
             Kind::RequestAuthentication => Object::RequestAuthentication(from_value(value)?),
             Kind::VirtualService => Object::VirtualService(from_value(value)?),
             Kind::DestinationRule => Object::DestinationRule(from_value(value)?),
+            Kind::HttpLocalRateLimitPolicy => Object::HttpLocalRateLimitPolicy(from_value(value)?),
         };
         validate::object(&object).map_err(Fault::Field)?;
         Ok(object)
@@ -309,6 +327,9 @@ impl Kind {
             }
             Kind::VirtualService => Object::VirtualService(m.virtual_services.remove(key)?),
             Kind::DestinationRule => Object::DestinationRule(m.destination_rules.remove(key)?),
+            Kind::HttpLocalRateLimitPolicy => {
+                Object::HttpLocalRateLimitPolicy(m.rate_limit_policies.remove(key)?)
+            }
         })
     }
 
@@ -336,6 +357,9 @@ impl Kind {
             }
             Kind::VirtualService => to.virtual_services = take(&mut from.virtual_services),
             Kind::DestinationRule => to.destination_rules = take(&mut from.destination_rules),
+            Kind::HttpLocalRateLimitPolicy => {
+                to.rate_limit_policies = take(&mut from.rate_limit_policies)
+            }
         }
     }
 
@@ -356,6 +380,7 @@ impl Kind {
             Kind::RequestAuthentication => m.request_authentications.len(),
             Kind::VirtualService => m.virtual_services.len(),
             Kind::DestinationRule => m.destination_rules.len(),
+            Kind::HttpLocalRateLimitPolicy => m.rate_limit_policies.len(),
         }
     }
 }
