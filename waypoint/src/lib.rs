@@ -7,16 +7,23 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod detect;
+pub mod fault;
+pub mod forward;
 pub mod headers;
 pub mod inbound;
 pub mod l7;
 pub mod metrics;
 pub mod mirror;
+pub mod outlier;
 pub mod pipeline;
+pub mod policy;
 pub mod ratelimit;
 pub mod record;
+pub mod retry;
 pub mod run;
 pub mod tcp;
 pub mod upstream;
@@ -47,6 +54,8 @@ pub struct Waypoint {
     pub in_flight: balance::InFlight,
     /// Whether every request writes an access log line (`AMESH_ACCESS_LOG`).
     pub access_log: bool,
+    /// Circuit breaker and outlier detection state of DestinationRule clusters.
+    pub clusters: cluster::Clusters,
     round_robin: balance::RoundRobin,
 }
 
@@ -78,6 +87,7 @@ impl Waypoint {
             balancer,
             access_log,
             in_flight: Default::default(),
+            clusters: Default::default(),
             round_robin: Default::default(),
         }
     }

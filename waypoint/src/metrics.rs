@@ -1,11 +1,13 @@
 //! Istio's request metrics with `reporter="waypoint"` and Istio's label set, so Istio's
-//! dashboards and Kiali read an amesh waypoint as they read Envoy's; plus one amesh metric of
-//! requests per route.
+//! dashboards and Kiali read an amesh waypoint as they read Envoy's; plus amesh's own: requests
+//! per route, retries, circuit breaker overflows and outlier ejections (Envoy keeps these as
+//! cluster stats, which Istio does not export by default).
 
 use mesh::state::{Service, Workload};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -58,6 +60,35 @@ pub struct RouteLabels {
     pub response_code: u16,
 }
 
+/// A retry, by the condition that allowed it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The service's hostname.
+    pub destination_service: String,
+    /// DestinationRule subset, empty for the whole service.
+    pub destination_subset: String,
+    /// The `retryOn` condition that held (`5xx`, `reset`, `per-try-timeout`, ...), or
+    /// `overflow` for a retry refused by `maxRetries` and `limit_exceeded` for a retriable
+    /// failure answered because the attempts were used up (Envoy's `URX`).
+    pub reason: &'static str,
+}
+
+/// A request refused by a circuit breaker limit (503 `UO`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub destination_service: String,
+    pub destination_subset: String,
+    /// `max_requests`, `max_pending_requests` or `max_retries`.
+    pub limit: &'static str,
+}
+
+/// One cluster (service, or subset of it) for the outlier metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub destination_service: String,
+    pub destination_subset: String,
+}
+
 /// The waypoint's metric families.
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -65,6 +96,10 @@ pub struct Metrics {
     pub request_bytes: Family<RequestLabels, Histogram>,
     pub response_bytes: Family<RequestLabels, Histogram>,
     pub route_requests: Family<RouteLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub overflows: Family<OverflowLabels, Counter>,
+    pub ejections: Family<ClusterLabels, Counter>,
+    pub ejected: Family<ClusterLabels, Gauge>,
 }
 
 impl Metrics {
@@ -82,6 +117,10 @@ impl Metrics {
                 Histogram::new(SIZE_BUCKETS.iter().copied())
             }),
             route_requests: Family::default(),
+            retries: Family::default(),
+            overflows: Family::default(),
+            ejections: Family::default(),
+            ejected: Family::default(),
         };
         // prometheus-client adds `_total` to counters.
         registry.register(
@@ -108,6 +147,26 @@ impl Metrics {
             "amesh_waypoint_route_requests",
             "Requests per HTTPRoute rule",
             m.route_requests.clone(),
+        );
+        registry.register(
+            "amesh_waypoint_upstream_retries",
+            "Retries of requests to a service (reason: the retryOn condition; overflow: refused by maxRetries; limit_exceeded: attempts used up, URX)",
+            m.retries.clone(),
+        );
+        registry.register(
+            "amesh_waypoint_upstream_overflow",
+            "Requests refused by a DestinationRule connectionPool limit (503 UO)",
+            m.overflows.clone(),
+        );
+        registry.register(
+            "amesh_waypoint_outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "amesh_waypoint_outlier_ejected",
+            "Endpoints ejected now by outlier detection",
+            m.ejected.clone(),
         );
         m
     }

@@ -2,7 +2,8 @@
 //! The original's body is teed as it streams: each frame is offered to the mirror's bounded
 //! queue and never waited for. A mirror that falls behind (queue full) is cut off and its
 //! request aborted, so a slow or dead mirror never slows or fails the original; its response
-//! is read and dropped.
+//! is read and dropped. A mirror to a DestinationRule subset goes to the subset's endpoints
+//! (none known: no mirror).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +19,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::balance::{pick_endpoint, Choice, Dest};
 use crate::headers::authority_of;
-use crate::pipeline::{pick_endpoint, Dest, HOP_BY_HOP};
+use crate::l7::routes::Backend;
+use crate::l7::L7Snapshot;
+use crate::pipeline::HOP_BY_HOP;
 use crate::upstream::{BoxError, Endpoint, UpstreamError, Version};
 use crate::Waypoint;
 
@@ -34,21 +38,36 @@ pub struct Plan {
     head: Request<()>,
 }
 
-/// The mirror of `req` to `service:port`, if the service has an endpoint.
+/// The mirror of `req` to `backend` (its subset's endpoints if it names one), if it has an
+/// endpoint.
 pub fn plan(
     wp: &Waypoint,
     snapshot: &mesh::state::Snapshot,
+    l7: &L7Snapshot,
     req: &Request<Incoming>,
-    service: String,
-    port: u16,
+    backend: &Backend,
 ) -> Option<Plan> {
     let version = if req.version() == http::Version::HTTP_2 {
         Version::Http2
     } else {
         Version::Http1
     };
-    let (endpoint, _) =
-        pick_endpoint(wp, snapshot, &Dest::Service { key: service, port }, version).ok()?;
+    let subset = match backend.subset.as_deref() {
+        None => None,
+        Some(name) => {
+            let policy = l7.routes.get(&backend.service)?.destination.as_ref()?;
+            Some(policy.level(Some(name))?.1?)
+        }
+    };
+    let dest = Dest::Service {
+        key: backend.service.clone(),
+        port: backend.port,
+    };
+    let choice = Choice {
+        subset,
+        ..Default::default()
+    };
+    let (endpoint, _) = pick_endpoint(wp, snapshot, &dest, version, &choice).ok()?;
     let authority = authority_of(req).unwrap_or_default();
     let pq = req
         .uri()

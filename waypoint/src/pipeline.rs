@@ -1,8 +1,8 @@
 //! The request pipeline, one phase after another with a per-request [`Record`]:
 //! authorization → route (match, filters, redirect) → backend and endpoint choice → forward over
-//! HBONE with timeouts → response filters. Retries, faults and outlier detection slot in
-//! between route and forward (see `forward`), which is why routing only *decides* and the
-//! forward phase owns the attempt.
+//! HBONE with timeouts → response filters. Faults are injected between route and forward; the
+//! forward phase (`forward`) owns the attempts: DestinationRule policy, retries, circuit
+//! breakers and outlier detection. Routing only *decides*.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,20 +12,21 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mesh::state::{AppProtocol, Service, Snapshot, Workload};
+use mesh::state::{Service, Snapshot, Workload};
 use mesh::Identity;
 use rand::Rng;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::balance::{least_of_two, Balancer};
-use crate::body::{self, Counted, Finishing, RespBody};
+use crate::body::{self, Finishing, RespBody};
+use crate::fault;
+use crate::forward::{self, local_reply, Forward};
 use crate::headers::{authority_of, ensure_request_id, propagate_trace, redirect_location};
 use crate::l7::authz::{self, Target as PolicyTarget};
 use crate::l7::routes::{rewrite_path, Filter, Route};
 use crate::l7::{Decision, RequestAttrs, RouteView};
 use crate::mirror;
 use crate::record::Record;
-use crate::upstream::{Endpoint, UpBody, UpstreamError, Version};
+use crate::upstream::{Endpoint, UpBody, Version};
 use crate::Waypoint;
 
 /// What a tunnel was addressed to.
@@ -177,17 +178,38 @@ pub async fn handle(
         record.route = Some((r.route_name.clone(), r.rule_index));
     }
 
+    // Faults (VirtualService `fault`): a delay, then maybe an abort, before anything else.
+    if let Some(f) = route.and_then(|r| r.fault.as_ref()) {
+        let decision = f.decide(|| rand::rng().random::<f64>());
+        if let Some(d) = decision.delay {
+            tokio::time::sleep(d).await;
+            record.add_flag("DI");
+        }
+        if let Some(abort) = decision.abort {
+            let (parts, text) = fault::abort_response(abort).into_parts();
+            record.add_flag("FI");
+            if let fault::Abort::Grpc(code) = abort {
+                record.grpc_status = Some(code.to_string());
+            }
+            record.responding(parts.status.as_u16());
+            let resp = Response::from_parts(parts, body::text(text));
+            return Ok(resp.map(|b| Finishing::new(b, record).boxed()));
+        }
+    }
+
     let snapshot = wp.state.snapshot();
     // The destination: a weighted backend of the route, else what the client addressed.
     let mut filters: Vec<&Filter> = route
         .map(|r| r.filters.iter().collect())
         .unwrap_or_default();
+    let mut subset = None;
     let destination = match route {
         Some(r) => {
             let roll = rand::rng().random::<u64>();
             match r.pick_backend(roll) {
                 Some(b) => {
                     filters.extend(b.filters.iter());
+                    subset = b.subset.clone();
                     Dest::Service {
                         key: b.service.clone(),
                         port: b.port,
@@ -250,139 +272,30 @@ pub async fn handle(
             }
             Filter::Mirror(m) => {
                 if rand::rng().random::<f64>() * 100.0 < m.percent {
-                    mirrors.extend(mirror::plan(
-                        &wp,
-                        &snapshot,
-                        &req,
-                        m.backend.service.clone(),
-                        m.backend.port,
-                    ));
+                    mirrors.extend(mirror::plan(&wp, &snapshot, &l7, &req, &m.backend));
                 }
             }
         }
     }
 
-    let version = if req.version() == http::Version::HTTP_2 {
-        Version::Http2
-    } else {
-        Version::Http1
-    };
-    let (endpoint, workload) = match pick_endpoint(&wp, &snapshot, &destination, version) {
-        Ok(x) => x,
-        Err(Pick::UnknownService(key)) => {
-            warn!(service = %key, "route backend is not a known service");
-            return Ok(local_reply(
-                record,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backend service not found\n",
-                "-",
-            ));
-        }
-        Err(Pick::NoHealthy) => {
-            return Ok(local_reply(
-                record,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                "UH",
-            ))
-        }
-    };
     drop(snapshot);
-    record.destination = Some(workload);
-    record.upstream = Some(endpoint.addr);
-    record.in_flight = Some(wp.in_flight.start(endpoint.addr.ip()));
-
-    // Forward: one attempt, bounded by the route's timeouts.
-    let timeout = match route.map(|r| (r.request_timeout, r.backend_timeout)) {
-        Some((Some(a), Some(b))) => Some(a.min(b)),
-        Some((a, b)) => a.or(b),
-        None => None,
+    // The destination service's DestinationRule travels with its routes resource.
+    let policy = match &destination {
+        Dest::Service { key, .. } => l7.routes.get(key).and_then(|t| t.destination.clone()),
+        _ => None,
     };
-    let upgrade = version == Version::Http1 && req.headers().contains_key(header::UPGRADE);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // An upgraded connection is not a request body: it is never mirrored.
-    if upgrade {
-        mirrors.clear();
-    }
-    let (parts, body) = req.into_parts();
-    let body = mirror::start(&wp, mirrors, body);
-    let up_req = upstream_request(
-        Request::from_parts(parts, body),
-        &authority,
-        // An upgrade is an HTTP/1.1 mechanism and gets a connection of its own.
-        if upgrade {
-            Version::Http1
-        } else {
-            endpoint.version
-        },
-        upgrade,
-        record.request_bytes.clone(),
-    );
-    let send = async {
-        if upgrade {
-            wp.upstream.send_upgrade(&endpoint, up_req).await
-        } else {
-            wp.upstream.send(&endpoint, up_req).await
-        }
+    let fwd = Forward {
+        wp: &wp,
+        route,
+        dest: destination,
+        subset,
+        policy,
+        authority: &authority,
+        source_ip: ctx.peer_addr.ip(),
+        response_filters,
+        mirrors,
     };
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Ok(local_reply(
-                    record,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout",
-                    "UT",
-                ))
-            }
-        },
-        None => send.await,
-    };
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => {
-            debug!(error = %e, "upstream failed");
-            let flags = match e {
-                UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } => "UF",
-                UpstreamError::Request { .. } => "UC",
-            };
-            return Ok(local_reply(
-                record,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers",
-                flags,
-            ));
-        }
-    };
-    if let (Some(down), true) = (
-        downstream_upgrade,
-        resp.status() == StatusCode::SWITCHING_PROTOCOLS,
-    ) {
-        let up = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(down, up) {
-                Ok((d, u)) => {
-                    let mut d = hyper_util::rt::TokioIo::new(d);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-                Err(e) => debug!(error = %e, "upgrade failed"),
-            }
-        });
-    }
-    for m in &response_filters {
-        m.apply(resp.headers_mut());
-    }
-    if let Some(status) = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-    {
-        record.grpc_status = Some(status.to_string());
-    }
-    record.responding(resp.status().as_u16());
-    Ok(resp.map(|b| Finishing::new(b, record).boxed()))
+    Ok(forward::forward(fwd, record, req).await)
 }
 
 /// The policies of `all` bound to this waypoint or to `service`.
@@ -440,102 +353,27 @@ pub(crate) fn decide(
     authz::evaluate(applicable.map(|p| &**p), attrs)
 }
 
-/// Where a request goes, before an endpoint is picked.
-pub(crate) enum Dest {
-    Service { key: String, port: u16 },
-    Workload(Arc<Workload>, SocketAddr),
-    None,
-}
+pub(crate) use crate::balance::{Dest, Pick};
 
-pub(crate) enum Pick {
-    UnknownService(String),
-    NoHealthy,
-}
-
-/// Round robin over the healthy endpoints of the destination.
+/// An endpoint of `dest` by the waypoint's default balancer, with no DestinationRule applied
+/// (plain TCP through the waypoint).
 pub(crate) fn pick_endpoint(
     wp: &Waypoint,
     snapshot: &Snapshot,
     dest: &Dest,
     version: Version,
 ) -> Result<(Endpoint, Arc<Workload>), Pick> {
-    match dest {
-        Dest::Workload(w, addr) => Ok((
-            Endpoint {
-                addr: *addr,
-                identity: w.identity(),
-                version,
-            },
-            w.clone(),
-        )),
-        Dest::None => Err(Pick::NoHealthy),
-        Dest::Service { key, port } => {
-            let service = snapshot
-                .service(key)
-                .ok_or_else(|| Pick::UnknownService(key.clone()))?;
-            let endpoints: Vec<_> = snapshot
-                .endpoints(key)
-                .iter()
-                .filter(|e| e.workload.healthy && !e.workload.addresses.is_empty())
-                .collect();
-            if endpoints.is_empty() {
-                return Err(Pick::NoHealthy);
-            }
-            let i = match wp.balancer {
-                Balancer::RoundRobin => wp.next_index(key) % endpoints.len(),
-                Balancer::LeastRequest => {
-                    let load = |i: usize| {
-                        let ip = endpoints[i].workload.addresses[0];
-                        wp.in_flight.load(ip)
-                    };
-                    let mut rng = rand::rng();
-                    least_of_two(endpoints.len(), load, &mut rng)
-                }
-            };
-            let e = endpoints[i];
-            let target_port = e
-                .port_map
-                .get(port)
-                .copied()
-                .filter(|p| *p != 0)
-                .or_else(|| {
-                    service
-                        .port(*port)
-                        .map(|p| p.target_port)
-                        .filter(|p| *p != 0)
-                })
-                .unwrap_or(*port);
-            // A port declared HTTP/2 or gRPC is spoken to in HTTP/2 whatever the client used;
-            // otherwise the client's version goes through (Istio's protocol selection).
-            let version = match service.port(*port).map(|p| p.app_protocol) {
-                Some(AppProtocol::Http2 | AppProtocol::Grpc) => Version::Http2,
-                _ => version,
-            };
-            Ok((
-                Endpoint {
-                    addr: SocketAddr::new(e.workload.addresses[0], target_port),
-                    identity: e.workload.identity(),
-                    version,
-                },
-                e.workload.clone(),
-            ))
-        }
-    }
+    crate::balance::pick_endpoint(wp, snapshot, dest, version, &Default::default())
 }
 
 /// The request as it goes upstream: hop-by-hop headers dropped (kept for an upgrade), the URI
 /// in the form the upstream version needs, the body streamed and counted.
-fn upstream_request<B>(
-    req: Request<B>,
+pub(crate) fn upstream_request(
+    req: Request<UpBody>,
     authority: &str,
     version: Version,
     upgrade: bool,
-    count: Arc<std::sync::atomic::AtomicU64>,
-) -> Request<UpBody>
-where
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-    B::Error: Into<crate::upstream::BoxError>,
-{
+) -> Request<UpBody> {
     let (mut parts, body) = req.into_parts();
     let keep_upgrade = upgrade.then(|| {
         (
@@ -588,21 +426,5 @@ where
             }
         }
     }
-    Request::from_parts(parts, Counted::new(body, count).map_err(Into::into).boxed())
-}
-
-/// A response the waypoint makes itself.
-fn local_reply(
-    mut record: Record,
-    status: StatusCode,
-    text: &'static str,
-    flags: &'static str,
-) -> Response<RespBody> {
-    record.flags = flags;
-    record.responding(status.as_u16());
-    let mut resp = Response::new(body::text(text));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp.map(|b| Finishing::new(b, record).boxed())
+    Request::from_parts(parts, body)
 }

@@ -36,13 +36,18 @@ pub struct Record {
     pub route: Option<(String, u32)>,
     pub request_bytes: Arc<AtomicU64>,
     pub code: u16,
-    /// Envoy's response flags: `-`, `UH`, `UF`, `UT`, `NR`, `DC`, `UR`, ...
+    /// Envoy's response flags: `-`, `UH`, `UF`, `UT`, `NR`, `DC`, `UR`, `URX`, `UO`, `FI`,
+    /// `DI`, ... (several joined with `,` in Envoy's order, e.g. `UF,URX`).
     pub flags: &'static str,
     pub grpc_status: Option<String>,
     /// Set once the response head went to the client; until then a drop means `DC`.
     pub responded: bool,
     /// Counts the request against its endpoint until the record is written.
     pub in_flight: Option<crate::balance::InFlightGuard>,
+    /// The request's place under its cluster's `http2MaxRequests`, until the record is written.
+    pub admission: Option<crate::breaker::Held>,
+    /// The busy HTTP/1.1 connection counted under `maxConnections`, until the response ends.
+    pub connection: Option<crate::breaker::Held>,
     done: bool,
 }
 
@@ -81,8 +86,15 @@ impl Record {
             grpc_status: None,
             responded: false,
             in_flight: None,
+            admission: None,
+            connection: None,
             done: false,
         }
+    }
+
+    /// Adds Envoy response flag `flag` to those already set (`-` adds nothing).
+    pub fn add_flag(&mut self, flag: &'static str) {
+        self.flags = join_flags(self.flags, flag);
     }
 
     /// The response head is going out; the body follows (see `body::Finishing`).
@@ -104,6 +116,10 @@ impl Record {
             return;
         }
         self.done = true;
+        // The response is over: its connection and place go back to the cluster now, not when
+        // the record is dropped.
+        self.connection = None;
+        self.admission = None;
         let elapsed = self.start.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let series = self.ctx.series.get(self, || self.series());
@@ -173,6 +189,37 @@ impl Record {
     }
 }
 
+/// Envoy's short response flags in the order Envoy prints them (its flag enum's order).
+const FLAG_ORDER: [&str; 15] = [
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "DC", "URX",
+];
+
+/// `a` and `b` joined as Envoy prints several flags (`UF,URX`), each once, in Envoy's order.
+/// Flags are `&'static str` so a request's labels are compared without allocating; the few
+/// combinations that occur are made once each and kept.
+pub fn join_flags(a: &'static str, b: &'static str) -> &'static str {
+    if b == "-" || a == b {
+        return a;
+    }
+    if a == "-" {
+        return b;
+    }
+    static JOINED: Mutex<Vec<(&'static str, &'static str, &'static str)>> = Mutex::new(Vec::new());
+    let mut joined = JOINED.lock();
+    if let Some((_, _, j)) = joined.iter().find(|(x, y, _)| *x == a && *y == b) {
+        return j;
+    }
+    let mut parts: Vec<&str> = a.split(',').chain(b.split(',')).collect();
+    parts.sort_by_key(|f| FLAG_ORDER.iter().position(|o| o == f).unwrap_or(usize::MAX));
+    parts.dedup();
+    let j: &'static str = Box::leak(parts.join(",").into_boxed_str());
+    // Bounded: there are only so many flags; stop remembering past a sane number.
+    if joined.len() < 256 {
+        joined.push((a, b, j));
+    }
+    j
+}
+
 /// `-` for an absent address, as Envoy logs it.
 struct OrDash(Option<SocketAddr>);
 
@@ -190,7 +237,7 @@ impl Drop for Record {
         if !self.done {
             // The handler's future was dropped: the client went away before the response.
             if !self.responded {
-                self.flags = "DC";
+                self.add_flag("DC");
             }
             self.write(0);
         }
@@ -206,6 +253,23 @@ const SERIES_PER_CONNECTION: usize = 32;
 /// destination workload, the response and the route. Finding a request's series is then a
 /// short scan of borrowed values under a lock only this connection's requests take, with no
 /// label strings built and no family lookup.
+#[cfg(test)]
+#[test]
+fn flags_join_in_envoys_order() {
+    assert_eq!(join_flags("-", "UT"), "UT");
+    assert_eq!(join_flags("UT", "-"), "UT");
+    assert_eq!(join_flags("URX", "UF"), "UF,URX");
+    assert_eq!(join_flags("DI", "FI"), "DI,FI");
+    assert_eq!(join_flags("DI", "DC"), "DI,DC");
+    assert_eq!(join_flags("UT", "DI"), "UT,DI");
+    assert_eq!(join_flags("UF,URX", "URX"), "UF,URX");
+    // The same combination is the same string.
+    assert!(std::ptr::eq(
+        join_flags("URX", "UC"),
+        join_flags("URX", "UC")
+    ));
+}
+
 #[derive(Debug, Default)]
 pub struct SeriesCache(Mutex<Vec<(SeriesKey, Arc<Series>)>>);
 

@@ -1,7 +1,8 @@
 //! Requests to endpoints: each upstream HTTP connection runs inside its own HBONE tunnel to the
 //! endpoint's `ip:15008`, opened with the waypoint's own identity (so the destination ztunnel
 //! authorizes the waypoint). HTTP/2 connections are shared by every request to the endpoint;
-//! HTTP/1.1 connections are kept idle for reuse, one request at a time each.
+//! HTTP/1.1 connections are kept idle for reuse, one request at a time each. A
+//! DestinationRule's `maxRequestsPerConnection` retires a connection after that many requests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,9 +79,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 enum Conns {
-    /// Connections handed back after a response, with when.
-    H1(Vec<(http1::SendRequest<UpBody>, Instant)>),
-    H2(http2::SendRequest<UpBody>),
+    /// Connections handed back after a response, with when and how many requests each
+    /// carried.
+    H1(Vec<(http1::SendRequest<UpBody>, Instant, u32)>),
+    /// The shared connection and the requests it was given.
+    H2(http2::SendRequest<UpBody>, u32),
 }
 
 /// The connections by endpoint, and when they were last swept.
@@ -98,9 +101,9 @@ impl Table {
         }
         self.last_sweep = now;
         self.by_endpoint.retain(|_, conns| match conns {
-            Conns::H2(s) => !s.is_closed(),
+            Conns::H2(s, _) => !s.is_closed(),
             Conns::H1(idle) => {
-                idle.retain(|(s, since)| {
+                idle.retain(|(s, since, _)| {
                     !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
                 });
                 !idle.is_empty()
@@ -135,14 +138,30 @@ impl Upstream {
         ep: &Endpoint,
         req: Request<UpBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_limited(ep, req, 0).await
+    }
+
+    /// [`Upstream::send`] on a connection retired after `max_per_connection` requests
+    /// (0 = no limit): an HTTP/1.1 one is not kept for reuse, an HTTP/2 one takes no new
+    /// streams (those it carries finish).
+    pub async fn send_limited(
+        &self,
+        ep: &Endpoint,
+        req: Request<UpBody>,
+        max_per_connection: u32,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match ep.version {
             Version::Http2 => {
-                let mut sender = match self.h2_sender(ep) {
+                let mut sender = match self.h2_sender(ep, max_per_connection) {
                     Some(s) => s,
                     None => {
                         let s = self.connect_h2(ep).await?;
                         let mut table = self.conns.lock();
-                        table.by_endpoint.insert(ep.clone(), Conns::H2(s.clone()));
+                        if max_per_connection != 1 {
+                            table
+                                .by_endpoint
+                                .insert(ep.clone(), Conns::H2(s.clone(), 1));
+                        }
                         table.sweep_if_due(Instant::now());
                         s
                     }
@@ -156,10 +175,11 @@ impl Upstream {
                     })
             }
             Version::Http1 => {
-                let mut sender = match self.h1_idle(ep) {
+                let (mut sender, used) = match self.h1_idle(ep) {
                     Some(s) => s,
-                    None => self.connect_h1(ep).await?,
+                    None => (self.connect_h1(ep).await?, 0),
                 };
+                let used = used + 1;
                 let response =
                     sender
                         .send_request(req)
@@ -169,9 +189,11 @@ impl Upstream {
                             source,
                         })?;
                 // Reusable once its response body has been read; an upgraded connection is
-                // the client's now.
-                if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    self.h1_return(ep, sender);
+                // the client's now; a retired one closes once its response is read (hyper
+                // ends a connection whose sender is gone).
+                let retired = max_per_connection != 0 && used >= max_per_connection;
+                if response.status() != http::StatusCode::SWITCHING_PROTOCOLS && !retired {
+                    self.h1_return(ep, sender, used);
                 }
                 Ok(response)
             }
@@ -194,11 +216,24 @@ impl Upstream {
             })
     }
 
-    fn h2_sender(&self, ep: &Endpoint) -> Option<http2::SendRequest<UpBody>> {
+    /// The endpoint's shared HTTP/2 connection, counting the request on it; one that reached
+    /// `max_per_connection` (0 = no limit) is dropped from the table.
+    fn h2_sender(
+        &self,
+        ep: &Endpoint,
+        max_per_connection: u32,
+    ) -> Option<http2::SendRequest<UpBody>> {
         let mut table = self.conns.lock();
-        match table.by_endpoint.get(ep) {
-            Some(Conns::H2(s)) if !s.is_closed() => Some(s.clone()),
-            Some(Conns::H2(_)) => {
+        match table.by_endpoint.get_mut(ep) {
+            Some(Conns::H2(s, used)) if !s.is_closed() => {
+                let s = s.clone();
+                *used += 1;
+                if max_per_connection != 0 && *used >= max_per_connection {
+                    table.by_endpoint.remove(ep);
+                }
+                Some(s)
+            }
+            Some(Conns::H2(..)) => {
                 table.by_endpoint.remove(ep);
                 None
             }
@@ -206,19 +241,21 @@ impl Upstream {
         }
     }
 
-    fn h1_idle(&self, ep: &Endpoint) -> Option<http1::SendRequest<UpBody>> {
+    /// An idle HTTP/1.1 connection and the requests it carried.
+    fn h1_idle(&self, ep: &Endpoint) -> Option<(http1::SendRequest<UpBody>, u32)> {
         let mut table = self.conns.lock();
         let Some(Conns::H1(idle)) = table.by_endpoint.get_mut(ep) else {
             return None;
         };
-        idle.retain(|(s, _)| !s.is_closed());
+        idle.retain(|(s, _, _)| !s.is_closed());
         // A connection whose last response body is still being read is not ready yet; it
         // stays for later.
-        let i = idle.iter().position(|(s, _)| s.is_ready())?;
-        Some(idle.swap_remove(i).0)
+        let i = idle.iter().position(|(s, _, _)| s.is_ready())?;
+        let (s, _, used) = idle.swap_remove(i);
+        Some((s, used))
     }
 
-    fn h1_return(&self, ep: &Endpoint, sender: http1::SendRequest<UpBody>) {
+    fn h1_return(&self, ep: &Endpoint, sender: http1::SendRequest<UpBody>, used: u32) {
         let now = Instant::now();
         let mut table = self.conns.lock();
         let conns = &mut table.by_endpoint;
@@ -230,7 +267,7 @@ impl Upstream {
         };
         if let Conns::H1(idle) = entry {
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                idle.push((sender, now));
+                idle.push((sender, now, used));
             }
         }
         table.sweep_if_due(now);

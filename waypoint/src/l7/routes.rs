@@ -1,6 +1,8 @@
 //! HTTP routes of a service (from `amesh.l7.v1.ServiceRoutes`): match a request, in the order
-//! the controller already sorted by Gateway API precedence, and say what to do with it.
+//! the controller already sorted by Gateway API precedence, and say what to do with it; plus
+//! the service's DestinationRule (`destination`), which applies to requests sent to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use amesh_proto::amesh::l7::v1 as pb;
@@ -8,13 +10,20 @@ use http::{HeaderMap, Method};
 use regex::Regex;
 
 use super::ConvertError;
+use crate::fault::Fault;
+use crate::policy::DestinationPolicy;
+use crate::retry::RetryPolicy;
 
 /// The routes of one service, ready to evaluate.
 #[derive(Debug)]
 pub struct RouteTable {
     /// `<namespace>/<hostname>`.
     pub name: String,
+    /// Empty: the resource carries only a destination policy, and requests take the
+    /// service's default routing.
     pub routes: Vec<Route>,
+    /// The service's DestinationRule, for requests sent to it.
+    pub destination: Option<Arc<DestinationPolicy>>,
 }
 
 /// One (rule, match) pair.
@@ -30,6 +39,8 @@ pub struct Route {
     pub backends: Vec<Backend>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<Fault>,
 }
 
 /// A request as routing sees it.
@@ -133,22 +144,33 @@ pub struct Backend {
     pub port: u16,
     pub weight: u32,
     pub filters: Vec<Filter>,
+    /// DestinationRule subset of the service.
+    pub subset: Option<Arc<str>>,
 }
 
 impl RouteTable {
     pub fn from_proto(p: pb::ServiceRoutes) -> Result<Self, ConvertError> {
         let name = p.name.clone();
+        let destination = p
+            .destination
+            .map(|d| DestinationPolicy::from_proto(&name, d).map(Arc::new))
+            .transpose()?;
         let routes = p
             .routes
             .into_iter()
             .enumerate()
             .map(|(i, r)| Route::from_proto(&name, i, r))
             .collect::<Result<_, _>>()?;
-        Ok(RouteTable { name, routes })
+        Ok(RouteTable {
+            name,
+            routes,
+            destination,
+        })
     }
 
     /// Whether any route attaches to `port` (a route's parentRef may name one port of the
-    /// service; the others keep the service's default routing).
+    /// service; the others keep the service's default routing). A table without routes (only
+    /// a destination policy) covers no port.
     pub fn covers(&self, port: u16) -> bool {
         self.routes.iter().any(|r| r.port == 0 || r.port == port)
     }
@@ -236,6 +258,18 @@ impl Route {
                 backend(b).map_err(|e| ConvertError::new(table, at(&format!("backends[{i}]")), e))
             })
             .collect::<Result<_, _>>()?;
+        let retry = p
+            .retry
+            .as_ref()
+            .map(RetryPolicy::from_proto)
+            .transpose()
+            .map_err(|(f, e)| ConvertError::new(table, at(&format!("retry.{f}")), e))?;
+        let fault = p
+            .fault
+            .as_ref()
+            .map(Fault::from_proto)
+            .transpose()
+            .map_err(|(f, e)| ConvertError::new(table, at(&format!("fault.{f}")), e))?;
         let t = p.timeouts.unwrap_or_default();
         Ok(Route {
             route_name: p.route_name,
@@ -251,6 +285,8 @@ impl Route {
             backends,
             request_timeout: duration(t.request),
             backend_timeout: duration(t.backend_request),
+            retry,
+            fault,
         })
     }
 
@@ -471,6 +507,7 @@ fn backend(b: pb::Backend) -> Result<Backend, String> {
             .into_iter()
             .map(filter)
             .collect::<Result<_, _>>()?,
+        subset: (!b.subset.is_empty()).then(|| b.subset.into()),
     })
 }
 

@@ -208,3 +208,107 @@ fn path_rewrites() {
     assert_eq!(rewrite_path("/v1/items", &root, Some("/v1")), "/items");
     assert_eq!(rewrite_path("/v1", &root, Some("/v1")), "/");
 }
+
+#[test]
+fn a_table_with_only_a_destination_policy_leaves_default_routing() {
+    let t = RouteTable::from_proto(pb::ServiceRoutes {
+        name: "bookinfo/reviews.bookinfo.svc.cluster.local".into(),
+        routes: vec![],
+        destination: Some(pb::DestinationPolicy {
+            source: "bookinfo/reviews".into(),
+            subsets: vec![pb::Subset {
+                name: "v1".into(),
+                workload_uids: vec!["uid-1".into()],
+                traffic_policy: None,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    // No port is covered: the pipeline takes the default path, not 404.
+    assert!(!t.covers(9080));
+    assert!(!t.covers(0));
+    assert!(find(&t, "GET", "/", &[]).is_none());
+    let d = t.destination.as_ref().unwrap();
+    assert_eq!(d.source, "bookinfo/reviews");
+    assert!(d.level(Some("v1")).is_some());
+}
+
+#[test]
+fn retry_fault_and_subset_convert() {
+    let mut r = route("ns/vs", pb::RouteMatch::default(), &[("ns/svc", 1)]);
+    r.backends[0].subset = "v2".into();
+    r.retry = Some(pb::RetryPolicy {
+        attempts: 3,
+        per_try_timeout: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        retry_on: vec!["5xx".into(), "connect-failure".into()],
+        other_host: true,
+        ..Default::default()
+    });
+    r.fault = Some(pb::FaultInjection {
+        delay: None,
+        abort: Some(pb::fault_injection::Abort {
+            http_status: 503,
+            grpc_status: 0,
+            percent: 10.0,
+        }),
+    });
+    let t = table(vec![r]);
+    let route = &t.routes[0];
+    assert_eq!(route.backends[0].subset.as_deref(), Some("v2"));
+    let retry = route.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_secs(2)));
+    assert!(retry.other_host);
+    let fault = route.fault.as_ref().unwrap();
+    assert_eq!(
+        fault.abort,
+        Some((
+            crate::fault::Abort::Http(http::StatusCode::SERVICE_UNAVAILABLE),
+            10.0
+        ))
+    );
+    assert!(t.destination.is_none());
+}
+
+#[test]
+fn bad_retry_and_fault_fields_are_named() {
+    let mut r = route("ns/vs", pb::RouteMatch::default(), &[("ns/svc", 1)]);
+    r.retry = Some(pb::RetryPolicy {
+        attempts: 2,
+        retry_on: vec!["on-tuesdays".into()],
+        ..Default::default()
+    });
+    let e = RouteTable::from_proto(pb::ServiceRoutes {
+        name: "ns/svc".into(),
+        routes: vec![r],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(e.resource, "ns/svc");
+    assert_eq!(e.field, "routes[0] (ns/vs).retry.retry_on[0]");
+    assert!(e.problem.contains("on-tuesdays"));
+
+    let mut r = route("ns/vs", pb::RouteMatch::default(), &[("ns/svc", 1)]);
+    r.fault = Some(pb::FaultInjection {
+        delay: Some(pb::fault_injection::Delay {
+            fixed_delay: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            percent: -1.0,
+        }),
+        abort: None,
+    });
+    let e = RouteTable::from_proto(pb::ServiceRoutes {
+        name: "ns/svc".into(),
+        routes: vec![r],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(e.field, "routes[0] (ns/vs).fault.delay.percent");
+}
