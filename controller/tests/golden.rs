@@ -91,6 +91,21 @@ fn waypoint_l7() {
 }
 
 #[test]
+fn virtual_service() {
+    check("virtual_service");
+}
+
+#[test]
+fn destination_rule() {
+    check("destination_rule");
+}
+
+#[test]
+fn route_precedence() {
+    check("route_precedence");
+}
+
+#[test]
 fn request_authentication() {
     check("request_authentication");
 }
@@ -113,6 +128,9 @@ fn every_case_is_tested() {
         "waypoint_l7",
         "request_authentication",
         "rate_limit",
+        "virtual_service",
+        "destination_rule",
+        "route_precedence",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in fs::read_dir(root).expect("golden dir") {
