@@ -198,7 +198,7 @@ pub(crate) async fn forward(
     } else {
         Payload::Once(Some(body.map_err(Into::into).boxed()))
     };
-    let head = Request::from_parts(parts, ());
+    let mut head = Some(Request::from_parts(parts, ()));
 
     let mut tried: Vec<IpAddr> = Vec::new();
     let mut retries_done = 0u32;
@@ -276,8 +276,26 @@ pub(crate) async fn forward(
         } else {
             endpoint.version
         };
+        // Only a replayable request is sent more than once: the others move their head.
+        let attempt_head = match (&payload, head.take()) {
+            (Payload::Replay(_), Some(h)) => {
+                let copy = clone_head(&h);
+                head = Some(h);
+                copy
+            }
+            (_, Some(h)) => h,
+            // Cannot happen: only a replayable request is retried. Answered, never a panic.
+            (_, None) => {
+                return local_reply(
+                    record,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "request cannot be replayed",
+                    "-",
+                )
+            }
+        };
         let up_req = upstream_request(
-            clone_head(&head).map(|()| body),
+            attempt_head.map(|()| body),
             f.authority,
             up_version,
             upgrade,

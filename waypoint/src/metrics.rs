@@ -68,8 +68,8 @@ pub struct RetryLabels {
     /// DestinationRule subset, empty for the whole service.
     pub destination_subset: String,
     /// The `retryOn` condition that held (`5xx`, `reset`, `per-try-timeout`, ...), or
-    /// `overflow` for a retry refused by `maxRetries` and `limit_exceeded` for a retriable
-    /// failure answered because the attempts were used up (Envoy's `URX`).
+    /// `limit_exceeded` for a retriable failure answered because the attempts were used up
+    /// (Envoy's `URX`; a retry refused by `maxRetries` counts in the overflow metric).
     pub reason: &'static str,
 }
 
@@ -150,7 +150,7 @@ impl Metrics {
         );
         registry.register(
             "amesh_waypoint_upstream_retries",
-            "Retries of requests to a service (reason: the retryOn condition; overflow: refused by maxRetries; limit_exceeded: attempts used up, URX)",
+            "Retries of requests to a service (reason: the retryOn condition that held; limit_exceeded: a retriable failure answered with the attempts used up, URX)",
             m.retries.clone(),
         );
         registry.register(
