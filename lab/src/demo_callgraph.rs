@@ -14,6 +14,9 @@ use crate::state::{LabState, PodInfo};
 const ENTRY: &str = "productpage";
 /// The path asked of it (bookinfo's page).
 const PATH: &str = "/productpage";
+/// The trace the demo's requests belong to (W3C's example id): the caller starts it, as an
+/// ingress gateway would, so that every hop joins one trace.
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// Appends the call-graph section to `out`.
 pub fn report(state: &LabState, out: &mut String) -> Result<(), LabError> {
@@ -68,11 +71,20 @@ pub fn report(state: &LabState, out: &mut String) -> Result<(), LabError> {
         out,
         "\nCall graph (each pod's ECHO_CALLS; the apps nest their next hops' replies, so one answer shows every hop):"
     );
-    for user in [None, Some("jason")] {
-        let header = user.map(|u| ("end-user", u));
+    for (n, user) in [None, Some("jason")].into_iter().enumerate() {
+        let request_id = format!("amesh-demo-{}", n + 1);
+        let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
         let netns = caller.netns.clone();
-        let answer = crate::netns::run_in(&netns, move || {
-            crate::demo_waypoint::send(target, PATH, "GET", header, 1)
+        let answer = crate::netns::run_in(&netns, {
+            let request_id = request_id.clone();
+            move || {
+                let mut headers = vec![
+                    ("x-request-id", request_id.as_str()),
+                    ("traceparent", traceparent.as_str()),
+                ];
+                headers.extend(user.map(|u| ("end-user", u)));
+                crate::demo_waypoint::send(target, PATH, "GET", &headers, 1)
+            }
         })?;
         let _ = writeln!(
             out,
@@ -82,7 +94,10 @@ pub fn report(state: &LabState, out: &mut String) -> Result<(), LabError> {
         );
         match answer.map(|mut a| a.remove(0)) {
             Ok((status, body)) => match serde_json::from_str::<EchoReply>(&body) {
-                Ok(reply) => tree(status, &reply, out),
+                Ok(reply) => {
+                    tree(status, &reply, out);
+                    let _ = writeln!(out, "    {}", joined(&reply, &request_id));
+                }
                 Err(_) => {
                     let _ = writeln!(out, "    {status} {}", body.trim());
                 }
@@ -94,20 +109,42 @@ pub fn report(state: &LabState, out: &mut String) -> Result<(), LabError> {
     }
     let _ = writeln!(
         out,
-        "  Every hop went through the namespace's waypoint (the HTTPRoute picks reviews' version; end-user is passed on); x-request-id is the one the first waypoint gave."
+        "  Every call between pods went through the namespace's waypoint (its HTTPRoute picks reviews' version by end-user, which the apps pass on)."
     );
     Ok(())
+}
+
+/// Whether every pod of the graph saw the caller's request id and trace (the apps propagate
+/// them; the waypoints keep the id and the trace, with a span of their own).
+fn joined(reply: &EchoReply, request_id: &str) -> String {
+    let mut pods = 0;
+    let mut apart: Vec<String> = Vec::new();
+    let mut visit = vec![reply];
+    while let Some(r) = visit.pop() {
+        pods += 1;
+        let id = r.headers.get("x-request-id").map(String::as_str);
+        let trace = (r.headers.get("traceparent")).and_then(|t| t.split('-').nth(1));
+        if id != Some(request_id) || trace != Some(TRACE_ID) {
+            apart.push(r.pod.clone());
+        }
+        visit.extend(r.calls.iter().filter_map(|h| h.reply.as_deref()));
+    }
+    if apart.is_empty() {
+        format!("x-request-id {request_id} and trace {TRACE_ID} at all {pods} pods")
+    } else {
+        format!(
+            "x-request-id {request_id} / trace {TRACE_ID} missing at: {}",
+            apart.join(", ")
+        )
+    }
 }
 
 /// The reply as a tree: the answering pod, then each hop indented under it.
 pub fn tree(status: u16, reply: &EchoReply, out: &mut String) {
     let _ = writeln!(
         out,
-        "    {status} {}/{} ({}){}",
-        reply.namespace,
-        reply.pod,
-        reply.node,
-        request_id(reply)
+        "    {status} {}/{} ({})",
+        reply.namespace, reply.pod, reply.node
     );
     hops(&reply.calls, "    ", out);
 }
@@ -134,14 +171,6 @@ fn hops(calls: &[Hop], indent: &str, out: &mut String) {
             hops(&r.calls, &format!("{indent}{below}"), out);
         }
     }
-}
-
-fn request_id(reply: &EchoReply) -> String {
-    reply
-        .headers
-        .get("x-request-id")
-        .map(|id| format!(", x-request-id {id}"))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -183,7 +212,7 @@ mod tests {
             "reviews-v2-1",
             vec![hop("http://ratings:9080/r", 200, Some(ratings), None)],
         );
-        let mut page = reply(
+        let page = reply(
             "productpage-1",
             vec![
                 hop(
@@ -195,15 +224,28 @@ mod tests {
                 hop("http://reviews:9080/r", 200, Some(reviews), None),
             ],
         );
-        page.headers.insert("x-request-id".into(), "abc".into());
         let mut out = String::new();
         tree(200, &page, &mut out);
         assert_eq!(
             out,
-            "    200 bookinfo/productpage-1 (node1), x-request-id abc\n\
+            "    200 bookinfo/productpage-1 (node1)\n\
              \x20   ├─ 403 http://details:9080/d -> RBAC: access denied, 3 ms\n\
              \x20   └─ 200 http://reviews:9080/r -> bookinfo/reviews-v2-1 (node1), 3 ms\n\
              \x20      └─ 200 http://ratings:9080/r -> bookinfo/ratings-1 (node1), 3 ms\n"
+        );
+        // No request id anywhere: every pod is named.
+        assert!(joined(&page, "x").contains("missing at"));
+        let mut all = page.clone();
+        let trace = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+        let mut visit = vec![&mut all];
+        while let Some(r) = visit.pop() {
+            r.headers.insert("x-request-id".into(), "x".into());
+            r.headers.insert("traceparent".into(), trace.clone());
+            visit.extend(r.calls.iter_mut().filter_map(|h| h.reply.as_deref_mut()));
+        }
+        assert_eq!(
+            joined(&all, "x"),
+            format!("x-request-id x and trace {TRACE_ID} at all 3 pods")
         );
     }
 }

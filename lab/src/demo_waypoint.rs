@@ -86,7 +86,7 @@ fn section(state: &LabState, w: &WaypointInfo, out: &mut String) -> Result<(), L
     for (method, what, header) in scenarios {
         let netns = caller.netns.clone();
         let replies = crate::netns::run_in(&netns, move || {
-            send(target, "/demo", method, header, REQUESTS)
+            send(target, "/demo", method, header.as_slice(), REQUESTS)
         })?;
         let mut tally: BTreeMap<String, usize> = BTreeMap::new();
         match replies {
@@ -160,16 +160,16 @@ pub(crate) fn send(
     target: SocketAddr,
     path: &str,
     method: &str,
-    header: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
     n: usize,
 ) -> std::io::Result<Vec<(u16, String)>> {
     let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    let extra = header
+    let extra: String = (headers.iter())
         .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .unwrap_or_default();
+        .collect();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         write!(

@@ -362,3 +362,38 @@ fn waypoints_need_the_mesh_and_a_free_service_name() {
         "{err}"
     );
 }
+
+#[test]
+fn a_containers_env_reaches_its_echo_app_and_bad_settings_stop_up() {
+    let plan = AddressPlan::new(0).unwrap();
+    let mut i = input();
+    let template = &mut i.deployments[0].spec.template;
+    template.spec.as_mut().unwrap().containers[0].env = Some(vec![yaml(
+        "{name: ECHO_CALLS, value: 'http://details:9080/details/0'}",
+    )]);
+    let e = expand(&i, 2, &plan, true).unwrap();
+    for p in (e.pods.iter()).filter(|p| p.namespace == "shop") {
+        assert_eq!(
+            p.env,
+            [(
+                "ECHO_CALLS".to_string(),
+                "http://details:9080/details/0".to_string()
+            )],
+            "{}",
+            p.name
+        );
+    }
+    // Only app pods: the ztunnels' and others' containers are not echo apps.
+    assert!(e
+        .pods
+        .iter()
+        .filter(|p| p.role != PodRole::App)
+        .all(|p| p.env.is_empty()));
+    i.pods[0].spec.as_mut().unwrap().containers[0].env =
+        Some(vec![yaml("{name: ECHO_FAIL_PERCENT, value: 'half'}")]);
+    let err = expand(&i, 2, &plan, true).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "pod default/client: ECHO_FAIL_PERCENT=\"half\": not a whole percent 0..=100"
+    );
+}
