@@ -18,10 +18,11 @@ use tracing::info;
 use crate::ca::root_secret::{self, Bootstrap};
 use crate::ca::{Authenticator, CaService, NodeTokens, ObjectName, RootPublisher, TokenReviewer};
 use crate::deployer::{WaypointDeployer, WaypointSettings};
+use crate::jwks::JwksSettings;
 use crate::source::{FolderSource, KubeSource};
 use crate::tls::ServingCert;
 use crate::translate::TranslateOptions;
-use crate::xds::{spawn_publisher, AdsServer};
+use crate::xds::{spawn_publisher_with_jwks, AdsServer};
 
 /// Where the manifests come from.
 #[derive(Debug, Clone)]
@@ -92,6 +93,8 @@ pub struct Config {
     /// On the Kubernetes API: how waypoint Gateways are deployed, or `None` to leave them to
     /// someone else (the Gateways are still translated).
     pub waypoints: Option<WaypointSettings>,
+    /// How RequestAuthentication `jwksUri` keys are fetched and refreshed.
+    pub jwks: JwksSettings,
 }
 
 /// Serves ADS and the CA on `listeners` until `shutdown` resolves, then ends the ADS streams
@@ -156,6 +159,11 @@ pub async fn run(
         }
         _ => None,
     };
+    // What amesh did with each VirtualService and DestinationRule, on its status.
+    let status_reporter = kube_client.as_ref().map(|client| {
+        crate::istio_status::StatusReporter::new(client.clone(), config.translate.clone())
+            .spawn(manifests.clone())
+    });
     let auth: Authenticator = match config.auth {
         Auth::NodeTokens(tokens) => tokens.into(),
         Auth::TokenReview {
@@ -180,8 +188,14 @@ pub async fn run(
              streams are not authenticated"
         );
     }
-    let (resources, publisher) =
-        spawn_publisher(manifests.clone(), config.translate.clone(), config.debounce);
+    // Keys of jwksUris, fetched as istiod does; a change of keys republishes.
+    let (keys, fetcher) = crate::jwks::spawn_fetcher(manifests.clone(), config.jwks);
+    let (resources, publisher) = spawn_publisher_with_jwks(
+        manifests.clone(),
+        keys,
+        config.translate.clone(),
+        config.debounce,
+    );
     let mut ads = AdsServer::new(resources);
     if !auth.accepts_nobody() {
         ads = ads.with_auth(auth.clone());
@@ -196,10 +210,14 @@ pub async fn run(
         info!("shutting down: closing xDS streams");
         source.abort();
         publisher.abort();
+        fetcher.abort();
         if let Some(task) = root_publisher {
             task.abort();
         }
         if let Some(task) = deployer {
+            task.abort();
+        }
+        if let Some(task) = status_reporter {
             task.abort();
         }
         drop(root_tx);

@@ -14,6 +14,8 @@
 //! - [`deployer`]: on the Kubernetes API, the waypoint Gateways made into ServiceAccounts,
 //!   Services and Deployments they own, with their status reported on the Gateway.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
+//! - [`jwks`]: RequestAuthentication `jwksUri` keys fetched and refreshed as istiod does
+//!   (feature `jwks`, part of `server`; the lab's file mode uses it alone).
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 //!
 //! `source`, `xds`, `ca`, `deployer`, `tls` and `app` are the `server` feature (on by default); without it the
@@ -25,6 +27,10 @@ pub mod app;
 pub mod ca;
 #[cfg(feature = "server")]
 pub mod deployer;
+#[cfg(feature = "server")]
+pub mod istio_status;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 pub mod manifests;
 pub mod model;
 pub mod render;

@@ -104,6 +104,10 @@ struct Args {
     /// Shortest time between two xDS pushes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
+    /// How often RequestAuthentication jwksUri keys are fetched again (istiod: 20m); a failed
+    /// fetch is retried after 5s. Gateway API duration, e.g. `20m`, `90s`.
+    #[arg(long, env = "AMESH_JWKS_REFRESH", default_value = "20m", value_parser = controller::translate::parse_duration)]
+    jwks_refresh: Duration,
 }
 
 /// Values of `--auth`.
@@ -210,6 +214,10 @@ fn main() -> anyhow::Result<()> {
         max_ttl: Duration::from_secs(args.max_cert_ttl_secs.max(1)),
         translate,
         waypoints,
+        jwks: controller::jwks::JwksSettings {
+            refresh: args.jwks_refresh,
+            ..Default::default()
+        },
     };
 
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;

@@ -381,3 +381,37 @@ fn gateway_api_crds_serve_every_kind_the_controller_reads() {
         }
     }
 }
+
+/// amesh's own policy CRDs serve the version and plural the controller watches, with a
+/// structural schema (YAML anchors expanded by the parser).
+#[test]
+fn policy_crds_serve_every_amesh_kind_the_controller_reads() {
+    let docs = documents_of("policy-crds.yaml");
+    for kind in Kind::ALL.into_iter().filter(|k| k.is_custom()) {
+        let resource = kind.api_resource();
+        if resource.group != controller::manifests::ratelimit::GROUP {
+            continue;
+        }
+        let name = format!("{}.{}", resource.plural, resource.group);
+        let crd = find(&docs, "CustomResourceDefinition", &name);
+        assert_eq!(crd["spec"]["names"]["kind"], resource.kind.as_str());
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        let versions = crd["spec"]["versions"].as_sequence().unwrap();
+        let served = versions
+            .iter()
+            .find(|v| v["name"] == resource.version.as_str())
+            .unwrap_or_else(|| panic!("{name} has no version {}", resource.version));
+        assert_eq!(served["served"], true, "{name}");
+        assert_eq!(served["storage"], true, "{name}");
+        let spec = &served["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["total"]["properties"]["requestsPerSecond"]["minimum"], 1,
+            "{name}"
+        );
+        assert_eq!(
+            spec["properties"]["targetRefs"]["items"]["properties"]["kind"]["enum"],
+            spec["properties"]["targetRef"]["properties"]["kind"]["enum"],
+            "{name}"
+        );
+    }
+}

@@ -80,6 +80,7 @@ async fn start() -> Running {
         max_ttl: Duration::from_secs(3600),
         translate: TranslateOptions::default(),
         waypoints: None,
+        jwks: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -18,7 +18,7 @@ pub mod server;
 pub mod session;
 
 pub use client::{Client, WaypointAccounts};
-pub use publish::{spawn_publisher, DEFAULT_DEBOUNCE};
+pub use publish::{spawn_publisher, spawn_publisher_with_jwks, DEFAULT_DEBOUNCE};
 pub use resources::ResourceSet;
 pub use server::AdsServer;
 pub use session::Session;
