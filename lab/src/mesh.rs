@@ -64,8 +64,19 @@ pub fn write_config(state: &LabState) -> Result<usize, LabError> {
             errors: loaded.errors.iter().map(|e| e.to_string()).collect(),
         });
     }
-    let translated =
-        controller::translate(&loaded.manifests, &controller::TranslateOptions::default());
+    // The controller fetches jwksUri keys itself; without it, one round here (a uri not
+    // reachable yet is fetched again at the next write: pod status changes, applies).
+    let uris = controller::translate::jwks_uris(&loaded.manifests);
+    let (jwks, jwks_errors) =
+        controller::jwks::fetch_all_blocking(&uris, std::time::Duration::from_secs(2));
+    for e in &jwks_errors {
+        tracing::warn!("JWKS: {e}");
+    }
+    let translated = controller::translate::translate_with_jwks(
+        &loaded.manifests,
+        &controller::TranslateOptions::default(),
+        &jwks,
+    );
     for w in &translated.warnings {
         tracing::warn!("translation: {w}");
     }
