@@ -1,8 +1,8 @@
 //! Namespaced objects of the fake API server, with the API server's semantics: `GET`, `POST`
 //! (create) and `PUT` (replace) of Secrets and ConfigMaps at
 //! `/api/v1/namespaces/<ns>/{secrets,configmaps}[/<name>]`; `GET` and server-side apply
-//! (`PATCH`, `application/apply-patch+yaml`) of ServiceAccounts, Services, Deployments and
-//! Gateways, and apply of a Gateway's `/status`; `404 NotFound`, `409 AlreadyExists` and `409
+//! (`PATCH`, `application/apply-patch+yaml`) of ServiceAccounts, Services, Deployments,
+//! Gateways, VirtualServices and DestinationRules, and apply of their `/status`; `404 NotFound`, `409 AlreadyExists` and `409
 //! Conflict` (a stale `resourceVersion`) as `Status` bodies; a new `resourceVersion` on every
 //! write that changes the object (an apply that changes nothing keeps it, as the API server
 //! does), and a ClusterIP for a new Service. Every request is recorded with its body, so tests
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::{json_response, Body};
 
 /// Resources served: URL prefix, plural, kind, apiVersion.
-const RESOURCES: [(&str, &str, &str, &str); 6] = [
+const RESOURCES: [(&str, &str, &str, &str); 8] = [
     ("/api/v1", "secrets", "Secret", "v1"),
     ("/api/v1", "configmaps", "ConfigMap", "v1"),
     ("/api/v1", "serviceaccounts", "ServiceAccount", "v1"),
@@ -34,6 +34,18 @@ const RESOURCES: [(&str, &str, &str, &str); 6] = [
         "gateways",
         "Gateway",
         "gateway.networking.k8s.io/v1",
+    ),
+    (
+        "/apis/networking.istio.io/v1",
+        "virtualservices",
+        "VirtualService",
+        "networking.istio.io/v1",
+    ),
+    (
+        "/apis/networking.istio.io/v1",
+        "destinationrules",
+        "DestinationRule",
+        "networking.istio.io/v1",
     ),
 ];
 
