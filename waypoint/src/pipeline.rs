@@ -182,8 +182,10 @@ pub async fn handle(
     if let Some(f) = route.and_then(|r| r.fault.as_ref()) {
         let decision = f.decide(|| rand::rng().random::<f64>());
         if let Some(d) = decision.delay {
-            tokio::time::sleep(d).await;
+            // Flagged as the delay starts (as Envoy's fault filter does): a client that gives
+            // up during it is recorded `DI,DC`.
             record.add_flag("DI");
+            tokio::time::sleep(d).await;
         }
         if let Some(abort) = decision.abort {
             let (parts, text) = fault::abort_response(abort).into_parts();
