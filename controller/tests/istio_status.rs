@@ -58,18 +58,28 @@ spec:
 #[tokio::test]
 async fn unsupported_fields_are_written_on_the_status_once() {
     let api = fake_api::serve().await;
-    api.objects
-        .insert("virtualservices", "shop", "web", served("VirtualService", "web"));
-    api.objects
-        .insert("destinationrules", "shop", "web", served("DestinationRule", "web"));
+    api.objects.insert(
+        "virtualservices",
+        "shop",
+        "web",
+        served("VirtualService", "web"),
+    );
+    api.objects.insert(
+        "destinationrules",
+        "shop",
+        "web",
+        served("DestinationRule", "web"),
+    );
     let client = api.client();
     let problems = translated_problems();
     let key = ObjectKey::new("shop", "web");
     let vs_problems = &problems[&(Kind::VirtualService, key.clone())];
     assert_eq!(
         vs_problems,
-        &["VirtualService shop/web: spec.http[0].corsPolicy: not supported by amesh waypoints; \
-           ignored"]
+        &[
+            "VirtualService shop/web: spec.http[0].corsPolicy: not supported by amesh waypoints; \
+           ignored"
+        ]
     );
 
     assert!(write(&client, Kind::VirtualService, &key, vs_problems)
@@ -90,7 +100,10 @@ async fn unsupported_fields_are_written_on_the_status_once() {
     assert_eq!(condition["observedGeneration"], 3);
     assert_eq!(condition["message"], vs_problems[0].as_str());
     let stored = api.objects.get("virtualservices", "shop", "web").unwrap();
-    assert_eq!(stored["status"]["conditions"][0]["reason"], "UnsupportedValue");
+    assert_eq!(
+        stored["status"]["conditions"][0]["reason"],
+        "UnsupportedValue"
+    );
 
     // The same problems again: nothing written.
     let writes = api.objects.writes().len();
@@ -105,7 +118,9 @@ async fn unsupported_fields_are_written_on_the_status_once() {
         .await
         .expect("written"));
     let stored = api.objects.get("destinationrules", "shop", "web").unwrap();
-    let message = stored["status"]["conditions"][0]["message"].as_str().unwrap();
+    let message = stored["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
     assert!(message.contains("spec.trafficPolicy.tls"), "{message}");
 
     // Fixed: the condition says so.

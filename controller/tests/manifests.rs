@@ -243,7 +243,7 @@ fn kinds_names_and_namespaces() {
 ---
 ---
 apiVersion: networking.istio.io/v1
-kind: VirtualService
+kind: Sidecar
 metadata: {name: ignored}
 ---
 apiVersion: v1

@@ -2,10 +2,10 @@
 //! (create) and `PUT` (replace) of Secrets and ConfigMaps at
 //! `/api/v1/namespaces/<ns>/{secrets,configmaps}[/<name>]`; `GET` and server-side apply
 //! (`PATCH`, `application/apply-patch+yaml`) of ServiceAccounts, Services, Deployments,
-//! Gateways, VirtualServices and DestinationRules, and apply of their `/status`; `404 NotFound`, `409 AlreadyExists` and `409
-//! Conflict` (a stale `resourceVersion`) as `Status` bodies; a new `resourceVersion` on every
-//! write that changes the object (an apply that changes nothing keeps it, as the API server
-//! does), and a ClusterIP for a new Service. Every request is recorded with its body, so tests
+//! Gateways, VirtualServices and DestinationRules, and apply of their `/status`; `404
+//! NotFound`, `409 AlreadyExists` and `409 Conflict` (a stale `resourceVersion`) as `Status`
+//! bodies; a new `resourceVersion` on every write that changes the object (an apply that
+//! changes nothing keeps it, as the API server does), and a ClusterIP for a new Service. Every request is recorded with its body, so tests
 //! can say what was (not) written; a test can also have another writer win a race
 //! ([`Objects::insert_before_create`]).
 //!
