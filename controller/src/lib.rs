@@ -1,7 +1,7 @@
 //! amesh-controller library: Kubernetes manifests → model → Istio xDS resources.
 //!
-//! - [`manifests`]: typed Kubernetes, Gateway API and Istio security objects, loaded from a
-//!   folder of YAML files (the lab's and the demo's source).
+//! - [`manifests`]: typed Kubernetes, Gateway API and Istio security and networking objects,
+//!   loaded from a folder of YAML files (the lab's and the demo's source) or the Kubernetes API.
 //! - [`model`]: the mesh as the translation sees it (ambient pods with IPs, identities and
 //!   workload names, services with VIPs, waypoints, localities).
 //! - [`translate`](mod@translate): the model and policies → `istio.workload.Address` and
@@ -14,6 +14,8 @@
 //! - [`deployer`]: on the Kubernetes API, the waypoint Gateways made into ServiceAccounts,
 //!   Services and Deployments they own, with their status reported on the Gateway.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
+//! - [`istio_status`]: on the Kubernetes API, what amesh ignored in each VirtualService and
+//!   DestinationRule, written on the object's status.
 //! - [`jwks`]: RequestAuthentication `jwksUri` keys fetched and refreshed as istiod does
 //!   (feature `jwks`, part of `server`; the lab's file mode uses it alone).
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.

@@ -136,3 +136,43 @@ async fn unsupported_fields_are_written_on_the_status_once() {
         .await
         .expect("gone is fine"));
 }
+
+/// The Kubernetes source types both kinds from the API's JSON as the folder does, keeping
+/// the fields amesh does not model for the report, and rejecting a malformed value by field.
+#[test]
+fn the_kubernetes_source_reads_both_kinds() {
+    use controller::manifests::Object;
+    use kube::core::DynamicObject;
+
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "hosts": ["web"],
+            "tcp": [{"route": [{"destination": {"host": "web"}}]}],
+            "http": [{"route": [{"destination": {"host": "web"}, "weight": 100}]}],
+        },
+    }))
+    .unwrap();
+    let Ok(Object::VirtualService(vs)) = Kind::VirtualService.convert(object) else {
+        panic!("a VirtualService");
+    };
+    assert_eq!(vs.spec.other.keys().collect::<Vec<_>>(), ["tcp"]);
+    assert_eq!(vs.spec.http[0].route[0].weight, Some(100));
+
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"host": "web", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "soon"}}}},
+    }))
+    .unwrap();
+    let rejected = Kind::DestinationRule
+        .convert(object)
+        .expect_err("bad duration");
+    assert_eq!(
+        rejected.field.as_deref(),
+        Some("spec.trafficPolicy.connectionPool.tcp.connectTimeout")
+    );
+}
