@@ -256,6 +256,40 @@ pub fn request_key(
     }
 }
 
+/// The request's hash key under `on`, and for a cookie with a TTL that the request lacks, the
+/// `Set-Cookie` to answer with: a new random value that is the key of this request and, sent
+/// back, of the client's next ones.
+pub fn hash_key(
+    on: &HashOn,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    source_ip: IpAddr,
+) -> (Option<u64>, Option<http::HeaderValue>) {
+    let key = request_key(on, headers, query, source_ip);
+    let HashOn::Cookie {
+        name,
+        path,
+        ttl: Some(ttl),
+    } = on
+    else {
+        return (key, None);
+    };
+    if key.is_some() {
+        return (key, None);
+    }
+    let value = format!("\"{:016x}\"", rand::random::<u64>());
+    let mut cookie = format!("{name}={value}; Max-Age={}", ttl.as_secs().max(1));
+    if let Some(p) = path {
+        cookie.push_str("; Path=");
+        cookie.push_str(p);
+    }
+    cookie.push_str("; HttpOnly");
+    (
+        Some(fnv1a(value.as_bytes())),
+        http::HeaderValue::from_str(&cookie).ok(),
+    )
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
     headers

@@ -294,3 +294,33 @@ fn in_flight_counts_follow_guards() {
     drop(b);
     assert_eq!(f.load(ip), 0);
 }
+
+#[test]
+fn a_missing_cookie_is_issued_and_leads_back_to_the_same_key() {
+    let on = HashOn::Cookie {
+        name: "sticky".into(),
+        path: Some("/".into()),
+        ttl: Some(Duration::from_secs(600)),
+    };
+    let ip = IpAddr::from([10, 1, 2, 3]);
+    let (key, set) = hash_key(&on, &http::HeaderMap::new(), None, ip);
+    let set = set.expect("a Set-Cookie for a client without the cookie");
+    let text = set.to_str().unwrap();
+    assert!(text.starts_with("sticky=\""), "{text}");
+    assert!(text.contains("; Max-Age=600; Path=/; HttpOnly"), "{text}");
+    // The client sends it back: same key, nothing issued.
+    let pair = text.split(';').next().unwrap();
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::COOKIE, pair.parse().unwrap());
+    assert_eq!(hash_key(&on, &h, None, ip), (key, None));
+    // Without a TTL nothing is issued and the request goes anywhere.
+    let no_ttl = HashOn::Cookie {
+        name: "sticky".into(),
+        path: None,
+        ttl: None,
+    };
+    assert_eq!(
+        hash_key(&no_ttl, &http::HeaderMap::new(), None, ip),
+        (None, None)
+    );
+}

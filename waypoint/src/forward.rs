@@ -9,11 +9,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -26,10 +26,11 @@ use crate::metrics::RetryLabels;
 use crate::mirror;
 use crate::outlier::Report;
 use crate::pipeline::upstream_request;
-use crate::policy::{DestinationPolicy, Effective, HashOn, LoadBalancer};
+use crate::policy::{DestinationPolicy, Effective, LoadBalancer};
 use crate::record::Record;
+use crate::replay::{buffer, clone_head, Buffered, Prefixed};
 use crate::retry::{backoff, Outcome, RetryPolicy, MAX_REPLAY_BODY};
-use crate::upstream::{BoxError, UpBody, UpstreamError, Version};
+use crate::upstream::{UpBody, UpstreamError, Version};
 use crate::Waypoint;
 
 /// Envoy's body of a request refused by a circuit breaker.
@@ -115,39 +116,17 @@ pub(crate) async fn forward(
     if let (Some(c), Some(l)) = (&cluster, &limits) {
         match c.breaker.request(l) {
             Ok(held) => record.admission = Some(held),
-            Err(o) => return overflow(record, c, wp, o),
+            Err(o) => return overflow(record, Some(c), wp, o),
         }
     }
 
     // The hash key, and the cookie to issue when the request had none.
     let lb = effective.and_then(|e| e.load_balancer.as_ref());
-    let mut set_cookie = None;
-    let hash = match lb {
+    let (hash, set_cookie) = match lb {
         Some(LoadBalancer::Hash(on)) => {
-            let key = balance::request_key(on, req.headers(), req.uri().query(), f.source_ip);
-            match (key, on) {
-                (
-                    None,
-                    HashOn::Cookie {
-                        name,
-                        path,
-                        ttl: Some(ttl),
-                    },
-                ) => {
-                    let value = format!("{:016x}", rand::random::<u64>());
-                    let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs().max(1));
-                    if let Some(p) = path {
-                        c.push_str("; Path=");
-                        c.push_str(p);
-                    }
-                    c.push_str("; HttpOnly");
-                    set_cookie = HeaderValue::from_str(&c).ok();
-                    Some(balance::fnv1a(format!("\"{value}\"").as_bytes()))
-                }
-                (k, _) => k,
-            }
+            balance::hash_key(on, req.headers(), req.uri().query(), f.source_ip)
         }
-        _ => None,
+        _ => (None, None),
     };
 
     // Timeouts: the route's bounds the whole exchange; each attempt also by the per-try one.
@@ -347,12 +326,7 @@ pub(crate) async fn forward(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok()),
             },
-            Err(AttemptError::Overflow(o)) => {
-                let c = cluster
-                    .as_ref()
-                    .expect("an overflow comes from a cluster's breaker");
-                return overflow(record, c, wp, *o);
-            }
+            Err(AttemptError::Overflow(o)) => return overflow(record, cluster.as_deref(), wp, *o),
             Err(AttemptError::PerTryTimeout) => Outcome::PerTryTimeout,
             Err(AttemptError::Upstream(e)) => classify(e),
         };
@@ -465,17 +439,7 @@ pub(crate) async fn forward(
             downstream_upgrade,
             resp.status() == StatusCode::SWITCHING_PROTOCOLS,
         ) {
-            let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(down, up) {
-                    Ok((d, u)) => {
-                        let mut d = hyper_util::rt::TokioIo::new(d);
-                        let mut u = hyper_util::rt::TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                    }
-                    Err(e) => debug!(error = %e, "upgrade failed"),
-                }
-            });
+            splice_upgrade(down, hyper::upgrade::on(&mut resp));
         }
         for m in &f.response_filters {
             m.apply(resp.headers_mut());
@@ -493,6 +457,20 @@ pub(crate) async fn forward(
         record.responding(resp.status().as_u16());
         return resp.map(|b| Finishing::new(b, record).boxed());
     }
+}
+
+/// After a 101, the client's and the endpoint's upgraded connections are copied both ways.
+fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(down, up) {
+            Ok((d, u)) => {
+                let mut d = hyper_util::rt::TokioIo::new(d);
+                let mut u = hyper_util::rt::TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
 }
 
 /// Why an attempt got no response.
@@ -544,50 +522,16 @@ async fn send(
     }
 }
 
-/// A copy of the request head for one attempt.
-fn clone_head(head: &Request<()>) -> Request<()> {
-    let mut r = Request::new(());
-    *r.method_mut() = head.method().clone();
-    *r.uri_mut() = head.uri().clone();
-    *r.version_mut() = head.version();
-    *r.headers_mut() = head.headers().clone();
-    r
-}
-
-/// A body read up to a limit.
-enum Buffered<B> {
-    /// It ended within the limit.
-    Whole(Bytes),
-    /// It went past the limit: what was read, and the rest still to stream.
-    Partial(Bytes, B),
-}
-
-/// Reads `body` until it ends or passes `limit` bytes. Trailers of a request body are not
-/// kept (requests rarely carry them; gRPC's are in responses).
-async fn buffer<B>(mut body: B, limit: usize) -> Result<Buffered<UpBody>, BoxError>
-where
-    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Into::into)?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                return Ok(Buffered::Partial(
-                    buf.freeze(),
-                    body.map_err(Into::into).boxed(),
-                ));
-            }
-        }
-    }
-    Ok(Buffered::Whole(buf.freeze()))
-}
-
 /// 503 `UO`: a circuit breaker limit was reached.
-fn overflow(record: Record, cluster: &Cluster, wp: &Waypoint, o: Overflow) -> Response<RespBody> {
-    cluster.count_overflow(&wp.metrics, o);
+fn overflow(
+    record: Record,
+    cluster: Option<&Cluster>,
+    wp: &Waypoint,
+    o: Overflow,
+) -> Response<RespBody> {
+    if let Some(c) = cluster {
+        c.count_overflow(&wp.metrics, o);
+    }
     local_reply(record, StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_BODY, "UO")
 }
 
@@ -606,88 +550,4 @@ pub(crate) fn local_reply(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp.map(|b| Finishing::new(b, record).boxed())
-}
-
-pin_project_lite::pin_project! {
-    /// A body read in part: the bytes already read, then the rest as it streams.
-    struct Prefixed {
-        prefix: Option<Bytes>,
-        #[pin]
-        rest: UpBody,
-    }
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        if let Some(p) = this.prefix.take() {
-            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(p))));
-        }
-        this.rest.poll_frame(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
-
-    fn chunks(n: usize, size: usize) -> UpBody {
-        let frames =
-            (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size]))));
-        StreamBody::new(futures::stream::iter(frames)).boxed()
-    }
-
-    #[tokio::test]
-    async fn a_small_body_is_kept_whole_for_replays() {
-        match buffer(chunks(4, 1000), MAX_REPLAY_BODY).await.unwrap() {
-            Buffered::Whole(b) => assert_eq!(b.len(), 4000),
-            Buffered::Partial(..) => panic!("4000 bytes fit in the replay buffer"),
-        }
-        match buffer(chunks(0, 0), MAX_REPLAY_BODY).await.unwrap() {
-            Buffered::Whole(b) => assert!(b.is_empty()),
-            Buffered::Partial(..) => panic!("an empty body fits"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_large_body_streams_once_and_whole() {
-        // 100 KiB in 10 KiB frames: past the 64 KiB limit, so not replayable, but nothing lost.
-        let (prefix, rest) = match buffer(chunks(10, 10 * 1024), MAX_REPLAY_BODY)
-            .await
-            .unwrap()
-        {
-            Buffered::Partial(p, r) => (p, r),
-            Buffered::Whole(_) => panic!("100 KiB is over the limit"),
-        };
-        assert!(prefix.len() > MAX_REPLAY_BODY);
-        let whole = Prefixed {
-            prefix: Some(prefix),
-            rest,
-        }
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-        assert_eq!(whole.len(), 100 * 1024);
-    }
-
-    #[test]
-    fn attempt_heads_are_copies() {
-        let mut head = Request::new(());
-        *head.uri_mut() = "/a?b=c".parse().unwrap();
-        head.headers_mut()
-            .insert("x-user", HeaderValue::from_static("alice"));
-        let copy = clone_head(&head);
-        assert_eq!(copy.uri(), "/a?b=c");
-        assert_eq!(copy.headers()["x-user"], "alice");
-        assert_eq!(copy.method(), head.method());
-    }
 }

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
 pub mod record;
+pub mod replay;
 pub mod retry;
 pub mod run;
 pub mod tcp;
