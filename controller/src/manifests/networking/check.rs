@@ -122,12 +122,13 @@ fn non_negative(at: &str, v: Option<i64>, max: i64) -> Result<(), FieldError> {
     }
 }
 
-fn string_match(at: &str, m: &VsStringMatch) -> Result<(), FieldError> {
+/// `empty_ok`: a header match may set none (Istio: the header is present).
+fn string_match(at: &str, m: &VsStringMatch, empty_ok: bool) -> Result<(), FieldError> {
     let set = [&m.exact, &m.prefix, &m.regex]
         .iter()
         .filter(|v| v.is_some())
         .count();
-    if set != 1 && m.other.is_empty() {
+    if !(set == 1 || set == 0 && empty_ok) && m.other.is_empty() {
         return Err(err(
             at,
             "exactly one of exact, prefix and regex is required",
@@ -147,12 +148,15 @@ pub fn validate_virtual_service(spec: &VirtualServiceSpec) -> Result<(), FieldEr
             let at = format!("{at}.match[{j}]");
             for (name, sm) in [("uri", &m.uri), ("method", &m.method)] {
                 if let Some(sm) = sm {
-                    string_match(&format!("{at}.{name}"), sm)?;
+                    string_match(&format!("{at}.{name}"), sm, false)?;
                 }
             }
-            for (field, map) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+            for (field, map, empty_ok) in [
+                ("headers", &m.headers, true),
+                ("queryParams", &m.query_params, false),
+            ] {
                 for (name, sm) in map {
-                    string_match(&format!("{at}.{field}.{name}"), sm)?;
+                    string_match(&format!("{at}.{field}.{name}"), sm, empty_ok)?;
                 }
             }
             if let Some(p) = m.port {

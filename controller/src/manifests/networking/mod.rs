@@ -128,6 +128,9 @@ pub struct VsHttpMatch {
     /// Service port the request was sent to.
     #[serde(default)]
     pub port: Option<u32>,
+    /// Compare the path case-insensitively.
+    #[serde(default)]
+    pub ignore_uri_case: Option<bool>,
     /// Everything else (`sourceLabels`, `authority`, `withoutHeaders`...): unsupported.
     #[serde(flatten)]
     pub other: Unsupported,

@@ -193,6 +193,19 @@ pub(super) fn route_match(
     let mut out = RouteMatch::default();
     if let Some(uri) = &m.uri {
         match string_value(uri) {
+            // Case-insensitive: as a regular expression (the waypoint matches regexes against
+            // the whole path).
+            Some((kind, value)) if m.ignore_uri_case == Some(true) => {
+                let re = match kind {
+                    path_match::Kind::Exact => regex_escape(&value),
+                    path_match::Kind::PathPrefix => format!("{}.*", regex_escape(&value)),
+                    path_match::Kind::RegularExpression => format!("(?:{value})"),
+                };
+                out.path = Some(PathMatch {
+                    kind: path_match::Kind::RegularExpression as i32,
+                    value: format!("(?i){re}"),
+                })
+            }
             Some((kind, value)) => {
                 out.path = Some(PathMatch {
                     kind: kind as i32,
@@ -215,7 +228,14 @@ pub(super) fn route_match(
         }
     }
     for (name, sm) in &m.headers {
-        match value_match(sm) {
+        let present = sm.exact.is_none() && sm.prefix.is_none() && sm.regex.is_none();
+        // Istio: a header match with no value means "the header is present".
+        let matched = if present && sm.other.is_empty() {
+            Some((".*".to_owned(), true))
+        } else {
+            value_match(sm)
+        };
+        match matched {
             Some((value, regex)) => out.headers.push(HeaderMatch {
                 name: name.to_ascii_lowercase(),
                 value,
