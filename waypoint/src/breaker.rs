@@ -109,6 +109,10 @@ impl Breaker {
     /// under `max_connections`, else after waiting in the pending queue, or `MaxPending` when
     /// that queue is full.
     pub async fn connection(self: &Arc<Self>, limits: &PoolLimits) -> Result<Held, Overflow> {
+        // Under the limit (the normal case): no waiter registered, no lock taken.
+        if let Some(h) = self.held(Counter::Connections, limits.max_connections) {
+            return Ok(h);
+        }
         let mut pending: Option<Held> = None;
         loop {
             let notified = self.released.notified();

@@ -45,11 +45,9 @@ impl Cluster {
                 "outlier detection ejected an endpoint"
             );
             self.ejections.inc();
-        }
-        self.ejected.set(self.outlier.ejected_count() as i64);
-        let mut s = self.sweep.lock();
-        if s.0.as_ref() != Some(cfg) {
-            s.0 = Some(*cfg);
+            self.ejected.set(self.outlier.ejected_count() as i64);
+            // The sweeper needs the interval only once something is ejected.
+            self.sweep.lock().0 = Some(*cfg);
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Outlier {
     /// Endpoints ejected now (possibly past their time until the next sweep or pick): lets
     /// the balancer skip the lock when nothing is ejected, the normal case.
     ejected: AtomicUsize,
+    /// Endpoints with a failure counted since their last success: a success is then counted
+    /// without the lock when there is none, the normal case.
+    failing: AtomicUsize,
 }
 
 impl Outlier {
@@ -57,10 +60,16 @@ impl Outlier {
         total: usize,
         now: Instant,
     ) -> bool {
+        if report == Report::Success && self.failing.load(Ordering::Acquire) == 0 {
+            // The common case: no endpoint has a failure to forget.
+            return false;
+        }
         let mut hosts = self.hosts.lock();
         if report == Report::Success {
-            // The common case: nothing to reset for an endpoint never seen failing.
             if let Some(h) = hosts.get_mut(&ip) {
+                if h.consecutive_5xx > 0 || h.consecutive_gateway > 0 {
+                    self.failing.fetch_sub(1, Ordering::AcqRel);
+                }
                 h.consecutive_5xx = 0;
                 h.consecutive_gateway = 0;
             }
@@ -76,6 +85,7 @@ impl Outlier {
             // Already out (an attempt that started before the ejection).
             return false;
         }
+        let was_failing = h.consecutive_5xx > 0 || h.consecutive_gateway > 0;
         if five_xx {
             h.consecutive_5xx += 1;
         } else {
@@ -86,8 +96,18 @@ impl Outlier {
         } else {
             h.consecutive_gateway = 0;
         }
+        let is_failing = h.consecutive_5xx > 0 || h.consecutive_gateway > 0;
         let tripped = (cfg.consecutive_5xx > 0 && h.consecutive_5xx >= cfg.consecutive_5xx)
             || (cfg.consecutive_gateway > 0 && h.consecutive_gateway >= cfg.consecutive_gateway);
+        match (was_failing, is_failing && !tripped) {
+            (false, true) => {
+                self.failing.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.failing.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
         if !tripped {
             return false;
         }
@@ -156,14 +176,19 @@ impl Outlier {
     pub fn retain(&self, keep: impl Fn(&IpAddr) -> bool) {
         let mut hosts = self.hosts.lock();
         let mut dropped_ejected = 0;
+        let mut dropped_failing = 0;
         hosts.retain(|ip, h| {
             let k = keep(ip);
             if !k && h.ejected_until.is_some() {
                 dropped_ejected += 1;
             }
+            if !k && (h.consecutive_5xx > 0 || h.consecutive_gateway > 0) {
+                dropped_failing += 1;
+            }
             k
         });
         self.ejected.fetch_sub(dropped_ejected, Ordering::Relaxed);
+        self.failing.fetch_sub(dropped_failing, Ordering::AcqRel);
     }
 }
 
@@ -201,11 +226,14 @@ mod tests {
         let now = Instant::now();
         assert!(!o.report(ip(1), Report::Status(503), &c, 3, now));
         assert!(!o.report(ip(1), Report::Status(500), &c, 3, now));
-        // A success in between starts the count over.
+        assert_eq!(o.failing.load(Ordering::Relaxed), 1);
+        // A success in between starts the count over (and successes go lock-free again).
         assert!(!o.report(ip(1), Report::Success, &c, 3, now));
+        assert_eq!(o.failing.load(Ordering::Relaxed), 0);
         assert!(!o.report(ip(1), Report::Status(503), &c, 3, now));
         assert!(!o.report(ip(1), Report::LocalFailure, &c, 3, now));
         assert!(o.report(ip(1), Report::Status(500), &c, 3, now));
+        assert_eq!(o.failing.load(Ordering::Relaxed), 0, "counts reset at ejection");
         assert!(is_ejected(&o, now, 1));
         assert!(!is_ejected(&o, now, 2));
         assert!(is_ejected(&o, now + Duration::from_secs(29), 1));
