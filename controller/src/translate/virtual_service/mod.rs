@@ -29,6 +29,9 @@
 //!   modifier filters (per destination: backend filters), `rewrite` → URLRewrite (a `uri`
 //!   rewrite of a prefix match replaces the prefix, else the whole path), `redirect` →
 //!   RequestRedirect (default 301).
+//! - **Matches.** `uri`, `headers`, `queryParams` (exact, prefix as a regex, regex; a header
+//!   with no value = present), `method` (exact), `port` (the Route's port), `ignoreUriCase`
+//!   (a case-insensitive path regex).
 //! - **Unsupported** fields (`corsPolicy`, `directResponse`, `tcp`, `tls`, `exportTo`,
 //!   `retryRemoteLocalities`, ...) are reported once each by path. A match condition amesh
 //!   cannot evaluate (`sourceLabels`, `authority`, `withoutHeaders`, a method regex, ...) leaves
