@@ -67,8 +67,14 @@ pub fn write_config(state: &LabState) -> Result<usize, LabError> {
     // The controller fetches jwksUri keys itself; without it, one round here (a uri not
     // reachable yet is fetched again at the next write: pod status changes, applies).
     let uris = controller::translate::jwks_uris(&loaded.manifests);
-    let (jwks, jwks_errors) =
-        controller::jwks::fetch_all_blocking(&uris, std::time::Duration::from_secs(2));
+    let fetch = || controller::jwks::fetch_all_blocking(&uris, std::time::Duration::from_secs(2));
+    // From the root netns, where the controller would run: pods are routed from there.
+    let (jwks, jwks_errors) = if uris.is_empty() {
+        Default::default()
+    } else {
+        crate::netns::run_in(&state.root_netns, fetch)
+            .map_err(|e| hook_error("on_manifests_written", e))?
+    };
     for e in &jwks_errors {
         tracing::warn!("JWKS: {e}");
     }
