@@ -9,10 +9,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -28,7 +27,7 @@ use crate::outlier::Report;
 use crate::pipeline::upstream_request;
 use crate::policy::{DestinationPolicy, Effective, LoadBalancer};
 use crate::record::Record;
-use crate::replay::{buffer, clone_head, Buffered, Prefixed};
+use crate::replay::{clone_head, Replay};
 use crate::retry::{backoff, Outcome, RetryPolicy, MAX_REPLAY_BODY};
 use crate::upstream::{UpBody, UpstreamError, Version};
 use crate::Waypoint;
@@ -50,14 +49,6 @@ pub(crate) struct Forward<'a> {
     pub source_ip: IpAddr,
     pub response_filters: Vec<HeaderModifier>,
     pub mirrors: Vec<mirror::Plan>,
-}
-
-/// A request body as the attempts see it.
-enum Payload {
-    /// Kept whole: every attempt sends a copy.
-    Replay(Bytes),
-    /// Streamed once: only the first attempt can send it.
-    Once(Option<UpBody>),
 }
 
 /// Forwards the request and makes the client's response.
@@ -158,24 +149,13 @@ pub(crate) async fn forward(
         mirror::start(wp, mirrors, body),
         record.request_bytes.clone(),
     );
-    // Only a request that may be retried has its body kept (up to MAX_REPLAY_BODY).
-    let mut payload = if retry.is_some() && !upgrade {
-        match buffer(body, MAX_REPLAY_BODY).await {
-            Ok(Buffered::Whole(b)) => Payload::Replay(b),
-            Ok(Buffered::Partial(prefix, rest)) => Payload::Once(Some(
-                Prefixed {
-                    prefix: Some(prefix),
-                    rest,
-                }
-                .boxed(),
-            )),
-            Err(e) => {
-                debug!(error = %e, "request body failed while buffering for retries");
-                return local_reply(record, StatusCode::BAD_REQUEST, "request body failed", "DC");
-            }
-        }
+    // Only a request that may be retried has its body kept (up to MAX_REPLAY_BODY), as it
+    // streams to the first attempt.
+    let body = body.map_err(Into::into).boxed();
+    let (replay, mut once) = if retry.is_some() && !upgrade {
+        (Some(Replay::new(body, MAX_REPLAY_BODY)), None)
     } else {
-        Payload::Once(Some(body.map_err(Into::into).boxed()))
+        (None, Some(body))
     };
     let mut head = Some(Request::from_parts(parts, ()));
 
@@ -244,11 +224,10 @@ pub(crate) async fn forward(
         record.upstream = Some(endpoint.addr);
         record.in_flight = Some(wp.in_flight.start(ip));
 
-        let body = match &mut payload {
-            Payload::Replay(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-            Payload::Once(b) => b
-                .take()
-                .unwrap_or_else(|| body::empty().map_err(Into::into).boxed()),
+        let body = match (&replay, once.take()) {
+            (Some(r), _) => r.attempt().boxed(),
+            (None, Some(b)) => b,
+            (None, None) => body::empty().map_err(Into::into).boxed(),
         };
         let up_version = if upgrade {
             Version::Http1
@@ -256,8 +235,8 @@ pub(crate) async fn forward(
             endpoint.version
         };
         // Only a replayable request is sent more than once: the others move their head.
-        let attempt_head = match (&payload, head.take()) {
-            (Payload::Replay(_), Some(h)) => {
+        let attempt_head = match (&replay, head.take()) {
+            (Some(_), Some(h)) => {
                 let copy = clone_head(&h);
                 head = Some(h);
                 copy
@@ -344,7 +323,7 @@ pub(crate) async fn forward(
         let reason = retry.and_then(|r| r.retriable(&outcome));
         let mut flags_extra = None;
         if let (Some(policy), Some(reason)) = (retry, reason) {
-            let replayable = matches!(payload, Payload::Replay(_));
+            let replayable = replay.as_ref().is_some_and(Replay::replayable);
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             if retries_done < policy.attempts && replayable && !expired {
                 let budget = match (&cluster, &limits) {

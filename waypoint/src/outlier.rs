@@ -233,7 +233,11 @@ mod tests {
         assert!(!o.report(ip(1), Report::Status(503), &c, 3, now));
         assert!(!o.report(ip(1), Report::LocalFailure, &c, 3, now));
         assert!(o.report(ip(1), Report::Status(500), &c, 3, now));
-        assert_eq!(o.failing.load(Ordering::Relaxed), 0, "counts reset at ejection");
+        assert_eq!(
+            o.failing.load(Ordering::Relaxed),
+            0,
+            "counts reset at ejection"
+        );
         assert!(is_ejected(&o, now, 1));
         assert!(!is_ejected(&o, now, 2));
         assert!(is_ejected(&o, now + Duration::from_secs(29), 1));

@@ -1,46 +1,103 @@
 use super::*;
-use crate::retry::MAX_REPLAY_BODY;
+use futures::StreamExt as _;
 use http::HeaderValue;
-use http_body_util::StreamBody;
-use hyper::body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::sync::mpsc;
 
-fn chunks(n: usize, size: usize) -> UpBody {
-    let frames = (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size]))));
-    StreamBody::new(futures::stream::iter(frames)).boxed()
+/// A client body fed frame by frame through a channel (the client "sends" when the test does).
+fn client() -> (mpsc::UnboundedSender<&'static str>, UpBody) {
+    let (tx, rx) = mpsc::unbounded_channel::<&'static str>();
+    let stream = tokio_stream_of(rx)
+        .map(|s| Ok::<_, BoxError>(Frame::data(Bytes::from_static(s.as_bytes()))));
+    (tx, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+fn tokio_stream_of(
+    mut rx: mpsc::UnboundedReceiver<&'static str>,
+) -> impl futures::Stream<Item = &'static str> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn next_data(b: &mut AttemptBody) -> Option<Bytes> {
+    b.frame().await.map(|f| f.unwrap().into_data().unwrap())
 }
 
 #[tokio::test]
-async fn a_small_body_is_kept_whole_for_replays() {
-    match buffer(chunks(4, 1000), MAX_REPLAY_BODY).await.unwrap() {
-        Buffered::Whole(b) => assert_eq!(b.len(), 4000),
-        Buffered::Partial(..) => panic!("4000 bytes fit in the replay buffer"),
-    }
-    match buffer(chunks(0, 0), MAX_REPLAY_BODY).await.unwrap() {
-        Buffered::Whole(b) => assert!(b.is_empty()),
-        Buffered::Partial(..) => panic!("an empty body fits"),
-    }
+async fn the_first_attempt_gets_each_frame_as_it_arrives() {
+    let (tx, body) = client();
+    let replay = Replay::new(body, 1024);
+    let mut first = replay.attempt();
+    tx.send("hello ").unwrap();
+    // Served before the client sends more: nothing is held back until the body's end.
+    assert_eq!(next_data(&mut first).await.unwrap(), "hello ");
+    tx.send("world").unwrap();
+    drop(tx);
+    assert_eq!(next_data(&mut first).await.unwrap(), "world");
+    assert!(first.frame().await.is_none());
+    assert!(replay.replayable());
+    // A retry gets the whole body again.
+    let second = replay.attempt();
+    assert_eq!(second.collect().await.unwrap().to_bytes(), "hello world");
 }
 
 #[tokio::test]
-async fn a_large_body_streams_once_and_whole() {
-    // 100 KiB in 10 KiB frames: past the 64 KiB limit, so not replayable, but nothing lost.
-    let (prefix, rest) = match buffer(chunks(10, 10 * 1024), MAX_REPLAY_BODY)
-        .await
-        .unwrap()
-    {
-        Buffered::Partial(p, r) => (p, r),
-        Buffered::Whole(_) => panic!("100 KiB is over the limit"),
-    };
-    assert!(prefix.len() > MAX_REPLAY_BODY);
-    let whole = Prefixed {
-        prefix: Some(prefix),
-        rest,
+async fn a_retry_replays_what_was_read_then_goes_on_with_the_client() {
+    let (tx, body) = client();
+    let replay = Replay::new(body, 1024);
+    let mut first = replay.attempt();
+    tx.send("part one, ").unwrap();
+    assert_eq!(next_data(&mut first).await.unwrap(), "part one, ");
+    // The endpoint failed mid-body: a retry takes over.
+    let second = replay.attempt();
+    assert!(
+        first.frame().await.unwrap().is_err(),
+        "the superseded attempt stops"
+    );
+    tx.send("part two").unwrap();
+    drop(tx);
+    assert_eq!(
+        second.collect().await.unwrap().to_bytes(),
+        "part one, part two"
+    );
+}
+
+#[tokio::test]
+async fn past_the_limit_the_body_streams_whole_but_is_not_replayable() {
+    let (tx, body) = client();
+    let replay = Replay::new(body, 8);
+    let first = replay.attempt();
+    for chunk in ["0123", "4567", "89ab", "cdef"] {
+        tx.send(chunk).unwrap();
     }
-    .collect()
-    .await
-    .unwrap()
-    .to_bytes();
-    assert_eq!(whole.len(), 100 * 1024);
+    drop(tx);
+    assert_eq!(
+        first.collect().await.unwrap().to_bytes(),
+        "0123456789abcdef"
+    );
+    assert!(!replay.replayable());
+}
+
+#[tokio::test]
+async fn an_empty_body_ends_at_once_with_an_exact_size() {
+    let replay = Replay::new(
+        http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+        64,
+    );
+    let first = replay.attempt();
+    assert!(first.is_end_stream(), "a GET stays without a body upstream");
+    assert_eq!(first.size_hint().exact(), Some(0));
+    let full = Replay::new(
+        http_body_util::Full::new(Bytes::from_static(b"abc"))
+            .map_err(|n| match n {})
+            .boxed(),
+        64,
+    );
+    let first = full.attempt();
+    assert_eq!(first.size_hint().exact(), Some(3));
+    assert_eq!(first.collect().await.unwrap().to_bytes(), "abc");
+    let second = full.attempt();
+    assert_eq!(second.size_hint().exact(), Some(3));
+    assert_eq!(second.collect().await.unwrap().to_bytes(), "abc");
 }
 
 #[test]
