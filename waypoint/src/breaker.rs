@@ -159,6 +159,7 @@ mod tests {
             max_requests: requests,
             max_requests_per_connection: 0,
             max_retries: retries,
+            connect_timeout: None,
         }
     }
 

@@ -29,7 +29,7 @@ use crate::policy::{DestinationPolicy, Effective, LoadBalancer};
 use crate::record::Record;
 use crate::replay::{clone_head, Replay};
 use crate::retry::{backoff, Outcome, RetryPolicy, MAX_REPLAY_BODY};
-use crate::upstream::{UpBody, UpstreamError, Version};
+use crate::upstream::{SendOptions, UpBody, UpstreamError, Version};
 use crate::Waypoint;
 
 /// Envoy's body of a request refused by a circuit breaker.
@@ -101,7 +101,12 @@ pub(crate) async fn forward(
         }
         _ => None,
     };
-    let limits = effective.and_then(|e| e.pool).filter(|p| p.any());
+    let pool = effective.and_then(|e| e.pool);
+    let limits = pool.filter(|p| p.any());
+    let send_opts = SendOptions {
+        max_requests_per_connection: pool.map_or(0, |p| p.max_requests_per_connection),
+        connect_timeout: pool.and_then(|p| p.connect_timeout),
+    };
     let outlier_cfg = effective.and_then(|e| e.outlier);
 
     if let (Some(c), Some(l)) = (&cluster, &limits) {
@@ -258,7 +263,6 @@ pub(crate) async fn forward(
             up_version,
             upgrade,
         );
-        let max_per_conn = limits.map_or(0, |l| l.max_requests_per_connection);
         let attempt = async {
             // An HTTP/1.1 connection carries one request: under maxConnections, wait for one.
             let conn = match (&cluster, &limits) {
@@ -274,11 +278,11 @@ pub(crate) async fn forward(
             };
             let sent = match per_try {
                 Some(t) => {
-                    tokio::time::timeout(t, send(wp, &endpoint, up_req, upgrade, max_per_conn))
+                    tokio::time::timeout(t, send(wp, &endpoint, up_req, upgrade, &send_opts))
                         .await
                         .map_err(|_| AttemptError::PerTryTimeout)?
                 }
-                None => send(wp, &endpoint, up_req, upgrade, max_per_conn).await,
+                None => send(wp, &endpoint, up_req, upgrade, &send_opts).await,
             };
             sent.map(|r| (r, conn)).map_err(AttemptError::Upstream)
         };
@@ -492,12 +496,12 @@ async fn send(
     ep: &crate::upstream::Endpoint,
     req: Request<UpBody>,
     upgrade: bool,
-    max_per_conn: u32,
+    opts: &SendOptions,
 ) -> Result<Response<Incoming>, UpstreamError> {
     if upgrade {
         wp.upstream.send_upgrade(ep, req).await
     } else {
-        wp.upstream.send_limited(ep, req, max_per_conn).await
+        wp.upstream.send_with(ep, req, opts).await
     }
 }
 

@@ -49,12 +49,17 @@ pub struct PoolLimits {
     pub max_requests: u32,
     pub max_requests_per_connection: u32,
     pub max_retries: u32,
+    /// `tcp.connectTimeout`; `None` = the waypoint's default.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl PoolLimits {
     /// Whether any limit is set (else the breaker is skipped).
     pub fn any(&self) -> bool {
-        *self != PoolLimits::default()
+        PoolLimits {
+            connect_timeout: None,
+            ..*self
+        } != PoolLimits::default()
     }
 }
 
@@ -288,13 +293,23 @@ fn partial(
             .map(load_balancer)
             .transpose()
             .map_err(|(f, e)| (format!(".load_balancer{f}"), e))?,
-        pool: pool.map(|c| PoolLimits {
-            max_connections: c.max_connections,
-            max_pending: c.http1_max_pending_requests,
-            max_requests: c.http2_max_requests,
-            max_requests_per_connection: c.max_requests_per_connection,
-            max_retries: c.max_retries,
-        }),
+        pool: pool
+            .map(|c| -> Result<PoolLimits, FieldError> {
+                Ok(PoolLimits {
+                    max_connections: c.max_connections,
+                    max_pending: c.http1_max_pending_requests,
+                    max_requests: c.http2_max_requests,
+                    max_requests_per_connection: c.max_requests_per_connection,
+                    max_retries: c.max_retries,
+                    connect_timeout: duration(c.connect_timeout.as_ref()).map_err(|e| {
+                        (
+                            ".connection_pool.connect_timeout".to_string(),
+                            e.to_string(),
+                        )
+                    })?,
+                })
+            })
+            .transpose()?,
         outlier: outlier
             .map(outlier_config)
             .transpose()

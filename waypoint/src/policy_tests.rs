@@ -193,14 +193,25 @@ fn policies_without_limits_need_no_state() {
             source: "shop/reviews".into(),
             traffic_policy: Some(pb::TrafficPolicy {
                 load_balancer: lb(pb::load_balancer::Simple::Random),
-                connection_pool: Some(pb::ConnectionPool::default()),
+                connection_pool: Some(pb::ConnectionPool {
+                    connect_timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 250_000_000,
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             subsets: vec![],
         },
     )
     .unwrap();
+    // A connect timeout alone is no limit to count.
     assert!(!p.service.for_port(80).stateful());
+    assert_eq!(
+        p.service.for_port(80).pool.unwrap().connect_timeout,
+        Some(Duration::from_millis(250))
+    );
     let p = DestinationPolicy::from_proto(SVC, policy()).unwrap();
     assert!(p.service.for_port(80).stateful());
 }

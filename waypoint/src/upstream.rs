@@ -2,7 +2,8 @@
 //! endpoint's `ip:15008`, opened with the waypoint's own identity (so the destination ztunnel
 //! authorizes the waypoint). HTTP/2 connections are shared by every request to the endpoint;
 //! HTTP/1.1 connections are kept idle for reuse, one request at a time each. A
-//! DestinationRule's `maxRequestsPerConnection` retires a connection after that many requests.
+//! DestinationRule's `maxRequestsPerConnection` retires a connection after that many requests,
+//! and its `connectTimeout` bounds opening one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -112,6 +113,37 @@ impl Table {
     }
 }
 
+/// A DestinationRule's settings for sending to one cluster.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendOptions {
+    /// A connection is retired after this many requests: an HTTP/1.1 one is not kept for
+    /// reuse, an HTTP/2 one takes no new streams (those it carries finish). 0 = no limit.
+    pub max_requests_per_connection: u32,
+    /// Bound on opening a connection (tunnel and HTTP handshake); `None` = the pool's own.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// `connect` bounded by `limit`; running out is a connect failure (`UF`) with a timeout.
+async fn bounded<T>(
+    ep: &Endpoint,
+    limit: Option<Duration>,
+    connect: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    let Some(limit) = limit else {
+        return connect.await;
+    };
+    match tokio::time::timeout(limit, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Connect {
+            addr: ep.addr,
+            source: HboneError::Timeout {
+                addr: SocketAddr::new(ep.addr.ip(), HBONE_PORT),
+                secs: limit.as_secs_f64(),
+            },
+        }),
+    }
+}
+
 /// Upstream connections of the waypoint. Cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
@@ -138,24 +170,23 @@ impl Upstream {
         ep: &Endpoint,
         req: Request<UpBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_limited(ep, req, 0).await
+        self.send_with(ep, req, &SendOptions::default()).await
     }
 
-    /// [`Upstream::send`] on a connection retired after `max_per_connection` requests
-    /// (0 = no limit): an HTTP/1.1 one is not kept for reuse, an HTTP/2 one takes no new
-    /// streams (those it carries finish).
-    pub async fn send_limited(
+    /// [`Upstream::send`] under a DestinationRule's connection settings.
+    pub async fn send_with(
         &self,
         ep: &Endpoint,
         req: Request<UpBody>,
-        max_per_connection: u32,
+        opts: &SendOptions,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let max_per_connection = opts.max_requests_per_connection;
         match ep.version {
             Version::Http2 => {
                 let mut sender = match self.h2_sender(ep, max_per_connection) {
                     Some(s) => s,
                     None => {
-                        let s = self.connect_h2(ep).await?;
+                        let s = bounded(ep, opts.connect_timeout, self.connect_h2(ep)).await?;
                         let mut table = self.conns.lock();
                         if max_per_connection != 1 {
                             table
@@ -177,7 +208,10 @@ impl Upstream {
             Version::Http1 => {
                 let (mut sender, used) = match self.h1_idle(ep) {
                     Some(s) => s,
-                    None => (self.connect_h1(ep).await?, 0),
+                    None => (
+                        bounded(ep, opts.connect_timeout, self.connect_h1(ep)).await?,
+                        0,
+                    ),
                 };
                 let used = used + 1;
                 let response =
