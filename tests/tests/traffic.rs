@@ -1,8 +1,9 @@
 //! Istio traffic management through a waypoint (`tests/fixtures/traffic`, namespace `shop`):
 //! the VirtualServices and DestinationRules a user of Istio already has, unchanged — a canary
 //! over subsets with a header match, a fault delay against an upstream route timeout, a fault
-//! abort, retries, outlier detection, circuit breaking and mirroring — each checked by what the
-//! clients see and by the waypoint's metrics (`response_flags` as Istio reports them).
+//! abort, retries (VirtualService and HTTPRoute), outlier detection, circuit breaking and
+//! mirroring — each checked by what the clients see and by the waypoint's metrics
+//! (`response_flags` as Istio reports them).
 //!
 //! One lab for all scenarios (each has its own Service, so they do not disturb one another).
 
@@ -68,6 +69,7 @@ fn istio_traffic_management() {
     delay_against_timeout(&m);
     abort(&m);
     retries(&m);
+    httproute_retry(&m);
     outlier_detection(&m);
     circuit_breaking(&m);
     mirroring(&m);
@@ -185,6 +187,24 @@ fn retries(m: &MeshLab) {
         requests(&text, "flaky", &["response_code=\"200\""]),
         ok as f64,
         "{text}"
+    );
+}
+
+/// HTTPRoute `retry` (codes [503], 2 attempts) over a backend failing every other request:
+/// every request succeeds, through the same retry engine.
+fn httproute_retry(m: &MeshLab) {
+    let answers = many(m, svc(m, "flaky-gw"), 200, Req::get("/"));
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 200, "{answers:?}");
+    let text = metrics(m);
+    let retried = sample(
+        &text,
+        "amesh_waypoint_upstream_retries_total",
+        &["flaky-gw.shop.svc.cluster.local"],
+    );
+    assert!(
+        retried >= 80.0,
+        "{retried} retries for ~100 failed attempts:\n{text}"
     );
 }
 
