@@ -150,6 +150,10 @@ pub(crate) async fn forward(
         mirrors.clear();
     }
     let (parts, body) = req.into_parts();
+    // A request without a body (most GETs) is replayed by sending its head again: no copy of
+    // the body is kept for it.
+    let bodiless = hyper::body::Body::is_end_stream(&body);
+    let retryable = retry.is_some() && !upgrade;
     let body = Counted::new(
         mirror::start(wp, mirrors, body),
         record.request_bytes.clone(),
@@ -157,7 +161,7 @@ pub(crate) async fn forward(
     // Only a request that may be retried has its body kept (up to MAX_REPLAY_BODY), as it
     // streams to the first attempt.
     let body = body.map_err(Into::into).boxed();
-    let (replay, mut once) = if retry.is_some() && !upgrade {
+    let (replay, mut once) = if retryable && !bodiless {
         (Some(Replay::new(body, MAX_REPLAY_BODY)), None)
     } else {
         (None, Some(body))
@@ -211,8 +215,10 @@ pub(crate) async fn forward(
                 )
             }
         };
-        let total_endpoints = if outlier_cfg.is_some() {
-            let subset = choice.subset;
+        // Outlier detection's bound on ejections needs the cluster's size, counted only when
+        // an attempt failed (the common success costs nothing).
+        let subset = choice.subset;
+        let total_endpoints = || {
             snapshot
                 .endpoints(match &f.dest {
                     Dest::Service { key, .. } => key,
@@ -221,8 +227,6 @@ pub(crate) async fn forward(
                 .iter()
                 .filter(|e| subset.is_none_or(|s| s.uids.contains(e.workload.uid.as_str())))
                 .count()
-        } else {
-            0
         };
         let ip = endpoint.addr.ip();
         record.destination = Some(workload);
@@ -240,8 +244,8 @@ pub(crate) async fn forward(
             endpoint.version
         };
         // Only a replayable request is sent more than once: the others move their head.
-        let attempt_head = match (&replay, head.take()) {
-            (Some(_), Some(h)) => {
+        let attempt_head = match (retryable, head.take()) {
+            (true, Some(h)) => {
                 let copy = clone_head(&h);
                 head = Some(h);
                 copy
@@ -321,13 +325,18 @@ pub(crate) async fn forward(
                 Outcome::Response { .. } => Report::Success,
                 _ => Report::LocalFailure,
             };
-            c.report(ip, report, cfg, total_endpoints);
+            let total = if report == Report::Success {
+                0
+            } else {
+                total_endpoints()
+            };
+            c.report(ip, report, cfg, total);
         }
 
         let reason = retry.and_then(|r| r.retriable(&outcome));
         let mut flags_extra = None;
         if let (Some(policy), Some(reason)) = (retry, reason) {
-            let replayable = replay.as_ref().is_some_and(Replay::replayable);
+            let replayable = bodiless || replay.as_ref().is_some_and(Replay::replayable);
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             if retries_done < policy.attempts && replayable && !expired {
                 let budget = match (&cluster, &limits) {

@@ -15,6 +15,8 @@
 //!   Envoy's default clock skew of 60 s (a token without `exp` does not expire, as in Envoy),
 //!   and `aud` containing one of `audiences` when the rule lists any. Failing → 401 with
 //!   Envoy's message for the reason.
+//! - Output headers (payload, claims) a client sent are always dropped: only a verified token
+//!   sets them.
 //! - On success: request principal `<iss>/<sub>`, claims for authorization, the token removed
 //!   from its header unless `forwardOriginalToken` (a query parameter is left in place, as
 //!   Envoy leaves it), `outputPayloadToHeader` gets the payload as it was in the token
@@ -241,6 +243,16 @@ pub fn authenticate<'p>(
     let rules: Vec<&Rule> = policies.into_iter().flat_map(|p| &p.rules).collect();
     if rules.is_empty() {
         return Outcome::NoToken;
+    }
+    // The output headers carry what a verified token says: a client's own copies are never
+    // passed on (the app would take a forged claim for a proven one), with or without a token.
+    for r in &rules {
+        if let Some(h) = &r.output_payload_to_header {
+            headers.remove(h);
+        }
+        for (h, _) in &r.output_claim_to_headers {
+            headers.remove(h);
+        }
     }
     // Every distinct location of every rule, each looked at once.
     let mut locations: Vec<&Location> = Vec::new();

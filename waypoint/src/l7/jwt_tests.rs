@@ -307,6 +307,26 @@ fn custom_locations_and_outputs() {
         authenticate([&p], &mut bearer(&token), None),
         Outcome::NoToken
     ));
+
+    // A client's own output headers are dropped: without a token they are gone, with one they
+    // hold the verified values only.
+    let mut h = HeaderMap::new();
+    h.insert("x-sub", "admin".parse().unwrap());
+    h.insert("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9".parse().unwrap());
+    assert!(matches!(authenticate([&p], &mut h, None), Outcome::NoToken));
+    assert!(
+        !h.contains_key("x-sub") && !h.contains_key("x-jwt-payload"),
+        "{h:?}"
+    );
+    let mut h = HeaderMap::new();
+    h.append("x-sub", "admin".parse().unwrap());
+    h.insert("x-jwt", format!("Token {token}").parse().unwrap());
+    assert!(matches!(
+        authenticate([&p], &mut h, None),
+        Outcome::Verified(_)
+    ));
+    let subs: Vec<_> = h.get_all("x-sub").iter().collect();
+    assert_eq!(subs, ["alice"]);
 }
 
 #[test]
