@@ -28,7 +28,7 @@ pub const NOTES: &[&str] = &[
     "Added p50: the path's p50 minus the ztunnel-only path's p50 at the same point.",
     "Memory per 1,000 requests/s: the proxy's RSS (MB = 10^6 bytes) divided by its requests/s in thousands.",
     "The lab schedules the waypoint pods on the nodes round robin; every path is client ztunnel (node1) -> proxy -> server ztunnel (node2) either way, the veth hops differ only in which node's bridge they cross.",
-    "VS/DR path: a second amesh waypoint whose service has a VirtualService (timeout, 3 retries on 5xx/reset/connect-failure, 50/50 over two subsets) and a DestinationRule (least request, outlier detection, connection pool limits far above the load); one server pod as on the other paths (both subsets select it, by different labels), so the difference is the policies' work. Its targets compare it with the bare waypoint path in the same run: the cost of policies that are configured but never triggered.",
+    "VS/DR path: through the same amesh waypoint process (namespace label istio.io/use-waypoint-namespace), to a service that has a VirtualService (timeout, 3 retries on 5xx/reset/connect-failure, 50/50 over two subsets) and a DestinationRule (least request, outlier detection, connection pool limits far above the load); one server pod as on the other paths (both subsets select it, by different labels), so the difference is the policies' work. Its targets compare it with the bare waypoint path in the same run: the cost of policies that are configured but never triggered.",
 ];
 
 /// One line of the results table.
@@ -175,13 +175,13 @@ fn row(proto: Proto, concurrency: usize, path: PathKind, ps: &[&Point]) -> Row {
     let proxy_cpu: Option<&dyn Fn(&Point) -> f64> = match path {
         PathKind::Waypoint => Some(&|p: &Point| p.waypoint_cpu_s),
         PathKind::Envoy => Some(&|p: &Point| p.envoy_cpu_s),
-        PathKind::Policies => Some(&|p: &Point| p.policies_cpu_s),
+        PathKind::Policies => Some(&|p: &Point| p.waypoint_cpu_s),
         _ => None,
     };
     let proxy_rss: Option<&dyn Fn(&Point) -> f64> = match path {
         PathKind::Waypoint => Some(&|p: &Point| p.waypoint_rss_kib as f64 / 1024.0),
         PathKind::Envoy => Some(&|p: &Point| p.envoy_rss_kib as f64 / 1024.0),
-        PathKind::Policies => Some(&|p: &Point| p.policies_rss_kib as f64 / 1024.0),
+        PathKind::Policies => Some(&|p: &Point| p.waypoint_rss_kib as f64 / 1024.0),
         _ => None,
     };
     Row {
