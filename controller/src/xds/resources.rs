@@ -69,41 +69,25 @@ impl ResourceSet {
         for (name, authorization) in &t.authorizations {
             set.insert(AUTHORIZATION_TYPE_URL, name, authorization);
         }
-        let gateways = |w: &[crate::manifests::ObjectKey]| -> Vec<String> {
-            w.iter().map(ToString::to_string).collect()
-        };
-        for r in &t.service_routes {
-            set.insert_for_waypoints(
-                SERVICE_ROUTES_TYPE_URL,
-                &r.name,
-                &r.resource,
-                gateways(&r.waypoints),
-            );
+        // Each waypoint-scoped type goes with its audience of Gateways.
+        fn scoped<T: prost::Message>(
+            set: &mut ResourceSet,
+            type_url: &'static str,
+            list: &[crate::translate::L7Resource<T>],
+        ) {
+            for r in list {
+                let gateways = r.waypoints.iter().map(ToString::to_string).collect();
+                set.insert_for_waypoints(type_url, &r.name, &r.resource, gateways);
+            }
         }
-        for r in &t.l7_authorizations {
-            set.insert_for_waypoints(
-                L7_AUTHORIZATION_TYPE_URL,
-                &r.name,
-                &r.resource,
-                gateways(&r.waypoints),
-            );
-        }
-        for r in &t.request_authentications {
-            set.insert_for_waypoints(
-                REQUEST_AUTHENTICATION_TYPE_URL,
-                &r.name,
-                &r.resource,
-                gateways(&r.waypoints),
-            );
-        }
-        for r in &t.rate_limits {
-            set.insert_for_waypoints(
-                RATE_LIMIT_TYPE_URL,
-                &r.name,
-                &r.resource,
-                gateways(&r.waypoints),
-            );
-        }
+        scoped(&mut set, SERVICE_ROUTES_TYPE_URL, &t.service_routes);
+        scoped(&mut set, L7_AUTHORIZATION_TYPE_URL, &t.l7_authorizations);
+        scoped(
+            &mut set,
+            REQUEST_AUTHENTICATION_TYPE_URL,
+            &t.request_authentications,
+        );
+        scoped(&mut set, RATE_LIMIT_TYPE_URL, &t.rate_limits);
         set
     }
 
