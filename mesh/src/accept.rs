@@ -1,6 +1,7 @@
-//! The one accept loop of every TCP listener: accept with a back-off on errors, optional
-//! backpressure (a bounded number of connections at once) and descriptor headroom check, one
-//! task per connection kept in a [`JoinSet`] so that drain can wait for them, and drain itself.
+//! The one accept loop of every listener, TCP or unix ([`Listener`]): accept with a back-off
+//! on errors, optional backpressure (a bounded number of connections at once) and descriptor
+//! headroom check, one task per connection kept in a [`JoinSet`] so that drain can wait for
+//! them, and drain itself.
 //!
 //! Drain: once the [`DrainWatch`] fires, the listener is closed (new connections are refused
 //! by the kernel, not left in a queue nobody reads), then the loop waits for its connections,
@@ -13,7 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -24,6 +27,49 @@ use crate::limits::{check_descriptor_headroom, RefusalCounter};
 /// How long the loop waits after a failed `accept` (out of descriptors, out of memory):
 /// the failure persists for a while, and retrying at once would spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A socket that hands out connections: what [`AcceptLoop::run`] accepts on.
+pub trait Listener: Send + 'static {
+    /// One accepted connection; a descriptor, so the headroom check can see its number.
+    type Conn: AsRawFd + Send + 'static;
+    /// The peer's address as this kind of socket reports it.
+    type Addr: Send + 'static;
+
+    /// The next connection (the listener's own `accept`).
+    fn accept_conn(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Conn, Self::Addr)>> + Send + '_;
+
+    /// Disables Nagle where the socket has it (TCP); a no-op elsewhere.
+    fn set_nodelay(_conn: &Self::Conn) {}
+}
+
+impl Listener for TcpListener {
+    type Conn = TcpStream;
+    type Addr = SocketAddr;
+
+    fn accept_conn(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send + '_ {
+        TcpListener::accept(self)
+    }
+
+    fn set_nodelay(conn: &TcpStream) {
+        // Best effort: a socket that refuses it still works, only slower.
+        let _ = conn.set_nodelay(true);
+    }
+}
+
+impl Listener for UnixListener {
+    type Conn = UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    fn accept_conn(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(UnixStream, Self::Addr)>> + Send + '_ {
+        UnixListener::accept(self)
+    }
+}
 
 /// How one listener accepts; build with [`AcceptLoop::new`], then [`AcceptLoop::run`].
 #[derive(Debug)]
@@ -45,6 +91,9 @@ pub struct AcceptLoop {
     nodelay: bool,
     /// Connections closed for lack of descriptor headroom (logs the 1st, 2nd, 4th, ...).
     refused: RefusalCounter,
+    /// Failed `accept` calls: a listener out of descriptors fails twenty times a second, and
+    /// the log says so sparingly (the 1st, 2nd, 4th, ...).
+    failures: RefusalCounter,
 }
 
 impl AcceptLoop {
@@ -58,6 +107,7 @@ impl AcceptLoop {
             headroom: false,
             nodelay: false,
             refused: RefusalCounter::default(),
+            failures: RefusalCounter::default(),
         }
     }
 
@@ -85,7 +135,7 @@ impl AcceptLoop {
         self
     }
 
-    /// Sets `TCP_NODELAY` on every accepted socket.
+    /// Sets `TCP_NODELAY` on every accepted socket (TCP only).
     pub fn nodelay(mut self) -> AcceptLoop {
         self.nodelay = true;
         self
@@ -94,9 +144,10 @@ impl AcceptLoop {
     /// Accepts on `listener` and runs what `handle` returns for each connection in its own
     /// task; `handle` returns `None` to close the connection at once (refused by a limit of
     /// its own), which spawns nothing. Returns once drained and the connections are done.
-    pub async fn run<F, Fut>(self, listener: TcpListener, mut handle: F)
+    pub async fn run<L, F, Fut>(self, listener: L, mut handle: F)
     where
-        F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+        L: Listener,
+        F: FnMut(L::Conn, L::Addr) -> Option<Fut>,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut conns = JoinSet::new();
@@ -117,27 +168,31 @@ impl AcceptLoop {
                 }
             };
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = listener.accept_conn() => accepted,
                 // Reaps finished connections so the set holds only open ones.
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
                 () = drained(&mut drain) => break,
             };
-            let (tcp, peer) = match accepted {
+            let (conn, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!(listener = self.name, error = %e, "accept failed; backing off");
+                    let (n, log) = self.failures.count();
+                    if log {
+                        warn!(listener = self.name, failures_so_far = n, error = %e, "accept failed; backing off");
+                    } else {
+                        debug!(listener = self.name, error = %e, "accept failed; backing off");
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
-            if self.headroom && !self.has_headroom(&tcp) {
+            if self.headroom && !self.has_headroom(&conn) {
                 continue;
             }
             if self.nodelay {
-                // Best effort: a socket that refuses it still works, only slower.
-                let _ = tcp.set_nodelay(true);
+                L::set_nodelay(&conn);
             }
-            if let Some(conn) = handle(tcp, peer) {
+            if let Some(conn) = handle(conn, peer) {
                 conns.spawn(async move {
                     conn.await;
                     drop(slot);
@@ -149,9 +204,8 @@ impl AcceptLoop {
     }
 
     /// Whether a new connection leaves the descriptor headroom; logs a refusal (sparingly).
-    fn has_headroom(&self, tcp: &TcpStream) -> bool {
-        use std::os::fd::AsRawFd;
-        let Err(refused) = check_descriptor_headroom(self.name, tcp.as_raw_fd()) else {
+    fn has_headroom(&self, conn: &impl AsRawFd) -> bool {
+        let Err(refused) = check_descriptor_headroom(self.name, conn.as_raw_fd()) else {
             return true;
         };
         let (n, log) = self.refused.count();
