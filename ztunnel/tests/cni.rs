@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -166,12 +166,16 @@ impl Ztunnel {
             dir,
             cni_socket,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !is_ready(ready) {
             if let Some(status) = z.child.try_wait().unwrap() {
                 panic!("ztunnel exited ({status}):\n{}", z.log());
             }
-            assert!(Instant::now() < deadline, "ztunnel not ready:\n{}", z.log());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ztunnel not ready:\n{}",
+                z.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         z
@@ -374,7 +378,7 @@ fn pod_unknown_to_ztunnel_is_refused_and_left_untouched() {
     let args = pod_args("web");
     let env = runtime_env("ADD", ns.path.to_str().unwrap(), &args);
     let conf = net_conf(&z.cni_socket, Some(prev_result("10.78.1.3")));
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let err = assert_cni_error(&plugin(&env, &conf), 100);
     assert!(
         err["details"]
@@ -724,7 +728,7 @@ fn an_ambient_pod_is_captured_before_the_control_plane_knows_it() {
     let z = Ztunnel::start("workloads: []\n");
     let args = pod_args_in("demo", "web");
     let conf = net_conf_with_api(&z.cni_socket, prev_result("10.78.5.6"), &api.kubeconfig);
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let out = plugin(&runtime_env("ADD", ns.path.to_str().unwrap(), &args), &conf);
     assert!(
         out.status.success(),
@@ -787,4 +791,111 @@ fn an_ambient_pod_fails_cleanly_while_ztunnel_or_the_api_is_down() {
     );
     assert_cni_error(&out, 11);
     ns.assert_untouched();
+}
+
+// ---------- abuse of the node-agent socket ----------
+
+/// Sends `bytes` as they are (from another thread, since a huge write may block until ztunnel
+/// has given up reading) and returns ztunnel's answer.
+fn agent_raw(socket: &Path, bytes: Vec<u8>) -> Value {
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // ztunnel stops reading past its limit and closes: a broken pipe is expected.
+        let _ = writer.write_all(&bytes);
+    });
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    sender.join().unwrap();
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn del_request(uid: &str) -> Value {
+    json!({"op": "del", "container_id": "c0ffee", "uid": uid, "name": "gone",
+           "namespace": "demo"})
+}
+
+#[test]
+fn malformed_and_huge_lines_get_an_error_and_the_agent_keeps_serving() {
+    let z = Ztunnel::start("workloads: []\n");
+    // A valid request padded past the 64 KiB limit: refused whole, never parsed cut short
+    // (cut at 64 KiB it would be "EOF while parsing", i.e. read as a truncated request).
+    let padded = format!(
+        "{{\"op\": \"del\", \"container_id\": \"{}\", \"uid\": \"u\", \"name\": \"n\", \"namespace\": \"d\"}}\n",
+        "c".repeat(70 << 10)
+    );
+    let huge = vec![b'x'; 10 << 20];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "padded past the limit",
+            padded.into_bytes(),
+            "longer than 64 KiB",
+        ),
+        ("10 MiB without a newline", huge, "longer than 64 KiB"),
+        ("not JSON", b"ADD please\n".to_vec(), "malformed request"),
+        (
+            "wrong types",
+            b"{\"op\": \"del\", \"container_id\": 7, \"uid\": [], \"name\": null}\n".to_vec(),
+            "malformed request",
+        ),
+        (
+            "unknown op",
+            b"{\"op\": \"format\"}\n".to_vec(),
+            "malformed request",
+        ),
+        (
+            "not UTF-8",
+            b"{\"op\": \"\xff\xfe\"}\n".to_vec(),
+            "not UTF-8",
+        ),
+        ("empty line", b"\n".to_vec(), "malformed request"),
+    ];
+    for (case, bytes, expected) in cases {
+        let answer = agent_raw(&z.cni_socket, bytes);
+        assert_eq!(answer["result"], "error", "{case}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{case}: {message}");
+    }
+    // Still serving, and a request of exactly the limit's size is still read whole.
+    let answer = agent_request(&z.cni_socket, &del_request("uid-gone"));
+    assert_eq!(answer["result"], "ok", "{answer}");
+    let mut exact = serde_json::to_string(&del_request("uid-gone")).unwrap();
+    let pad = (64 << 10) - exact.len();
+    exact.insert_str(1, &" ".repeat(pad));
+    assert_eq!(exact.len(), 64 << 10);
+    let answer = agent_raw(&z.cni_socket, format!("{exact}\n").into_bytes());
+    assert_eq!(
+        answer["result"], "ok",
+        "a request of exactly 64 KiB: {answer}"
+    );
+}
+
+/// ztunnel's open descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_flood_of_connections_holds_a_bounded_number_of_descriptors() {
+    let z = Ztunnel::start("workloads: []\n");
+    let before = open_fds(z.child.id());
+    // Silent clients, each holding a connection until ztunnel's read timeout: past the
+    // agent's limit (64) they wait in the listen queue instead of each taking a descriptor.
+    let flood: Vec<_> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(&z.cni_socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(z.child.id());
+    assert!(
+        during <= before + 64 + 8,
+        "{before} descriptors before, {during} with 300 silent clients"
+    );
+    drop(flood);
+    // Once the flood is gone the agent answers again.
+    let answer = agent_request(&z.cni_socket, &del_request("uid-gone"));
+    assert_eq!(answer["result"], "ok", "{answer}");
 }
