@@ -27,11 +27,11 @@ use crate::xds::{spawn_publisher_with_jwks, AdsServer};
 /// Where the manifests come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A folder of YAML manifests, scanned every `poll`.
+    /// A folder of YAML manifests, watched for changes.
     Folder {
         /// The folder.
         dir: PathBuf,
-        /// Time between two scans.
+        /// Quiet time after a change before the folder is reloaded.
         poll: Duration,
     },
     /// The Kubernetes API: of `kubeconfig`, or else as kube's `Config::infer` finds it

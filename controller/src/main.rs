@@ -86,7 +86,8 @@ struct Args {
     /// Longest certificate validity granted, in seconds.
     #[arg(long, default_value_t = DEFAULT_MAX_TTL.as_secs())]
     max_cert_ttl_secs: u64,
-    /// Milliseconds between two scans of the manifests folder.
+    /// Milliseconds of quiet after a change in the manifests folder before it is reloaded (the
+    /// folder is watched; a stat-only check every 30 s catches what the watch misses).
     #[arg(long, default_value_t = 300)]
     poll_ms: u64,
     /// Deploy waypoint Gateways (class istio-waypoint) as istiod does: a ServiceAccount,
