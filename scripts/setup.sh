@@ -37,6 +37,14 @@ for c in rustfmt clippy; do
 done
 log "toolchain: $(rustc --version)"
 
+# cargo-deny checks the dependency tree's licenses, banned crates and sources (deny.toml).
+if cargo deny --version >/dev/null 2>&1; then
+  log "cargo-deny present ($(cargo deny --version))"
+else
+  log "installing cargo-deny (a few minutes)"
+  cargo install cargo-deny --locked --quiet
+fi
+
 # eBPF capture (CAPTURE_MODE=ebpf): the `ebpf` crate is built by ztunnel's build script for
 # bpfel-unknown-none, a tier-3 target, so it needs core's source (rust-src) and bpf-linker.
 # bpf-linker must link with the very LLVM the compiler uses, so it is built against the stable

@@ -14,6 +14,12 @@ echo "[test] cargo fmt --check"
 cargo fmt --all --check
 echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licenses, banned crates and sources of the dependency tree (deny.toml). Not advisories: the
+# RustSec database is cloned from github.com, which this machine cannot reach.
+echo "[test] cargo deny"
+cargo deny check --hide-inclusion-graph licenses bans sources
+echo "[test] cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # End-to-end tests run the workspace binaries (ztunnel, amesh-cni, amesh-lab); build them first.
 echo "[test] cargo build --bins"
 cargo build --workspace --bins --locked

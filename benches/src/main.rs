@@ -5,7 +5,7 @@
 //! - [`settings`]: the command line and what bounds each measurement;
 //! - [`fixture`]: the lab and its two paths; [`servers`]: load servers in the server pods;
 //! - [`throughput`], [`latency`], [`connrate`], [`ztunnel`]: the measurements;
-//! - [`bench`]: the order they run in; [`report`]: medians, ratios, table and JSON.
+//! - [`bench`](mod@bench): the order they run in; [`report`]: medians, ratios, table and JSON.
 
 mod bench;
 mod connrate;

@@ -33,7 +33,7 @@ pub fn configure() {
     }
 }
 
-/// Returns free heap pages to the kernel every [`RELEASE_EVERY`], for ever. Cheap when there
+/// Returns free heap pages to the kernel every `RELEASE_EVERY`, for ever. Cheap when there
 /// is little to return: it walks the free lists of the one arena.
 pub async fn release_free_memory() {
     let mut tick = tokio::time::interval(RELEASE_EVERY);

@@ -57,7 +57,7 @@ struct Tracked {
 }
 
 impl WaypointDeployer {
-    /// Deploys through `client` with `settings`, resyncing every [`DEFAULT_RESYNC`].
+    /// Deploys through `client` with `settings`, resyncing every `DEFAULT_RESYNC`.
     pub fn new(client: Client, settings: WaypointSettings) -> Self {
         WaypointDeployer {
             client,

@@ -93,7 +93,7 @@ impl CaClient {
         self.token.store(token.map(std::sync::Arc::new));
     }
 
-    /// Keeps the bearer token equal to `path`'s content, re-read every [`TOKEN_REREAD`]: the
+    /// Keeps the bearer token equal to `path`'s content, re-read every `TOKEN_REREAD`: the
     /// kubelet rotates projected ServiceAccount tokens in place. The task lives as long as
     /// the client.
     pub fn follow_token_file(self: &std::sync::Arc<Self>, path: std::path::PathBuf) {
