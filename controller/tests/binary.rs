@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amesh_proto::envoy::config::core::v3::Node;
 use amesh_proto::envoy::service::discovery::v3::Resource;
@@ -79,7 +79,7 @@ fn free_port() -> u16 {
 }
 
 async fn eventually(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     while !ok() {
         assert!(
             start.elapsed() < within,
@@ -203,7 +203,7 @@ spec:
         .status()
         .unwrap()
         .success());
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     let status = loop {
         if let Some(status) = controller.0.try_wait().unwrap() {
             break status;

@@ -9,7 +9,7 @@ mod fake_api;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake_api::FakeApi;
 use mesh::certs::{generate_csr, CaClient, CaClientConfig, LocalCa};
@@ -66,7 +66,7 @@ impl Controller {
             .status()
             .unwrap()
             .success());
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         let status = loop {
             if let Some(status) = self.0.try_wait().unwrap() {
                 break status;
@@ -126,7 +126,7 @@ async fn published_root(api: &FakeApi) -> String {
             .get("configmaps", NS, "istio-ca-root-cert")
             .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
     };
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     loop {
         if let Some(root) = read() {
             return root;
@@ -154,7 +154,7 @@ async fn sign(port: u16, root: &str) -> Vec<String> {
     .unwrap();
     let web = Identity::new("cluster.local", "shop", "web").unwrap();
     let csr = generate_csr(&web).unwrap();
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     loop {
         match client
             .create_certificate(&web, &csr.pem, Duration::from_secs(3600))

@@ -533,10 +533,10 @@ fn the_deployment_sets_only_what_the_waypoint_binary_reads() {
 
 /// Polls `check` until it holds, or fails the test after [`DEADLINE`].
 async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + DEADLINE;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     while !check() {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -2,7 +2,7 @@
 //! changes is published at most once per debounce interval, and the last change always lands.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amesh_proto::AUTHORIZATION_TYPE_URL;
 use controller::manifests::load_yaml;
@@ -38,7 +38,7 @@ async fn bursts_are_published_at_most_once_per_interval() {
         let mut seen = Vec::new();
         while resources.changed().await.is_ok() {
             let count = resources.borrow_and_update().len(AUTHORIZATION_TYPE_URL);
-            seen.push((Instant::now(), count));
+            seen.push((tokio::time::Instant::now(), count));
         }
         seen
     });

@@ -3,9 +3,10 @@
 //! real API server answers from what it holds rather than from its storage.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use controller::Manifests;
+use parking_lot::Mutex;
 
 /// The objects of one manifests folder, reloaded when the folder changes.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ impl LoadedManifests {
         // Fingerprint before loading: a change in between makes the next call load again,
         // never keeps stale objects under a fresh fingerprint.
         let now = controller::manifests::fingerprint(&self.dir);
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock();
         match &*last {
             Some((seen, manifests)) if *seen == now => manifests.clone(),
             _ => {

@@ -4,11 +4,11 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
 use lab::{process, rundir, LabId, LabState};
+use parking_lot::Mutex;
 
 /// These tests create leftovers on purpose; one at a time, so that one test's
 /// `cleanup_stale` does not reap another's leftovers before it looks.
@@ -35,7 +35,7 @@ fn cli_up(id: &LabId, dir: &tempfile::TempDir) -> LabState {
 
 #[test]
 fn detached_lab_lives_on_and_cli_down_removes_it() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock();
     let id = LabId::new("tdetach").unwrap();
     let _guard = DownOnDrop(id.clone());
     let dir = manifests(MANIFESTS);
@@ -71,7 +71,7 @@ fn detached_lab_lives_on_and_cli_down_removes_it() {
 
 #[test]
 fn crashed_lab_is_reaped_by_cleanup_stale() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock();
     let id = LabId::new("tcrash").unwrap();
     let _guard = DownOnDrop(id.clone());
     let dir = manifests(MANIFESTS);
@@ -101,7 +101,7 @@ fn crashed_lab_is_reaped_by_cleanup_stale() {
 
 #[test]
 fn orphan_namespaces_and_their_processes_are_reaped() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock();
     let id = LabId::new("torphan").unwrap();
     let _guard = DownOnDrop(id.clone());
     // A netns of a lab that has no run directory, with a process still living in it.
@@ -124,7 +124,7 @@ fn orphan_namespaces_and_their_processes_are_reaped() {
 
 #[test]
 fn a_live_lab_of_this_process_is_never_reaped() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock();
     let dir = manifests(MANIFESTS);
     let lab = lab::Lab::up(dir.path(), 1, options()).unwrap();
     let reaped = lab::cleanup_stale().unwrap();

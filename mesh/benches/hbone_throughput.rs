@@ -7,14 +7,15 @@ mod hbone_support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hbone_support::Mesh;
 use mesh::hbone::H2Settings;
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 const TRANSFER: u64 = 64 << 20;
 
@@ -56,7 +57,7 @@ async fn transfer(to: SocketAddr) {
 }
 
 fn record(path: &'static str, took: Duration, iters: u64) {
-    let mut totals = TOTALS.lock().unwrap();
+    let mut totals = TOTALS.lock();
     let entry = totals
         .get_or_insert_with(HashMap::new)
         .entry(path)
@@ -97,7 +98,7 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    let totals = TOTALS.lock().unwrap();
+    let totals = TOTALS.lock();
     let totals = totals.as_ref().expect("both paths ran");
     let gbps = |path: &str| {
         let (took, iters) = totals[path];

@@ -15,8 +15,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 const A_IP: &str = "10.79.0.1";
 const B_IP: &str = "10.79.0.2";
@@ -237,7 +237,7 @@ impl Ztunnel {
     }
 
     fn wait_ready(mut self, ns: &TestNetns) -> Ztunnel {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if ns.run_in(|| http_get(READY, "/healthz/ready").starts_with("HTTP/1.1 200")) {
                 return self;
@@ -250,7 +250,7 @@ impl Ztunnel {
                 );
             }
             assert!(
-                Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "ztunnel not ready:\n{}",
                 self.log()
             );
@@ -260,13 +260,13 @@ impl Ztunnel {
 
     /// Waits (bounded) for the process to exit on its own.
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
-                Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "ztunnel still running:\n{}",
                 self.log()
             );
@@ -310,14 +310,14 @@ fn http_get(addr: &str, path: &str) -> String {
 /// A TCP echo server on 0.0.0.0:`port` inside `ns`; records the peers it saw. Stops on drop.
 struct Echo {
     stop: Arc<AtomicBool>,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    peers: Arc<parking_lot::Mutex<Vec<SocketAddr>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Echo {
     fn start(ns: &TestNetns, port: u16) -> Echo {
         let stop = Arc::new(AtomicBool::new(false));
-        let peers = Arc::new(Mutex::new(Vec::new()));
+        let peers = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let listener = ns
             .run_in(move || TcpListener::bind(("0.0.0.0", port)))
             .unwrap();
@@ -327,7 +327,7 @@ impl Echo {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, peer)) => {
-                        peers2.lock().unwrap().push(peer);
+                        peers2.lock().push(peer);
                         std::thread::spawn(move || {
                             let _ = conn.set_nonblocking(false);
                             let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
@@ -466,7 +466,7 @@ fn dedicated_serves_its_own_netns_over_hbone() {
     );
     // Dedicated mode does not spoof the client's address by default (ENABLE_ORIG_SRC): nothing
     // would route the app's replies back to ztunnel, so B's app sees its own ztunnel.
-    let peers = echo.peers.lock().unwrap().clone();
+    let peers = echo.peers.lock().clone();
     assert_eq!(peers.len(), 1, "the app saw {peers:?}");
     assert_eq!(peers[0].ip().to_string(), B_IP, "the app saw {peers:?}");
 

@@ -151,9 +151,9 @@ fn program_exists(id: u32) -> bool {
 
 /// Waits for the kernel to free a released object (it does so after an RCU grace period).
 fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
     while !check() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

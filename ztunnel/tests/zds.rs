@@ -525,10 +525,10 @@ fn ztunnel_takes_pods_from_inpod_uds() {
     assert!(!is_ready(addrs[2]), "ready before the snapshot");
     assert_eq!(cni.add("uid-1", "p1", &netns_file), "");
     assert_eq!(cni.send(Payload::SnapshotSent(SnapshotSent {}), &[]), "");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !is_ready(addrs[2]) {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "not ready after the snapshot"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -570,7 +570,7 @@ async fn a_pod_istio_cni_hands_over_is_captured_before_the_control_plane_knows_i
     let mut cni = FakeCni::bind(&socket);
     let _client = zds::spawn(socket.clone(), shared, pods.clone());
     blocking(|| cni.accept());
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     assert_eq!(blocking(|| cni.add("uid-9", "fresh", &netns_file)), "");
     // Well within the 1 s the manager would wait for the configuration.
     assert!(

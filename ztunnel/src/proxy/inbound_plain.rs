@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use mesh::authz::{authorize, ConnInfo};
 use mesh::hbone::abort_on_close;

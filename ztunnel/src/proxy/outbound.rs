@@ -7,7 +7,7 @@ mod waypoint;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use http::HeaderMap;
 use mesh::hbone::{
