@@ -283,6 +283,76 @@ async fn refuses_a_malformed_csr() {
     .await;
 }
 
+/// `der` as a PEM CERTIFICATE REQUEST block.
+fn csr_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn refuses_a_csr_with_trailing_bytes() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = serve(dir.path()).await;
+        let web = id("shop", "web");
+        let csr = generate_csr(&web).unwrap();
+        let der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.pem.as_bytes())
+                .unwrap();
+        // The same request, valid and signed by its key, with bytes after it.
+        let mut padded = der.as_ref().to_vec();
+        padded.extend_from_slice(b"\x30\x03\x02\x01\x00");
+        let mut raw = IstioCertificateServiceClient::connect(uri.clone())
+            .await
+            .unwrap();
+        for impersonate in [true, false] {
+            let metadata = impersonate.then(|| prost_types::Struct {
+                fields: [(
+                    mesh::certs::IMPERSONATED_IDENTITY.to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(web.to_string())),
+                    },
+                )]
+                .into(),
+            });
+            let mut req = tonic::Request::new(IstioCertificateRequest {
+                csr: csr_pem(&padded),
+                validity_duration: 60,
+                metadata,
+            });
+            req.metadata_mut()
+                .insert("authorization", "Bearer token-1".parse().unwrap());
+            let status = raw.create_certificate(req).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("5 bytes after the CertificationRequest"),
+                "{status:?}"
+            );
+        }
+        // Without the extra bytes the same request is signed.
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: csr_pem(der.as_ref()),
+            validity_duration: 60,
+            metadata: None,
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer token-1".parse().unwrap());
+        assert!(raw.create_certificate(req).await.is_ok());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn root_survives_a_restart() {
     bounded(async {

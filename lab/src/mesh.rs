@@ -250,6 +250,33 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
     lab.wait_listening(CONTROLLER, &[CONTROLLER_PORT])
 }
 
+/// Where the lab's ztunnels pin their pods' eBPF links (on bpffs, which ztunnel mounts).
+const BPF_PIN_ROOT: &str = "/sys/fs/bpf/amesh";
+
+/// Where `node`'s ztunnel pins its pods' eBPF links (`AMESH_BPF_PIN_DIR`): a directory per
+/// lab and node, so that a ztunnel releasing the pins of pods it did not get back never
+/// touches another lab's (two labs may both have a `node1`).
+pub fn bpf_pin_dir(id: &crate::plan::LabId, node: &str) -> PathBuf {
+    PathBuf::from(BPF_PIN_ROOT).join(format!("{id}-{node}"))
+}
+
+/// Removes lab `id`'s pin directories: pinned links outlive ztunnel, so what a ztunnel that
+/// never got its pods' DELs left (killed by a test, or crashed) would otherwise stay in the
+/// kernel after the lab is gone.
+pub fn remove_bpf_pins(id: &crate::plan::LabId) {
+    let prefix = format!("{id}-");
+    let Ok(dir) = std::fs::read_dir(BPF_PIN_ROOT) else {
+        return;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "removing pinned eBPF links failed");
+            }
+        }
+    }
+}
+
 /// ztunnel worker threads per lab node, unless `ZTUNNEL_WORKER_THREADS` is set.
 pub const LAB_WORKER_THREADS: &str = "1";
 
@@ -300,6 +327,7 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         .env("POD_NAMESPACE", pod_ns)
         .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
+        .env("AMESH_BPF_PIN_DIR", bpf_pin_dir(&state.id, &node.name))
         .env("CAPTURE_MODE", &opts.capture_mode)
         .env("AMESH_RESOLV_CONF", &resolv_conf)
         // Every lab node shares this machine's cores with the others and with the apps: one

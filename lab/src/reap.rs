@@ -113,6 +113,9 @@ fn destroy(id: &LabId, state: Option<&LabState>) -> Result<(), LabError> {
         process::terminate(&state.processes, STOP_GRACE);
     }
     remove_network(id)?;
+    // After the network: the pods' netns are gone, so nothing is left for a pinned link to
+    // guard.
+    crate::mesh::remove_bpf_pins(id);
     rundir::remove_dir(&rundir::lab_dir(id))?;
     Ok(())
 }

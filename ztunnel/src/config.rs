@@ -4,7 +4,7 @@
 use mesh::control::with_scheme;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh::env::Env;
@@ -116,6 +116,10 @@ pub struct Config {
     pub pod_config_wait: Duration,
     /// Persisted set of captured pods.
     pub state_file: PathBuf,
+    /// Where eBPF capture pins the pods' sk_lookup links, on bpffs (`AMESH_BPF_PIN_DIR`,
+    /// default `/sys/fs/bpf/amesh/<NODE_NAME>`): they outlive a restart there, so capture fails
+    /// closed while no ztunnel runs.
+    pub bpf_pin_dir: PathBuf,
     pub admin_addr: SocketAddr,
     pub stats_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
@@ -277,6 +281,18 @@ impl Config {
                 hint: " (the Kubernetes node this ztunnel serves)",
             });
         }
+        let bpf_pin_dir = get("AMESH_BPF_PIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let node = if node_name.is_empty() {
+                    "ztunnel"
+                } else {
+                    &node_name
+                };
+                Path::new(crate::capture::links::BPFFS)
+                    .join("amesh")
+                    .join(node)
+            });
         Ok(Config {
             config_source,
             ca,
@@ -298,6 +314,7 @@ impl Config {
             state_file: get("AMESH_STATE_FILE")
                 .unwrap_or_else(|| "/var/run/ztunnel/pods.json".into())
                 .into(),
+            bpf_pin_dir,
             admin_addr: env.addr("ADMIN_ADDR", "127.0.0.1:15000")?,
             stats_addr: env.addr("STATS_ADDR", "0.0.0.0:15020")?,
             readiness_addr: env.addr("READINESS_ADDR", "0.0.0.0:15021")?,

@@ -15,7 +15,7 @@ Main variables (Istio's names):
   XDS_ROOT_CA, CA_ROOT_CA   its root (default /var/run/secrets/istio/root-cert.pem)
   LOCAL_XDS_PATH            a local config file instead of xDS
   NODE_NAME                 the node this ztunnel serves
-  CAPTURE_MODE              nft (default) or ebpf
+  CAPTURE_MODE              nft (default), ebpf, or auto (ebpf where the kernel allows)
   SECRET_TTL                workload certificate lifetime (default 24h)
   INPOD_UDS                 take pods from istio-cni over ZDS at this socket
   PROXY_MODE                shared (default) or dedicated

@@ -100,9 +100,9 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     };
     // Loading the eBPF program here makes a kernel or privilege problem a startup error.
     let capture = capture
-        .backend()
+        .backend_with(&config.bpf_pin_dir)
         .with_context(|| format!("setting up capture ({capture:?})"))?;
-    let mut pods = PodManager::new(shared.clone(), capture, state_file)
+    let mut pods = PodManager::new(shared.clone(), capture.clone(), state_file)
         .with_config_wait(config.pod_config_wait)
         .with_original_source(config.original_source);
     if matches!(config.proxy_mode, ProxyMode::Dedicated { .. }) {
@@ -157,6 +157,9 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         (ProxyMode::Shared, None) => {
             let restored = pods.restore().await;
             info!(restored, "pods restored from the state file");
+            // Before the CNI socket takes ADDs: what the previous process left for pods that
+            // did not come back goes now (eBPF: their pinned links).
+            capture.restored();
             let listener = crate::cni::agent::bind(&config.cni_socket).with_context(|| {
                 format!("binding the CNI socket {}", config.cni_socket.display())
             })?;

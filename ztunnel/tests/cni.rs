@@ -150,6 +150,8 @@ impl Ztunnel {
             .env("LOCAL_XDS_PATH", &config)
             .env("LOCAL_CA_DIR", dir.path().join("ca"))
             .env("NODE_NAME", "node1")
+            // These tests fail capture through a fake `nft`; unset, the mode would be eBPF.
+            .env("CAPTURE_MODE", "nft")
             .env("AMESH_CNI_SOCKET", &cni_socket)
             .env("AMESH_STATE_FILE", dir.path().join("pods.json"))
             .env("AMESH_POD_CONFIG_WAIT_SECONDS", "1")

@@ -1,10 +1,13 @@
 //! eBPF capture (sk_lookup + policy routing) in-process against real network namespaces: a
 //! pod netns joined by a veth to a peer netns, ztunnel's real in-pod listeners, the real
 //! program. Checks each steering decision with real connections and datagrams, that install
-//! is idempotent, that the pod has no netfilter rules, and that removal leaves nothing.
+//! is idempotent, that the pod has no netfilter rules, that removal leaves nothing, and that
+//! capture fails closed while no ztunnel runs (the pinned program refuses) and a restarted one
+//! takes the pinned link over.
 //!
-//! Needs root; namespaces are named `amt-ebpf-<pid>-<role>`, deleted on drop, and those of a
-//! crashed earlier run (its pid gone) are deleted first.
+//! Needs root; namespaces are named `amt-ebpf-<pid>-<role>` and pin directories
+//! `/sys/fs/bpf/amt-ebpf-<pid>-<test>`, deleted on drop, and those of a crashed earlier run
+//! (its pid gone) are deleted first.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -96,8 +99,56 @@ impl Drop for TestNetns {
     }
 }
 
-/// Deletes `amt-ebpf-<pid>-*` namespaces whose test process is gone (a crashed earlier run).
+/// A directory of pinned links for one test, on bpffs; deleted (its pins with it, which
+/// releases their links) on drop.
+struct TestPins {
+    path: PathBuf,
+}
+
+impl TestPins {
+    fn new(test: &str) -> TestPins {
+        ztunnel::capture::links::ensure_bpffs().expect("bpffs at /sys/fs/bpf");
+        let path = PathBuf::from(format!(
+            "{}/amt-ebpf-{}-{test}",
+            ztunnel::capture::links::BPFFS,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TestPins { path }
+    }
+
+    /// Whether a link is pinned for the netns with inode `ino`.
+    fn pinned(&self, ino: u64) -> bool {
+        self.path.join(format!("netns-{ino}")).exists()
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn inode(file: &std::fs::File) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap())
+}
+
+/// Deletes `amt-ebpf-<pid>-*` namespaces and pin directories whose test process is gone (a
+/// crashed earlier run).
 fn reap_crashed_runs() {
+    let dead = |name: &str| {
+        name.strip_prefix("amt-ebpf-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(dir) = std::fs::read_dir(ztunnel::capture::links::BPFFS) {
+        for entry in dir.filter_map(Result::ok) {
+            if entry.file_name().to_str().is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     for name in run("ip", &["netns", "list"])
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -164,11 +215,12 @@ struct Bed {
 }
 
 impl Bed {
-    fn new() -> Bed {
+    /// A pod and its peer; `tag` keeps the names of tests running at once apart.
+    fn new(tag: &str) -> Bed {
         reap_crashed_runs();
-        let pod = TestNetns::new("pod");
-        let peer = TestNetns::new("peer");
-        let veth = format!("amte{}", std::process::id());
+        let pod = TestNetns::new(&format!("{tag}pod"));
+        let peer = TestNetns::new(&format!("{tag}peer"));
+        let veth = format!("amte{}{tag}", std::process::id());
         pod.ip(&[
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
         ]);
@@ -235,8 +287,9 @@ async fn read_some(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     use tokio::io::AsyncWriteExt;
-    let bed = Bed::new();
-    let capture = EbpfCapture::load().expect("loading the eBPF capture program");
+    let bed = Bed::new("s");
+    let pins = TestPins::new("steer");
+    let capture = EbpfCapture::load(&pins.path).expect("loading the eBPF capture program");
     let worker = Netns::open(&bed.pod.path).unwrap();
     let listeners = PodListeners::open(&worker, MARK, true).unwrap();
     let fds = listeners.fds().unwrap();
@@ -420,23 +473,28 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
         .expect("plain UDP reaches the peer");
     assert_eq!(&buf[..n], b"ntp");
 
-    // A restart: the old process's instance goes with it, an older ztunnel's rule sits at one
-    // of our priorities, and the new process captures the pod again: one program, the wanted
-    // rules exactly once, and outbound steered to the (here: same) listeners.
+    // A restart: the old process's instance stays attached through its pinned link, an older
+    // ztunnel's rule sits at one of our priorities, and the new process captures the pod
+    // again: one program (the new one, in the same link), the wanted rules exactly once, and
+    // outbound steered to the (here: same) listeners.
+    let old_program = programs[0];
     drop(capture);
-    eventually("the old instance to be detached", || {
-        sk_lookup_programs(netns_file.as_fd()).is_empty()
-    });
+    assert_eq!(sk_lookup_programs(netns_file.as_fd()), programs);
+    assert!(pins.pinned(inode(&netns_file)));
     bed.pod.ip(&[
         "rule", "add", "pref", "32752", "ipproto", "tcp", "lookup", "101",
     ]);
-    let capture = EbpfCapture::load().expect("loading again");
+    let capture = EbpfCapture::load(&pins.path).expect("loading again");
     capture
         .install(&pod, &fds)
         .await
         .expect("install after a restart");
     let programs = sk_lookup_programs(netns_file.as_fd());
     assert_eq!(programs.len(), 1);
+    assert_ne!(programs[0], old_program, "the new program is attached");
+    eventually("the old program to be freed", || {
+        !program_exists(old_program)
+    });
     let (rules, _) = routing::leftovers(&pod).await.unwrap();
     assert_eq!(
         rules,
@@ -459,6 +517,7 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     capture.remove(&pod).await.expect("remove");
     assert!(sk_lookup_programs(netns_file.as_fd()).is_empty());
     assert_eq!(capture.attached(), 0);
+    assert!(!pins.pinned(inode(&netns_file)), "the pin is left");
     eventually("the program to be freed", || !program_exists(program_id));
     for id in map_ids {
         eventually("the map to be freed", || {
@@ -477,6 +536,157 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
         connect_from(&bed.pod.path, None, SocketAddr::from((PEER_IP, 8082)), b"x").unwrap();
     let (_, from) = peer_listener.accept().unwrap();
     assert_eq!(from.ip(), std::net::IpAddr::from(POD_IP));
+    drop(listeners);
+}
+
+/// Whether a TCP connection from the peer to the pod's app port is refused (it must not
+/// reach the app uncaptured). Refused or timed out both count: neither reaches the app.
+fn refused(bed: &Bed, port: u16) -> bool {
+    connect_from(
+        &bed.peer.path,
+        Some(PEER_IP),
+        SocketAddr::from((POD_IP, port)),
+        b"plain",
+    )
+    .is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_fails_closed_while_ztunnel_is_down_and_a_restart_takes_the_link_over() {
+    let bed = Bed::new("r");
+    let pins = TestPins::new("restart");
+    let worker = Netns::open(&bed.pod.path).unwrap();
+    let pod = pod_netns(&bed, &worker);
+    let netns_file = std::fs::File::open(&bed.pod.path).unwrap();
+    let ino = inode(&netns_file);
+    // The app, listening on every address of the pod.
+    let app = bed
+        .pod
+        .within(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+        .unwrap();
+    app.set_nonblocking(true).unwrap();
+    // A second pod of the node, which is deleted while ztunnel is down.
+    let other = TestNetns::new("rother");
+    other.ip(&["addr", "add", "10.250.0.3/32", "dev", "lo"]);
+    let other_worker = Netns::open(&other.path).unwrap();
+    let other_pod = PodNetns {
+        netns: other.path.clone(),
+        mark: MARK,
+        ip: Ipv4Addr::new(10, 250, 0, 3).into(),
+        worker: other_worker.clone(),
+        dns: true,
+    };
+    let other_file = std::fs::File::open(&other.path).unwrap();
+    let other_ino = inode(&other_file);
+
+    // The first ztunnel captures both pods; inbound plaintext goes to its listener.
+    let old_program = {
+        let capture = EbpfCapture::load(&pins.path).expect("loading the eBPF capture program");
+        let listeners = PodListeners::open(&worker, MARK, true).unwrap();
+        capture
+            .install(&pod, &listeners.fds().unwrap())
+            .await
+            .unwrap();
+        let other_listeners = PodListeners::open(&other_worker, MARK, true).unwrap();
+        capture
+            .install(&other_pod, &other_listeners.fds().unwrap())
+            .await
+            .unwrap();
+        let _client = connect_from(
+            &bed.peer.path,
+            Some(PEER_IP),
+            SocketAddr::from((POD_IP, 8080)),
+            b"in",
+        )
+        .expect("inbound connect");
+        let (mut steered, _) = accept(&listeners.inbound_plain).await;
+        assert_eq!(read_some(&mut steered).await, b"in");
+        assert!(pins.pinned(ino) && pins.pinned(other_ino));
+        sk_lookup_programs(netns_file.as_fd())[0]
+        // ztunnel dies: its descriptors close, the listeners with them.
+    };
+
+    // Down: the pinned program is still attached and, its listeners gone, refuses the flows
+    // it would capture; the app never sees them.
+    assert_eq!(sk_lookup_programs(netns_file.as_fd()), vec![old_program]);
+    for port in [8080, 15008] {
+        assert!(
+            refused(&bed, port),
+            "port {port} reached while ztunnel is down"
+        );
+    }
+    assert!(
+        matches!(app.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the app accepted an uncaptured connection"
+    );
+    // The app's own outbound TCP is refused too (nothing is proxied around the mesh).
+    assert!(
+        connect_from(&bed.pod.path, None, "10.1.2.3:80".parse().unwrap(), b"out").is_err(),
+        "outbound TCP left the pod uncaptured"
+    );
+    // What capture leaves alone still works: the app is up and kubelet probes reach it.
+    let _probe = connect_from(
+        &bed.peer.path,
+        Some(PROBE_IP),
+        SocketAddr::from((POD_IP, 8080)),
+        b"probe",
+    )
+    .expect("a kubelet probe while ztunnel is down");
+    app.set_nonblocking(false).unwrap();
+    let (_, from) = app.accept().unwrap();
+    assert_eq!(from.ip(), std::net::IpAddr::from(PROBE_IP));
+    // The other pod is deleted while no ztunnel runs (its netns lives on while this test
+    // holds it, so the check below can ask it).
+    drop(other);
+    drop(other_worker);
+
+    // The restarted ztunnel: new listeners, a new program swapped into the same link.
+    let capture = EbpfCapture::load(&pins.path).expect("loading after the restart");
+    let listeners = PodListeners::open(&worker, MARK, true).unwrap();
+    capture
+        .install(&pod, &listeners.fds().unwrap())
+        .await
+        .expect("install after the restart");
+    let programs = sk_lookup_programs(netns_file.as_fd());
+    assert_eq!(programs.len(), 1, "one program attached after the restart");
+    assert_ne!(programs[0], old_program, "the new program is attached");
+    eventually("the old program to be freed", || {
+        !program_exists(old_program)
+    });
+    let _client = connect_from(
+        &bed.peer.path,
+        Some(PEER_IP),
+        SocketAddr::from((POD_IP, 8080)),
+        b"again",
+    )
+    .expect("inbound connect after the restart");
+    let (mut steered, _) = accept(&listeners.inbound_plain).await;
+    assert_eq!(read_some(&mut steered).await, b"again");
+    // The pod deleted meanwhile did not come back: its pin is released.
+    assert!(pins.pinned(other_ino));
+    capture.restored();
+    assert!(!pins.pinned(other_ino), "the gone pod's pin is left");
+    assert!(
+        sk_lookup_programs(other_file.as_fd()).is_empty(),
+        "the gone pod's program is still attached"
+    );
+    assert!(pins.pinned(ino), "the restored pod lost its pin");
+
+    // DEL: nothing attached, nothing pinned, and the pod is plain again.
+    capture.remove(&pod).await.expect("remove");
+    assert!(sk_lookup_programs(netns_file.as_fd()).is_empty());
+    assert!(!pins.pinned(ino), "the pin is left after the DEL");
+    assert!(
+        std::fs::read_dir(&pins.path).unwrap().next().is_none(),
+        "pins left"
+    );
+    // Without capture the same connection reaches the app: the refusals above were capture's.
+    assert!(
+        !refused(&bed, 8080),
+        "the app is unreachable without capture"
+    );
+    let (_, from) = app.accept().unwrap();
+    assert_eq!(from.ip(), std::net::IpAddr::from(PEER_IP));
     drop(listeners);
 }
 

@@ -12,9 +12,11 @@
 //!     nodes, other ServiceAccounts workloads).
 //! - [`placement`]: which identities a node may obtain: those of the pods scheduled on it (a
 //!   workload may obtain only its own).
+//! - [`csr`]: the request's CSR, parsed strictly (one PEM block, no bytes after the DER).
 //! - [`service`]: the gRPC service: authenticate, pick the identity, authorize, sign.
 
 pub mod auth;
+pub mod csr;
 pub mod placement;
 pub mod root_configmap;
 pub mod root_secret;

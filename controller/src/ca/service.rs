@@ -22,13 +22,13 @@ use amesh_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResp
 use mesh::certs::{CaError, LocalCa, IMPERSONATED_IDENTITY};
 use mesh::Identity;
 use prost_types::value::Kind;
-use rcgen::{CertificateSigningRequestParams, SanType};
+use rcgen::SanType;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::auth::{Authenticator, Caller};
-use super::placement;
+use super::{csr, placement};
 use crate::manifests::Manifests;
 
 /// Longest certificate validity granted unless configured otherwise (Istio's default TTL).
@@ -87,6 +87,8 @@ impl CaService {
 
 /// The identity asked for: `ImpersonatedIdentity` if present, else the CSR's only URI SAN.
 fn requested_identity(request: &IstioCertificateRequest) -> Result<Identity, Status> {
+    // Parsed strictly whatever identity is asked for: the CSR is what gets signed.
+    let csr = csr::parse(&request.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let impersonated = request
         .metadata
         .as_ref()
@@ -99,9 +101,6 @@ fn requested_identity(request: &IstioCertificateRequest) -> Result<Identity, Sta
             )))
         }
         None => {
-            let csr = CertificateSigningRequestParams::from_pem(&request.csr).map_err(|e| {
-                Status::invalid_argument(format!("the CSR is not a valid PEM PKCS#10 request: {e}"))
-            })?;
             let uris: Vec<String> = csr
                 .params
                 .subject_alt_names

@@ -13,22 +13,22 @@
 //! (a clear error there when the kernel or the privileges fall short); each pod then costs a
 //! load of a few dozen instructions, a five-entry map and a link, all freed with it.
 //!
-//! The links are not pinned: they die with the process, and the restarted ztunnel attaches
-//! again with its new listeners (its rules replace the old ones, see `routing`). While no
-//! ztunnel runs, the pods' outbound TCP finds no listener and is refused, but inbound TCP
-//! reaches the apps directly; nft mode refuses both. Pinning would close that gap at the cost
-//! of bpffs state that outlives ztunnel and needs its own cleanup.
+//! Each pod's link is pinned in bpffs ([`super::links`]), so it outlives ztunnel: while no
+//! ztunnel runs, the program stays attached and, its listeners gone from the socket map,
+//! refuses every flow it would capture (the app is never reached uncaptured). The restarted
+//! ztunnel loads a new instance, fills its map with the new listeners and swaps it into the
+//! pod's link in one step; pins of pods that did not come back are released once the restored
+//! pods are in ([`EbpfCapture::release_unclaimed`]), and a DEL detaches and unpins.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, SockMap};
-use aya::programs::sk_lookup::SkLookupLink;
 use aya::programs::SkLookup;
 use aya::{Ebpf, EbpfLoader};
 use ebpf_common::{
@@ -36,8 +36,9 @@ use ebpf_common::{
     PROGRAM,
 };
 use futures::future::BoxFuture;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use super::links::{self, PinDir};
 use super::{routing, Bypass, Capture, CaptureError, ListenerFds, PodNetns};
 use crate::destination::Destination;
 
@@ -70,16 +71,19 @@ pub enum EbpfError {
 pub struct EbpfCapture {
     /// By netns inode.
     pods: parking_lot::Mutex<HashMap<u64, PodProgram>>,
+    /// Where the pods' links are pinned.
+    pins: PinDir,
 }
 
-/// One pod's program instance, map and link; dropping it detaches and frees them.
+/// One pod's program instance, map and link. The link is pinned: dropping this closes
+/// ztunnel's descriptors but leaves the program attached (a DEL detaches it explicitly).
 struct PodProgram {
     listeners: SockMap<MapData>,
     /// Shared with the pod's socket factory; emptied (the map closed) when the pod goes.
     bypass: Arc<BypassMap>,
-    /// Dropping the link detaches the program from the pod's netns.
-    _link: SkLookupLink,
-    /// Owns the program (dropped after the link).
+    /// The pod's netns link (also pinned).
+    link: OwnedFd,
+    /// Owns the program (the link holds it too).
     _ebpf: Ebpf,
 }
 
@@ -169,18 +173,77 @@ fn load_instance(pod_ip: Ipv4Addr, dns: bool) -> Result<Instance, (&'static str,
 }
 
 impl EbpfCapture {
-    /// Checks that the kernel takes the program (loads and drops one instance). Fails with
-    /// what the kernel or the process lacks.
-    pub fn load() -> Result<EbpfCapture, EbpfError> {
-        load_instance(Ipv4Addr::UNSPECIFIED, true).map_err(|(what, cause)| EbpfError::Load {
+    /// Checks that the kernel takes the program (loads one instance and attaches it to a
+    /// scratch netns) and that links can be pinned in `pin_dir` (mounting bpffs at
+    /// `/sys/fs/bpf` when nothing is mounted there). Fails with what the kernel or the process
+    /// lacks.
+    pub fn load(pin_dir: &Path) -> Result<EbpfCapture, EbpfError> {
+        let fail = |what, cause| EbpfError::Load {
             what,
             cause,
             hint: diagnose(),
+        };
+        let mut probe =
+            load_instance(Ipv4Addr::UNSPECIFIED, true).map_err(|(what, e)| fail(what, e))?;
+        let prog = program(&mut probe.ebpf).map_err(|e| fail("finding the program", e))?;
+        let prog = prog
+            .fd()
+            .map_err(|e| fail("finding the program", e.into()))?;
+        probe_attach(prog.as_fd()).map_err(|e| fail("attaching to a scratch netns", e))?;
+        let pins = PinDir::open(pin_dir).map_err(|e| EbpfError::Load {
+            what: "preparing the pin directory",
+            cause: format!("{}: {e}", pin_dir.display()).into(),
+            hint: "ztunnel pins each pod's sk_lookup link there so capture fails closed while \
+                   it restarts"
+                .into(),
         })?;
-        info!("eBPF capture program verified by the kernel");
+        info!(pins = %pins.path().display(), "eBPF capture program verified by the kernel");
         Ok(EbpfCapture {
             pods: parking_lot::Mutex::new(HashMap::new()),
+            pins,
         })
+    }
+
+    /// Where the pods' links are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// After a restart, once every pod of the state file is installed again: releases the
+    /// links an earlier ztunnel pinned for pods that did not come back (deleted while no
+    /// ztunnel ran, or failing to restore), and the pins of netns that are gone. Returns how
+    /// many pins were released.
+    pub fn release_unclaimed(&self) -> usize {
+        let pinned = match self.pins.pinned() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(dir = %self.pins.path().display(), error = %e, "cannot list pinned links");
+                return 0;
+            }
+        };
+        let claimed: Vec<u64> = self.pods.lock().keys().copied().collect();
+        let mut released = 0;
+        for ino in pinned.into_iter().filter(|i| !claimed.contains(i)) {
+            let path = self.pins.pin_path(ino);
+            // Detached first, so that whoever else may hold the link, the pod is left as
+            // without the mesh; then the pin, the last reference, goes.
+            if let Ok(link) = PinDir::open_pin(&path) {
+                if let Err(e) = links::detach(link.as_fd()) {
+                    warn!(pin = %path.display(), error = %e, "detaching a stale link failed");
+                }
+            }
+            match self.pins.unpin(ino) {
+                Ok(()) => released += 1,
+                Err(e) => warn!(pin = %path.display(), error = %e, "removing a stale pin failed"),
+            }
+        }
+        if released > 0 {
+            info!(
+                released,
+                "released the pinned links of pods no longer captured"
+            );
+        }
+        released
     }
 
     /// Number of pods whose netns has the program attached.
@@ -202,55 +265,43 @@ impl EbpfCapture {
             .worker
             .run(|| File::open("/proc/thread-self/ns/net"))
             .map_err(|e| fail("opening the netns", e.into()))?;
+        let inode = pod.worker.inode();
         {
             let mut pods = self.pods.lock();
-            let inode = pod.worker.inode();
             let entry = match pods.entry(inode) {
-                Entry::Occupied(e) => e.into_mut(),
+                Entry::Occupied(e) => Some(e.into_mut()),
                 Entry::Vacant(v) => {
                     let Instance {
                         mut ebpf,
-                        listeners,
+                        mut listeners,
                         bypass,
                     } = load_instance(ip, pod.dns).map_err(|(what, e)| fail(what, e))?;
+                    // Filled before the program serves: it may replace a live one at once.
+                    fill(&mut listeners, fds).map_err(|e| fail("filling the socket map", e))?;
                     let program = program(&mut ebpf).map_err(|e| fail("finding the program", e))?;
-                    let id = program
-                        .attach(&netns)
+                    let prog = program
+                        .fd()
+                        .map_err(|e| fail("finding the program", e.into()))?
+                        .as_fd();
+                    let link = take_over(prog, netns.as_fd(), inode)
                         .map_err(|e| fail("attaching the sk_lookup program", e.into()))?;
-                    let link = program
-                        .take_link(id)
-                        .map_err(|e| fail("taking the link", e.into()))?;
+                    self.pins
+                        .pin(link.as_fd(), inode)
+                        .map_err(|e| fail("pinning the sk_lookup link", e.into()))?;
                     v.insert(PodProgram {
                         listeners,
                         bypass: Arc::new(BypassMap {
                             map: parking_lot::Mutex::new(Some(bypass)),
                         }),
-                        _link: link,
+                        link,
                         _ebpf: ebpf,
-                    })
+                    });
+                    None
                 }
             };
-            // Filled (or refreshed, on a repeated ADD) after attaching: until then the program
-            // refuses captured flows, which is what an incomplete capture must do.
-            let dns = [
-                (slot::DNS_TCP, fds.dns_tcp.as_ref()),
-                (slot::DNS_UDP, fds.dns_udp.as_ref()),
-            ];
-            let dns = dns
-                .into_iter()
-                .filter_map(|(slot, fd)| fd.map(|fd| (slot, fd)));
-            for (slot, fd) in [
-                (slot::OUTBOUND, &fds.outbound),
-                (slot::INBOUND_PLAIN, &fds.inbound_plain),
-                (slot::HBONE, &fds.hbone),
-            ]
-            .into_iter()
-            .chain(dns)
-            {
-                entry
-                    .listeners
-                    .set(slot, &fd.as_raw_fd(), 0)
-                    .map_err(|e| fail("adding a listener to the socket map", e.into()))?;
+            // A repeated ADD refreshes the listeners of the instance it has.
+            if let Some(entry) = entry {
+                fill(&mut entry.listeners, fds).map_err(|e| fail("filling the socket map", e))?;
             }
         }
         // Rules last: until the program is attached, a flow made local would find no one.
@@ -261,10 +312,22 @@ impl EbpfCapture {
 
     async fn remove(&self, pod: &PodNetns) -> Result<(), CaptureError> {
         // Detaches the program and frees it and its maps (the bypass map too, though the pod's
-        // socket factory may outlive this while its connections finish).
-        if let Some(program) = self.pods.lock().remove(&pod.worker.inode()) {
+        // socket factory may outlive this while its connections finish), then its pin, also
+        // one an earlier ztunnel left when this one never installed the pod.
+        let inode = pod.worker.inode();
+        if let Some(program) = self.pods.lock().remove(&inode) {
             program.bypass.map.lock().take();
+            if let Err(e) = links::detach(program.link.as_fd()) {
+                warn!(netns = %pod.netns.display(), error = %e, "detaching the sk_lookup link failed");
+            }
+        } else if let Ok(link) = PinDir::open_pin(&self.pins.pin_path(inode)) {
+            let _ = links::detach(link.as_fd());
         }
+        self.pins.unpin(inode).map_err(|e| EbpfError::Pod {
+            netns: pod.netns.clone(),
+            what: "removing the pinned link",
+            cause: e.into(),
+        })?;
         // A netns that is gone took its rules and routes with it.
         if pod.netns.exists() {
             routing::remove(pod).await?;
@@ -296,6 +359,72 @@ impl Capture for EbpfCapture {
         let program = pods.get(&pod.worker.inode())?;
         Some(program.bypass.clone())
     }
+
+    fn restored(&self) {
+        self.release_unclaimed();
+    }
+}
+
+/// Puts the pod's listeners in the program's socket map.
+fn fill(map: &mut SockMap<MapData>, fds: &ListenerFds) -> Result<(), BoxError> {
+    let dns = [
+        (slot::DNS_TCP, fds.dns_tcp.as_ref()),
+        (slot::DNS_UDP, fds.dns_udp.as_ref()),
+    ];
+    let dns = dns
+        .into_iter()
+        .filter_map(|(slot, fd)| fd.map(|fd| (slot, fd)));
+    for (slot, fd) in [
+        (slot::OUTBOUND, &fds.outbound),
+        (slot::INBOUND_PLAIN, &fds.inbound_plain),
+        (slot::HBONE, &fds.hbone),
+    ]
+    .into_iter()
+    .chain(dns)
+    {
+        map.set(slot, &fd.as_raw_fd(), 0)?;
+    }
+    Ok(())
+}
+
+/// Attaches `prog` to the netns: into the link an earlier ztunnel left there (found through the
+/// kernel, pinned or not), swapped in one step, or else as a new link. Any further links of
+/// ours on the netns are detached, since one of them, its listeners gone, would refuse every
+/// captured flow (the kernel drops a flow when any program says so).
+fn take_over(
+    prog: std::os::fd::BorrowedFd<'_>,
+    netns: std::os::fd::BorrowedFd<'_>,
+    inode: u64,
+) -> std::io::Result<OwnedFd> {
+    let mut old = links::find(PROGRAM, inode)?.into_iter();
+    let Some(link) = old.next() else {
+        return links::create(prog, netns);
+    };
+    links::update(link.as_fd(), prog)?;
+    for extra in old {
+        links::detach(extra.as_fd())?;
+    }
+    info!(
+        netns_inode = inode,
+        "took over the sk_lookup link a previous ztunnel left"
+    );
+    Ok(link)
+}
+
+/// Attaches `prog` to a new, empty netns and detaches it: the kernel takes sk_lookup links.
+fn probe_attach(prog: std::os::fd::BorrowedFd<'_>) -> Result<(), BoxError> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), BoxError> {
+            // Only this thread moves to the scratch netns; it is freed when the thread ends.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let netns = File::open("/proc/thread-self/ns/net")?;
+            let link = links::create(prog, netns.as_fd())?;
+            links::detach(link.as_fd())?;
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the probe thread panicked".into()))
+    })
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, BoxError> {

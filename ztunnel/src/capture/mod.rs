@@ -1,18 +1,20 @@
 //! Traffic capture inside a pod's network namespace: steering the pod's TCP and DNS to
 //! ztunnel's in-pod listeners. Two backends behind one trait, selected per node with
-//! `CAPTURE_MODE`: `nft` (netns mode, the default) and `ebpf` (sk_lookup + policy routing, no
-//! netfilter).
+//! `CAPTURE_MODE`: `nft` (netns mode, the default), `ebpf` (sk_lookup + policy routing, no
+//! netfilter) and `auto` (eBPF where the kernel and privileges allow, else nft).
 
 pub mod ebpf;
+pub mod links;
 pub mod nft;
 pub mod routing;
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use tracing::warn;
 
 use crate::destination::Destination;
 use crate::netns::Netns;
@@ -96,6 +98,10 @@ pub trait Capture: Send + Sync {
     fn bypass(&self, _pod: &PodNetns) -> Option<Arc<dyn Bypass>> {
         None
     }
+
+    /// Called once after a restart, when every pod of the state file is installed again:
+    /// releases what an earlier process left for pods that did not come back.
+    fn restored(&self) {}
 }
 
 /// Lets one of ztunnel's connections to the app, from `source` to `port`, through capture while
@@ -105,11 +111,16 @@ pub trait Bypass: Send + Sync {
     fn forget(&self, source: std::net::SocketAddr, port: u16);
 }
 
+/// Where eBPF capture pins its links when no directory is configured.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/amesh/ztunnel";
+
 /// The capture backend of a node, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureMode {
     Nft,
     Ebpf,
+    /// eBPF where the kernel and privileges allow it, else nft (with a log line saying why).
+    Auto,
     /// No capture by ztunnel (dedicated mode, or istio-cni over ZDS: someone else steers).
     None,
 }
@@ -118,19 +129,36 @@ impl CaptureMode {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "" | "nft" | "netns" => Ok(CaptureMode::Nft),
+            "auto" => Ok(CaptureMode::Auto),
             "ebpf" => Ok(CaptureMode::Ebpf),
             other => Err(format!(
-                "CAPTURE_MODE={other:?} is not supported; use \"nft\" or \"ebpf\""
+                "CAPTURE_MODE={other:?} is not supported; use \"nft\", \"ebpf\" or \"auto\""
             )),
         }
     }
 
-    /// Builds the backend; for eBPF this loads the program, so a kernel or privilege problem
-    /// shows at startup.
+    /// [`CaptureMode::backend_with`] pinning eBPF links in [`DEFAULT_PIN_DIR`].
     pub fn backend(self) -> Result<Arc<dyn Capture>, CaptureError> {
+        self.backend_with(Path::new(DEFAULT_PIN_DIR))
+    }
+
+    /// Builds the backend; for eBPF this loads the program and prepares `pin_dir` (where the
+    /// pods' links are pinned), so a kernel or privilege problem shows at startup: an error
+    /// with `CAPTURE_MODE=ebpf`, the fallback to nft with `auto`.
+    pub fn backend_with(self, pin_dir: &Path) -> Result<Arc<dyn Capture>, CaptureError> {
         Ok(match self {
             CaptureMode::Nft => Arc::new(nft::NftCapture),
-            CaptureMode::Ebpf => Arc::new(ebpf::EbpfCapture::load()?),
+            CaptureMode::Ebpf => Arc::new(ebpf::EbpfCapture::load(pin_dir)?),
+            CaptureMode::Auto => match ebpf::EbpfCapture::load(pin_dir) {
+                Ok(ebpf) => {
+                    tracing::info!("CAPTURE_MODE auto: capturing with eBPF");
+                    Arc::new(ebpf)
+                }
+                Err(e) => {
+                    warn!(reason = %e, "CAPTURE_MODE auto and eBPF capture unavailable: capturing with nft");
+                    Arc::new(nft::NftCapture)
+                }
+            },
             CaptureMode::None => Arc::new(NoCapture),
         })
     }
