@@ -3,6 +3,19 @@
 //!
 //! Order on ADD matters: listeners first, then the redirect rules, so there is never a moment
 //! where capture sends the pod's traffic to a port nobody listens on. Any failure rolls back.
+//!
+//! Locking: the pod set is locked only to look, insert or take out, never across a wait. An
+//! ADD waits for the pod's configuration and certificate (up to 15 s each) without it, so a
+//! slow ADD delays neither another pod's ADD or DEL nor `list` (`/config_dump`). ADD and DEL
+//! of the same uid are still ordered, by a lock of that uid alone.
+//!
+//! DEL drains, as shutdown does: the pod's listeners stop accepting, its HBONE connections
+//! get GOAWAY, and its open connections get up to the drain deadline
+//! (`DRAIN_DEADLINE_SECONDS`) to finish before they are cut. The CNI plugin gives DEL 10 s, so
+//! DEL answers after at most [`DEL_WAIT`] of that drain: usually all of it (the app is gone by
+//! DEL, so its connections end at once), and then everything the pod held is released when the
+//! plugin hears back. What is still open then drains on in the background, tracked by the
+//! manager, cut at the deadline, and cut at once by shutdown's own deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -25,6 +38,12 @@ use crate::sockets::PodListeners;
 pub const CONFIG_WAIT: Duration = Duration::from_secs(15);
 /// How long ADD waits for the pod's certificate.
 const CERT_WAIT: Duration = Duration::from_secs(15);
+/// Connections get this long to finish after a DEL or at shutdown, unless configured
+/// (`DRAIN_DEADLINE_SECONDS`, see [`PodManager::with_drain_deadline`]).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// The most a DEL waits for the pod's drain before answering (the rest continues in the
+/// background): half the 10 s the CNI plugin waits for the answer.
+pub const DEL_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -93,9 +112,12 @@ impl From<PodInfo> for AddPod {
 /// A captured pod and the tasks serving it.
 struct Running {
     pod: Arc<Pod>,
-    /// The listeners' sockets as the capture backend knows them (kept for a repeated ADD).
-    fds: ListenerFds,
+    /// The listeners' sockets as the capture backend knows them (kept for a repeated ADD,
+    /// which re-installs the rules outside the set lock).
+    fds: Arc<ListenerFds>,
+    /// Tells the pod's listeners and connections to finish (DEL, shutdown).
     drain: Drain,
+    /// The pod's listeners; each owns its connections, so these end when they have.
     tasks: JoinSet<()>,
 }
 
@@ -111,7 +133,20 @@ pub struct PodManager {
     /// Whether a pod may live in ztunnel's own netns (dedicated mode serves the workload it
     /// runs beside); otherwise such a pod is refused.
     own_netns: bool,
+    /// How long a removed pod's connections get to finish (DEL, shutdown).
+    drain_deadline: Duration,
+    /// The captured pods by uid. Locked only to look, insert or take out: never across a
+    /// wait (see the module doc).
     pods: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// One lock per uid with an ADD or DEL in progress, so those of the same pod run in
+    /// order; an entry lives while someone holds or waits for it.
+    ops: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Drains of removed pods that outlived [`DEL_WAIT`]; each ends by the drain deadline,
+    /// and shutdown cuts them at its own.
+    draining: parking_lot::Mutex<JoinSet<()>>,
+    /// The identities of ADDs in progress (one entry per ADD), whose certificates a DEL of
+    /// another pod must not forget while they wait for them outside the set lock.
+    adding: parking_lot::Mutex<Vec<mesh::Identity>>,
 }
 
 impl PodManager {
@@ -127,8 +162,19 @@ impl PodManager {
             config_wait: CONFIG_WAIT,
             original_source: true,
             own_netns: false,
+            drain_deadline: DRAIN_DEADLINE,
             pods: tokio::sync::Mutex::new(HashMap::new()),
+            ops: parking_lot::Mutex::new(HashMap::new()),
+            draining: parking_lot::Mutex::new(JoinSet::new()),
+            adding: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets how long a removed pod's connections (and every pod's HBONE streams at
+    /// shutdown) get to finish before they are cut.
+    pub fn with_drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
     }
 
     /// Sets how long ADD waits for the pod to appear in the configuration (tests and labs
@@ -199,39 +245,131 @@ impl PodManager {
             ip,
             netns,
         };
-        let mut pods = self.pods.lock().await;
-        if let Some(running) = pods.get(&info.uid) {
-            if running.pod.info == info {
-                // A repeated ADD (runtime retry): make sure the rules are there and stop.
-                self.install(&running.pod, &running.fds).await?;
-                return Ok(true);
+        let _op = self.lock_uid(&info.uid).await;
+        self.add_locked(info, handle).await
+    }
+
+    /// The part of [`PodManager::add`] that runs while holding the uid's lock.
+    async fn add_locked(&self, info: PodInfo, handle: Netns) -> Result<bool, PodError> {
+        let same = {
+            let pods = self.pods.lock().await;
+            pods.get(&info.uid)
+                .filter(|running| running.pod.info == info)
+                .map(|running| (running.pod.clone(), running.fds.clone()))
+        };
+        if let Some((pod, fds)) = same {
+            // A repeated ADD (runtime retry): make sure the rules are there and stop.
+            self.install(&pod, &fds).await?;
+            return Ok(true);
+        }
+        let old = {
+            let mut pods = self.pods.lock().await;
+            let old = pods.remove(&info.uid);
+            if let Some(old) = &old {
+                self.forget_unused(&pods, &old.pod.identity);
             }
-        }
-        if let Some(old) = pods.remove(&info.uid) {
-            let identity = old.pod.identity.clone();
+            old
+        };
+        if let Some(old) = old {
+            // The same uid in another netns or with another identity: the old listeners may
+            // sit on the ports the new ones need, so they go now.
             self.stop(old).await;
-            self.forget_unused(&pods, &identity);
         }
+        // Announced until the pod is in the set (an invalid identity fails in `start`).
+        let _adding = mesh::Identity::new(
+            self.shared.tls.trust_domain(),
+            &info.namespace,
+            &info.service_account,
+        )
+        .ok()
+        .map(|identity| Adding::new(&self.adding, identity));
+        // The wait for the certificate happens here, with no lock but the uid's.
         let running = self.start(info, handle).await?;
+        let mut pods = self.pods.lock().await;
         pods.insert(running.pod.info.uid.clone(), running);
         self.persist(&pods)?;
         Ok(true)
     }
 
-    /// Stops capturing a pod; returns whether it was captured.
+    /// Stops capturing a pod and drains its connections (see the module doc: the answer
+    /// comes after at most [`DEL_WAIT`]); returns whether it was captured.
     pub async fn remove(&self, uid: &str) -> Result<bool, PodError> {
-        let mut pods = self.pods.lock().await;
-        let Some(running) = pods.remove(uid) else {
-            return Ok(false);
+        let _op = self.lock_uid(uid).await;
+        self.remove_locked(uid).await
+    }
+
+    async fn remove_locked(&self, uid: &str) -> Result<bool, PodError> {
+        let running = {
+            let mut pods = self.pods.lock().await;
+            let Some(running) = pods.remove(uid) else {
+                return Ok(false);
+            };
+            self.forget_unused(&pods, &running.pod.identity);
+            running
         };
         let pod = running.pod.clone();
-        self.stop(running).await;
-        self.forget_unused(&pods, &pod.identity);
+        // Listeners close first, then the rules go: a new connection in between is refused,
+        // never let through uncaptured.
+        running.drain.start();
         if let Err(e) = self.capture.remove(&self.pod_netns(&pod)).await {
             warn!(pod = %pod.info.name, error = %e, "removing capture failed (the netns may be gone)");
         }
-        self.persist(&pods)?;
+        drop(pod);
+        self.drain_removed(running).await;
+        self.persist(&*self.pods.lock().await)?;
         Ok(true)
+    }
+
+    /// Lets a removed pod's connections finish: waits up to [`DEL_WAIT`] (or the drain
+    /// deadline, if shorter), then hands what is still open to a background drain that cuts
+    /// it at the deadline.
+    async fn drain_removed(&self, running: Running) {
+        let Running {
+            pod, drain, tasks, ..
+        } = running;
+        let mut tasks = tasks;
+        let deadline = self.drain_deadline;
+        let all = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(deadline.min(DEL_WAIT), all)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let label = format!("{}/{}", pod.info.namespace, pod.info.name);
+        let rest = deadline.saturating_sub(DEL_WAIT);
+        if rest.is_zero() {
+            warn!(pod = %label, open = tasks.len(), "drain deadline passed; closing the removed pod's connections");
+            return tasks.shutdown().await;
+        }
+        info!(pod = %label, open = tasks.len(), "pod removed; its connections drain in the background");
+        drop(pod);
+        let mut draining = self.draining.lock();
+        // Reap the background drains that are over, so the set holds only live ones.
+        while draining.try_join_next().is_some() {}
+        draining.spawn(async move {
+            // Kept until the end: a dropped trigger reads as "drain", but say it plainly.
+            let _drain = drain;
+            let all = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(rest, all).await.is_err() {
+                warn!(pod = %label, open = tasks.len(), "drain deadline passed; closing the removed pod's connections");
+                tasks.shutdown().await;
+            }
+        });
+    }
+
+    /// Waits for the lock of `uid`: ADD and DEL of one pod run in order, those of different
+    /// pods side by side. Held until the returned guard drops (also when the caller's future
+    /// is dropped mid-way).
+    async fn lock_uid(&self, uid: &str) -> UidOp<'_> {
+        let lock = self.ops.lock().entry(uid.to_string()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        UidOp {
+            ops: &self.ops,
+            uid: uid.to_string(),
+            lock,
+            guard: Some(guard),
+        }
     }
 
     /// Stops capturing every pod whose uid is not in `keep` (after a pod source replayed its
@@ -311,23 +449,29 @@ impl PodManager {
 
     /// Drains every pod at once (not its capture: a restarted ztunnel takes the pods back):
     /// listeners stop accepting, HBONE connections get GOAWAY and finish their streams, and
-    /// whatever is left at `deadline` is cut.
+    /// whatever is left at `deadline` is cut, as are removed pods still draining.
     pub async fn shutdown(&self, deadline: Duration) {
-        let mut pods = self.pods.lock().await;
-        let mut all = Vec::new();
-        for (_, running) in pods.drain() {
+        let mut all: Vec<Running> = {
+            let mut pods = self.pods.lock().await;
+            pods.drain().map(|(_, running)| running).collect()
+        };
+        for running in &all {
             running.drain.start();
-            all.push(running);
         }
+        let mut draining = std::mem::take(&mut *self.draining.lock());
         let wait = async {
             for running in all.iter_mut() {
                 while running.tasks.join_next().await.is_some() {}
             }
+            while draining.join_next().await.is_some() {}
         };
-        let _ = tokio::time::timeout(deadline, wait).await;
-        for mut running in all {
-            running.tasks.abort_all();
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            warn!("drain deadline passed; closing the connections still open");
         }
+        for mut running in all {
+            running.tasks.shutdown().await;
+        }
+        draining.shutdown().await;
     }
 
     async fn wait_for_workload(&self, ip: IpAddr) -> Option<Arc<mesh::state::Workload>> {
@@ -427,7 +571,7 @@ impl PodManager {
         .with_pending_limits(self.shared.limits.hbone_pending.clone());
         tasks.spawn(
             server
-                .serve(listeners.hbone, watch.clone(), Duration::from_secs(5))
+                .serve(listeners.hbone, watch.clone(), self.drain_deadline)
                 .instrument(span.clone()),
         );
         tasks.spawn(
@@ -456,7 +600,7 @@ impl PodManager {
         }
         let running = Running {
             pod,
-            fds,
+            fds: Arc::new(fds),
             drain,
             tasks,
         };
@@ -473,6 +617,7 @@ impl PodManager {
         Ok(running)
     }
 
+    /// Stops a pod's tasks at once (a failed ADD, a pod replaced under the same uid).
     async fn stop(&self, running: Running) {
         running.drain.start();
         let mut tasks = running.tasks;
@@ -480,10 +625,13 @@ impl PodManager {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Stops refreshing `identity`'s certificate unless another captured pod still uses it.
+    /// Stops refreshing `identity`'s certificate unless another captured pod still uses it,
+    /// or an ADD in progress is about to (it may be waiting for that very certificate).
     fn forget_unused(&self, pods: &HashMap<String, Running>, identity: &mesh::Identity) {
         if let Some(certs) = &self.shared.certs {
-            if !pods.values().any(|r| &r.pod.identity == identity) {
+            let used = pods.values().any(|r| &r.pod.identity == identity)
+                || self.adding.lock().contains(identity);
+            if !used {
                 certs.forget(identity);
             }
         }
@@ -503,6 +651,49 @@ impl PodManager {
             path: path.clone(),
             source,
         })
+    }
+}
+
+/// An ADD or DEL in progress for one uid (see [`PodManager::lock_uid`]).
+struct UidOp<'a> {
+    ops: &'a parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    uid: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UidOp<'_> {
+    /// Gives the uid's lock back, and forgets it when nobody else holds or waits for it.
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut ops = self.ops.lock();
+        // Referenced by the map and `self.lock` alone: no other ADD or DEL of this uid holds
+        // or waits for it (a new one clones it from the map, under this same lock).
+        if Arc::strong_count(&self.lock) == 2 {
+            ops.remove(&self.uid);
+        }
+    }
+}
+
+/// An identity announced in [`PodManager::adding`] for as long as this lives.
+struct Adding<'a> {
+    adding: &'a parking_lot::Mutex<Vec<mesh::Identity>>,
+    identity: mesh::Identity,
+}
+
+impl<'a> Adding<'a> {
+    fn new(adding: &'a parking_lot::Mutex<Vec<mesh::Identity>>, identity: mesh::Identity) -> Self {
+        adding.lock().push(identity.clone());
+        Adding { adding, identity }
+    }
+}
+
+impl Drop for Adding<'_> {
+    fn drop(&mut self) {
+        let mut adding = self.adding.lock();
+        if let Some(i) = adding.iter().position(|id| id == &self.identity) {
+            adding.swap_remove(i);
+        }
     }
 }
 

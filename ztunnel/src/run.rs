@@ -104,7 +104,8 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         .with_context(|| format!("setting up capture ({capture:?})"))?;
     let mut pods = PodManager::new(shared.clone(), capture.clone(), state_file)
         .with_config_wait(config.pod_config_wait)
-        .with_original_source(config.original_source);
+        .with_original_source(config.original_source)
+        .with_drain_deadline(config.drain_deadline);
     if matches!(config.proxy_mode, ProxyMode::Dedicated { .. }) {
         pods = pods.with_own_netns();
     }

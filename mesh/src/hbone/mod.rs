@@ -21,7 +21,9 @@ mod stream;
 pub use crate::drain::{Drain, DrainWatch};
 pub use error::{HboneError, InboundError, Side};
 pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
-pub use relay::{abort_on_close, relay, relay_connecting, relay_tcp, RelayError, RelayStats};
+pub use relay::{
+    abort_on_close, close_gracefully, relay, relay_connecting, relay_tcp, RelayError, RelayStats,
+};
 pub use request::{forwarded_header, ConnectRequest, Refusal};
 pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
 pub use settings::H2Settings;

@@ -4,6 +4,13 @@
 //! other). A reset on either side resets the other: a TCP RST becomes RST_STREAM, and a
 //! RST_STREAM or a lost HBONE connection closes the TCP socket with RST (SO_LINGER 0), so an
 //! application never mistakes an aborted transfer for a complete one.
+//!
+//! The same holds when the proxy itself dies: every relayed TCP socket is armed with
+//! SO_LINGER 0 for as long as its transfer is open ([`abort_on_close`]), so the kernel resets
+//! it when the process exits without a word (kill -9, OOM) instead of sending a FIN that looks
+//! like a complete answer. The arm is lifted ([`close_gracefully`]) just before the relay
+//! passes a clean end on with `shutdown(SHUT_WR)`, so the bytes still queued in the socket are
+//! delivered and a normal close stays a FIN.
 
 use std::io::{self, IoSlice};
 use std::time::Duration;
@@ -52,6 +59,7 @@ pub enum RelayError {
 
 /// Copies both ways until both directions have ended, or either side fails.
 pub async fn relay(mut tcp: TcpStream, tunnel: H2Stream) -> RelayStats {
+    abort_on_close(&tcp);
     let (mut reader, mut writer) = tunnel.into_split();
     let mut stats = RelayStats::default();
     let result = {
@@ -68,6 +76,7 @@ pub async fn relay(mut tcp: TcpStream, tunnel: H2Stream) -> RelayStats {
 /// ends the relay with [`RelayError::NotEstablished`] and resets the TCP connection, so the
 /// application never takes the bytes it sent for delivered.
 pub async fn relay_connecting(mut tcp: TcpStream, connecting: Connecting) -> RelayStats {
+    abort_on_close(&tcp);
     let (mut writer, answer) = connecting.into_parts();
     let mut stats = RelayStats::default();
     let result = {
@@ -105,9 +114,19 @@ pub async fn relay_connecting(mut tcp: TcpStream, connecting: Connecting) -> Rel
 }
 
 /// Makes closing `tcp` abort the connection (RST, linger 0) instead of ending it cleanly, so
-/// the peer sees a refusal or a failure rather than an empty but orderly answer.
+/// the peer sees a refusal or a failure rather than an empty but orderly answer. Armed for the
+/// life of a relayed transfer, this is also what the kernel does with the socket when the
+/// process dies.
 pub fn abort_on_close(tcp: &TcpStream) {
+    // Best effort: a socket that refuses the option still closes, with a FIN.
     let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+}
+
+/// Undoes [`abort_on_close`]: closing `tcp` ends it with a FIN again, after the bytes still
+/// queued are sent. Called right before a clean end is passed on, since a reset would throw
+/// those bytes away.
+pub fn close_gracefully(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(None);
 }
 
 /// Passes a failure on to the other side: a reset of the tunnel for a failed application
@@ -189,6 +208,7 @@ async fn tunnel_to_tcp(
             .map_err(RelayError::Downstream)?;
     }
     // END_STREAM: the peer is done sending; pass the FIN on and keep the other direction.
+    close_gracefully(tcp.as_ref());
     tcp.shutdown().await.map_err(RelayError::Downstream)
 }
 
@@ -236,6 +256,8 @@ async fn write_chunks(
 /// FIN, and a reset or error on one side aborts the other with RST. `sent` counts bytes from
 /// `downstream` to `upstream`.
 pub async fn relay_tcp(mut downstream: TcpStream, mut upstream: TcpStream) -> RelayStats {
+    abort_on_close(&downstream);
+    abort_on_close(&upstream);
     let mut stats = RelayStats::default();
     let result = {
         let (mut dr, mut dw) = downstream.split();
@@ -277,6 +299,8 @@ async fn tcp_to_tcp(
     loop {
         let n = from.read(&mut buf).await.map_err(read_err)?;
         if n == 0 {
+            // A clean end from `from`: pass the FIN on (see [`close_gracefully`]).
+            close_gracefully(to.as_ref());
             return to.shutdown().await.map_err(write_err);
         }
         to.write_all(&buf[..n]).await.map_err(write_err)?;

@@ -4,6 +4,12 @@
 //! A peer that is not speaking HBONE (no TLS, no h2, requests other than CONNECT) loses its own
 //! connection and nothing else. Drain: stop accepting, send GOAWAY, let streams finish until a
 //! deadline, then close what is left.
+//!
+//! Every stream's handler runs in a task of its connection's [`JoinSet`], never detached: the
+//! connection's task ends only once its streams' handlers have, so the accept loop's drain
+//! waits for every tunnel, and aborting a connection (the drain deadline, a pod removed) aborts
+//! its tunnels with it. The set holds at most the streams the peer may open at once
+//! (`SETTINGS_MAX_CONCURRENT_STREAMS`) plus those finishing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +22,7 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderValue, Response};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn, Instrument};
 
@@ -273,8 +280,12 @@ impl<H: ConnectHandler> Server<H> {
         );
         tokio::pin!(ping);
         let mut closing = false;
+        // The handlers of this connection's streams (see the module doc).
+        let mut streams = JoinSet::new();
         loop {
             tokio::select! {
+                // Reaps finished handlers so the set holds only live tunnels.
+                Some(_) = streams.join_next(), if !streams.is_empty() => {}
                 next = conn.accept() => match next {
                     None => break,
                     Some(Err(e)) => {
@@ -297,7 +308,7 @@ impl<H: ConnectHandler> Server<H> {
                                 };
                                 let handler = self.handler.clone();
                                 let span = tracing::debug_span!("tunnel", authority = %req.authority);
-                                tokio::spawn(async move { handler.handle(req, tunnel).await }.instrument(span));
+                                streams.spawn(async move { handler.handle(req, tunnel).await }.instrument(span));
                             }
                             Inspection::BadConnect(why) => tunnel.refuse(Refusal::BadRequest, &why),
                             Inspection::NotConnect(method) => {
@@ -326,6 +337,10 @@ impl<H: ConnectHandler> Server<H> {
                 }
             }
         }
+        // The connection is over, but a handler may still be writing what it received to
+        // its socket, or still be finding out that its stream is gone.
+        drop(conn);
+        while streams.join_next().await.is_some() {}
     }
 }
 

@@ -185,16 +185,25 @@ pub async fn serve(
     pod: Arc<Pod>,
     udp: UdpSocket,
     tcp: TcpListener,
-    mut drain: mesh::hbone::DrainWatch,
+    drain: mesh::hbone::DrainWatch,
 ) {
     let udp = Arc::new(udp);
     let udp_loop = {
         let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
+        let mut drain = drain.clone();
         async move {
             let mut buf = vec![0u8; 4096];
             let local = udp.local_addr().ok();
+            // The queries being answered (at most the pod's `udp_queries` permits), so drain
+            // waits for their answers and stopping the pod aborts them.
+            let mut queries = tokio::task::JoinSet::new();
             loop {
-                let (n, from, dst) = match recv_with_dst(&udp, &mut buf).await {
+                let received = tokio::select! {
+                    received = recv_with_dst(&udp, &mut buf) => received,
+                    Some(_) = queries.join_next(), if !queries.is_empty() => continue,
+                    () = drain.signaled() => break,
+                };
+                let (n, from, dst) = match received {
                     Ok(received) => received,
                     Err(e) => {
                         // Never spin on a socket that keeps failing.
@@ -207,10 +216,10 @@ pub async fn serve(
                 // At most so many datagrams in hand at once: past that the loop stops reading
                 // and the kernel drops what its buffer cannot hold (UDP resolvers retry).
                 let Ok(in_flight) = pod.dns.udp_queries.clone().acquire_owned().await else {
-                    return;
+                    break;
                 };
                 let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
-                tokio::spawn(async move {
+                queries.spawn(async move {
                     let _in_flight = in_flight;
                     let Some(reply) = handle(&shared, &pod, &raw).await else {
                         return;
@@ -230,28 +239,30 @@ pub async fn serve(
                     }
                 });
             }
+            // Drained: no new query is read; those in hand get their answers (each bounded
+            // by the upstream timeout).
+            while queries.join_next().await.is_some() {}
         }
     };
     // Connections are refused near the descriptor limit before they take one of the pod's
     // permits; past the pod's bound a new connection is closed at once.
     let tcp_loop = mesh::accept::AcceptLoop::new("DNS connections")
+        .until(drain.clone())
         .descriptor_headroom()
         .run(tcp, move |stream, _peer| {
             let Ok(permit) = pod.dns.tcp.clone().try_acquire_owned() else {
                 debug!("too many DNS connections open in this pod; closing a new one");
                 return None;
             };
-            let (shared, pod) = (shared.clone(), pod.clone());
+            let (shared, pod, drain) = (shared.clone(), pod.clone(), drain.clone());
             Some(async move {
-                serve_tcp_conn(&shared, &pod, stream).await;
+                serve_tcp_conn(&shared, &pod, stream, drain).await;
                 drop(permit);
             })
         });
-    // Draining stops answering; in-flight lookups are short and need no deadline.
-    tokio::select! {
-        _ = async { tokio::join!(udp_loop, tcp_loop) } => {}
-        () = drain.signaled() => {}
-    }
+    // Both loops stop reading at drain and return once what they hold is answered; the pod's
+    // drain deadline bounds the wait (its tasks are aborted past it).
+    tokio::join!(udp_loop, tcp_loop);
 }
 
 /// Receives one datagram, with the address it was sent to (`IP_RECVORIGDSTADDR`, set on the
@@ -332,9 +343,20 @@ const TCP_READ: Duration = Duration::from_secs(5);
 /// DNS over TCP: each message has a two-byte length prefix; several may follow on one stream.
 /// The body is read as it arrives (a length prefix alone allocates nothing), within
 /// [`TCP_READ`].
-async fn serve_tcp_conn(shared: &Shared, pod: &Pod, mut stream: TcpStream) {
+/// Answers the queries of one DNS-over-TCP connection until the client stops, goes quiet, or
+/// drain starts (the query being answered then still gets its answer).
+async fn serve_tcp_conn(
+    shared: &Shared,
+    pod: &Pod,
+    mut stream: TcpStream,
+    mut drain: mesh::hbone::DrainWatch,
+) {
     loop {
-        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(TCP_IDLE, stream.read_u16()) => next,
+            () = drain.signaled() => return,
+        };
+        let len = match next {
             Ok(Ok(l)) => l as usize,
             _ => return,
         };
