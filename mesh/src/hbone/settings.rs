@@ -1,4 +1,7 @@
-//! HTTP/2 and connection tuning shared by the HBONE client and server.
+//! HTTP/2 and connection tuning shared by the HBONE client and server, and the server's
+//! bounds on what one peer may make it hold: concurrent streams, the size of a header block
+//! (which also bounds a CONTINUATION flood), and streams reset before or by the server (the
+//! rapid-reset defence).
 
 use std::time::Duration;
 
@@ -29,6 +32,19 @@ pub struct H2Settings {
     pub idle_timeout: Duration,
     /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
     pub handshake_timeout: Duration,
+    /// Server: SETTINGS_MAX_HEADER_LIST_SIZE, the largest decoded header block accepted. A
+    /// CONNECT carries a few hundred bytes; a larger block gets 431 and a reset stream. h2
+    /// also allows only as many CONTINUATION frames as this size needs at our frame size
+    /// (at least 5), so a flood of them ends the connection with ENHANCE_YOUR_CALM after a
+    /// few frames instead of growing a buffer (h2's default, 16 MiB, allowed 320).
+    pub max_header_list_size: u32,
+    /// Server: streams the peer opened and reset before we took them from h2's queue. Past
+    /// this the connection ends with GOAWAY(ENHANCE_YOUR_CALM): the HTTP/2 rapid-reset attack
+    /// (CVE-2023-44487) costs the attacker its connection.
+    pub max_pending_accept_reset_streams: usize,
+    /// Server: streams we reset because the peer broke the protocol on them; past this the
+    /// connection ends with GOAWAY(ENHANCE_YOUR_CALM).
+    pub max_local_error_reset_streams: usize,
 }
 
 impl Default for H2Settings {
@@ -44,6 +60,11 @@ impl Default for H2Settings {
             max_concurrent_streams: 1000,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            max_header_list_size: 16 << 10,
+            // h2's own defaults today, written out so that a change of theirs is not a change
+            // of ours.
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
         }
     }
 }
@@ -65,7 +86,10 @@ impl H2Settings {
             .initial_connection_window_size(self.connection_window)
             .max_frame_size(self.clamped_frame_size())
             .max_send_buffer_size(self.max_send_buffer)
-            .max_concurrent_streams(self.max_concurrent_streams);
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(self.max_header_list_size)
+            .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(Some(self.max_local_error_reset_streams));
         b
     }
 
