@@ -113,9 +113,6 @@ fn destroy(id: &LabId, state: Option<&LabState>) -> Result<(), LabError> {
         process::terminate(&state.processes, STOP_GRACE);
     }
     remove_network(id)?;
-    // After the network: the pods' netns are gone, so nothing is left for a pinned link to
-    // guard.
-    crate::mesh::remove_bpf_pins(id);
     rundir::remove_dir(&rundir::lab_dir(id))?;
     Ok(())
 }
@@ -127,6 +124,9 @@ pub(crate) fn remove_network(id: &LabId) -> Result<(), LabError> {
         process::kill_netns_processes(ns);
     }
     topology::destroy(id)?;
+    // After the namespaces: with the pods gone there is nothing left for a pinned eBPF link
+    // to guard, and a ztunnel that never got its pods' DELs may have left some.
+    crate::mesh::remove_bpf_pins(id);
     let left: Vec<String> = netns::list()
         .into_iter()
         .filter(|n| n.starts_with(&prefix))

@@ -1,6 +1,7 @@
 //! What capture leaves in a pod's network namespace, in either mode (`CAPTURE_MODE`): in
-//! ebpf mode no netfilter rule at all while traffic is still captured and mutual TLS, and a pod
-//! deleted with connections open leaves no program, map, link, rule, route or listener behind.
+//! ebpf mode no netfilter rule at all while traffic is still captured and mutual TLS, a pod
+//! deleted with connections open leaves no program, map, link, pin, rule, route or listener
+//! behind, and while a killed ztunnel restarts its pinned programs refuse what they capture.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -101,6 +102,12 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
     e2e::wait_for(what, Duration::from_secs(5), check);
 }
 
+/// Where `pod`'s sk_lookup link is pinned by its node's ztunnel (ebpf mode).
+fn pin_path(m: &MeshLab, pod: &str) -> std::path::PathBuf {
+    let node = m.lab.pod(pod).unwrap().node.clone();
+    lab::mesh::bpf_pin_dir(&m.lab.state().id, &node).join(format!("netns-{}", netns_inode(m, pod)))
+}
+
 /// Our policy rules (by priority) and routes of our table, as `ip` lists them in the pod.
 fn ebpf_routing(m: &MeshLab, pod: &str) -> (Vec<String>, String) {
     let rules = in_pod(m, pod, "ip", &["-4", "rule", "list"])
@@ -193,7 +200,9 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
         );
         maps = program_maps(programs[0]).expect("the attached program is loaded");
         assert!(!maps.is_empty());
+        assert!(pin_path(&m, pod).exists(), "{pod}'s link is not pinned");
     }
+    let pin = ebpf.then(|| pin_path(&m, pod));
     // Connections into and out of the pod, open while it goes.
     let mut open = Vec::new();
     for (from, to) in [
@@ -255,6 +264,9 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
             "listener {port} left:\n{listening}"
         );
     }
+    if let Some(pin) = pin {
+        assert!(!pin.exists(), "{} is left after the DEL", pin.display());
+    }
     if ebpf {
         // The node's other captured pod keeps its capture: the checks above see real links.
         assert_eq!(links_held(ztunnel, netns_inode(&m, "client-a")), 1);
@@ -272,4 +284,81 @@ fn a_pod_deleted_with_open_connections_leaves_nothing_behind() {
         .join(info.ip.to_string());
     assert!(!ipam.exists(), "IPAM still holds {}", info.ip);
     drop(open);
+}
+
+#[test]
+fn ebpf_capture_fails_closed_while_a_killed_ztunnel_restarts() {
+    if capture_mode() != "ebpf" {
+        eprintln!(
+            "skipped: CAPTURE_MODE={} (nft rules stay in the pod without ztunnel; only eBPF \
+             programs need pinning)",
+            capture_mode()
+        );
+        return;
+    }
+    let mut m = MeshLab::up("l4", 2);
+    let pod = "server-2";
+    let app = addr(m.ip(pod), 8080);
+    let ino = netns_inode(&m, pod);
+    // Before: plaintext from outside the mesh is captured and, permissive, proxied to the app.
+    assert!(m.http("client-a", app).is_ok());
+    assert_eq!(m.echo("outsider", app, b"before").unwrap(), b"before");
+    let program = programs_on(&m, pod);
+    assert_eq!(program.len(), 1);
+    let pin = pin_path(&m, pod);
+    let gone_pin = pin_path(&m, "client-b");
+    assert!(
+        pin.exists() && gone_pin.exists(),
+        "node2's pods are not pinned"
+    );
+
+    let pid = m.signal(&lab::mesh::ztunnel_name("node2"), "KILL");
+    e2e::wait_for("node2's ztunnel to die", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+    });
+    // Down: the pinned program still runs, its listeners are gone, and it refuses: plaintext
+    // from another netns never reaches the app uncaptured.
+    assert_eq!(
+        programs_on(&m, pod),
+        program,
+        "the program went with ztunnel"
+    );
+    for _ in 0..3 {
+        let reached = m.echo("outsider", app, b"uncaptured");
+        assert!(
+            reached.is_err(),
+            "plaintext reached {pod}'s app while its ztunnel was down: {reached:?}"
+        );
+    }
+    assert!(m.http("client-a", app).is_err());
+    // The app itself is up (its own calls to its address are not captured).
+    assert_eq!(m.echo(pod, app, b"self").unwrap(), b"self");
+    // client-b is deleted while no ztunnel runs: the DEL finds nobody, the runtime removes
+    // its netns.
+    let info = m.lab.pod("client-b").unwrap().clone();
+    let node2 = m.node("node2");
+    lab::runtime::for_node(m.lab.state(), &node2)
+        .unwrap()
+        .del(&lab::runtime::sandbox_of(&info))
+        .expect("CNI DEL while ztunnel is down");
+    lab::topology::delete_pod(&info.netns).expect("delete client-b's netns");
+
+    // Back: the restarted ztunnel swaps its program into the pinned link and serves again.
+    let opts = m.lab.state().mesh.clone().unwrap();
+    lab::mesh::start_ztunnel(&mut m.lab, &opts, &node2).unwrap();
+    lab::mesh::wait_ready(&node2, Duration::from_secs(30)).unwrap();
+    let reply = m
+        .http("client-a", app)
+        .expect("meshed traffic after the restart");
+    assert_eq!(reply.source.ip(), m.ip("client-a"));
+    assert_eq!(m.echo("outsider", app, b"after").unwrap(), b"after");
+    let now = programs_on(&m, pod);
+    assert_eq!(now.len(), 1, "one program after the restart: {now:?}");
+    assert_ne!(now, program, "the restarted ztunnel's program is attached");
+    assert_eq!(links_held(m.ztunnel_pid("node2"), ino), 1);
+    assert!(pin.exists(), "{pod}'s pin is gone after the restart");
+    // The pod deleted meanwhile did not come back, nor did its pin.
+    assert!(!gone_pin.exists(), "{} is left", gone_pin.display());
 }
