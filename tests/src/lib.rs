@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 pub use lab;
 
+pub mod attacker;
 pub mod dns;
+pub mod health;
 pub mod http;
 pub mod l7client;
 pub mod policies;

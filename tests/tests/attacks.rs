@@ -10,9 +10,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use e2e::policies::{ALLOW_CLIENT_A, DENY_CLIENT_B, STRICT_MESH};
-use e2e::probe::{
-    accept_queue, cpu_seconds_over, raise_own_fd_limit, ConnectOutcome, HboneProbe, ProcStats,
-};
+use e2e::health::{assert_no_loop, new_tunnels_work, LiveTunnel};
+use e2e::probe::{accept_queue, raise_own_fd_limit, ConnectOutcome, HboneProbe, ProcStats};
 use e2e::{addr, wait_for, MeshLab};
 
 /// Every port ztunnel serves (Istio's): none may be a tunnel's or a plaintext connection's
@@ -51,28 +50,6 @@ fn closed_without_answer(m: &MeshLab, pod: &str, to: SocketAddr) -> bool {
         }
     }
     !got.windows(line.len()).any(|w| w == line)
-}
-
-/// The node's ztunnel is idle again and holds no more descriptors than before (plus a few
-/// for pooled connections): no loop is running on.
-fn assert_no_loop(m: &MeshLab, node: &str, baseline: ProcStats, attack: &str) {
-    let pid = m.ztunnel_pid(node);
-    let cpu = cpu_seconds_over(pid, Duration::from_secs(2));
-    let now = ProcStats::read(pid);
-    eprintln!(
-        "{attack}: {node} ztunnel after: {:.2} CPU s over 2 s, {} descriptors (before: {}), RSS {} KiB (before: {})",
-        cpu, now.fds, baseline.fds, now.rss_kib, baseline.rss_kib
-    );
-    assert!(
-        cpu < 0.5,
-        "{attack}: {node}'s ztunnel kept busy after the client left ({cpu:.2} CPU s in 2 s): a loop"
-    );
-    assert!(
-        now.fds <= baseline.fds + 20,
-        "{attack}: {node}'s ztunnel holds {} descriptors, {} before",
-        now.fds,
-        baseline.fds
-    );
 }
 
 #[test]
@@ -423,54 +400,6 @@ fn invalid_edits_keep_policies_in_force() {
             Err(_) => Ok(()),
         }
     });
-}
-
-/// A long-lived tunnel from `pod` to `to`: echoes a line now and on every `check`.
-struct LiveTunnel {
-    stream: TcpStream,
-    what: String,
-}
-
-impl LiveTunnel {
-    fn open(m: &MeshLab, pod: &str, to: SocketAddr) -> LiveTunnel {
-        let stream = m
-            .lab
-            .connect(pod, to, Duration::from_secs(5))
-            .expect("live tunnel");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut t = LiveTunnel {
-            stream,
-            what: format!("{pod} → {to}"),
-        };
-        t.check();
-        t
-    }
-
-    fn check(&mut self) {
-        let line = b"still there?\n";
-        self.stream
-            .write_all(line)
-            .unwrap_or_else(|e| panic!("{}: {e}", self.what));
-        let mut got = vec![0u8; line.len()];
-        self.stream
-            .read_exact(&mut got)
-            .unwrap_or_else(|e| panic!("{}: the live tunnel broke: {e}", self.what));
-        assert_eq!(got, line);
-    }
-}
-
-/// New tunnels of other pods get through `node2`'s ztunnel: a fresh HBONE connection into
-/// the attacked pod, and one into another pod of the node.
-fn new_tunnels_work(m: &MeshLab, during: &str) {
-    for (from, to) in [("client-a", "server-2"), ("client-a", "client-b")] {
-        let port = if to == "server-2" { 8080 } else { 7000 };
-        let back = m
-            .echo(from, addr(m.ip(to), port), b"new tunnel")
-            .unwrap_or_else(|e| panic!("{during}: a new tunnel {from} → {to} failed: {e}"));
-        assert_eq!(back, b"new tunnel", "{during}: {from} → {to}");
-    }
 }
 
 #[test]
