@@ -1,5 +1,5 @@
-//! [`Interner`]: one shared value per key (a metric label set and its counters), found
-//! without a lock shared by every connection.
+//! [`Interner`]: one shared value per key (a metric label set and its counters, an HBONE
+//! pool key and its connections), found without a lock shared by every connection.
 //!
 //! Keys are spread over shards by their hash, each behind its own reader-writer lock, so
 //! connections with the same labels only share a read lock and connections with different
@@ -20,7 +20,8 @@ const SHARDS: usize = 16;
 type Shard<K, V> = HashMap<Hashed<K>, Arc<V>, BuildHasherDefault<PassThrough>>;
 
 /// Hands out one `Arc<V>` per key, creating it the first time the key is asked for.
-/// Entries are never removed: it grows with the set of keys seen, as metric families do.
+/// Entries stay until [`Interner::retain`] drops them (metric label sets never are: they grow
+/// as metric families do).
 pub struct Interner<K, V> {
     shards: [RwLock<Shard<K, V>>; SHARDS],
     hasher: RandomState,
@@ -76,6 +77,25 @@ impl<K: Hash + Eq, V> Interner<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Calls `f` with every entry, holding one shard's read lock at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&K, &Arc<V>)) {
+        for shard in &self.shards {
+            for (hashed, value) in shard.read().iter() {
+                f(&hashed.key, value);
+            }
+        }
+    }
+
+    /// Keeps only the entries for which `keep` returns true, holding one shard's write lock
+    /// at a time (so lookups in the other shards go on meanwhile).
+    pub fn retain(&self, mut keep: impl FnMut(&K, &Arc<V>) -> bool) {
+        for shard in &self.shards {
+            shard
+                .write()
+                .retain(|hashed, value| keep(&hashed.key, value));
+        }
     }
 }
 
@@ -144,6 +164,30 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!(made.load(Ordering::SeqCst), 2);
         assert_eq!(interner.len(), 2);
+    }
+
+    #[test]
+    fn retain_drops_entries_and_a_later_lookup_makes_a_fresh_value() {
+        let interner: Interner<u32, u32> = Interner::new();
+        for key in 0..100 {
+            interner.get_or_insert_with(key, |k| k * 10);
+        }
+        let kept_before = interner.get_or_insert_with(2, |_| unreachable!("2 is interned"));
+        interner.retain(|key, _| key % 2 == 0);
+        assert_eq!(interner.len(), 50);
+        let mut seen = Vec::new();
+        interner.for_each(|key, value| {
+            assert_eq!(**value, key * 10);
+            seen.push(*key);
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).step_by(2).collect::<Vec<_>>());
+        // A kept key still maps to the very same value; a dropped one is made again.
+        assert!(Arc::ptr_eq(
+            &kept_before,
+            &interner.get_or_insert_with(2, |_| unreachable!("2 was kept"))
+        ));
+        assert_eq!(*interner.get_or_insert_with(3, |_| 7), 7);
     }
 
     #[test]

@@ -137,6 +137,9 @@ pub struct Metrics {
     /// Sharded, so connections do not meet on one lock. Grows as the families do (they keep
     /// every label set too).
     sets: Interner<ConnLabels, LabelSet>,
+    /// The `closed` counter of each label set with a response flag (`DENY`, `UF`, ...), found
+    /// the same way: a flood of refused connections does not queue on the family's lock.
+    flagged: Interner<ConnLabels, Counter>,
 }
 
 /// The counters of one label set.
@@ -190,11 +193,13 @@ impl Metrics {
             received,
             sent,
             sets: Interner::new(),
+            flagged: Interner::new(),
         }
     }
 
+    // The families' own (family-wide) locks are taken only the first time a set is seen.
+    #[allow(clippy::disallowed_methods)]
     fn label_set(&self, labels: ConnLabels) -> Arc<LabelSet> {
-        // The families' own (family-wide) locks are taken only the first time a set is seen.
         self.sets.get_or_insert_with(labels, |labels| LabelSet {
             opened: self.opened.get_or_create(labels).clone(),
             closed: self.closed.get_or_create(labels).clone(),
@@ -242,11 +247,20 @@ impl OpenConn<'_> {
                 self.set.closed.inc();
             }
             Some(f) => {
-                // Flagged closes are the rare path: a label set of their own.
+                // A label set of their own, interned like the unflagged ones.
                 let mut labels = self.set.labels.clone();
                 labels.response_flags = f.to_string();
-                self.metrics.closed.get_or_create(&labels).inc();
+                let closed = &self.metrics.closed;
+                // The family's lock only the first time this flagged set is seen.
+                #[allow(clippy::disallowed_methods)]
+                self.metrics
+                    .flagged
+                    .get_or_insert_with(labels, |labels| closed.get_or_create(labels).clone())
+                    .inc();
             }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,9 +3,9 @@
 //!
 //! Picking a connection takes a short per-key lock and never awaits under it; only opening a
 //! new connection is serialised per key, so a burst of tunnels to one peer shares connections
-//! instead of each dialling its own.
+//! instead of each dialling its own. Keys are found in a sharded table ([`Interner`]), so
+//! tunnels to different peers do not meet on one lock either.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -24,6 +24,7 @@ use super::request::{build_connect, REASON_HEADER};
 use super::slot::{PooledConn, Slot};
 use super::stream::{H2Reader, H2Writer};
 use super::{H2Settings, H2Stream, HboneError};
+use crate::intern::Interner;
 use crate::tls::TlsError;
 use crate::Identity;
 
@@ -110,7 +111,9 @@ struct PoolInner {
     tls: Arc<dyn ClientTls>,
     sockets: Arc<dyn SocketFactory>,
     settings: H2Settings,
-    keys: Mutex<HashMap<PoolKey, Arc<KeyState>>>,
+    /// Every key's connections. Sharded: a tunnel takes the lock of its key's shard only
+    /// (a read lock once the key is known), not one every tunnel of the pod shares.
+    keys: Interner<PoolKey, KeyState>,
     opened: AtomicU64,
 }
 
@@ -141,7 +144,7 @@ impl Pool {
             tls,
             sockets,
             settings,
-            keys: Mutex::new(HashMap::new()),
+            keys: Interner::new(),
             opened: AtomicU64::new(0),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&inner)));
@@ -154,17 +157,16 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let keys = self.inner.keys.lock();
         let mut stats = PoolStats {
             connections_opened: self.inner.opened.load(Ordering::Relaxed),
             ..PoolStats::default()
         };
-        for state in keys.values() {
+        self.inner.keys.for_each(|_, state| {
             for c in state.conns.lock().iter().filter(|c| c.usable()) {
                 stats.connections += 1;
                 stats.active_streams += c.active.load(Ordering::Relaxed);
             }
-        }
+        });
         stats
     }
 
@@ -216,10 +218,7 @@ impl Pool {
     fn key_state(&self, key: &PoolKey) -> Arc<KeyState> {
         self.inner
             .keys
-            .lock()
-            .entry(key.clone())
-            .or_default()
-            .clone()
+            .get_or_insert_with(key.clone(), |_| KeyState::default())
     }
 
     async fn reserve(
@@ -348,8 +347,7 @@ async fn sweep_idle(pool: Weak<PoolInner>) {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
         let timeout = pool.settings.idle_timeout;
-        let mut keys = pool.keys.lock();
-        keys.retain(|_, state| {
+        pool.keys.retain(|_, state| {
             let mut conns = state.conns.lock();
             conns.retain(|c| {
                 let idle = c.active.load(Ordering::Acquire) == 0
