@@ -3,7 +3,7 @@
 //! only itself.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::error::{ManifestError, ObjectRef};
+use super::skipped::{self, SkippedObject};
 use super::split::{shift_line_numbers, split_documents, RawDocument};
 use super::validate::{self, FieldError};
 use super::{Manifests, Object, ObjectKey, DEFAULT_NAMESPACE};
@@ -30,6 +31,9 @@ pub struct LoadResult {
     /// Objects whose file has errors now, kept in force in their last valid version (only
     /// with [`LastValid`]; [`load_dir`] keeps nothing).
     pub kept: Vec<KeptObject>,
+    /// Objects skipped because amesh does not know or implement their kind, in file order
+    /// (built-in Kubernetes kinds that do not configure the mesh are skipped without one).
+    pub skipped: Vec<SkippedObject>,
 }
 
 /// An object left in force as it last loaded, because its file does not load cleanly now.
@@ -68,6 +72,9 @@ pub fn load_yaml(origin: impl AsRef<Path>, text: &str) -> LoadResult {
 #[derive(Debug, Default)]
 pub struct LastValid {
     files: HashMap<PathBuf, Vec<Object>>,
+    /// Keys of the skipped objects warned about at the last load: each is logged once, not
+    /// at every reload of the folder.
+    warned: HashSet<String>,
 }
 
 impl LastValid {
@@ -94,11 +101,21 @@ impl LastValid {
                     }],
                     path: file,
                     objects: Vec::new(),
+                    skipped: Vec::new(),
                     unreadable: true,
                 },
             })
             .collect();
         let merged: Merged = merge(files, dir_errors, &self.files);
+        let mut warned = HashSet::new();
+        for skip in &merged.skipped {
+            let key = skip.key();
+            if !self.warned.contains(&key) {
+                tracing::warn!("{skip}");
+            }
+            warned.insert(key);
+        }
+        self.warned = warned;
         self.files.clear();
         for (file, object) in &merged.origins {
             self.files
@@ -115,6 +132,7 @@ struct FileLoad {
     path: PathBuf,
     objects: Vec<(ObjectRef, Object)>,
     errors: Vec<ManifestError>,
+    skipped: Vec<SkippedObject>,
     /// The file exists but could not be read.
     unreadable: bool,
 }
@@ -136,6 +154,7 @@ struct Merged {
     origins: Vec<(PathBuf, Object)>,
     errors: Vec<ManifestError>,
     kept: Vec<KeptObject>,
+    skipped: Vec<SkippedObject>,
 }
 
 impl From<Merged> for LoadResult {
@@ -144,6 +163,7 @@ impl From<Merged> for LoadResult {
             manifests: m.manifests,
             errors: m.errors,
             kept: m.kept,
+            skipped: m.skipped,
         }
     }
 }
@@ -161,6 +181,7 @@ fn merge<T: From<Merged>>(
         origins: Vec::new(),
         errors: dir_errors,
         kept: Vec::new(),
+        skipped: Vec::new(),
     };
     let mut seen: HashMap<(&'static str, ObjectKey), PathBuf> = HashMap::new();
     for file in files {
@@ -168,8 +189,10 @@ fn merge<T: From<Merged>>(
             path,
             objects,
             errors,
+            skipped,
             unreadable,
         } = file;
+        merged.skipped.extend(skipped);
         let mut entries: Vec<(ObjectRef, Object, bool)> =
             objects.into_iter().map(|(r, o)| (r, o, false)).collect();
         if !errors.is_empty() || unreadable {
@@ -220,10 +243,11 @@ fn load_text(file: &Path, text: &str) -> FileLoad {
         path: file.to_path_buf(),
         objects: Vec::new(),
         errors: Vec::new(),
+        skipped: Vec::new(),
         unreadable: false,
     };
     for doc in split_documents(text) {
-        match parse_document(file, &doc) {
+        match parse_document(file, &doc, &mut load.skipped) {
             Ok(Some(parsed)) => load.objects.push(parsed),
             Ok(None) => {}
             Err(e) => load.errors.push(*e),
@@ -352,10 +376,12 @@ impl KnownKind {
 }
 
 /// One document → the object it holds (with its description for later errors), `None` for an
-/// empty document or a kind amesh does not use, or the reason it is rejected.
+/// empty document or a kind amesh does not use (added to `skipped` unless it is a built-in
+/// Kubernetes kind that does not configure the mesh), or the reason it is rejected.
 fn parse_document(
     file: &Path,
     doc: &RawDocument<'_>,
+    skipped: &mut Vec<SkippedObject>,
 ) -> Result<Option<(ObjectRef, Object)>, Box<ManifestError>> {
     let offset = doc.first_line - 1;
     let mut object = ObjectRef {
@@ -420,13 +446,21 @@ fn parse_document(
             );
             return Err(invalid(&object, Some("kind".into()), detail));
         }
-        tracing::debug!(
-            file = %file.display(),
-            document = doc.index,
-            api_version,
-            kind,
-            "ignoring a kind amesh does not use"
-        );
+        match skipped::classify(&api_version, &kind) {
+            Some(reason) => skipped.push(SkippedObject {
+                file: file.to_path_buf(),
+                object,
+                api_version,
+                reason,
+            }),
+            None => tracing::debug!(
+                file = %file.display(),
+                document = doc.index,
+                api_version,
+                kind,
+                "ignoring a Kubernetes kind that does not configure the mesh"
+            ),
+        }
         return Ok(None);
     };
     if known.is_cluster_scoped() {

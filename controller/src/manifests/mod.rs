@@ -13,6 +13,7 @@ mod load;
 pub mod networking;
 pub mod ratelimit;
 pub mod security;
+mod skipped;
 mod split;
 pub mod validate;
 
@@ -31,6 +32,7 @@ pub use load::{fingerprint, load_dir, load_yaml, KeptObject, LastValid, LoadResu
 pub use networking::{DestinationRule, VirtualService};
 pub use ratelimit::HttpLocalRateLimitPolicy;
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+pub use skipped::{SkipReason, SkippedObject};
 
 /// Namespace given to namespaced objects that do not name one, as `kubectl apply` does.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -363,6 +363,7 @@ pub fn load_keeping(dir: &Path, history: &mut LastValid) -> Manifests {
         peer_authentications = m.peer_authentications.len(),
         rejected = result.errors.len(),
         kept_from_earlier = result.kept.len(),
+        skipped = result.skipped.len(),
         "manifests loaded"
     );
     result.manifests
