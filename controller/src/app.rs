@@ -230,10 +230,21 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // Both ports with the same bounds (`listen`): streams and header size per connection,
+    // request sizes per service, connections per source and in all.
     let router = || {
-        tonic::transport::Server::builder()
-            .add_service(ads.clone().into_service())
-            .add_service(ca_service.clone().into_service())
+        crate::listen::grpc_server()
+            .add_service(
+                ads.clone()
+                    .into_service()
+                    .max_decoding_message_size(crate::listen::XDS_MAX_REQUEST),
+            )
+            .add_service(
+                ca_service
+                    .clone()
+                    .into_service()
+                    .max_decoding_message_size(crate::listen::CA_MAX_REQUEST),
+            )
     };
 
     let mut servers = tokio::task::JoinSet::new();
@@ -256,10 +267,8 @@ pub async fn run(
     if let Some(listener) = listeners.plaintext {
         let addr = listener.local_addr().context("listener address")?;
         info!(%addr, "serving xDS (delta ADS) and the CA, plaintext gRPC");
-        let serve = router().serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            stopped(),
-        );
+        let incoming = crate::listen::plaintext(listener, crate::listen::Limits::default());
+        let serve = router().serve_with_incoming_shutdown(incoming, stopped());
         servers.spawn(async move { serve.await.context("gRPC server (plaintext)") });
     }
     while let Some(done) = servers.join_next().await {

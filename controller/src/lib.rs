@@ -14,6 +14,7 @@
 //! - [`deployer`]: on the Kubernetes API, the waypoint Gateways made into ServiceAccounts,
 //!   Services and Deployments they own, with their status reported on the Gateway.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
+//! - [`listen`]: the gRPC ports' accept loops and bounds (connections, streams, sizes).
 //! - [`istio_status`]: on the Kubernetes API, what amesh ignored in each VirtualService and
 //!   DestinationRule, written on the object's status.
 //! - [`jwks`]: RequestAuthentication `jwksUri` keys fetched and refreshed as istiod does
@@ -33,6 +34,8 @@ pub mod deployer;
 pub mod istio_status;
 #[cfg(feature = "jwks")]
 pub mod jwks;
+#[cfg(feature = "server")]
+pub mod listen;
 pub mod manifests;
 pub mod model;
 pub mod render;

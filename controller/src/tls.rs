@@ -14,11 +14,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
+
+use crate::listen::{Conn, Limits};
 
 /// Names every serving certificate carries: the in-cluster Service names clients use (Istio's
 /// and ours) and loopback. `--tls-san` adds more.
@@ -30,12 +31,8 @@ pub const DEFAULT_NAMES: [&str; 4] = [
 ];
 /// Validity of a serving certificate; it is replaced at half of it.
 pub const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry delay when issuing a replacement certificate fails.
 const RETRY: Duration = Duration::from_secs(60);
-/// Finished handshakes waiting for the gRPC server to take them.
-const ACCEPTED_QUEUE: usize = 64;
 
 /// The current serving certificate, swapped in place when re-issued: new handshakes get the
 /// new one, open connections keep theirs.
@@ -131,43 +128,17 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// Connections of `listener` after their TLS handshake, for tonic's `serve_with_incoming`.
-/// Failed or slow handshakes are logged and dropped; the accept loop ends when the returned
-/// stream is dropped.
+/// Connections of `listener` after their TLS handshake, for tonic's `serve_with_incoming`,
+/// within the default [`Limits`](crate::listen::Limits) ([`crate::listen`]: back-off on
+/// accept errors, connections at once and per source, handshakes beside the accept path with
+/// a 10 s limit). Failed or slow handshakes are logged and dropped; the accept loop ends when
+/// the returned stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, mut rx) = mpsc::channel(ACCEPTED_QUEUE);
+) -> impl Stream<Item = Result<Conn<TlsStream<TcpStream>>, std::io::Error>> {
     let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = tx.closed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have, try again soon.
-                    warn!(error = %e, "TLS port: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS port: handshake failed"),
-                    Err(_) => debug!(%peer, "TLS port: no handshake within {HANDSHAKE_TIMEOUT:?}"),
-                }
-            });
-        }
-    });
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    crate::listen::incoming("TLS gRPC", listener, Limits::default(), move |tcp| {
+        acceptor.accept(tcp)
+    })
 }

@@ -129,6 +129,9 @@ async fn run_stream(
                     }
                     Err(status) => {
                         debug!("xDS: stream ended: {status}");
+                        // A request the server refused to decode (too large, malformed): the
+                        // client learns why. On a broken transport nobody is left to tell.
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
