@@ -28,6 +28,10 @@ use crate::loaded::LoadedManifests;
 
 /// The API server's port (Kubernetes' secure port).
 pub const PORT: u16 = 6443;
+
+/// Connections served at once. Over HTTP/1 each watch holds one: the controller watches some
+/// twenty kinds, the CNI plugins' reads are short. Past this, clients wait in the queue.
+const MAX_CONNECTIONS: usize = 256;
 /// Namespaces every cluster has, whether a manifest declares them or not.
 const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -105,32 +109,29 @@ impl ApiServer {
         let manifests = Arc::new(LoadedManifests::new(self.manifests.clone()));
         let server = Arc::new(self);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting an API connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let (server, manifests, acceptor) =
-                (server.clone(), manifests.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    let answer = server.answer(&manifests, &req);
-                    async move { Ok::<_, Infallible>(answer) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
+        // The same accept loop as the mesh's listeners: back-off on accept errors and a bound
+        // on connections (kube clients keep a few each; the lab has a handful of them).
+        mesh::accept::AcceptLoop::new("lab API server")
+            .max_connections(MAX_CONNECTIONS)
+            .run(listener, move |tcp, _peer| {
+                let (server, manifests, acceptor) =
+                    (server.clone(), manifests.clone(), acceptor.clone());
+                Some(async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let answer = server.answer(&manifests, &req);
+                        async move { Ok::<_, Infallible>(answer) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                })
+            })
+            .await
     }
 
     fn answer(

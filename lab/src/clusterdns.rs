@@ -19,6 +19,9 @@ use crate::loaded::LoadedManifests;
 /// Seconds a record may be cached.
 const TTL: u32 = 5;
 
+/// Pause after a failed receive before the next one.
+const RECV_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The cluster's domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
@@ -32,7 +35,10 @@ pub async fn run(manifests: PathBuf, addr: SocketAddr) -> std::io::Result<()> {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
             Err(e) => {
+                // A socket that keeps failing (out of memory, say) must not spin a core: the
+                // lab shares the machine with what it measures.
                 tracing::debug!(error = %e, "receiving a query failed");
+                tokio::time::sleep(RECV_BACKOFF).await;
                 continue;
             }
         };
