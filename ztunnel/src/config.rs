@@ -98,6 +98,11 @@ pub struct Config {
     pub trust_domain: String,
     pub cluster_id: String,
     pub node_name: String,
+    /// ztunnel's own pod, as the DaemonSet's downward API gives it (`POD_NAME`,
+    /// `POD_NAMESPACE`): it names this ztunnel in its xDS node id. Unset (outside a cluster),
+    /// `ztunnel-<node>` in `istio-system`.
+    pub pod_name: String,
+    pub pod_namespace: String,
     pub packet_mark: u32,
     pub capture: CaptureMode,
     pub proxy_mode: ProxyMode,
@@ -166,6 +171,17 @@ impl Config {
                 .or_else(|| in_cluster.then(|| ISTIOD_ADDRESS.to_string()))
                 .map(|a| with_scheme(&a))
         };
+        // A local file and a control plane are two sources of the same thing: both set
+        // explicitly is a mistake to report, not a choice to make silently (the defaults above
+        // fill the address only when it is unset, so they never conflict).
+        for (a, b) in [
+            ("LOCAL_XDS_PATH", "XDS_ADDRESS"),
+            ("LOCAL_CA_DIR", "CA_ADDRESS"),
+        ] {
+            if get(a).is_some() && get(b).is_some() {
+                return Err(ConfigError::Conflict { a, b });
+            }
+        }
         let config_source = match (control_plane("XDS_ADDRESS"), get("LOCAL_XDS_PATH")) {
             (_, Some(path)) => ConfigSource::LocalFile(path.into()),
             (Some(address), None) => ConfigSource::Xds {
@@ -298,6 +314,8 @@ impl Config {
             ca,
             trust_domain: get("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
             cluster_id: get("CLUSTER_ID").unwrap_or_else(|| "Kubernetes".into()),
+            pod_name: get("POD_NAME").unwrap_or_else(|| format!("ztunnel-{node_name}")),
+            pod_namespace: get("POD_NAMESPACE").unwrap_or_else(|| "istio-system".into()),
             node_name,
             packet_mark,
             capture,
@@ -350,6 +368,14 @@ impl Config {
                 .map(|d| d.trim_matches('.').to_ascii_lowercase())
                 .unwrap_or_else(|| "cluster.local".into()),
         })
+    }
+}
+
+impl Config {
+    /// The xDS node id Istio's ztunnel sends:
+    /// `ztunnel~<ip>~<pod name>.<pod namespace>~<pod namespace>.svc.cluster.local`.
+    pub fn xds_node_id(&self, ip: std::net::IpAddr) -> String {
+        mesh::xds::ztunnel_node_id(ip, &self.pod_name, &self.pod_namespace)
     }
 }
 
@@ -527,6 +553,78 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("PACKET_MARK=\"lots\""), "{e}");
+    }
+
+    #[test]
+    fn the_node_id_names_the_pod_from_the_downward_api() {
+        let base = [
+            ("XDS_ADDRESS", "http://127.0.0.1:15010"),
+            ("CA_ADDRESS", "http://127.0.0.1:15010"),
+            ("NODE_NAME", "node1"),
+        ];
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let mut with = base.to_vec();
+        with.push(("POD_NAME", "ztunnel-x7k2p"));
+        with.push(("POD_NAMESPACE", "kube-system"));
+        assert_eq!(
+            Config::from_map(&env(&with)).unwrap().xds_node_id(ip),
+            "ztunnel~10.0.0.7~ztunnel-x7k2p.kube-system~kube-system.svc.cluster.local"
+        );
+        // Unset (or blank), the previous names stand in.
+        let mut blank = base.to_vec();
+        blank.push(("POD_NAME", " "));
+        for vars in [base.to_vec(), blank] {
+            assert_eq!(
+                Config::from_map(&env(&vars)).unwrap().xds_node_id(ip),
+                "ztunnel~10.0.0.7~ztunnel-node1.istio-system~istio-system.svc.cluster.local"
+            );
+        }
+    }
+
+    #[test]
+    fn a_local_source_and_a_control_plane_together_are_an_error() {
+        let e = Config::from_map(&env(&[
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("XDS_ADDRESS", "http://127.0.0.1:15010"),
+            ("LOCAL_CA_DIR", "/ca"),
+            ("NODE_NAME", "n"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("LOCAL_XDS_PATH") && e.contains("XDS_ADDRESS"),
+            "{e}"
+        );
+        let e = Config::from_map(&env(&[
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("LOCAL_CA_DIR", "/ca"),
+            ("CA_ADDRESS", "http://127.0.0.1:15010"),
+            ("NODE_NAME", "n"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("LOCAL_CA_DIR") && e.contains("CA_ADDRESS"),
+            "{e}"
+        );
+        // In a cluster the addresses default to istiod's; a local file alone is no conflict.
+        let c = Config::from_map(&env(&[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("LOCAL_CA_DIR", "/ca"),
+            ("NODE_NAME", "n"),
+        ]))
+        .unwrap();
+        assert_eq!(c.config_source, ConfigSource::LocalFile("/x.yaml".into()));
+        assert_eq!(c.ca, CaSource::LocalDir("/ca".into()));
+        // A control plane for one and a local source for the other is fine.
+        let c = Config::from_map(&env(&[
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("CA_ADDRESS", "http://127.0.0.1:15010"),
+            ("NODE_NAME", "n"),
+        ]))
+        .unwrap();
+        assert!(matches!(c.ca, CaSource::Remote { .. }));
     }
 
     #[test]

@@ -13,8 +13,10 @@ Usage: ztunnel            run, configured by environment variables
 Main variables (Istio's names):
   XDS_ADDRESS, CA_ADDRESS   control plane (https:// if no scheme; istiod's address in a cluster)
   XDS_ROOT_CA, CA_ROOT_CA   its root (default /var/run/secrets/istio/root-cert.pem)
-  LOCAL_XDS_PATH            a local config file instead of xDS
+  LOCAL_XDS_PATH            a local config file instead of xDS (not with XDS_ADDRESS)
+  LOCAL_CA_DIR              a CA on local disk instead of CA_ADDRESS (not with it)
   NODE_NAME                 the node this ztunnel serves
+  POD_NAME, POD_NAMESPACE   ztunnel's own pod (downward API): its xDS node id
   CAPTURE_MODE              nft (default), ebpf, or auto (ebpf where the kernel allows)
   SECRET_TTL                workload certificate lifetime (default 24h)
   INPOD_UDS                 take pods from istio-cni over ZDS at this socket

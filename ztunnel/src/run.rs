@@ -229,11 +229,7 @@ fn start_config_source(
                 .or_else(local_ip)
                 .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
             let node = amesh_proto::envoy::config::core::v3::Node {
-                id: mesh::xds::ztunnel_node_id(
-                    ip,
-                    &format!("ztunnel-{}", config.node_name),
-                    "istio-system",
-                ),
+                id: config.xds_node_id(ip),
                 cluster: config.cluster_id.clone(),
                 ..Default::default()
             };
