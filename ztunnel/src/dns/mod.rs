@@ -8,11 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::proxy::{Pod, Shared};
@@ -31,14 +32,19 @@ const MAX_NAMESERVERS: usize = 3;
 #[derive(Debug)]
 pub struct Resolvers {
     path: PathBuf,
-    cache: parking_lot::Mutex<ResolverCache>,
+    /// The nameservers as last read (`None` before the first read). Every forwarded query of
+    /// the node reads it, so it is a snapshot read without a lock.
+    current: ArcSwapOption<Vec<SocketAddr>>,
+    /// The last look at the file. Only a query that finds a look due and the lock free takes
+    /// it; the others go on with `current` meanwhile (the first read excepted: before it
+    /// there is nothing to go on with).
+    check: parking_lot::Mutex<ResolverCheck>,
 }
 
 #[derive(Debug)]
-struct ResolverCache {
+struct ResolverCheck {
     checked: Option<Instant>,
     modified: Option<std::time::SystemTime>,
-    nameservers: Vec<SocketAddr>,
 }
 
 /// How often the resolv.conf is looked at again.
@@ -48,37 +54,42 @@ impl Resolvers {
     pub fn new(path: impl Into<PathBuf>) -> Resolvers {
         Resolvers {
             path: path.into(),
-            cache: parking_lot::Mutex::new(ResolverCache {
+            current: ArcSwapOption::empty(),
+            check: parking_lot::Mutex::new(ResolverCheck {
                 checked: None,
                 modified: None,
-                nameservers: Vec::new(),
             }),
         }
     }
 
     /// The nameservers, in order (at most [`MAX_NAMESERVERS`]).
     fn all(&self) -> Vec<SocketAddr> {
-        let mut cache = self.cache.lock();
-        if cache
-            .checked
-            .is_none_or(|t| t.elapsed() >= RESOLV_CONF_RECHECK)
-        {
-            cache.checked = Some(Instant::now());
-            let modified = std::fs::metadata(&self.path)
-                .and_then(|m| m.modified())
-                .ok();
-            if modified != cache.modified || modified.is_none() {
-                cache.modified = modified;
-                cache.nameservers = std::fs::read_to_string(&self.path)
-                    .map(|text| nameservers(&text))
-                    .unwrap_or_default();
+        let check = match self.current.load().is_none() {
+            true => Some(self.check.lock()),
+            false => self.check.try_lock(),
+        };
+        if let Some(mut check) = check {
+            if check
+                .checked
+                .is_none_or(|t| t.elapsed() >= RESOLV_CONF_RECHECK)
+            {
+                check.checked = Some(Instant::now());
+                let modified = std::fs::metadata(&self.path)
+                    .and_then(|m| m.modified())
+                    .ok();
+                if modified != check.modified || modified.is_none() {
+                    check.modified = modified;
+                    let read = std::fs::read_to_string(&self.path)
+                        .map(|text| nameservers(&text))
+                        .unwrap_or_default();
+                    self.current.store(Some(Arc::new(read)));
+                }
             }
         }
-        cache
-            .nameservers
+        self.current
+            .load()
             .iter()
-            .take(MAX_NAMESERVERS)
-            .copied()
+            .flat_map(|list| list.iter().take(MAX_NAMESERVERS).copied())
             .collect()
     }
 }

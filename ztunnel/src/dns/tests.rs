@@ -56,3 +56,56 @@ async fn each_nameserver_is_tried_until_one_answers() {
     // Nothing at all: nothing to pass on (the proxy answers SERVFAIL itself).
     assert!(forward_to_all(&q, &raw, &[silent]).await.is_none());
 }
+
+/// Writes a resolv.conf naming `ips`, with a modification time of `secs` after the epoch (so
+/// each version differs whatever the file system's timestamp granularity).
+fn write_resolv_conf(path: &std::path::Path, ips: &[&str], secs: u64) {
+    let text: String = ips.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+    std::fs::write(path, text).unwrap();
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
+fn on_53(ips: &[&str]) -> Vec<SocketAddr> {
+    ips.iter()
+        .map(|ip| SocketAddr::new(ip.parse().unwrap(), 53))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_resolv_conf_is_reread_when_it_changes_and_queries_never_wait_for_that() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resolv.conf");
+    write_resolv_conf(&path, &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"], 1);
+    let resolvers = super::Resolvers::new(&path);
+    // At most three, in file order (as glibc).
+    assert_eq!(
+        resolvers.all(),
+        on_53(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    );
+
+    // A change is seen at the next look, not before.
+    write_resolv_conf(&path, &["10.0.0.9"], 2);
+    assert_eq!(
+        resolvers.all(),
+        on_53(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    );
+    tokio::time::advance(super::RESOLV_CONF_RECHECK).await;
+    assert_eq!(resolvers.all(), on_53(&["10.0.0.9"]));
+
+    // While one query is looking at the file (holding the check), the others take the list
+    // as it is instead of queueing behind it.
+    write_resolv_conf(&path, &["10.0.0.7"], 3);
+    tokio::time::advance(super::RESOLV_CONF_RECHECK).await;
+    {
+        let _looking = resolvers.check.lock();
+        assert_eq!(resolvers.all(), on_53(&["10.0.0.9"]));
+    }
+    assert_eq!(resolvers.all(), on_53(&["10.0.0.7"]));
+
+    // A file that goes away leaves no nameservers (the query then fails at once).
+    std::fs::remove_file(&path).unwrap();
+    tokio::time::advance(super::RESOLV_CONF_RECHECK).await;
+    assert!(resolvers.all().is_empty());
+}
