@@ -132,6 +132,8 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
 
     // Ready means: config synced, and every pod we had before a restart captured again.
     synced.await;
+    // Stops the CNI socket at shutdown: a draining ztunnel captures no new pod.
+    let (cni_drain, cni_drain_watch) = mesh::drain::Drain::new();
     // Kept for the life of the process: dropping it stops the ZDS client.
     let _zds_client = match (&config.proxy_mode, &config.inpod_uds) {
         (ProxyMode::Shared, Some(socket)) => {
@@ -164,7 +166,12 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
             let listener = crate::cni::agent::bind(&config.cni_socket).with_context(|| {
                 format!("binding the CNI socket {}", config.cni_socket.display())
             })?;
-            tokio::spawn(crate::cni::agent::serve(listener, pods.clone()));
+            tokio::spawn(crate::cni::agent::serve_until(
+                listener,
+                pods.clone(),
+                cni_drain_watch.clone(),
+                config.drain_deadline,
+            ));
             None
         }
         (
@@ -196,6 +203,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         _ = quit.notified() => info!("/quitquitquit: draining"),
     }
     ready.set(false);
+    cni_drain.start();
     pods.shutdown(config.drain_deadline).await;
     info!("drained; exiting");
     Ok(())
