@@ -176,9 +176,9 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
             // and per node, and past the bound the app hears SERVFAIL at once.
             let permits = (
                 pod.dns.forwards.clone().try_acquire_owned(),
-                shared.limits.dns_forwards.clone().try_acquire_owned(),
+                shared.limits.dns_forwards.try_take(),
             );
-            let (Ok(_pod_permit), Ok(_node_permit)) = permits else {
+            let (Ok(_pod_permit), Some(_node_permit)) = permits else {
                 debug!("too many DNS queries in flight upstream; answering SERVFAIL");
                 return servfail().to_vec().ok();
             };
