@@ -307,15 +307,23 @@ impl PodManager {
             self.forget_unused(&pods, &running.pod.identity);
             running
         };
-        let pod = running.pod.clone();
+        let Running {
+            pod,
+            fds,
+            drain,
+            tasks,
+        } = running;
         // Listeners close first, then the rules go: a new connection in between is refused,
-        // never let through uncaptured.
-        running.drain.start();
+        // never let through uncaptured. The capture's copies of the listeners close too, or
+        // the kernel would keep queueing connections nobody accepts any more.
+        drain.start();
+        drop(fds);
         if let Err(e) = self.capture.remove(&self.pod_netns(&pod)).await {
             warn!(pod = %pod.info.name, error = %e, "removing capture failed (the netns may be gone)");
         }
+        let label = format!("{}/{}", pod.info.namespace, pod.info.name);
         drop(pod);
-        self.drain_removed(running).await;
+        self.drain_removed(label, drain, tasks).await;
         self.persist(&*self.pods.lock().await)?;
         Ok(true)
     }
@@ -323,11 +331,7 @@ impl PodManager {
     /// Lets a removed pod's connections finish: waits up to [`DEL_WAIT`] (or the drain
     /// deadline, if shorter), then hands what is still open to a background drain that cuts
     /// it at the deadline.
-    async fn drain_removed(&self, running: Running) {
-        let Running {
-            pod, drain, tasks, ..
-        } = running;
-        let mut tasks = tasks;
+    async fn drain_removed(&self, label: String, drain: Drain, mut tasks: JoinSet<()>) {
         let deadline = self.drain_deadline;
         let all = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(deadline.min(DEL_WAIT), all)
@@ -336,14 +340,12 @@ impl PodManager {
         {
             return;
         }
-        let label = format!("{}/{}", pod.info.namespace, pod.info.name);
         let rest = deadline.saturating_sub(DEL_WAIT);
         if rest.is_zero() {
             warn!(pod = %label, open = tasks.len(), "drain deadline passed; closing the removed pod's connections");
             return tasks.shutdown().await;
         }
         info!(pod = %label, open = tasks.len(), "pod removed; its connections drain in the background");
-        drop(pod);
         let mut draining = self.draining.lock();
         // Reap the background drains that are over, so the set holds only live ones.
         while draining.try_join_next().is_some() {}
@@ -451,25 +453,32 @@ impl PodManager {
     /// listeners stop accepting, HBONE connections get GOAWAY and finish their streams, and
     /// whatever is left at `deadline` is cut, as are removed pods still draining.
     pub async fn shutdown(&self, deadline: Duration) {
-        let mut all: Vec<Running> = {
+        let taken: Vec<Running> = {
             let mut pods = self.pods.lock().await;
             pods.drain().map(|(_, running)| running).collect()
         };
-        for running in &all {
-            running.drain.start();
-        }
+        // Every listener closes now, the capture's copies too (else the kernel would keep
+        // queueing new connections that nobody accepts any more): new connections are
+        // refused while the open ones finish.
+        let mut all: Vec<(Drain, JoinSet<()>)> = taken
+            .into_iter()
+            .map(|Running { drain, tasks, .. }| {
+                drain.start();
+                (drain, tasks)
+            })
+            .collect();
         let mut draining = std::mem::take(&mut *self.draining.lock());
         let wait = async {
-            for running in all.iter_mut() {
-                while running.tasks.join_next().await.is_some() {}
+            for (_, tasks) in all.iter_mut() {
+                while tasks.join_next().await.is_some() {}
             }
             while draining.join_next().await.is_some() {}
         };
         if tokio::time::timeout(deadline, wait).await.is_err() {
             warn!("drain deadline passed; closing the connections still open");
         }
-        for mut running in all {
-            running.tasks.shutdown().await;
+        for (_, tasks) in all.iter_mut() {
+            tasks.shutdown().await;
         }
         draining.shutdown().await;
     }

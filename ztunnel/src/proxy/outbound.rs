@@ -322,6 +322,10 @@ fn tunnel_request(
 
 /// Carries `tcp` through the tunnel `req` asks for, until either side is done.
 async fn tunnel(pod: &Pod, tcp: TcpStream, req: TunnelRequest) -> RelayStats {
+    // From here on the app is owed an answer: should ztunnel die before the relay ends, the
+    // kernel resets the app's socket rather than closing it as if the answer were complete
+    // (the relay keeps the arm until a clean end).
+    abort_on_close(&tcp);
     // The app's first bytes travel with the CONNECT instead of a round trip later.
     match pod.pool.open(req).await {
         Ok(connecting) => relay_connecting(tcp, connecting).await,
@@ -374,6 +378,8 @@ async fn direct(
     kind: &str,
     conn: OpenConn<'_>,
 ) {
+    // As for a tunnel: a death of ztunnel from here on resets the app's socket.
+    abort_on_close(&tcp);
     match pod.sockets.connect(target, None).await {
         Ok(upstream) => {
             let stats = mesh::hbone::relay_tcp(tcp, upstream).await;
