@@ -42,17 +42,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send its request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the node-agent socket for the life of the process.
-pub async fn serve(listener: UnixListener, pods: Arc<PodManager>) {
-    AcceptLoop::new("CNI node agent")
-        .max_connections(MAX_CONNECTIONS)
-        .descriptor_headroom()
-        .run(listener, move |stream, _peer| {
-            Some(handle(stream, pods.clone()))
-        })
-        .await
-}
-
 /// Serves the node-agent socket until `drain` fires, then lets requests in hand finish (at
 /// most `deadline`): a DEL being answered is not cut off mid-way.
 pub async fn serve_until(
