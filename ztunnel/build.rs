@@ -15,7 +15,20 @@ use std::process::Command;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const SETUP_HINT: &str = "run scripts/setup.sh once: it installs rust-src and builds bpf-linker against this toolchain's LLVM";
 
+/// Set (to anything) to build without the eBPF program: `OUT_DIR/amesh-capture` is left empty,
+/// so `CAPTURE_MODE=ebpf` fails at load with a clear error. The fuzz targets (`fuzz/`, built on
+/// the nightly toolchain, whose LLVM has no bpf-linker here) need ztunnel's parsers, not the
+/// capture program.
+const SKIP_EBPF_ENV: &str = "AMESH_SKIP_EBPF";
+
 fn main() {
+    println!("cargo:rerun-if-env-changed={SKIP_EBPF_ENV}");
+    if env::var_os(SKIP_EBPF_ENV).is_some() {
+        if let Err(e) = write_empty_object() {
+            panic!("writing the empty eBPF object: {e}");
+        }
+        return;
+    }
     if let Err(e) = build() {
         // A panic is how a build script fails with a message cargo shows in full.
         panic!("building the eBPF capture program: {e}");
@@ -62,6 +75,12 @@ fn build() -> Result<(), String> {
     };
     aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain))
         .map_err(|e| format!("{e:#} (if bpf-linker or rust-src is at fault, {SETUP_HINT})"))
+}
+
+/// Leaves an empty object where `capture/ebpf.rs` embeds the program from.
+fn write_empty_object() -> Result<(), String> {
+    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    std::fs::write(out.join("amesh-capture"), []).map_err(|e| e.to_string())
 }
 
 /// The directory holding a bpf-linker built for this toolchain's libLLVM, else one on PATH.

@@ -86,7 +86,9 @@ impl CaService {
 }
 
 /// The identity asked for: `ImpersonatedIdentity` if present, else the CSR's only URI SAN.
-fn requested_identity(request: &IstioCertificateRequest) -> Result<Identity, Status> {
+/// Public for the fuzz target `csr` (`fuzz/`), the first parse of a caller's CSR.
+#[doc(hidden)]
+pub fn requested_identity(request: &IstioCertificateRequest) -> Result<Identity, Status> {
     // Parsed strictly whatever identity is asked for: the CSR is what gets signed.
     let csr = csr::parse(&request.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let impersonated = request

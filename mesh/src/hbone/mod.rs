@@ -25,6 +25,9 @@ pub use relay::{
     abort_on_close, close_gracefully, relay, relay_connecting, relay_tcp, RelayError, RelayStats,
 };
 pub use request::{forwarded_header, ConnectRequest, Refusal};
+// The sans-IO request checks, public for the fuzz targets (`fuzz/`), not an API to build on.
+#[doc(hidden)]
+pub use request::{build_connect, inspect, Inspection};
 pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
 pub use settings::H2Settings;
 pub use stream::{H2Reader, H2Stream, H2Writer};

@@ -89,7 +89,7 @@ pub fn forwarded_header(client: SocketAddr, host: Option<&str>) -> HeaderValue {
 }
 
 /// Builds the CONNECT request for a tunnel to `authority`.
-pub(crate) fn build_connect(
+pub fn build_connect(
     authority: &str,
     headers: &HeaderMap,
 ) -> Result<Request<()>, crate::hbone::HboneError> {
@@ -116,7 +116,7 @@ pub(crate) fn build_connect(
 
 /// What the server does with an incoming request before a handler sees it.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Inspection {
+pub enum Inspection {
     /// A well-formed CONNECT to this authority.
     Connect(http::uri::Authority),
     /// A CONNECT that cannot be served: answer 400 on this stream only.
@@ -125,7 +125,8 @@ pub(crate) enum Inspection {
     NotConnect(Method),
 }
 
-pub(crate) fn inspect<B>(req: &Request<B>) -> Inspection {
+/// Sorts an incoming request into [`Inspection`]; the first thing the server does with a stream.
+pub fn inspect<B>(req: &Request<B>) -> Inspection {
     if req.method() != Method::CONNECT {
         return Inspection::NotConnect(req.method().clone());
     }
