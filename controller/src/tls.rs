@@ -129,7 +129,7 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// Connections of `listener` after their TLS handshake, for tonic's `serve_with_incoming`,
-/// within the default [`Limits`](crate::listen::Limits) ([`crate::listen`]: back-off on
+/// within the default [`Limits`] ([`crate::listen`]: back-off on
 /// accept errors, connections at once and per source, handshakes beside the accept path with
 /// a 10 s limit). Failed or slow handshakes are logged and dropped; the accept loop ends when
 /// the returned stream is dropped.
