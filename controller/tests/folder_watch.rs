@@ -106,6 +106,12 @@ async fn an_idle_large_folder_is_not_read_again() {
     fs::write(dir.path().join("pa.yaml"), peer_auth("PERMISSIVE")).unwrap();
     until_mode(&mut rx, "Permissive").await;
     assert_eq!(rx.borrow().services.len(), 200);
+    // The write's last events (a slow machine may see them after a first reload) settle.
+    let checks = stats.rechecks();
+    until("ten checks after the edit", || {
+        stats.rechecks() >= checks + 10
+    })
+    .await;
     let after = stats.loads();
     assert!(after >= 2, "{after}");
     let checks = stats.rechecks();
