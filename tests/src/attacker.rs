@@ -237,6 +237,8 @@ impl Attacker {
         let config = self.hbone_config(destination);
         let started = Instant::now();
         let headers = connect_headers(authority)?;
+        // Client stream ids are the odd numbers below 2^31.
+        let streams = streams.min(1 << 30);
         self.runtime.block_on(async move {
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(ServerName::from(hbone.ip()), tcp)

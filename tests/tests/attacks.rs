@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use e2e::policies::{ALLOW_CLIENT_A, DENY_CLIENT_B, STRICT_MESH};
 use e2e::health::{assert_no_loop, new_tunnels_work, LiveTunnel};
+use e2e::policies::{ALLOW_CLIENT_A, DENY_CLIENT_B, STRICT_MESH};
 use e2e::probe::{accept_queue, raise_own_fd_limit, ConnectOutcome, HboneProbe, ProcStats};
 use e2e::{addr, wait_for, MeshLab};
 
