@@ -29,9 +29,10 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee /tmp/amesh-test.log
 # controller (Istio ztunnel's LOCAL_XDS_PATH mode).
 echo "[test] end-to-end scenarios with the local-file control plane"
 AMESH_LAB_CONTROL_PLANE=file cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
-# And once more with eBPF capture (sk_lookup + policy routing, no netfilter in the pods).
-echo "[test] end-to-end scenarios with CAPTURE_MODE=ebpf"
-CAPTURE_MODE=ebpf cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
+# Both runs above capture with eBPF (ztunnel's default where the kernel allows: sk_lookup +
+# policy routing, no netfilter in the pods); once more with Istio's nft rules.
+echo "[test] end-to-end scenarios with CAPTURE_MODE=nft"
+CAPTURE_MODE=nft cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
 # Fuzz smoke: every cargo-fuzz target (fuzz/) built and run for 10 s; the long runs are
 # `bash scripts/fuzz.sh 600`.
 echo "[test] fuzz smoke (scripts/fuzz.sh 10)"

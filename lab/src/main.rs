@@ -39,8 +39,9 @@ enum Cmd {
         /// Plain pods only: no ztunnel, no capture.
         #[arg(long)]
         no_mesh: bool,
-        /// ztunnel capture backend.
-        #[arg(long, default_value = "nft")]
+        /// ztunnel capture backend: auto (ztunnel's default: ebpf where the kernel allows it,
+        /// else nft), ebpf or nft.
+        #[arg(long, default_value = "auto")]
         capture: String,
         /// Give nodes and pods IPv6 addresses too (ztunnel captures IPv4 only and leaves
         /// IPv6 untouched).

@@ -328,7 +328,6 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
         .env("AMESH_BPF_PIN_DIR", bpf_pin_dir(&state.id, &node.name))
-        .env("CAPTURE_MODE", &opts.capture_mode)
         .env("AMESH_RESOLV_CONF", &resolv_conf)
         // Every lab node shares this machine's cores with the others and with the apps: one
         // worker per node's ztunnel, like a node with a core of its own (unless the caller
@@ -341,6 +340,11 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
             "RUST_LOG",
             std::env::var("AMESH_LAB_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
         );
+    // Unset, ztunnel picks eBPF where the kernel allows (its default); set, what it says.
+    match opts.capture_mode.as_str() {
+        "" | "auto" => cmd.env_remove("CAPTURE_MODE"),
+        mode => cmd.env("CAPTURE_MODE", mode),
+    };
     cmd.envs(opts.ztunnel_env.iter().map(|(k, v)| (k, v)));
     lab.spawn(&ztunnel_name(&node.name), &pod.netns, cmd)?;
     Ok(())

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct MeshOptions {
     /// Directory holding the `ztunnel` and `amesh-cni` binaries.
     pub bin_dir: PathBuf,
-    /// ztunnel's `CAPTURE_MODE`.
+    /// ztunnel's `CAPTURE_MODE`; empty or `auto`: not set, ztunnel's default (eBPF where the
+    /// kernel allows it, else nft).
     pub capture_mode: String,
     /// Where ztunnels get config and certificates from.
     #[serde(default)]
@@ -61,7 +62,7 @@ impl MeshOptions {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
-            capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into()),
+            capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_default(),
             control_plane: ControlPlane::from_env(),
             ztunnel_env: Vec::new(),
         }

@@ -32,9 +32,14 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Capture backend under test: `CAPTURE_MODE` (default nft), so CI can run the suite per mode.
+/// Capture backend under test: `CAPTURE_MODE`, so CI can run the suite per mode. Unset, the
+/// lab leaves it unset too and ztunnel picks eBPF, which this machine's kernel supports (the
+/// checks of `capture.rs` would fail if it fell back to nft).
 pub fn capture_mode() -> String {
-    std::env::var("CAPTURE_MODE").unwrap_or_else(|_| "nft".into())
+    std::env::var("CAPTURE_MODE")
+        .ok()
+        .filter(|m| !m.is_empty() && m != "auto")
+        .unwrap_or_else(|| "ebpf".into())
 }
 
 impl MeshLab {
@@ -56,10 +61,7 @@ impl MeshLab {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let binary = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
         let options = LabOptions {
-            mesh: Some(MeshOptions {
-                capture_mode: capture_mode(),
-                ..MeshOptions::beside(&binary)
-            }),
+            mesh: Some(MeshOptions::beside(&binary)),
             binary: Some(binary),
             startup_timeout: Duration::from_secs(30),
             ..LabOptions::default()
@@ -91,10 +93,7 @@ impl MeshLab {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let binary = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
         let options = LabOptions {
-            mesh: Some(MeshOptions {
-                capture_mode: capture_mode(),
-                ..MeshOptions::beside(&binary)
-            }),
+            mesh: Some(MeshOptions::beside(&binary)),
             binary: Some(binary),
             startup_timeout: Duration::from_secs(20),
             ..LabOptions::default()

@@ -17,7 +17,7 @@ Main variables (Istio's names):
   LOCAL_CA_DIR              a CA on local disk instead of CA_ADDRESS (not with it)
   NODE_NAME                 the node this ztunnel serves
   POD_NAME, POD_NAMESPACE   ztunnel's own pod (downward API): its xDS node id
-  CAPTURE_MODE              nft (default), ebpf, or auto (ebpf where the kernel allows)
+  CAPTURE_MODE              ebpf or nft (unset: ebpf where the kernel allows, else nft)
   SECRET_TTL                workload certificate lifetime (default 24h)
   INPOD_UDS                 take pods from istio-cni over ZDS at this socket
   PROXY_MODE                shared (default) or dedicated

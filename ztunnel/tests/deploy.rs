@@ -1,6 +1,7 @@
 //! `deploy/amesh.yaml`'s ztunnel DaemonSet against ztunnel's configuration: its environment
-//! parses (Istio's variable names, a TLS control plane), and the files it names — the mesh root
-//! and the projected token — lie under volumes the DaemonSet mounts.
+//! parses (Istio's variable names, a TLS control plane), the files it names — the mesh root
+//! and the projected token — lie under volumes the DaemonSet mounts, and eBPF capture's pins
+//! go to the host's bpffs.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -116,4 +117,21 @@ fn daemonset_environment_is_a_valid_ztunnel_config() {
     ));
     assert!(matches!(config.ca, CaSource::Remote { root: Some(_), .. }));
     assert_eq!(config.token.as_deref(), Some("token"));
+
+    // Capture: eBPF where the node allows, its links pinned on the host's bpffs, so a
+    // restarted container finds them (a mount of its own would vanish with the old one).
+    assert_eq!(config.capture, ztunnel::capture::CaptureMode::Auto);
+    assert!(config.bpf_pin_dir.starts_with("/sys/fs/bpf"));
+    let bpffs = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/sys/fs/bpf")
+        .expect("/sys/fs/bpf is mounted");
+    assert_eq!(bpffs["mountPropagation"], "Bidirectional");
+    assert!(pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == bpffs["name"] && v["hostPath"]["path"] == "/sys/fs/bpf"));
 }

@@ -607,8 +607,15 @@ async fn capture_fails_closed_while_ztunnel_is_down_and_a_restart_takes_the_link
     };
 
     // Down: the pinned program is still attached and, its listeners gone, refuses the flows
-    // it would capture; the app never sees them.
+    // it would capture; the app never sees them. (Gone means closed everywhere: a process
+    // another test forks at that moment holds copies until it execs.)
     assert_eq!(sk_lookup_programs(netns_file.as_fd()), vec![old_program]);
+    eventually("the dead ztunnel's listeners to close", || {
+        let listening = bed.pod.nsenter("ss", &["-Htln"]);
+        [":15001 ", ":15006 ", ":15008 "]
+            .iter()
+            .all(|port| !listening.contains(port))
+    });
     for port in [8080, 15008] {
         assert!(
             refused(&bed, port),
@@ -727,4 +734,104 @@ fn startup_without_privileges_names_what_is_missing() {
         log.contains("lacks CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"),
         "{log}"
     );
+}
+
+/// Runs ztunnel (local config, CAPTURE_MODE unset) until its log has `line` or it exits;
+/// `setpriv` drops root's capabilities first when `unprivileged`. Returns the log.
+fn start_with_unset_mode(unprivileged: bool, pins: &TestPins, line: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "workloads: []\n").unwrap();
+    let log_path = dir.path().join("ztunnel.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = if unprivileged {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            env!("CARGO_BIN_EXE_ztunnel"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+    };
+    let mut child = cmd
+        .env_remove("CAPTURE_MODE")
+        .env("LOCAL_XDS_PATH", &config)
+        .env("LOCAL_CA_DIR", dir.path().join("ca"))
+        .env("NODE_NAME", "node1")
+        .env("AMESH_BPF_PIN_DIR", &pins.path)
+        .env("AMESH_CNI_SOCKET", dir.path().join("cni.sock"))
+        .env("AMESH_STATE_FILE", dir.path().join("pods.json"))
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .env("STATS_ADDR", "127.0.0.1:0")
+        .env("READINESS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("ztunnel (setpriv from util-linux)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let exited = child.try_wait().unwrap().is_some();
+        if text.contains(line) || exited || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    text
+}
+
+/// With CAPTURE_MODE unset, ztunnel captures with eBPF where it can, and falls back to nft,
+/// saying why, where it cannot (here: without the capabilities).
+#[test]
+fn unset_capture_mode_is_ebpf_where_supported_and_nft_with_the_reason_otherwise() {
+    let pins = TestPins::new("auto");
+    let log = start_with_unset_mode(false, &pins, "ztunnel ready");
+    assert!(
+        log.contains("CAPTURE_MODE unset: capturing with eBPF"),
+        "{log}"
+    );
+    assert!(log.contains("ztunnel ready"), "{log}");
+    let log = start_with_unset_mode(true, &pins, "ztunnel ready");
+    assert!(
+        log.contains("CAPTURE_MODE unset and eBPF capture unavailable: capturing with nft"),
+        "{log}"
+    );
+    assert!(
+        log.contains("lacks CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"),
+        "the reason is not given: {log}"
+    );
+    assert!(log.contains("ztunnel ready"), "{log}");
+}
+
+/// A ztunnel that starts with nft after one that captured with eBPF releases the pinned links:
+/// their programs, listeners gone, would refuse every flow nft redirects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nft_after_ebpf_releases_the_pinned_links() {
+    let bed = Bed::new("n");
+    let pins = TestPins::new("nft");
+    let worker = Netns::open(&bed.pod.path).unwrap();
+    let pod = pod_netns(&bed, &worker);
+    let netns_file = std::fs::File::open(&bed.pod.path).unwrap();
+    {
+        let capture = EbpfCapture::load(&pins.path).expect("loading the eBPF capture program");
+        let listeners = PodListeners::open(&worker, MARK, true).unwrap();
+        capture
+            .install(&pod, &listeners.fds().unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(sk_lookup_programs(netns_file.as_fd()).len(), 1);
+    assert!(pins.pinned(inode(&netns_file)));
+    let _nft = ztunnel::capture::CaptureMode::Nft
+        .backend_with(&pins.path)
+        .unwrap();
+    assert!(sk_lookup_programs(netns_file.as_fd()).is_empty());
+    assert!(!pins.pinned(inode(&netns_file)));
 }

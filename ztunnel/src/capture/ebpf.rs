@@ -246,6 +246,20 @@ impl EbpfCapture {
         released
     }
 
+    /// Detaches and removes every link pinned in `pin_dir`, for a ztunnel that captures with
+    /// nft after one that captured with eBPF: a pinned program whose listeners are gone would
+    /// refuse every flow nft redirects. Nothing to do when the directory does not exist.
+    pub fn release_all(pin_dir: &Path) -> usize {
+        let Ok(pins) = PinDir::existing(pin_dir) else {
+            return 0;
+        };
+        let capture = EbpfCapture {
+            pods: parking_lot::Mutex::new(HashMap::new()),
+            pins,
+        };
+        capture.release_unclaimed()
+    }
+
     /// Number of pods whose netns has the program attached.
     pub fn attached(&self) -> usize {
         self.pods.lock().len()

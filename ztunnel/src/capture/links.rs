@@ -262,6 +262,14 @@ impl PinDir {
         Ok(PinDir { path: path.into() })
     }
 
+    /// The directory as it is: no mount, no creation; fails when it does not exist.
+    pub fn existing(path: &Path) -> io::Result<PinDir> {
+        if !path.is_dir() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(PinDir { path: path.into() })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,7 +1,8 @@
 //! Traffic capture inside a pod's network namespace: steering the pod's TCP and DNS to
 //! ztunnel's in-pod listeners. Two backends behind one trait, selected per node with
-//! `CAPTURE_MODE`: `nft` (netns mode, the default), `ebpf` (sk_lookup + policy routing, no
-//! netfilter) and `auto` (eBPF where the kernel and privileges allow, else nft).
+//! `CAPTURE_MODE`: `ebpf` (sk_lookup + policy routing, no netfilter) and `nft` (Istio's in-pod
+//! rules, netns mode). Unset (or `auto`), eBPF where the kernel and privileges allow it, else
+//! nft.
 
 pub mod ebpf;
 pub mod links;
@@ -119,7 +120,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/amesh/ztunnel";
 pub enum CaptureMode {
     Nft,
     Ebpf,
-    /// eBPF where the kernel and privileges allow it, else nft (with a log line saying why).
+    /// `CAPTURE_MODE` unset (or `auto`): eBPF where the kernel and privileges allow it, else
+    /// nft (with a log line saying why).
     Auto,
     /// No capture by ztunnel (dedicated mode, or istio-cni over ZDS: someone else steers).
     None,
@@ -128,8 +130,8 @@ pub enum CaptureMode {
 impl CaptureMode {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
-            "" | "nft" | "netns" => Ok(CaptureMode::Nft),
-            "auto" => Ok(CaptureMode::Auto),
+            "" | "auto" => Ok(CaptureMode::Auto),
+            "nft" | "netns" => Ok(CaptureMode::Nft),
             "ebpf" => Ok(CaptureMode::Ebpf),
             other => Err(format!(
                 "CAPTURE_MODE={other:?} is not supported; use \"nft\", \"ebpf\" or \"auto\""
@@ -144,18 +146,23 @@ impl CaptureMode {
 
     /// Builds the backend; for eBPF this loads the program and prepares `pin_dir` (where the
     /// pods' links are pinned), so a kernel or privilege problem shows at startup: an error
-    /// with `CAPTURE_MODE=ebpf`, the fallback to nft with `auto`.
+    /// with `CAPTURE_MODE=ebpf`, the fallback to nft when unset.
     pub fn backend_with(self, pin_dir: &Path) -> Result<Arc<dyn Capture>, CaptureError> {
         Ok(match self {
-            CaptureMode::Nft => Arc::new(nft::NftCapture),
+            CaptureMode::Nft => {
+                // What an earlier ztunnel in eBPF mode pinned would refuse what nft redirects.
+                ebpf::EbpfCapture::release_all(pin_dir);
+                Arc::new(nft::NftCapture)
+            }
             CaptureMode::Ebpf => Arc::new(ebpf::EbpfCapture::load(pin_dir)?),
             CaptureMode::Auto => match ebpf::EbpfCapture::load(pin_dir) {
                 Ok(ebpf) => {
-                    tracing::info!("CAPTURE_MODE auto: capturing with eBPF");
+                    tracing::info!("CAPTURE_MODE unset: capturing with eBPF");
                     Arc::new(ebpf)
                 }
                 Err(e) => {
-                    warn!(reason = %e, "CAPTURE_MODE auto and eBPF capture unavailable: capturing with nft");
+                    warn!(reason = %e, "CAPTURE_MODE unset and eBPF capture unavailable: capturing with nft");
+                    ebpf::EbpfCapture::release_all(pin_dir);
                     Arc::new(nft::NftCapture)
                 }
             },
