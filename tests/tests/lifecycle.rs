@@ -295,3 +295,68 @@ fn sigterm_lets_a_live_transfer_finish_and_refuses_new_connections() {
         "a new connection was served while ztunnel drained"
     );
 }
+
+#[test]
+fn a_pod_deleted_mid_transfer_lets_the_transfer_finish_before_del_answers() {
+    let m = MeshLab::up("l4", 2);
+    let listener = listen_in(&m, "server-1");
+    let server = addr(m.ip("server-1"), PORT);
+    // client-b (node2) uploads to server-1 (node1) for about 2.5 s, then half-closes and
+    // waits for the count of what arrived.
+    const CHUNKS: usize = 250;
+    let pace = Duration::from_millis(10);
+    let mut client = m
+        .lab
+        .connect("client-b", server, LIMIT)
+        .expect("connect from client-b");
+    let sender = thread::spawn(move || {
+        let (sent, error) = write_all(&mut client, CHUNKS, pace);
+        if let Some(e) = error {
+            return Err(format!("the upload failed after {sent} bytes: {e}"));
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        client.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut answer = String::new();
+        client
+            .read_to_string(&mut answer)
+            .map_err(|e| format!("reading the server's count: {e}"))?;
+        Ok((sent, answer))
+    });
+    let receiver = thread::spawn(move || {
+        let mut s = accept_one(&listener);
+        let end = read_all(&mut s, None);
+        if let End::Clean(n) = &end {
+            let _ = s.write_all(n.to_string().as_bytes());
+        }
+        drop(s);
+        (end, Instant::now())
+    });
+    thread::sleep(Duration::from_millis(800));
+    // The runtime tears server-1's network down (amesh-cni first) while the upload runs; the
+    // app itself keeps running, as it does until the kubelet's grace period ends.
+    let info = m.lab.pod("server-1").unwrap().clone();
+    let node = m.node(&info.node);
+    let started = Instant::now();
+    lab::runtime::for_node(m.lab.state(), &node)
+        .unwrap()
+        .del(&lab::runtime::sandbox_of(&info))
+        .expect("CNI DEL");
+    let del_took = started.elapsed();
+    let del_answered = Instant::now();
+
+    let sent = sender.join().unwrap();
+    let (received, server_done) = receiver.join().unwrap();
+    let (sent, answer) = sent.unwrap_or_else(|e| panic!("{e} (server: {received:?})"));
+    assert_eq!(sent, (CHUNKS * CHUNK) as u64);
+    match received {
+        End::Clean(n) => assert_eq!(n, sent, "the server got {n} of {sent} bytes"),
+        End::Error(n, e) => panic!("the server's read failed after {n} bytes: {e}"),
+    }
+    assert_eq!(answer, sent.to_string(), "the count came back wrong");
+    // DEL waited for the drain, and answered well within the plugin's 10 s.
+    assert!(
+        server_done <= del_answered,
+        "DEL answered ({del_took:?}) before the pod's transfer ended"
+    );
+    assert!(del_took < Duration::from_secs(9), "DEL took {del_took:?}");
+}

@@ -12,10 +12,12 @@
 //! DEL drains, as shutdown does: the pod's listeners stop accepting, its HBONE connections
 //! get GOAWAY, and its open connections get up to the drain deadline
 //! (`DRAIN_DEADLINE_SECONDS`) to finish before they are cut. The CNI plugin gives DEL 10 s, so
-//! DEL answers after at most [`DEL_WAIT`] of that drain: usually all of it (the app is gone by
-//! DEL, so its connections end at once), and then everything the pod held is released when the
-//! plugin hears back. What is still open then drains on in the background, tracked by the
-//! manager, cut at the deadline, and cut at once by shutdown's own deadline.
+//! DEL answers after at most [`DEL_WAIT`] of that drain, and removes the capture only then
+//! (the rules refuse new connections meanwhile, and the policy route keeps carrying the
+//! replies of connections made from the client's address). Usually that is the whole drain
+//! (the app is gone by DEL, so its connections end at once), and everything the pod held is
+//! released when the plugin hears back. What is still open then drains on in the background,
+//! tracked by the manager, cut at the deadline, and cut at once by shutdown's own deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -313,34 +315,35 @@ impl PodManager {
             drain,
             tasks,
         } = running;
-        // Listeners close first, then the rules go: a new connection in between is refused,
-        // never let through uncaptured. The capture's copies of the listeners close too, or
-        // the kernel would keep queueing connections nobody accepts any more.
+        // Listeners close first; the capture's copies of them too, or the kernel would keep
+        // queueing connections nobody accepts any more.
         drain.start();
         drop(fds);
-        if let Err(e) = self.capture.remove(&self.pod_netns(&pod)).await {
-            warn!(pod = %pod.info.name, error = %e, "removing capture failed (the netns may be gone)");
-        }
         let label = format!("{}/{}", pod.info.namespace, pod.info.name);
+        // The drain, for as long as DEL may wait, runs with the rules still in place: they
+        // send new connections to the closed listeners (refused, never let through
+        // uncaptured), and the policy route still brings the app's replies back to the
+        // connections made from the client's own address.
+        let mut tasks = tasks;
+        let all = async { while tasks.join_next().await.is_some() {} };
+        let drained = tokio::time::timeout(self.drain_deadline.min(DEL_WAIT), all)
+            .await
+            .is_ok();
+        if let Err(e) = self.capture.remove(&self.pod_netns(&pod)).await {
+            warn!(pod = %label, error = %e, "removing capture failed (the netns may be gone)");
+        }
         drop(pod);
-        self.drain_removed(label, drain, tasks).await;
+        if !drained {
+            self.drain_on(label, drain, tasks).await;
+        }
         self.persist(&*self.pods.lock().await)?;
         Ok(true)
     }
 
-    /// Lets a removed pod's connections finish: waits up to [`DEL_WAIT`] (or the drain
-    /// deadline, if shorter), then hands what is still open to a background drain that cuts
-    /// it at the deadline.
-    async fn drain_removed(&self, label: String, drain: Drain, mut tasks: JoinSet<()>) {
-        let deadline = self.drain_deadline;
-        let all = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(deadline.min(DEL_WAIT), all)
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        let rest = deadline.saturating_sub(DEL_WAIT);
+    /// A removed pod's connections still open after [`DEL_WAIT`]: a background drain cuts
+    /// them at the drain deadline (at once if that has passed).
+    async fn drain_on(&self, label: String, drain: Drain, mut tasks: JoinSet<()>) {
+        let rest = self.drain_deadline.saturating_sub(DEL_WAIT);
         if rest.is_zero() {
             warn!(pod = %label, open = tasks.len(), "drain deadline passed; closing the removed pod's connections");
             return tasks.shutdown().await;
