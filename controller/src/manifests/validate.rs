@@ -65,7 +65,22 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 /// them. Every source (the folder, the Kubernetes API) runs each typed object through this one
 /// function, so a check added here guards all of them.
 pub fn object(object: &super::Object) -> Result<(), FieldError> {
+    metadata(object)?;
     match object {
+        super::Object::Pod(p) => service_account_name(
+            "spec.serviceAccountName",
+            p.spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref()),
+        ),
+        super::Object::Deployment(d) => service_account_name(
+            "spec.template.spec.serviceAccountName",
+            d.spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref()),
+        ),
         super::Object::AuthorizationPolicy(p) => authorization_policy(&p.spec),
         super::Object::PeerAuthentication(p) => peer_authentication(&p.spec),
         super::Object::RequestAuthentication(p) => request_authentication(&p.spec),
@@ -75,6 +90,68 @@ pub fn object(object: &super::Object) -> Result<(), FieldError> {
         super::Object::HttpLocalRateLimitPolicy(p) => super::ratelimit::validate(&p.spec),
         _ => Ok(()),
     }
+}
+
+/// Names as the API server admits them: a namespace (and a Namespace's name) is a DNS-1123
+/// label, every other name a DNS-1123 subdomain. A folder has no API server in front of it, and
+/// these names become SPIFFE identities and xDS resource names: one that ztunnel refuses (a
+/// namespace with a space) would have it NACK the controller's whole push.
+fn metadata(object: &super::Object) -> Result<(), FieldError> {
+    let meta = object.metadata();
+    if let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) {
+        let fits = match object {
+            super::Object::Namespace(_) => is_dns_label(name),
+            _ => is_dns_subdomain(name),
+        };
+        if !fits {
+            return Err(err(
+                "metadata.name",
+                format!("{name:?} is not a valid name: {NAME_RULE}"),
+            ));
+        }
+    }
+    if object.is_cluster_scoped() {
+        return Ok(());
+    }
+    match meta.namespace.as_deref().filter(|n| !n.is_empty()) {
+        Some(ns) if !is_dns_label(ns) => Err(err(
+            "metadata.namespace",
+            format!("{ns:?} is not a valid namespace: {LABEL_RULE}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A pod's service account names its identity; the API server admits only a DNS-1123
+/// subdomain there.
+fn service_account_name(field: &str, name: Option<&str>) -> Result<(), FieldError> {
+    match name.filter(|n| !n.is_empty()) {
+        Some(sa) if !is_dns_subdomain(sa) => Err(err(
+            field,
+            format!("{sa:?} is not a valid service account name: {NAME_RULE}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+const LABEL_RULE: &str =
+    "at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit";
+const NAME_RULE: &str = "at most 253 characters, dot-separated parts of lowercase letters, \
+     digits and '-', each starting and ending with a letter or digit";
+
+/// RFC 1123 label, as Kubernetes checks it.
+pub fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+        && bytes.iter().all(|b| alnum(b) || *b == b'-')
+}
+
+/// RFC 1123 subdomain (dot-separated labels), as Kubernetes checks it.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// `addressType` values of an EndpointSlice.
@@ -349,5 +426,56 @@ mod tests {
         assert_eq!(parse_service_account("ns/sa"), Some(("ns", "sa")));
         assert!(parse_service_account("sa").is_none());
         assert!(parse_service_account("ns/*").is_none());
+    }
+
+    /// Found by the `manifests` fuzz target: this pod loaded, and its workload carried an
+    /// identity ztunnel refuses, so ztunnel NACKed the whole Address push with it.
+    #[test]
+    fn a_pod_in_a_namespace_with_a_space_is_refused_at_load() {
+        let text = "apiVersion: v1\nkind: Pod\n\
+            metadata: {name: strict, namespace: nme lenient, labels: {app: strict}}\n\
+            spec: {nodeName: node-1, containers: [{name: c, image: echo}]}\n\
+            status: {podIP: 10.244.1.6}\n";
+        let loaded = crate::manifests::load_yaml("fuzz.yaml", text);
+        assert!(loaded.manifests.is_empty());
+        let error = loaded
+            .errors
+            .first()
+            .expect("the pod is refused")
+            .to_string();
+        assert!(error.contains("metadata.namespace"), "{error}");
+        let text = text
+            .replace("nme lenient", "lenient")
+            .replace("name: strict", "name: Strict");
+        let error = crate::manifests::load_yaml("fuzz.yaml", &text).errors[0].to_string();
+        assert!(error.contains("metadata.name"), "{error}");
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\n\
+            spec: {serviceAccountName: 'a b', containers: [{name: c, image: echo}]}\n";
+        let error = crate::manifests::load_yaml("fuzz.yaml", text).errors[0].to_string();
+        assert!(error.contains("spec.serviceAccountName"), "{error}");
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        for good in ["a", "shop", "web-0", "a1-b2", &"x".repeat(63)] {
+            assert!(is_dns_label(good), "{good:?}");
+            assert!(is_dns_subdomain(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "nme lenient",
+            "a_b",
+            "a.b",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+        assert!(is_dns_subdomain("web.shop-1.example"));
+        for bad in ["", "a..b", ".a", "a.", "a b", "a/b", "Web"] {
+            assert!(!is_dns_subdomain(bad), "{bad:?}");
+        }
     }
 }
