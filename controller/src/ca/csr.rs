@@ -64,8 +64,13 @@ pub fn parse(pem: &str) -> Result<CertificateSigningRequestParams, CsrError> {
     if !rest.is_empty() {
         return Err(CsrError::TrailingBytes(rest.len()));
     }
-    CertificateSigningRequestParams::from_der(&der.as_slice().into())
-        .map_err(|e| CsrError::Invalid(e.to_string()))
+    let params = CertificateSigningRequestParams::from_der(&der.as_slice().into())
+        .map_err(|e| CsrError::Invalid(e.to_string()))?;
+    // The signer (`LocalCa::sign_csr`) reads the PEM again with rcgen's reader, which is
+    // stricter about the armor lines than the one above: text it cannot read would pass here
+    // and fail at signing, so it is refused here too.
+    CertificateSigningRequestParams::from_pem(pem).map_err(|e| CsrError::Pem(e.to_string()))?;
+    Ok(params)
 }
 
 #[cfg(test)]
@@ -143,6 +148,21 @@ mod tests {
             parse("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"),
             Err(CsrError::Pem(_))
         ));
+    }
+
+    /// Found by the `csr` fuzz target: junk after the BEGIN line's dashes passed this parse
+    /// (and named an identity) but not the signer's PEM reader.
+    #[test]
+    fn junk_on_the_armor_line_is_refused() {
+        let good = pem_of("CERTIFICATE REQUEST", &der());
+        let bad = good.replacen(
+            "-----BEGIN CERTIFICATE REQUEST-----",
+            "-----BEGIN CERTIFICATE REQUEST-----   -",
+            1,
+        );
+        assert!(parse(&good).is_ok());
+        let e = parse(&bad).unwrap_err();
+        assert!(matches!(e, CsrError::Pem(_)), "{e}");
     }
 
     #[test]
