@@ -81,6 +81,7 @@ pub fn object(object: &super::Object) -> Result<(), FieldError> {
                 .as_ref()
                 .and_then(|s| s.service_account_name.as_deref()),
         ),
+        super::Object::Service(svc) => service_ports(svc),
         super::Object::AuthorizationPolicy(p) => authorization_policy(&p.spec),
         super::Object::PeerAuthentication(p) => peer_authentication(&p.spec),
         super::Object::RequestAuthentication(p) => request_authentication(&p.spec),
@@ -152,6 +153,23 @@ pub fn is_dns_label(s: &str) -> bool {
 /// RFC 1123 subdomain (dot-separated labels), as Kubernetes checks it.
 pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A Service's ports are unique by (port, protocol), as the API server requires: a port twice
+/// would reach ztunnel as a Service it refuses, NACKing the whole Address push.
+fn service_ports(svc: &k8s_openapi::api::core::v1::Service) -> Result<(), FieldError> {
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let protocol = p.protocol.as_deref().unwrap_or("TCP");
+        if !seen.insert((p.port, protocol)) {
+            return Err(err(
+                format!("spec.ports[{i}]"),
+                format!("port {} ({protocol}) is listed twice", p.port),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `addressType` values of an EndpointSlice.
@@ -453,6 +471,30 @@ mod tests {
             spec: {serviceAccountName: 'a b', containers: [{name: c, image: echo}]}\n";
         let error = crate::manifests::load_yaml("fuzz.yaml", text).errors[0].to_string();
         assert!(error.contains("spec.serviceAccountName"), "{error}");
+    }
+
+    /// Found by the `manifests` fuzz target: port 9090 twice made a Service ztunnel refuses.
+    #[test]
+    fn a_service_port_listed_twice_is_refused_at_load() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+            spec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports:\n\
+            \x20 - {name: grpc-admin, port: 9090, targetPort: 9091}\n\
+            \x20 - {name: dns, port: 53, protocol: UDP}\n\
+            \x20 - {name: dns-tcp, port: 53}\n\
+            \x20 - {name: grpc-admin, port: 9090, targetPort: 9091}\n";
+        let loaded = crate::manifests::load_yaml("fuzz.yaml", text);
+        assert!(loaded.manifests.is_empty());
+        let error = loaded
+            .errors
+            .first()
+            .expect("the service is refused")
+            .to_string();
+        assert!(error.contains("spec.ports[3]"), "{error}");
+        // The same port over TCP and UDP is two ports.
+        let once = text.replace("  - {name: grpc-admin, port: 9090, targetPort: 9091}\n", "");
+        let once = format!("{once}  - {{name: grpc-admin, port: 9090, targetPort: 9091}}\n");
+        let loaded = crate::manifests::load_yaml("fuzz.yaml", &once);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     }
 
     #[test]
