@@ -448,23 +448,23 @@ async fn an_existing_service_account_is_used_as_it_is() {
 async fn a_name_that_cannot_name_a_service_is_refused_on_the_gateway() {
     let api = fake_api::serve().await;
     api.objects
-        .insert("gateways", NS, "Way.point", gateway("Way.point"));
+        .insert("gateways", NS, "way.point", gateway("way.point"));
     let outcome = deployer::reconcile(
         &api.client(),
         &settings(),
-        &ObjectKey::new(NS, "Way.point"),
+        &ObjectKey::new(NS, "way.point"),
         ROOT,
     )
     .await
     .unwrap();
     assert!(
-        matches!(outcome, Outcome::Invalid(ref why) if why.contains("\"Way.point\" must be a DNS label")),
+        matches!(outcome, Outcome::Invalid(ref why) if why.contains("\"way.point\" must be a DNS label")),
         "{outcome:?}"
     );
     let paths: Vec<String> = applies(&api, 0).into_iter().map(|r| r.path).collect();
     assert_eq!(
         paths,
-        ["/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/Way.point/status"]
+        ["/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/way.point/status"]
     );
     let status = &applies(&api, 0)[0].body["status"];
     assert_eq!(status["conditions"][0]["status"], "False");

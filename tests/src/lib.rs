@@ -141,6 +141,16 @@ impl MeshLab {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{signal} {pid} failed");
+        if signal == "KILL" {
+            // SIGKILL is delivered at once but a process with many threads takes a moment to
+            // die: until it has, its listening sockets are still bound, and a restart at once
+            // would find its address in use.
+            wait_for(
+                &format!("{name} (pid {pid}) to die after SIGKILL"),
+                Duration::from_secs(10),
+                || is_gone(pid),
+            );
+        }
         pid
     }
 
@@ -215,6 +225,25 @@ impl MeshLab {
     pub fn apply_and_wait(&self, name: &str, yaml: &str, what: &str, check: impl Fn() -> bool) {
         lab::mesh::apply(&self.lab, name, yaml).expect("apply manifest");
         wait_for(what, Duration::from_secs(10), check);
+    }
+}
+
+/// Whether process `pid` has exited with every thread, so its descriptors are closed: gone,
+/// or a zombie with no thread left. (A killed process's leader turns zombie first; its other
+/// threads, which share the descriptor table, may still be exiting.)
+pub fn is_gone(pid: i32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            == Some("Z")
+    });
+    match zombie {
+        Err(_) => true,
+        Ok(false) => false,
+        Ok(true) => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| tasks.count() <= 1)
+            .unwrap_or(true),
     }
 }
 
