@@ -231,20 +231,8 @@ fn sigterm_lets_a_live_transfer_finish_and_refuses_new_connections() {
     // server's count of what arrived.
     const CHUNKS: usize = 350;
     let pace = Duration::from_millis(10);
-    let mut client = connect(&m, server);
-    let sender = thread::spawn(move || {
-        let (sent, error) = write_all(&mut client, CHUNKS, pace);
-        if let Some(e) = error {
-            return Err(format!("the upload failed after {sent} bytes: {e}"));
-        }
-        client.shutdown(Shutdown::Write).unwrap();
-        client.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut answer = String::new();
-        client
-            .read_to_string(&mut answer)
-            .map_err(|e| format!("reading the server's count: {e}"))?;
-        Ok((sent, answer))
-    });
+    let client = connect(&m, server);
+    let sender = upload_then_read_count(client, CHUNKS, pace);
     let receiver = thread::spawn(move || {
         let mut s = accept_one(&listener);
         let end = read_all(&mut s, None);
@@ -305,23 +293,11 @@ fn a_pod_deleted_mid_transfer_lets_the_transfer_finish_before_del_answers() {
     // waits for the count of what arrived.
     const CHUNKS: usize = 250;
     let pace = Duration::from_millis(10);
-    let mut client = m
+    let client = m
         .lab
         .connect("client-b", server, LIMIT)
         .expect("connect from client-b");
-    let sender = thread::spawn(move || {
-        let (sent, error) = write_all(&mut client, CHUNKS, pace);
-        if let Some(e) = error {
-            return Err(format!("the upload failed after {sent} bytes: {e}"));
-        }
-        client.shutdown(Shutdown::Write).unwrap();
-        client.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut answer = String::new();
-        client
-            .read_to_string(&mut answer)
-            .map_err(|e| format!("reading the server's count: {e}"))?;
-        Ok((sent, answer))
-    });
+    let sender = upload_then_read_count(client, CHUNKS, pace);
     let receiver = thread::spawn(move || {
         let mut s = accept_one(&listener);
         let end = read_all(&mut s, None);
@@ -359,4 +335,26 @@ fn a_pod_deleted_mid_transfer_lets_the_transfer_finish_before_del_answers() {
         "DEL answered ({del_took:?}) before the pod's transfer ended"
     );
     assert!(del_took < Duration::from_secs(9), "DEL took {del_took:?}");
+}
+
+/// Uploads `chunks` chunks at `pace` on its own thread, half-closes, then reads the server's
+/// count of what arrived; the bytes sent and that answer, or why the upload failed.
+fn upload_then_read_count(
+    mut client: TcpStream,
+    chunks: usize,
+    pace: Duration,
+) -> thread::JoinHandle<Result<(u64, String), String>> {
+    thread::spawn(move || {
+        let (sent, error) = write_all(&mut client, chunks, pace);
+        if let Some(e) = error {
+            return Err(format!("the upload failed after {sent} bytes: {e}"));
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        client.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut answer = String::new();
+        client
+            .read_to_string(&mut answer)
+            .map_err(|e| format!("reading the server's count: {e}"))?;
+        Ok((sent, answer))
+    })
 }
