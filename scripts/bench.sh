@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark command: set up the machine, build the release binaries, run the lab benchmark.
 # Arguments go to amesh-bench (`--quick`, `--reps N`, `--out FILE`, ...; `--help` lists them).
+# `--layout pair` measures ztunnel alone instead: two namespaces with a dedicated-mode ztunnel
+# each (HBONE and plain-TCP passthrough against direct, pinned and unpinned; `--workers N`).
 # `AMESH_BENCH=controller` runs the controller-at-scale benchmark instead, `AMESH_BENCH=waypoint`
 # the waypoint one (amesh's waypoint against Envoy as a waypoint, HTTP/1.1 and HTTP/2).
 set -euo pipefail
@@ -19,15 +21,28 @@ source scripts/target-dir.sh
 # one to three minutes on two cores, most of a build. amesh-bench runs the lab's pod apps
 # itself, so amesh-lab is not needed; amesh-controller only with `--control-plane controller`.
 control_plane="${AMESH_LAB_CONTROL_PLANE:-file}"
+layout=lab
 prev=""
 for a in "$@"; do
   case "$a" in
     --control-plane=*) control_plane="${a#*=}" ;;
-    *) [ "$prev" = "--control-plane" ] && control_plane="$a" ;;
+    --layout=*) layout="${a#*=}" ;;
+    *)
+      [ "$prev" = "--control-plane" ] && control_plane="$a"
+      [ "$prev" = "--layout" ] && layout="$a"
+      ;;
   esac
   prev="$a"
 done
-case "${AMESH_BENCH:-lab}" in
+bench_kind="${AMESH_BENCH:-lab}"
+# The dedicated pair runs two ztunnels from local files: no CNI plugin, no controller.
+if [ "$bench_kind" = lab ] && [ "$layout" = pair ]; then bench_kind=pair; fi
+case "$bench_kind" in
+  pair)
+    bench=amesh-bench
+    bins=(ztunnel amesh-bench)
+    pkgs=(amesh-ztunnel amesh-bench)
+    ;;
   lab)
     bench=amesh-bench
     bins=(ztunnel amesh-cni amesh-bench)

@@ -42,3 +42,7 @@ bash scripts/fuzz.sh 10
 # full `bash scripts/bench.sh` afterwards only runs.
 echo "[test] benchmark smoke (scripts/bench.sh --quick)"
 bash scripts/bench.sh --quick --out "$CARGO_TARGET_DIR/bench/quick.json"
+# The same in the dedicated-pair layout (two namespaces, a dedicated-mode ztunnel each; about
+# 40 s of measuring with the binaries above already built).
+echo "[test] benchmark smoke, dedicated pair (scripts/bench.sh --layout pair --quick)"
+bash scripts/bench.sh --layout pair --quick --out "$CARGO_TARGET_DIR/bench/pair-quick.json"

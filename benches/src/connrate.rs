@@ -5,10 +5,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use lab::Lab;
 use serde::Serialize;
 
-use crate::fixture::{BenchPath, IO_TIMEOUT};
+use crate::path::{BenchPath, IO_TIMEOUT};
 use crate::servers::CONNECT_PORT;
 use crate::stats::{micros, percentile};
 
@@ -31,7 +30,6 @@ pub struct ConnRun {
 
 /// `total` connections over `threads` threads, stopping early at `max`.
 pub fn run(
-    lab: &Lab,
     path: &BenchPath,
     threads: usize,
     total: usize,
@@ -39,10 +37,10 @@ pub fn run(
 ) -> anyhow::Result<ConnRun> {
     let addr = path.addr(CONNECT_PORT);
     let per_thread = total.div_ceil(threads);
-    let (mut samples, errors, first_error, elapsed) = lab.run_in_pod(&path.client, || {
+    let (mut samples, errors, first_error, elapsed) = path.in_client(|| {
         let deadline = Instant::now() + max;
         let start = Instant::now();
-        // Threads spawned here inherit the client pod's netns.
+        // Threads spawned here inherit the client's netns.
         let results: Vec<Outcome> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| scope.spawn(move || connect_loop(addr, per_thread, deadline)))
@@ -61,7 +59,7 @@ pub fn run(
     if samples.is_empty() {
         anyhow::bail!(
             "{} path: all {errors} connections to {addr} failed: {}",
-            path.kind.name(),
+            path.name,
             first_error.unwrap_or_default()
         );
     }

@@ -3,17 +3,14 @@
 //! With a second capture mode to compare, a second lab of the same layout runs beside the
 //! first and contributes its mesh path.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use lab::mesh::MeshOptions;
 use lab::{Lab, LabOptions, NodeInfo};
 
+use crate::path::BenchPath;
 use crate::settings::Settings;
-
-/// How long a bench socket may block before the measurement is abandoned.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,23 +28,6 @@ impl PathKind {
             PathKind::Mesh => "mesh",
             PathKind::Compared => "mesh2",
         }
-    }
-}
-
-/// A client pod and the server pod it talks to.
-#[derive(Clone, Debug)]
-pub struct BenchPath {
-    pub kind: PathKind,
-    /// `namespace/name` of the client pod.
-    pub client: String,
-    /// `namespace/name` of the server pod.
-    pub server: String,
-    pub server_ip: std::net::IpAddr,
-}
-
-impl BenchPath {
-    pub fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.server_ip, port)
     }
 }
 
@@ -72,14 +52,6 @@ impl BenchLab {
             first.compared = Some(Box::new(second));
         }
         Ok(first)
-    }
-
-    /// The lab a path runs in.
-    pub fn lab_of(&self, kind: PathKind) -> &Lab {
-        match (kind, &self.compared) {
-            (PathKind::Compared, Some(c)) => &c.lab,
-            _ => &self.lab,
-        }
     }
 
     /// Paths measured, in the base order of a repetition.
@@ -115,11 +87,12 @@ impl BenchLab {
         let lab = Lab::up(&settings.fixture, 2, options).context("bringing the lab up")?;
         let path = |kind: PathKind| -> anyhow::Result<BenchPath> {
             let ns = kind.name();
+            let client = lab.pod(&format!("{ns}/client"))?;
             let server = lab.pod(&format!("{ns}/server"))?;
             Ok(BenchPath {
-                kind,
-                client: format!("{ns}/client"),
-                server: server.key(),
+                name: kind.name(),
+                client_netns: client.netns.clone(),
+                server_netns: server.netns.clone(),
                 server_ip: server.ip.into(),
             })
         };
@@ -165,13 +138,7 @@ impl BenchLab {
     /// and never saw the direct one: otherwise the comparison would be meaningless.
     pub fn check_paths(&self, echo_port: u16) -> anyhow::Result<()> {
         for p in [&self.direct, &self.mesh] {
-            let back = self
-                .lab
-                .tcp_echo(&p.client, p.addr(echo_port), b"ping", IO_TIMEOUT)
-                .with_context(|| format!("{} path: echo from {}", p.kind.name(), p.client))?;
-            if back != b"ping" {
-                bail!("{} path: echo returned {back:?}", p.kind.name());
-            }
+            p.check_echo(echo_port)?;
         }
         let node2 = self.nodes.get(1).context("the lab has no node2")?;
         let metrics = lab::mesh::metrics(node2)?;

@@ -6,10 +6,9 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lab::Lab;
 use serde::Serialize;
 
-use crate::fixture::{BenchPath, IO_TIMEOUT};
+use crate::path::{BenchPath, IO_TIMEOUT};
 use crate::servers::ECHO_PORT;
 use crate::stats::{micros, percentile};
 
@@ -26,14 +25,13 @@ pub struct LatencyRun {
 }
 
 pub fn run(
-    lab: &Lab,
     path: &BenchPath,
     size: usize,
     count: usize,
     max: Duration,
 ) -> anyhow::Result<LatencyRun> {
     let addr = path.addr(ECHO_PORT);
-    let mut samples = lab.run_in_pod(&path.client, || -> anyhow::Result<_> {
+    let mut samples = path.in_client(|| -> anyhow::Result<_> {
         let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
             .with_context(|| format!("connecting to the echo server {addr}"))?;
         s.set_nodelay(true)?;

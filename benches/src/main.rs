@@ -2,7 +2,11 @@
 //! with the other capture mode, to compare nft and ebpf capture), measures the mesh paths
 //! against the direct path in the same run, prints markdown tables and writes JSON.
 //!
+//! With `--layout pair` it measures ztunnel alone instead: two namespaces, one dedicated-mode
+//! ztunnel each, HBONE and plain-TCP passthrough against direct ([`pair`]).
+//!
 //! - [`settings`]: the command line and what bounds each measurement;
+//! - [`path`]: what a measurement knows of a path (client netns, server address), any layout;
 //! - [`fixture`]: the lab and its two paths; [`servers`]: load servers in the server pods;
 //! - [`throughput`], [`latency`], [`connrate`], [`ztunnel`]: the measurements;
 //! - [`bench`](mod@bench): the order they run in; [`report`]: medians, ratios, table and JSON.
@@ -12,6 +16,8 @@ mod connrate;
 mod fixture;
 mod host;
 mod latency;
+mod pair;
+mod path;
 mod report;
 mod servers;
 mod settings;
@@ -52,15 +58,29 @@ fn bench_main() -> anyhow::Result<()> {
     }
     raise_fd_limit();
     let settings = settings::Settings::from_cli(&cli);
-    let report = bench::run(&settings)?;
-    println!("{}", report::markdown(&report));
-    if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let (markdown, json) = match settings.layout {
+        settings::Layout::Lab => {
+            let report = bench::run(&settings)?;
+            (
+                report::markdown(&report),
+                serde_json::to_string_pretty(&report)?,
+            )
+        }
+        settings::Layout::Pair => {
+            let report = pair::run(&settings)?;
+            (
+                pair::report::markdown(&report),
+                serde_json::to_string_pretty(&report)?,
+            )
+        }
+    };
+    println!("{markdown}");
+    let out = cli.out_path();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&cli.out, json + "\n")
-        .with_context(|| format!("writing {}", cli.out.display()))?;
-    eprintln!("amesh-bench: wrote {}", cli.out.display());
+    std::fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("amesh-bench: wrote {}", out.display());
     Ok(())
 }
 

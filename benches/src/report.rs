@@ -266,55 +266,11 @@ pub fn markdown(r: &Report) -> String {
             "\n{errors} connection(s) failed during the connection-rate runs (see the JSON)."
         );
     }
-    let _ = writeln!(out, "\n| ztunnel | {} |", names(&r.ztunnel).join(" | "));
-    let _ = writeln!(out, "|---|{}", "---:|".repeat(r.ztunnel.len()));
-    let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
-    let line = |out: &mut String, label: String, f: &dyn Fn(&ZtunnelCost) -> String| {
-        let cells: Vec<String> = r.ztunnel.iter().map(f).collect();
-        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
-    };
-    line(&mut out, "RSS idle, after lab up (MiB)".into(), &|z| {
-        mib(z.rss_idle_kib)
-    });
-    line(
+    ztunnel_table(
         &mut out,
-        format!("RSS with {} connections open (MiB)", s.held_connections),
-        &|z| mib(z.rss_held_kib),
-    );
-    line(&mut out, "RSS after the run (MiB)".into(), &|z| {
-        mib(z.rss_after_kib)
-    });
-    line(
-        &mut out,
-        "… of which heap and stacks (MiB)".into(),
-        &|z| mib(z.rss_after_anon_kib),
-    );
-    line(
-        &mut out,
-        "… of which code, read-only data, libc (MiB)".into(),
-        &|z| mib(z.rss_after_file_kib),
-    );
-    line(&mut out, "RSS peak during the run (MiB)".into(), &|z| {
-        mib(z.rss_peak_kib)
-    });
-    line(&mut out, "memory per open connection (KiB)".into(), &|z| {
-        format!("{:.1}", z.kib_per_connection)
-    });
-    line(
-        &mut out,
-        "… one more open connection (second round, KiB)".into(),
-        &|z| format!("{:.1}", z.kib_per_connection_second),
-    );
-    line(
-        &mut out,
-        "CPU during mesh throughput (s per GB)".into(),
-        &|z| format!("{:.2}", z.cpu_secs_per_gb),
-    );
-    let total: f64 = r.ztunnel.iter().map(|z| z.cpu_secs_per_gb).sum();
-    let _ = writeln!(
-        out,
-        "\nBoth ztunnels together: {total:.2} CPU s per GB over {:.1} GB moved through the mesh.",
-        r.mesh_throughput_bytes as f64 / 1e9
+        &r.ztunnel,
+        s.held_connections,
+        r.mesh_throughput_bytes,
     );
     for n in &r.notes {
         let _ = writeln!(out, "- {n}");
@@ -322,12 +278,63 @@ pub fn markdown(r: &Report) -> String {
     out
 }
 
+/// Each ztunnel's memory and CPU, one column per ztunnel, and both together per GB of the
+/// `bytes` the mesh throughput runs moved (`held`: connections held open for the memory rows).
+pub fn ztunnel_table(out: &mut String, ztunnels: &[ZtunnelCost], held: usize, bytes: u64) {
+    let _ = writeln!(out, "\n| ztunnel | {} |", names(ztunnels).join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(ztunnels.len()));
+    let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
+    let line = |out: &mut String, label: String, f: &dyn Fn(&ZtunnelCost) -> String| {
+        let cells: Vec<String> = ztunnels.iter().map(f).collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    };
+    line(out, "RSS idle, before any traffic (MiB)".into(), &|z| {
+        mib(z.rss_idle_kib)
+    });
+    line(
+        out,
+        format!("RSS with {} connections open (MiB)", held),
+        &|z| mib(z.rss_held_kib),
+    );
+    line(out, "RSS after the run (MiB)".into(), &|z| {
+        mib(z.rss_after_kib)
+    });
+    line(out, "… of which heap and stacks (MiB)".into(), &|z| {
+        mib(z.rss_after_anon_kib)
+    });
+    line(
+        out,
+        "… of which code, read-only data, libc (MiB)".into(),
+        &|z| mib(z.rss_after_file_kib),
+    );
+    line(out, "RSS peak during the run (MiB)".into(), &|z| {
+        mib(z.rss_peak_kib)
+    });
+    line(out, "memory per open connection (KiB)".into(), &|z| {
+        format!("{:.1}", z.kib_per_connection)
+    });
+    line(
+        out,
+        "… one more open connection (second round, KiB)".into(),
+        &|z| format!("{:.1}", z.kib_per_connection_second),
+    );
+    line(out, "CPU during mesh throughput (s per GB)".into(), &|z| {
+        format!("{:.2}", z.cpu_secs_per_gb)
+    });
+    let total: f64 = ztunnels.iter().map(|z| z.cpu_secs_per_gb).sum();
+    let _ = writeln!(
+        out,
+        "\nBoth ztunnels together: {total:.2} CPU s per GB over {:.1} GB moved through the mesh.",
+        bytes as f64 / 1e9
+    );
+}
+
 fn names(z: &[ZtunnelCost]) -> Vec<String> {
     z.iter().map(|z| z.node.clone()).collect()
 }
 
 /// Three significant digits or so, without noise for large values.
-fn num(v: f64) -> String {
+pub fn num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {

@@ -1,4 +1,4 @@
-//! Load servers run by the bench process inside a server pod's netns (the listening socket is
+//! Load servers run by the bench process inside a server's netns (the listening socket is
 //! created there, so every accepted connection lives there too), with plain blocking threads:
 //!
 //! - sink ([`SINK_PORT`]): reads until EOF, then answers the byte count (u64, little endian);
@@ -14,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use lab::Lab;
 
 pub const SINK_PORT: u16 = 5001;
 pub const ECHO_PORT: u16 = 5002;
@@ -36,11 +35,11 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Binds the three ports in `pod`'s netns and starts serving.
-    pub fn start(lab: &Lab, pod: &str) -> anyhow::Result<Servers> {
+    /// Binds the three ports in the named netns and starts serving.
+    pub fn start(netns: &str) -> anyhow::Result<Servers> {
         let bind = |port: u16| -> anyhow::Result<TcpListener> {
-            lab.run_in_pod(pod, || TcpListener::bind(("0.0.0.0", port)))?
-                .with_context(|| format!("binding port {port} in pod {pod}"))
+            lab::netns::run_in(netns, || TcpListener::bind(("0.0.0.0", port)))?
+                .with_context(|| format!("binding port {port} in netns {netns}"))
         };
         let sink = bind(SINK_PORT)?;
         let echo = bind(ECHO_PORT)?;

@@ -7,21 +7,39 @@ use clap::Parser;
 use lab::mesh::ControlPlane;
 use serde::Serialize;
 
+/// Which layout the benchmark brings up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// A two-node lab: pods in their own netns, ztunnel in its pod, capture in the pods.
+    Lab,
+    /// Two netns joined by a veth, one dedicated-mode ztunnel in each, apps beside them.
+    Pair,
+}
+
 /// Command line of `amesh-bench`.
 #[derive(Debug, Parser)]
 #[command(
     name = "amesh-bench",
     about = "Measures the mesh path (HBONE between two ztunnels) against the direct path on a \
-             two-node lab, in the same run: throughput, request/response latency, connection \
-             rate, ztunnel CPU and memory."
+             two-node lab (or, with --layout pair, two namespaces with a dedicated-mode ztunnel \
+             each), in the same run: throughput, request/response latency, connection rate, \
+             ztunnel CPU and memory."
 )]
 pub struct Cli {
+    /// `lab`: the two-node lab; `pair`: two namespaces joined by a veth, one ztunnel each in
+    /// dedicated mode, measuring HBONE and plain-TCP passthrough, pinned and unpinned.
+    #[arg(long, value_enum, default_value_t = Layout::Lab)]
+    pub layout: Layout,
+    /// Pair layout: ZTUNNEL_WORKER_THREADS for both ztunnels (unset: ztunnel's own default).
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS")]
+    pub workers: Option<usize>,
     /// CI smoke: 2 s throughput runs, 2,000 round trips, small connection counts, one repetition.
     #[arg(long)]
     pub quick: bool,
-    /// Where the JSON result goes.
-    #[arg(long, default_value = "target/bench/lab.json")]
-    pub out: PathBuf,
+    /// Where the JSON result goes (default: target/bench/<layout>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Repetitions of every measurement (medians are reported).
     #[arg(long)]
     pub reps: Option<usize>,
@@ -50,6 +68,9 @@ pub struct Cli {
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
     pub mode: &'static str,
+    pub layout: Layout,
+    /// Pair layout: worker threads asked of each ztunnel (None: ztunnel's default).
+    pub workers: Option<usize>,
     pub repetitions: usize,
     /// Length of each throughput run.
     pub throughput_secs: u64,
@@ -77,6 +98,19 @@ pub struct Settings {
     pub fixture: PathBuf,
 }
 
+impl Cli {
+    /// Where the JSON result goes.
+    pub fn out_path(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let layout = match self.layout {
+                Layout::Lab => "lab",
+                Layout::Pair => "pair",
+            };
+            PathBuf::from(format!("target/bench/{layout}.json"))
+        })
+    }
+}
+
 impl Settings {
     pub fn from_cli(cli: &Cli) -> Settings {
         let fixture = cli.fixture.clone().unwrap_or_else(|| {
@@ -89,6 +123,8 @@ impl Settings {
         let base = if cli.quick {
             Settings {
                 mode: "quick",
+                layout: cli.layout,
+                workers: cli.workers,
                 repetitions: 1,
                 throughput_secs: 2,
                 write_size: 256 * 1024,
@@ -110,6 +146,8 @@ impl Settings {
             // closed connection in TIME_WAIT for a minute (3 reps × 6,000 < 28,000).
             Settings {
                 mode: "full",
+                layout: cli.layout,
+                workers: cli.workers,
                 repetitions: 3,
                 throughput_secs: 10,
                 write_size: 256 * 1024,

@@ -8,10 +8,9 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lab::Lab;
 use serde::Serialize;
 
-use crate::fixture::{BenchPath, IO_TIMEOUT};
+use crate::path::{BenchPath, IO_TIMEOUT};
 use crate::servers::SINK_PORT;
 
 /// One throughput run.
@@ -26,15 +25,14 @@ pub struct ThroughputRun {
 }
 
 pub fn run(
-    lab: &Lab,
     path: &BenchPath,
     streams: usize,
     duration: Duration,
     write_size: usize,
 ) -> anyhow::Result<ThroughputRun> {
     let addr = path.addr(SINK_PORT);
-    // Inside the client pod: threads spawned here inherit its netns.
-    let results = lab.run_in_pod(&path.client, || -> anyhow::Result<_> {
+    // Inside the client's netns: threads spawned here inherit it.
+    let results = path.in_client(|| -> anyhow::Result<_> {
         let conns = (0..streams)
             .map(|_| {
                 let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
@@ -69,7 +67,7 @@ pub fn run(
     })??;
     let (bytes, elapsed) = results;
     if bytes == 0 {
-        bail!("{} path: the sink received nothing", path.kind.name());
+        bail!("{} path: the sink received nothing", path.name);
     }
     let secs = elapsed.as_secs_f64();
     Ok(ThroughputRun {

@@ -6,10 +6,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::Context;
-use lab::Lab;
 
-use crate::fixture::{BenchPath, IO_TIMEOUT};
+use crate::path::{BenchPath, IO_TIMEOUT};
+use crate::report::ZtunnelCost;
 use crate::servers::ECHO_PORT;
+
+/// Pause before reading memory, so that closed connections are gone and allocations settle.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// Pause between the last measurement and the after-the-run reading: ztunnel returns free heap
+/// to the kernel once a second, and a throughput burst leaves megabytes of it, so a reading
+/// within the first second saw either side of that release by chance.
+pub const AFTER_RUN: Duration = Duration::from_secs(3);
 
 /// One ztunnel process.
 #[derive(Clone, Debug)]
@@ -67,14 +74,13 @@ pub fn cpu_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<f64>> {
 /// the server by a one-byte echo, then reads every ztunnel's RSS while all are open; closes
 /// them and waits `settle` before returning.
 pub fn rss_with_held_connections(
-    lab: &Lab,
     path: &BenchPath,
     ztunnels: &[Ztunnel],
     count: usize,
     settle: Duration,
 ) -> anyhow::Result<Vec<u64>> {
     let addr = path.addr(ECHO_PORT);
-    let conns = lab.run_in_pod(&path.client, || -> anyhow::Result<Vec<TcpStream>> {
+    let conns = path.in_client(|| -> anyhow::Result<Vec<TcpStream>> {
         (0..count)
             .map(|i| {
                 echoed_connection(addr)
@@ -97,4 +103,66 @@ fn echoed_connection(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let mut byte = [0u8; 1];
     s.read_exact(&mut byte)?;
     Ok(s)
+}
+
+/// RSS readings around two rounds of held connections, per ztunnel.
+pub struct HeldRounds {
+    /// With the first round open.
+    pub first: Vec<u64>,
+    /// Just before the second round (after the first round's free heap went back).
+    pub before_second: Vec<u64>,
+    /// With the second round open.
+    pub second: Vec<u64>,
+}
+
+/// Two rounds of `count` held connections over `path`. The first round also pays for what
+/// stays once it is over (the pool's HBONE connections, grown tables); a second round on the
+/// same ztunnels shows what one more open connection costs. Read after ztunnel has returned
+/// the first round's free heap.
+pub fn held_rounds(
+    path: &BenchPath,
+    ztunnels: &[Ztunnel],
+    count: usize,
+) -> anyhow::Result<HeldRounds> {
+    let first = rss_with_held_connections(path, ztunnels, count, SETTLE)?;
+    std::thread::sleep(AFTER_RUN);
+    let before_second = rss_all(ztunnels)?;
+    let second = rss_with_held_connections(path, ztunnels, count, SETTLE)
+        .context("second round of held connections")?;
+    Ok(HeldRounds {
+        first,
+        before_second,
+        second,
+    })
+}
+
+/// What each ztunnel cost over a run: memory readings and the CPU it spent moving `bytes`.
+pub fn costs(
+    ztunnels: &[Ztunnel],
+    idle: &[u64],
+    held: &HeldRounds,
+    count: usize,
+    after: &[Memory],
+    cpu_secs: &[f64],
+    bytes: u64,
+) -> Vec<ZtunnelCost> {
+    let per_connection = |held: u64, before: u64| (held as f64 - before as f64) / count as f64;
+    ztunnels
+        .iter()
+        .enumerate()
+        .map(|(i, z)| ZtunnelCost {
+            node: z.node.clone(),
+            pid: z.pid,
+            rss_idle_kib: idle[i],
+            rss_held_kib: held.first[i],
+            rss_after_kib: after[i].rss_kib,
+            rss_after_anon_kib: after[i].anon_kib,
+            rss_after_file_kib: after[i].file_kib,
+            rss_peak_kib: after[i].peak_kib,
+            kib_per_connection: per_connection(held.first[i], idle[i]),
+            kib_per_connection_second: per_connection(held.second[i], held.before_second[i]),
+            throughput_cpu_secs: cpu_secs[i],
+            cpu_secs_per_gb: cpu_secs[i] / (bytes as f64 / 1e9),
+        })
+        .collect()
 }

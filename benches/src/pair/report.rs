@@ -1,0 +1,188 @@
+//! The pair layout's results: every path against direct in one table (ratios for rates, added
+//! microseconds for times), the ztunnels' memory and CPU, and issue #19's targets each marked
+//! met or not; rendered as markdown and serialised as JSON.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::report::{num, ztunnel_table, Machine, PathRuns, Row, ZtunnelCost};
+use crate::settings::Settings;
+
+/// One measured path other than direct, and how it compares with direct.
+#[derive(Debug, Serialize)]
+pub struct PairPath {
+    pub name: &'static str,
+    pub label: &'static str,
+    /// Rows with `direct` = the direct path and `mesh` = this path.
+    pub summary: Vec<Row>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PairReport {
+    pub layout: &'static str,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub paths: Vec<PairPath>,
+    /// Client side first; CPU over the HBONE throughput runs (pinned and unpinned).
+    pub ztunnel: Vec<ZtunnelCost>,
+    pub hbone_throughput_bytes: u64,
+    /// The client ztunnel's CPU seconds per GB over the passthrough throughput runs (the
+    /// server's ztunnel carries none of that traffic).
+    pub passthrough_client_cpu_secs_per_gb: f64,
+    pub targets: Vec<Target>,
+    /// Raw runs per path name, direct first.
+    pub runs: Vec<(&'static str, PathRuns)>,
+    pub notes: Vec<&'static str>,
+}
+
+/// One of issue #19's targets for this layout.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+pub const NOTES: &[&str] = &[
+    "Layout: two network namespaces joined by a veth; one ztunnel each in dedicated mode (PROXY_MODE=dedicated, local config and CA); the client namespace's TCP to the meshed server addresses is redirected to its ztunnel's 15001 by nft (ztunnel's own sockets, mark 0x539, skipped). The apps (load servers and clients) are the bench's threads in the two namespaces.",
+    "direct: the same apps through an address the rule does not capture. hbone: the destination workload speaks HBONE (through both ztunnels). passthrough: the destination workload has no HBONE; the client ztunnel relays plain TCP to the app.",
+    "pinned: each ztunnel's threads on one core (client side CPU 0, server side CPU 1), apps unpinned; unpinned: the scheduler places every thread.",
+    "Throughput counts the bytes the sink received; latency is a 1 KiB request and response on one kept connection; connection setup is connect + 1-byte echo + close. Cells: the path's median, then its ratio to direct (rates) or what it adds to direct (times).",
+    "ztunnel memory: idle before any traffic; held connections over the hbone path; after the run 3 s after the last measurement. CPU per GB: utime+stime during the hbone throughput runs over the bytes they delivered.",
+];
+
+/// The markdown the bench prints.
+pub fn markdown(r: &PairReport) -> String {
+    let s = &r.settings;
+    let m = &r.machine;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "## amesh dedicated-pair benchmark: ztunnel paths vs direct\n"
+    );
+    let workers = s
+        .workers
+        .map_or("ztunnel's default".to_string(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "{} run, medians of {} repetition(s); {} s per throughput run; ztunnel worker threads: {workers}; {} CPUs ({}), kernel {}, {}, {} build; load average {} at start, {} at end.\n",
+        s.mode, s.repetitions, s.throughput_secs, m.nproc, m.cpu, m.kernel, m.date, m.build,
+        m.load_average_start, m.load_average_end
+    );
+    let _ = write!(out, "| measurement | direct |");
+    for p in &r.paths {
+        let _ = write!(out, " {} |", p.label);
+    }
+    let _ = writeln!(out, "\n|---|---:|{}", "---:|".repeat(r.paths.len()));
+    let rows = r.paths.first().map_or(0, |p| p.summary.len());
+    for i in 0..rows {
+        let first = &r.paths[0].summary[i];
+        let _ = write!(
+            out,
+            "| {} ({}) | {} |",
+            first.label,
+            first.unit,
+            num(first.direct)
+        );
+        for p in &r.paths {
+            let row = &p.summary[i];
+            let compared = match row.added {
+                Some(a) => format!("{a:+.0}"),
+                None => format!("{:.2}×", row.ratio),
+            };
+            let _ = write!(out, " {} ({compared}) |", num(row.mesh));
+        }
+        let _ = writeln!(out);
+    }
+    let errors: usize = r
+        .runs
+        .iter()
+        .flat_map(|(_, p)| p.connect_serial.iter().chain(&p.connect_parallel))
+        .map(|c| c.errors)
+        .sum();
+    if errors > 0 {
+        let _ = writeln!(
+            out,
+            "\n{errors} connection(s) failed during the connection-rate runs (see the JSON)."
+        );
+    }
+    ztunnel_table(
+        &mut out,
+        &r.ztunnel,
+        s.held_connections,
+        r.hbone_throughput_bytes,
+    );
+    let _ = writeln!(
+        out,
+        "Passthrough: the client ztunnel spent {:.2} CPU s per GB.",
+        r.passthrough_client_cpu_secs_per_gb
+    );
+    let _ = writeln!(out, "\n### issue #19 targets (this layout)\n");
+    for t in &r.targets {
+        let _ = writeln!(
+            out,
+            "- {} {}: {}",
+            if t.met { "met:" } else { "NOT met:" },
+            t.what,
+            t.measured
+        );
+    }
+    let _ = writeln!(out);
+    for n in &r.notes {
+        let _ = writeln!(out, "- {n}");
+    }
+    out
+}
+
+/// A summary row by key.
+fn row<'a>(p: &'a PairPath, key: &str) -> Option<&'a Row> {
+    p.summary.iter().find(|r| r.key == key)
+}
+
+/// Issue #19's targets that this layout measures, each against every path it concerns.
+pub fn targets(paths: &[PairPath], ztunnels: &[ZtunnelCost]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut ratio_at_least = |prefix: &str, key: &str, what: &str, min: f64| {
+        for p in paths.iter().filter(|p| p.name.starts_with(prefix)) {
+            if let Some(r) = row(p, key) {
+                out.push(Target {
+                    what: format!("{}, {what} ≥ {min} × direct", p.label),
+                    measured: format!("{:.2} ×", r.ratio),
+                    met: r.ratio >= min,
+                });
+            }
+        }
+    };
+    ratio_at_least("hbone", "throughput_1_stream", "1 stream", 0.5);
+    ratio_at_least("hbone", "throughput_4_streams", "4 streams", 0.45);
+    ratio_at_least("passthrough", "throughput_1_stream", "1 stream", 0.6);
+    let mut added_at_most = |key: &str, what: &str, max: f64| {
+        for p in paths.iter().filter(|p| p.name.starts_with("hbone")) {
+            if let Some(a) = row(p, key).and_then(|r| r.added) {
+                out.push(Target {
+                    what: format!("{}, added {what} ≤ {max} µs", p.label),
+                    measured: format!("{a:+.0} µs"),
+                    met: a <= max,
+                });
+            }
+        }
+    };
+    added_at_most("latency_p50", "request/response p50", 25.0);
+    added_at_most("connect_serial_setup_p50", "connection setup p50", 150.0);
+    for z in ztunnels {
+        let after = z.rss_after_kib as f64 / 1024.0;
+        out.push(Target {
+            what: format!("ztunnel {}, RSS after the run ≤ 12 MiB", z.node),
+            measured: format!("{after:.1} MiB"),
+            met: after <= 12.0,
+        });
+        out.push(Target {
+            what: format!("ztunnel {}, ≤ 2 KiB per additional open tunnel", z.node),
+            measured: format!("{:.1} KiB (second round)", z.kib_per_connection_second),
+            met: z.kib_per_connection_second <= 2.0,
+        });
+    }
+    out
+}
