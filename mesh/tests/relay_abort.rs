@@ -65,6 +65,36 @@ async fn an_aborted_relay_resets_the_app_instead_of_ending_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_relay_resets_the_server_mid_upload() {
+    let (mut app, app_side) = pair().await;
+    let (mut server, server_side) = pair().await;
+    let relay = tokio::spawn(mesh::hbone::relay_tcp(app_side, server_side));
+    // The app uploads (bounded) while the server reads; bytes sit in both directions' way.
+    let uploader = tokio::spawn(async move {
+        let chunk = vec![9u8; 64 << 10];
+        for _ in 0..4096 {
+            if app.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let mut first = vec![0u8; 1 << 20];
+    timeout(LIMIT, server.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    relay.abort();
+    let (_, end) = timeout(LIMIT, read_to_end(&mut server)).await.unwrap();
+    let end = end.expect("the server saw a clean end of an upload that was cut");
+    assert_eq!(end.kind(), ErrorKind::ConnectionReset, "{end}");
+    assert!(
+        timeout(LIMIT, uploader).await.unwrap().unwrap(),
+        "the app never noticed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_ends_normally_delivers_every_byte_then_a_fin() {
     const LEN: u64 = 8 << 20;
     let (mut app, app_side) = pair().await;

@@ -4,7 +4,8 @@
 //!   destination address) and opens one CONNECT stream per tunnelled TCP connection.
 //! - [`Server`] terminates mTLS + HTTP/2 and hands each CONNECT to a [`ConnectHandler`].
 //! - [`H2Stream`] is one tunnel: an `AsyncRead + AsyncWrite` byte stream; [`relay`] copies
-//!   between it and a TCP socket, propagating half-close and resets.
+//!   between it and a TCP socket, propagating half-close and resets; [`relay_tcp`] does the
+//!   same between two TCP sockets, through `splice(2)`.
 
 mod bufio;
 mod conn;
@@ -15,6 +16,7 @@ mod request;
 mod server;
 mod settings;
 mod slot;
+mod splice;
 mod stream;
 
 // Drain belongs to every listener, not only HBONE's; re-exported where it was first found.
@@ -22,7 +24,7 @@ pub use crate::drain::{Drain, DrainWatch};
 pub use error::{HboneError, InboundError, Side};
 pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelRequest};
 pub use relay::{
-    abort_on_close, close_gracefully, relay, relay_connecting, relay_tcp, RelayError, RelayStats,
+    abort_on_close, close_gracefully, relay, relay_connecting, RelayError, RelayStats,
 };
 pub use request::{forwarded_header, ConnectRequest, Refusal};
 // The sans-IO request checks, public for the fuzz targets (`fuzz/`), not an API to build on.
@@ -30,6 +32,7 @@ pub use request::{forwarded_header, ConnectRequest, Refusal};
 pub use request::{build_connect, inspect, Inspection};
 pub use server::{ConnectHandler, PendingTunnel, Server, ServerStats, ServerTls};
 pub use settings::H2Settings;
+pub use splice::relay_tcp;
 pub use stream::{H2Reader, H2Stream, H2Writer};
 
 /// The well-known HBONE port.

@@ -48,7 +48,8 @@ pub enum RelayError {
     /// The TCP connection handed in first (the application's side) failed or was reset.
     #[error("downstream connection failed: {0}")]
     Downstream(#[source] io::Error),
-    /// The tunnel (or, for [`relay_tcp`], the upstream connection) failed or was reset.
+    /// The tunnel (or, for [`relay_tcp`](super::relay_tcp), the upstream connection) failed or
+    /// was reset.
     #[error("upstream connection failed: {0}")]
     Upstream(#[source] io::Error),
     /// The tunnel was never established: the peer refused the CONNECT, or the connection
@@ -250,60 +251,4 @@ async fn write_chunks(
     .await?;
     chunks.clear();
     Ok(total as u64)
-}
-
-/// Copies between two TCP connections with the same semantics as [`relay`]: FIN passes on as
-/// FIN, and a reset or error on one side aborts the other with RST. `sent` counts bytes from
-/// `downstream` to `upstream`.
-pub async fn relay_tcp(mut downstream: TcpStream, mut upstream: TcpStream) -> RelayStats {
-    abort_on_close(&downstream);
-    abort_on_close(&upstream);
-    let mut stats = RelayStats::default();
-    let result = {
-        let (mut dr, mut dw) = downstream.split();
-        let (mut ur, mut uw) = upstream.split();
-        let up = tcp_to_tcp(
-            &mut dr,
-            &mut uw,
-            &mut stats.sent,
-            RelayError::Downstream,
-            RelayError::Upstream,
-        );
-        let down = tcp_to_tcp(
-            &mut ur,
-            &mut dw,
-            &mut stats.received,
-            RelayError::Upstream,
-            RelayError::Downstream,
-        );
-        tokio::try_join!(up, down)
-    };
-    if let Err(e) = result {
-        // Whichever side failed, abort both so neither mistakes the end for a clean close.
-        for s in [&downstream, &upstream] {
-            abort_on_close(s);
-        }
-        stats.error = Some(e);
-    }
-    stats
-}
-
-async fn tcp_to_tcp(
-    from: &mut tokio::net::tcp::ReadHalf<'_>,
-    to: &mut tokio::net::tcp::WriteHalf<'_>,
-    count: &mut u64,
-    read_err: fn(io::Error) -> RelayError,
-    write_err: fn(io::Error) -> RelayError,
-) -> Result<(), RelayError> {
-    let mut buf = vec![0u8; MIN_READ];
-    loop {
-        let n = from.read(&mut buf).await.map_err(read_err)?;
-        if n == 0 {
-            // A clean end from `from`: pass the FIN on (see [`close_gracefully`]).
-            close_gracefully(to.as_ref());
-            return to.shutdown().await.map_err(write_err);
-        }
-        to.write_all(&buf[..n]).await.map_err(write_err)?;
-        *count += n as u64;
-    }
 }
