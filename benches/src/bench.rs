@@ -48,7 +48,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         "holding {} tunnelled connections open",
         settings.held_connections
     ));
-    let held = ztunnel::held_rounds(&bench.mesh, &ztunnels, settings.held_connections)?;
+    let held = ztunnel::held_rounds(&bench.mesh, &ztunnels, settings.held_connections, rss_idle)?;
 
     let kinds = bench.kinds();
     let subjects: Vec<Subject> = kinds
@@ -77,15 +77,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         take(PathKind::Mesh),
         take(PathKind::Compared),
     );
-    let ztunnel = ztunnel::costs(
-        &ztunnels,
-        &rss_idle,
-        &held,
-        settings.held_connections,
-        &memory_after,
-        &mesh.cpu,
-        mesh.bytes,
-    );
+    let ztunnel = ztunnel::costs(&ztunnels, &held, &memory_after, &mesh.cpu, mesh.bytes);
     Ok(Report {
         machine: machine(load_start),
         settings: settings.clone(),

@@ -255,17 +255,7 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
-    let errors: usize = [&r.direct, &r.mesh, &r.compared]
-        .iter()
-        .flat_map(|p| p.connect_serial.iter().chain(&p.connect_parallel))
-        .map(|c| c.errors)
-        .sum();
-    if errors > 0 {
-        let _ = writeln!(
-            out,
-            "\n{errors} connection(s) failed during the connection-rate runs (see the JSON)."
-        );
-    }
+    connection_failures(&mut out, [&r.direct, &r.mesh, &r.compared]);
     ztunnel_table(
         &mut out,
         &r.ztunnel,
@@ -276,6 +266,21 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "- {n}");
     }
     out
+}
+
+/// A line saying how many connections of the connection-rate runs failed, if any did.
+pub fn connection_failures<'a>(out: &mut String, runs: impl IntoIterator<Item = &'a PathRuns>) {
+    let errors: usize = runs
+        .into_iter()
+        .flat_map(|p| p.connect_serial.iter().chain(&p.connect_parallel))
+        .map(|c| c.errors)
+        .sum();
+    if errors > 0 {
+        let _ = writeln!(
+            out,
+            "\n{errors} connection(s) failed during the connection-rate runs (see the JSON)."
+        );
+    }
 }
 
 /// Each ztunnel's memory and CPU, one column per ztunnel, and both together per GB of the

@@ -107,6 +107,10 @@ fn echoed_connection(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// RSS readings around two rounds of held connections, per ztunnel.
 pub struct HeldRounds {
+    /// Connections per round.
+    pub count: usize,
+    /// Before any traffic.
+    pub idle: Vec<u64>,
     /// With the first round open.
     pub first: Vec<u64>,
     /// Just before the second round (after the first round's free heap went back).
@@ -119,10 +123,12 @@ pub struct HeldRounds {
 /// stays once it is over (the pool's HBONE connections, grown tables); a second round on the
 /// same ztunnels shows what one more open connection costs. Read after ztunnel has returned
 /// the first round's free heap.
+/// `idle`: the readings before any traffic, against which the first round counts.
 pub fn held_rounds(
     path: &BenchPath,
     ztunnels: &[Ztunnel],
     count: usize,
+    idle: Vec<u64>,
 ) -> anyhow::Result<HeldRounds> {
     let first = rss_with_held_connections(path, ztunnels, count, SETTLE)?;
     std::thread::sleep(AFTER_RUN);
@@ -130,6 +136,8 @@ pub fn held_rounds(
     let second = rss_with_held_connections(path, ztunnels, count, SETTLE)
         .context("second round of held connections")?;
     Ok(HeldRounds {
+        count,
+        idle,
         first,
         before_second,
         second,
@@ -139,14 +147,14 @@ pub fn held_rounds(
 /// What each ztunnel cost over a run: memory readings and the CPU it spent moving `bytes`.
 pub fn costs(
     ztunnels: &[Ztunnel],
-    idle: &[u64],
     held: &HeldRounds,
-    count: usize,
     after: &[Memory],
     cpu_secs: &[f64],
     bytes: u64,
 ) -> Vec<ZtunnelCost> {
-    let per_connection = |held: u64, before: u64| (held as f64 - before as f64) / count as f64;
+    let idle = &held.idle;
+    let per_connection =
+        |held_kib: u64, before: u64| (held_kib as f64 - before as f64) / held.count as f64;
     ztunnels
         .iter()
         .enumerate()

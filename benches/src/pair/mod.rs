@@ -48,7 +48,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
         "holding {} tunnelled connections open",
         settings.held_connections
     ));
-    let held = ztunnel::held_rounds(&paths.hbone, &ztunnels, settings.held_connections)?;
+    let held = ztunnel::held_rounds(&paths.hbone, &ztunnels, settings.held_connections, rss_idle)?;
 
     let pin = |cpus: Option<&[usize]>| -> anyhow::Result<()> {
         for (i, z) in ztunnels.iter().enumerate() {
@@ -110,15 +110,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
     };
     let (hbone_cpu, hbone_bytes) = sum("hbone");
     let (pass_cpu, pass_bytes) = sum("passthrough");
-    let ztunnel = ztunnel::costs(
-        &ztunnels,
-        &rss_idle,
-        &held,
-        settings.held_connections,
-        &memory_after,
-        &hbone_cpu,
-        hbone_bytes,
-    );
+    let ztunnel = ztunnel::costs(&ztunnels, &held, &memory_after, &hbone_cpu, hbone_bytes);
     let pair_paths: Vec<PairPath> = measured
         .iter()
         .zip(names.iter().zip(&labels))

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::report::{num, ztunnel_table, Machine, PathRuns, Row, ZtunnelCost};
+use crate::report::{connection_failures, num, ztunnel_table, Machine, PathRuns, Row, ZtunnelCost};
 use crate::settings::Settings;
 
 /// One measured path other than direct, and how it compares with direct.
@@ -96,18 +96,7 @@ pub fn markdown(r: &PairReport) -> String {
         }
         let _ = writeln!(out);
     }
-    let errors: usize = r
-        .runs
-        .iter()
-        .flat_map(|(_, p)| p.connect_serial.iter().chain(&p.connect_parallel))
-        .map(|c| c.errors)
-        .sum();
-    if errors > 0 {
-        let _ = writeln!(
-            out,
-            "\n{errors} connection(s) failed during the connection-rate runs (see the JSON)."
-        );
-    }
+    connection_failures(&mut out, r.runs.iter().map(|(_, p)| p));
     ztunnel_table(
         &mut out,
         &r.ztunnel,
@@ -185,4 +174,57 @@ pub fn targets(paths: &[PairPath], ztunnels: &[ZtunnelCost]) -> Vec<Target> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &'static str, rows: &[(&'static str, f64, f64, bool)]) -> PairPath {
+        PairPath {
+            name,
+            label: name,
+            summary: rows
+                .iter()
+                .map(|&(key, direct, mesh, time)| Row {
+                    key,
+                    label: key.into(),
+                    unit: "",
+                    direct,
+                    mesh,
+                    ratio: mesh / direct,
+                    added: time.then_some(mesh - direct),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn targets_compare_each_path_with_its_bound() {
+        let paths = [
+            path(
+                "hbone",
+                &[
+                    ("throughput_1_stream", 20.0, 10.0, false),
+                    ("throughput_4_streams", 20.0, 8.0, false),
+                    ("latency_p50", 40.0, 60.0, true),
+                    ("connect_serial_setup_p50", 50.0, 250.0, true),
+                ],
+            ),
+            path("passthrough", &[("throughput_1_stream", 20.0, 11.0, false)]),
+        ];
+        let got: Vec<(String, bool)> = targets(&paths, &[])
+            .into_iter()
+            .map(|t| (t.what, t.met))
+            .collect();
+        let want = [
+            ("hbone, 1 stream ≥ 0.5 × direct", true),
+            ("hbone, 4 streams ≥ 0.45 × direct", false),
+            ("passthrough, 1 stream ≥ 0.6 × direct", false),
+            ("hbone, added request/response p50 ≤ 25 µs", true),
+            ("hbone, added connection setup p50 ≤ 150 µs", false),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(w, m)| (w.to_string(), *m)).collect();
+        assert_eq!(got, want);
+    }
 }

@@ -40,7 +40,6 @@ const OUTBOUND_PORT: u16 = 15001;
 const READY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15021);
 pub const STATS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 const STARTUP: Duration = Duration::from_secs(20);
-const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The running pair. Dropping it removes everything (see the module doc).
 pub struct PairLayout {
@@ -238,10 +237,12 @@ impl PairLayout {
         Ok(())
     }
 
+    /// SIGKILL, not SIGTERM: a ztunnel told to stop drains its open connections (the pool's
+    /// idle HBONE connections too) for longer than a benchmark wants to wait, and there is
+    /// nothing here left to drain.
     fn stop_processes(&mut self) {
-        let records: Vec<ProcessRecord> = self.children.iter().map(|(_, r)| r.clone()).collect();
-        process::terminate(&records, STOP_GRACE);
-        for (child, _) in &mut self.children {
+        for (child, record) in &mut self.children {
+            process::kill_and_wait(record);
             let _ = child.wait();
         }
         self.children.clear();
@@ -294,12 +295,16 @@ fn owner(name: &str) -> Option<u32> {
 
 /// Whether `pid` is a live amesh-bench (a pair run in progress, not a leftover).
 fn is_live_bench(pid: u32) -> bool {
-    let ours = std::env::current_exe().ok();
-    let theirs = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    match (ours, theirs) {
-        (Some(a), Some(b)) => a.file_name() == b.file_name(),
-        _ => false,
-    }
+    // A binary rebuilt while it runs reads as "<name> (deleted)".
+    let name = |p: PathBuf| {
+        let n = p.file_name()?.to_string_lossy().into_owned();
+        Some(n.trim_end_matches(" (deleted)").to_string())
+    };
+    let ours = std::env::current_exe().ok().and_then(name);
+    let theirs = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(name);
+    ours.is_some() && ours == theirs
 }
 
 /// Removes what crashed pair runs left: namespaces (and the ztunnels still in them) and run
@@ -382,5 +387,27 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_tell_their_owner() {
+        assert_eq!(owner("ambench-pair-4242-client"), Some(4242));
+        assert_eq!(owner("ambench-pair-17"), Some(17));
+        assert_eq!(owner("ambench-pair-x-client"), None);
+        // A lab's namespaces and anything else are never ours to reap.
+        assert_eq!(owner("amesh-ab12-node1"), None);
+        assert_eq!(owner("amt-ded-hbone-a-4242"), None);
+    }
+
+    #[test]
+    fn a_dead_pid_is_not_a_live_bench() {
+        // Pid 0 has no /proc entry; this process runs the very executable it compares with.
+        assert!(!is_live_bench(0));
+        assert!(is_live_bench(std::process::id()));
     }
 }
