@@ -1,5 +1,6 @@
-//! Builds the kernel-side capture program (`../ebpf`, crate `amesh-ebpf`) for
-//! `bpfel-unknown-none` and leaves the object in `OUT_DIR` for `capture/ebpf.rs` to embed.
+//! Builds the kernel-side capture programs (`../ebpf`, crate `amesh-ebpf`) for
+//! `bpfel-unknown-none` and leaves the objects in `OUT_DIR` for `capture/ebpf.rs`
+//! (`amesh-capture`) and `capture/sockmap.rs` (`amesh-hops`) to embed.
 //!
 //! The target is tier 3, so the inner build compiles `core` from source (rust-src) with
 //! `RUSTC_BOOTSTRAP=1` on the stable toolchain, and links with bpf-linker, which must use the
@@ -77,10 +78,14 @@ fn build() -> Result<(), String> {
         .map_err(|e| format!("{e:#} (if bpf-linker or rust-src is at fault, {SETUP_HINT})"))
 }
 
-/// Leaves an empty object where `capture/ebpf.rs` embeds the program from.
+/// Leaves empty objects where `capture/ebpf.rs` and `capture/sockmap.rs` embed the programs
+/// from.
 fn write_empty_object() -> Result<(), String> {
     let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
-    std::fs::write(out.join("amesh-capture"), []).map_err(|e| e.to_string())
+    for object in ["amesh-capture", "amesh-hops"] {
+        std::fs::write(out.join(object), []).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The directory holding a bpf-linker built for this toolchain's libLLVM, else one on PATH.

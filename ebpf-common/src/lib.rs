@@ -5,6 +5,8 @@
 
 #![no_std]
 
+pub mod hops;
+
 /// The pod's listeners (`SOCKMAP`, index = [`slot`]).
 pub const LISTENERS_MAP: &str = "AMESH_LISTENERS";
 /// ztunnel's own connections to the app now being set up ([`BypassKey`] → any byte).

@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod links;
 pub mod nft;
 pub mod routing;
+pub mod sockmap;
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
