@@ -109,7 +109,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
         (cpu, bytes)
     };
     let (hbone_cpu, hbone_bytes) = sum("hbone");
-    let (pass_cpu, pass_bytes) = sum("passthrough");
     let ztunnel = ztunnel::costs(&ztunnels, &held, &memory_after, &hbone_cpu, hbone_bytes);
     let pair_paths: Vec<PairPath> = measured
         .iter()
@@ -119,6 +118,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
             name,
             label,
             summary: summarise(&direct.runs, &m.runs),
+            ztunnel_cpu_secs_per_gb: m.cpu.iter().map(|c| c / (m.bytes as f64 / 1e9)).collect(),
         })
         .collect();
     let targets = report::targets(&pair_paths, &ztunnel);
@@ -129,8 +129,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
         paths: pair_paths,
         ztunnel,
         hbone_throughput_bytes: hbone_bytes,
-        passthrough_client_cpu_secs_per_gb: pass_cpu.first().copied().unwrap_or(0.0)
-            / (pass_bytes as f64 / 1e9),
         targets,
         runs: names
             .iter()

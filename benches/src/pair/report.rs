@@ -16,6 +16,9 @@ pub struct PairPath {
     pub label: &'static str,
     /// Rows with `direct` = the direct path and `mesh` = this path.
     pub summary: Vec<Row>,
+    /// CPU seconds of each ztunnel (client side first) per GB this path's throughput runs
+    /// delivered.
+    pub ztunnel_cpu_secs_per_gb: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,9 +30,6 @@ pub struct PairReport {
     /// Client side first; CPU over the HBONE throughput runs (pinned and unpinned).
     pub ztunnel: Vec<ZtunnelCost>,
     pub hbone_throughput_bytes: u64,
-    /// The client ztunnel's CPU seconds per GB over the passthrough throughput runs (the
-    /// server's ztunnel carries none of that traffic).
-    pub passthrough_client_cpu_secs_per_gb: f64,
     pub targets: Vec<Target>,
     /// Raw runs per path name, direct first.
     pub runs: Vec<(&'static str, PathRuns)>,
@@ -96,17 +96,25 @@ pub fn markdown(r: &PairReport) -> String {
         }
         let _ = writeln!(out);
     }
+    let _ = write!(
+        out,
+        "| ztunnel CPU during throughput (s per GB, client + server) | |"
+    );
+    for p in &r.paths {
+        let cells: Vec<String> = p
+            .ztunnel_cpu_secs_per_gb
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect();
+        let _ = write!(out, " {} |", cells.join(" + "));
+    }
+    let _ = writeln!(out);
     connection_failures(&mut out, r.runs.iter().map(|(_, p)| p));
     ztunnel_table(
         &mut out,
         &r.ztunnel,
         s.held_connections,
         r.hbone_throughput_bytes,
-    );
-    let _ = writeln!(
-        out,
-        "Passthrough: the client ztunnel spent {:.2} CPU s per GB.",
-        r.passthrough_client_cpu_secs_per_gb
     );
     let _ = writeln!(out, "\n### issue #19 targets (this layout)\n");
     for t in &r.targets {
@@ -184,6 +192,7 @@ mod tests {
         PairPath {
             name,
             label: name,
+            ztunnel_cpu_secs_per_gb: Vec::new(),
             summary: rows
                 .iter()
                 .map(|&(key, direct, mesh, time)| Row {
