@@ -390,8 +390,8 @@ fn splice_does_not_see_redirected_bytes_and_a_peek_does() {
     let sent = b"hello through the hop";
     ztunnel.write_all(sent).unwrap();
     app.set_nonblocking(true).unwrap();
-    let mut peek = [0u8; 64];
     eventually("the bytes at the app's socket", || {
+        let mut peek = [0u8; 64];
         // SAFETY: a valid buffer of the length given.
         let n = unsafe {
             libc::recv(
