@@ -125,6 +125,10 @@ pub struct Config {
     /// default `/sys/fs/bpf/amesh/<NODE_NAME>`): they outlive a restart there, so capture fails
     /// closed while no ztunnel runs.
     pub bpf_pin_dir: PathBuf,
+    /// eBPF capture's in-pod hops through SOCKMAP (`AMESH_SOCKMAP=on|off`, default off) and
+    /// the cgroup v2 directory its `sock_ops` program is attached to (`AMESH_CGROUP_PATH`,
+    /// default: the cgroup2 mount).
+    pub hops: crate::capture::sockmap::HopsConfig,
     pub admin_addr: SocketAddr,
     pub stats_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
@@ -309,6 +313,12 @@ impl Config {
                     .join("amesh")
                     .join(node)
             });
+        let sockmap = get("AMESH_SOCKMAP").unwrap_or_default();
+        let hops = crate::capture::sockmap::HopsConfig {
+            setting: crate::capture::sockmap::HopsSetting::parse(&sockmap)
+                .map_err(|why| invalid("AMESH_SOCKMAP", &sockmap, &why))?,
+            cgroup: get("AMESH_CGROUP_PATH").map(PathBuf::from),
+        };
         Ok(Config {
             config_source,
             ca,
@@ -333,6 +343,7 @@ impl Config {
                 .unwrap_or_else(|| "/var/run/ztunnel/pods.json".into())
                 .into(),
             bpf_pin_dir,
+            hops,
             admin_addr: env.addr("ADMIN_ADDR", "127.0.0.1:15000")?,
             stats_addr: env.addr("STATS_ADDR", "0.0.0.0:15020")?,
             readiness_addr: env.addr("READINESS_ADDR", "0.0.0.0:15021")?,

@@ -100,7 +100,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     };
     // Loading the eBPF program here makes a kernel or privilege problem a startup error.
     let capture = capture
-        .backend_with(&config.bpf_pin_dir)
+        .backend_with_hops(&config.bpf_pin_dir, &config.hops)
         .with_context(|| format!("setting up capture ({capture:?})"))?;
     let mut pods = PodManager::new(shared.clone(), capture.clone(), state_file)
         .with_config_wait(config.pod_config_wait)

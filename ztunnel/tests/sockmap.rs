@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStr
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ebpf_common::hops::HopKey;
 use socket2::{Domain, Socket, Type};
@@ -175,9 +175,12 @@ fn key_of(s: &TcpStream) -> HopKey {
 /// Waits until `check` holds (the passive end's callback runs in the kernel's receive path,
 /// a moment after `connect` returns).
 fn eventually(what: &str, check: impl Fn() -> bool) {
-    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
     while !check() {
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -39,6 +39,7 @@ use futures::future::BoxFuture;
 use tracing::{debug, info, warn};
 
 use super::links::{self, PinDir};
+use super::sockmap::{Hops, HopsConfig, HopsSetting};
 use super::{routing, Bypass, Capture, CaptureError, ListenerFds, PodNetns};
 use crate::destination::Destination;
 
@@ -73,6 +74,9 @@ pub struct EbpfCapture {
     pods: parking_lot::Mutex<HashMap<u64, PodProgram>>,
     /// Where the pods' links are pinned.
     pins: PinDir,
+    /// The in-pod hops passed socket to socket (`AMESH_SOCKMAP=on` and the kernel took the
+    /// programs), else `None`: plain TCP.
+    hops: Option<Hops>,
 }
 
 /// One pod's program instance, map and link. The link is pinned: dropping this closes
@@ -178,6 +182,13 @@ impl EbpfCapture {
     /// `/sys/fs/bpf` when nothing is mounted there). Fails with what the kernel or the process
     /// lacks.
     pub fn load(pin_dir: &Path) -> Result<EbpfCapture, EbpfError> {
+        EbpfCapture::load_with(pin_dir, &HopsConfig::default())
+    }
+
+    /// [`EbpfCapture::load`], and with `hops` on, the in-pod hop programs
+    /// ([`super::sockmap`]); if the kernel refuses those, capture goes on without them and says
+    /// why once.
+    pub fn load_with(pin_dir: &Path, hops: &HopsConfig) -> Result<EbpfCapture, EbpfError> {
         let fail = |what, cause| EbpfError::Load {
             what,
             cause,
@@ -198,9 +209,20 @@ impl EbpfCapture {
                 .into(),
         })?;
         info!(pins = %pins.path().display(), "eBPF capture program verified by the kernel");
+        let hops = match hops.setting {
+            HopsSetting::Off => None,
+            HopsSetting::On => match Hops::load(hops.cgroup.as_deref()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warn!(reason = %e, "AMESH_SOCKMAP=on but the in-pod hops stay plain TCP");
+                    None
+                }
+            },
+        };
         Ok(EbpfCapture {
             pods: parking_lot::Mutex::new(HashMap::new()),
             pins,
+            hops,
         })
     }
 
@@ -256,8 +278,14 @@ impl EbpfCapture {
         let capture = EbpfCapture {
             pods: parking_lot::Mutex::new(HashMap::new()),
             pins,
+            hops: None,
         };
         capture.release_unclaimed()
+    }
+
+    /// The in-pod hop programs, when they are on.
+    pub fn hops(&self) -> Option<&Hops> {
+        self.hops.as_ref()
     }
 
     /// Number of pods whose netns has the program attached.
@@ -318,6 +346,12 @@ impl EbpfCapture {
                 fill(&mut entry.listeners, fds).map_err(|e| fail("filling the socket map", e))?;
             }
         }
+        if let Some(hops) = &self.hops {
+            // Not fatal: without it the pod's hops are plain TCP.
+            if let Err(e) = hops.add(&pod.worker, ip, pod.mark) {
+                warn!(netns = %pod.netns.display(), error = %e, "in-pod hops stay plain TCP");
+            }
+        }
         // Rules last: until the program is attached, a flow made local would find no one.
         routing::install(pod, ip, routing::rules(pod.mark, PROBE_SOURCE, pod.dns)).await?;
         debug!(netns = %pod.netns.display(), "eBPF capture installed");
@@ -329,6 +363,9 @@ impl EbpfCapture {
         // socket factory may outlive this while its connections finish), then its pin, also
         // one an earlier ztunnel left when this one never installed the pod.
         let inode = pod.worker.inode();
+        if let Some(hops) = &self.hops {
+            hops.remove(inode);
+        }
         if let Some(program) = self.pods.lock().remove(&inode) {
             program.bypass.map.lock().take();
             if let Err(e) = links::detach(program.link.as_fd()) {

@@ -149,14 +149,24 @@ impl CaptureMode {
     /// pods' links are pinned), so a kernel or privilege problem shows at startup: an error
     /// with `CAPTURE_MODE=ebpf`, the fallback to nft when unset.
     pub fn backend_with(self, pin_dir: &Path) -> Result<Arc<dyn Capture>, CaptureError> {
+        self.backend_with_hops(pin_dir, &sockmap::HopsConfig::default())
+    }
+
+    /// [`CaptureMode::backend_with`], eBPF capture passing the in-pod hops socket to socket as
+    /// `hops` says ([`sockmap`]; nft and no capture ignore it).
+    pub fn backend_with_hops(
+        self,
+        pin_dir: &Path,
+        hops: &sockmap::HopsConfig,
+    ) -> Result<Arc<dyn Capture>, CaptureError> {
         Ok(match self {
             CaptureMode::Nft => {
                 // What an earlier ztunnel in eBPF mode pinned would refuse what nft redirects.
                 ebpf::EbpfCapture::release_all(pin_dir);
                 Arc::new(nft::NftCapture)
             }
-            CaptureMode::Ebpf => Arc::new(ebpf::EbpfCapture::load(pin_dir)?),
-            CaptureMode::Auto => match ebpf::EbpfCapture::load(pin_dir) {
+            CaptureMode::Ebpf => Arc::new(ebpf::EbpfCapture::load_with(pin_dir, hops)?),
+            CaptureMode::Auto => match ebpf::EbpfCapture::load_with(pin_dir, hops) {
                 Ok(ebpf) => {
                     tracing::info!("CAPTURE_MODE unset: capturing with eBPF");
                     Arc::new(ebpf)
