@@ -9,10 +9,15 @@ pub mod hops;
 
 /// The pod's listeners (`SOCKMAP`, index = [`slot`]).
 pub const LISTENERS_MAP: &str = "AMESH_LISTENERS";
-/// ztunnel's own connections to the app now being set up ([`BypassKey`] → any byte).
+/// ztunnel's own open connections to the app from clients' addresses ([`BypassKey`] → any
+/// byte).
 pub const BYPASS_MAP: &str = "AMESH_BYPASS";
-/// Capacity of [`BYPASS_MAP`]: connections to the app being opened at the same moment.
-pub const MAX_BYPASS: u32 = 4096;
+/// Capacity of [`BYPASS_MAP`]: ztunnel's connections to one pod's apps from clients' addresses
+/// open at the same time. The map allocates an entry when it is added
+/// ([`BPF_F_NO_PREALLOC`]), so the capacity costs nothing until used.
+pub const MAX_BYPASS: u32 = 65536;
+/// Map flag: entries are allocated on insert instead of all at load.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// Read-only globals set per pod at load: the pod's address and the kubelet probe source,
 /// both `u32` in network byte order (see [`PodEntry`]).
 pub const POD_IP4_GLOBAL: &str = "AMESH_POD_IP4";
@@ -56,9 +61,12 @@ pub struct PodEntry {
     pub dns: u32,
 }
 
-/// A connection ztunnel is opening to the app from a client's address (original source): to
-/// the kernel it looks exactly like that client connecting from the network, so ztunnel lists
-/// it here between `bind` and `connect` and the program lets it through.
+/// A connection ztunnel opens to the app from a client's address (original source): to the
+/// kernel it looks exactly like that client connecting from the network, so ztunnel lists it
+/// here between `bind` and `connect` and the program lets it through. The entry stays until
+/// the connection is closed, not only for the handshake: when the app's listen queue
+/// overflows, the kernel answers with a syncookie and keeps no state, and the app's socket is
+/// made from whichever of ztunnel's later segments finds room, each looked up like a new flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BypassKey {

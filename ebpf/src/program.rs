@@ -4,7 +4,9 @@
 use aya_ebpf::macros::{map, sk_lookup};
 use aya_ebpf::maps::{HashMap, SockMap};
 use aya_ebpf::programs::SkLookupContext;
-use ebpf_common::{classify, BypassKey, Flow, PodEntry, AF_INET, MAX_BYPASS, SLOTS};
+use ebpf_common::{
+    classify, BypassKey, Flow, PodEntry, AF_INET, BPF_F_NO_PREALLOC, MAX_BYPASS, SLOTS,
+};
 
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
@@ -24,9 +26,11 @@ static AMESH_DNS: u32 = 0;
 #[map]
 static AMESH_LISTENERS: SockMap = SockMap::with_max_entries(SLOTS, 0);
 
-/// ztunnel's own connections to the app being set up (`ebpf_common::BYPASS_MAP`).
+/// ztunnel's own open connections to the app from clients' addresses
+/// (`ebpf_common::BYPASS_MAP`).
 #[map]
-static AMESH_BYPASS: HashMap<BypassKey, u8> = HashMap::with_max_entries(MAX_BYPASS, 0);
+static AMESH_BYPASS: HashMap<BypassKey, u8> =
+    HashMap::with_max_entries(MAX_BYPASS, BPF_F_NO_PREALLOC);
 
 #[sk_lookup]
 pub fn amesh_sk_lookup(ctx: SkLookupContext) -> u32 {

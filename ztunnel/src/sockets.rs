@@ -234,13 +234,38 @@ impl InPodSockets {
     }
 }
 
+/// The capture exception of one of ztunnel's connections to an app from a client's address
+/// (see [`crate::capture::Bypass`]), lifted when this is dropped. Held for the connection's
+/// whole life: until the app's side has its socket, every segment of the connection is looked
+/// up like a new flow, and that can be long after ztunnel's side is established (a syncookie
+/// answer to a full listen queue keeps no state, and the app's socket is made from whichever
+/// later segment finds room).
+#[must_use = "the exception ends when this is dropped"]
+pub struct CaptureException(Option<(Arc<dyn crate::capture::Bypass>, SocketAddr, u16)>);
+
+impl CaptureException {
+    /// No exception (the connection leaves from ztunnel's or the pod's own address).
+    pub fn none() -> CaptureException {
+        CaptureException(None)
+    }
+}
+
+impl Drop for CaptureException {
+    fn drop(&mut self) {
+        if let Some((bypass, bound, port)) = self.0.take() {
+            bypass.forget(bound, port);
+        }
+    }
+}
+
 impl InPodSockets {
-    /// Connects from inside the pod, optionally from a spoofed `source`.
+    /// Connects from inside the pod, optionally from a spoofed `source`. Keep the
+    /// [`CaptureException`] as long as the connection.
     pub async fn connect(
         &self,
         dest: SocketAddr,
         source: Option<SocketAddr>,
-    ) -> io::Result<TcpStream> {
+    ) -> io::Result<(TcpStream, CaptureException)> {
         let mark = self.mark;
         // eBPF capture must be told the source port before the SYN (see `Bypass`).
         let bypass = self.bypass.get().filter(|_| source.is_some());
@@ -249,24 +274,21 @@ impl InPodSockets {
             tcp_socket(dest, source, mark, bypass.is_some())
         })?;
         // Bound already, so the kernel has picked the source port the capture must know.
-        let announced = match (source, bypass) {
+        let exception = match (source, bypass) {
             (Some(_), Some(bypass)) => {
                 let bound = socket
                     .local_addr()?
                     .as_socket()
                     .ok_or_else(|| io::Error::other("bound socket without an IP address"))?;
                 bypass.allow(bound, dest.port())?;
-                Some((bypass, bound))
+                CaptureException(Some((bypass.clone(), bound, dest.port())))
             }
-            _ => None,
+            _ => CaptureException::none(),
         };
         let connected = TcpSocket::from_std_stream(socket.into())
             .connect(dest)
-            .await;
-        if let Some((bypass, bound)) = announced {
-            bypass.forget(bound, dest.port());
-        }
-        connected
+            .await?;
+        Ok((connected, exception))
     }
 }
 

@@ -195,6 +195,21 @@ fn sk_lookup_programs(netns: BorrowedFd<'_>) -> Vec<u32> {
     ids[..attr[6] as usize].to_vec()
 }
 
+/// Entries of the bypass map among `map_ids` (one program's maps).
+fn bypass_entries(map_ids: &[u32]) -> usize {
+    let id = map_ids
+        .iter()
+        .copied()
+        .find(|&id| {
+            aya::maps::MapInfo::from_id(id)
+                .is_ok_and(|m| m.name_as_str() == Some(ebpf_common::BYPASS_MAP))
+        })
+        .expect("the program's bypass map");
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+    let map: aya::maps::HashMap<_, [u8; 12], u8> = map.try_into().unwrap();
+    map.keys().filter(Result::is_ok).count()
+}
+
 /// Whether the kernel still has a program with this id.
 fn program_exists(id: u32) -> bool {
     aya::programs::loaded_programs().any(|p| p.is_ok_and(|p| p.id() == id))
@@ -388,7 +403,7 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
         .within(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8083)))
         .unwrap();
     let client: SocketAddr = "10.99.0.7:0".parse().unwrap();
-    let mut upstream = tokio::time::timeout(
+    let (mut upstream, _exception) = tokio::time::timeout(
         TIMEOUT,
         sockets.connect(SocketAddr::from((POD_IP, 8083)), Some(client)),
     )
@@ -399,6 +414,19 @@ async fn sk_lookup_steers_each_flow_and_removal_leaves_nothing() {
     assert_eq!(from.ip(), client.ip(), "the app sees the client's address");
     at_app.write_all(b"reply").unwrap();
     assert_eq!(read_some(&mut upstream).await, b"reply");
+    // Its capture exception lasts as long as the connection (the app's side can be made
+    // from a later segment, see `CaptureException`), and goes with it.
+    assert_eq!(
+        bypass_entries(&map_ids),
+        1,
+        "the open connection's exception"
+    );
+    drop((upstream, _exception));
+    assert_eq!(
+        bypass_entries(&map_ids),
+        0,
+        "an exception outlived its connection"
+    );
 
     // Loopback stays with the app.
     let lo_listener = bed

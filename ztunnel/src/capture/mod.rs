@@ -106,8 +106,10 @@ pub trait Capture: Send + Sync {
     fn restored(&self) {}
 }
 
-/// Lets one of ztunnel's connections to the app, from `source` to `port`, through capture while
-/// it is set up (an established connection is never looked up again).
+/// Lets one of ztunnel's connections to the app, from `source` to `port`, through capture for
+/// as long as it is open (held by [`crate::sockets::CaptureException`]). Not just while it is
+/// set up: the app's side may not exist yet when ztunnel's side is established (a syncookie
+/// answer), and until it does each segment is looked up like a new flow.
 pub trait Bypass: Send + Sync {
     fn allow(&self, source: std::net::SocketAddr, port: u16) -> std::io::Result<()>;
     fn forget(&self, source: std::net::SocketAddr, port: u16);

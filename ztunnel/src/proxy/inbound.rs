@@ -103,7 +103,7 @@ impl ConnectHandler for Inbound {
         drop((req, snapshot, service));
         // Connect from the client's own address so the app sees who called it (where the
         // pod's policy route allows it, see `Pod::original_source`).
-        let upstream = match self
+        let (upstream, _exception) = match self
             .pod
             .sockets
             .connect(target, self.pod.upstream_source(client.ip()))

@@ -102,7 +102,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
         .connect(target, pod.upstream_source(peer.ip()))
         .await
     {
-        Ok(upstream) => {
+        Ok((upstream, _exception)) => {
             let stats = mesh::hbone::relay_tcp(tcp, upstream).await;
             open.close(
                 stats.sent,

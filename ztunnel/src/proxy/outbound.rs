@@ -381,7 +381,7 @@ async fn direct(
     // As for a tunnel: a death of ztunnel from here on resets the app's socket.
     abort_on_close(&tcp);
     match pod.sockets.connect(target, None).await {
-        Ok(upstream) => {
+        Ok((upstream, _exception)) => {
             let stats = mesh::hbone::relay_tcp(tcp, upstream).await;
             conn.close(
                 stats.sent,

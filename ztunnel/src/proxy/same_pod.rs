@@ -64,7 +64,7 @@ pub(crate) async fn serve(
     let source = shared.metrics.open(labels(Reporter::Source));
     let destination = shared.metrics.open(labels(Reporter::Destination));
     match pod.sockets.connect(target, None).await {
-        Ok(upstream) => {
+        Ok((upstream, _exception)) => {
             let stats = mesh::hbone::relay_tcp(tcp, upstream).await;
             let flag = stats.error.as_ref().map(|_| "UC");
             source.close(stats.sent, stats.received, flag);
