@@ -10,7 +10,7 @@ pub mod setup;
 
 use anyhow::{bail, Context};
 
-use crate::bench::{progress, repeat, Measured, Subject};
+use crate::bench::{progress, repeat, Subject};
 use crate::host::{load_average, machine};
 use crate::path::BenchPath;
 use crate::report::summarise;
@@ -92,7 +92,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
     progress("tearing the pair down");
     pair.down()?;
 
-    let direct = &measured[0];
     let sum = |prefix: &str| -> (Vec<f64>, u64) {
         let mut cpu = vec![0.0; ztunnels.len()];
         let mut bytes = 0;
@@ -110,15 +109,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
     };
     let (hbone_cpu, hbone_bytes) = sum("hbone");
     let ztunnel = ztunnel::costs(&ztunnels, &held, &memory_after, &hbone_cpu, hbone_bytes);
+    let mut measured = measured.into_iter();
+    let direct = measured.next().context("no direct path measured")?;
     let pair_paths: Vec<PairPath> = measured
-        .iter()
-        .zip(names.iter().zip(&labels))
-        .skip(1)
+        .zip(names.iter().zip(&labels).skip(1))
         .map(|(m, (&name, &label))| PairPath {
             name,
             label,
             summary: summarise(&direct.runs, &m.runs),
             ztunnel_cpu_secs_per_gb: m.cpu.iter().map(|c| c / (m.bytes as f64 / 1e9)).collect(),
+            runs: m.runs,
         })
         .collect();
     let targets = report::targets(&pair_paths, &ztunnel);
@@ -130,11 +130,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
         ztunnel,
         hbone_throughput_bytes: hbone_bytes,
         targets,
-        runs: names
-            .iter()
-            .copied()
-            .zip(measured.into_iter().map(|m: Measured| m.runs))
-            .collect(),
+        direct: direct.runs,
         notes: report::NOTES.to_vec(),
     })
 }

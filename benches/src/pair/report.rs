@@ -19,6 +19,8 @@ pub struct PairPath {
     /// CPU seconds of each ztunnel (client side first) per GB this path's throughput runs
     /// delivered.
     pub ztunnel_cpu_secs_per_gb: Vec<f64>,
+    /// Every run of this path.
+    pub runs: PathRuns,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,8 +33,8 @@ pub struct PairReport {
     pub ztunnel: Vec<ZtunnelCost>,
     pub hbone_throughput_bytes: u64,
     pub targets: Vec<Target>,
-    /// Raw runs per path name, direct first.
-    pub runs: Vec<(&'static str, PathRuns)>,
+    /// Every run of the direct path (the others' are in `paths`).
+    pub direct: PathRuns,
     pub notes: Vec<&'static str>,
 }
 
@@ -109,7 +111,10 @@ pub fn markdown(r: &PairReport) -> String {
         let _ = write!(out, " {} |", cells.join(" + "));
     }
     let _ = writeln!(out);
-    connection_failures(&mut out, r.runs.iter().map(|(_, p)| p));
+    connection_failures(
+        &mut out,
+        std::iter::once(&r.direct).chain(r.paths.iter().map(|p| &p.runs)),
+    );
     ztunnel_table(
         &mut out,
         &r.ztunnel,
@@ -193,6 +198,7 @@ mod tests {
             name,
             label: name,
             ztunnel_cpu_secs_per_gb: Vec::new(),
+            runs: PathRuns::default(),
             summary: rows
                 .iter()
                 .map(|&(key, direct, mesh, time)| Row {
