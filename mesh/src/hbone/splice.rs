@@ -7,8 +7,8 @@
 //! so a proxy that dies resets them.
 //!
 //! Each direction gets its own pipe, made when its first bytes arrive (an idle connection has
-//! none) and kept until the relay ends: making one costs two system calls and four
-//! descriptors, a quiet pipe costs no memory of the process. Bytes are moved in, then the
+//! none) and kept until the relay ends: making one costs a system call and two descriptors,
+//! a quiet pipe costs no memory of the process. Bytes are moved in, then the
 //! pipe is emptied before anything more is read, so the pipe is empty whenever the relay
 //! waits for the source: an EAGAIN from the source is always the socket's (never a full pipe),
 //! and a direction that stops is never holding bytes.
@@ -33,10 +33,14 @@ use tokio::net::TcpStream;
 
 use super::relay::{abort_on_close, close_gracefully, RelayError, RelayStats};
 
-/// What each pipe is asked to hold. Larger moves more per call, up to what a socket usually
-/// has queued under load; the kernel may give less (the per-user pipe limits) or refuse,
-/// and the default 64 KiB pipe still works.
+/// What a pipe grows to once a splice fills half of the default one (64 KiB): bulk moves more
+/// per call, up to what a socket usually has queued under load, while a chatty connection
+/// keeps the default (one call less, and less of the per-user pipe allowance). The kernel may
+/// refuse to grow it (`fs.pipe-max-size`, or an unprivileged user past
+/// `fs.pipe-user-pages-soft`); the smaller pipe still works.
 const PIPE_SIZE: usize = 512 << 10;
+/// A splice that moved this much is bulk: grow the pipe.
+const GROW_AT: usize = 32 << 10;
 /// The buffer of a direction that copies instead.
 const COPY_BUF: usize = 16 << 10;
 
@@ -123,6 +127,9 @@ async fn one_way(
         match filled {
             Ok(Fill::Moved(n)) => {
                 probe = n < PIPE_SIZE;
+                if n >= GROW_AT {
+                    pipe.grow();
+                }
                 if !pipe.drain(to, count).await.map_err(write_err)? {
                     return copy(from, to, count, read_err, write_err).await;
                 }
@@ -164,18 +171,27 @@ struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     held: usize,
+    /// Growing was tried (once: a refusal stays a refusal).
+    grown: bool,
 }
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        // Best effort: a refused size leaves the default, which is only slower.
-        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
         Ok(Pipe {
             read,
             write,
             held: 0,
+            grown: false,
         })
+    }
+
+    fn grow(&mut self) {
+        if !self.grown {
+            self.grown = true;
+            // Best effort: a refused size leaves the default, which is only slower.
+            let _ = fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        }
     }
 
     /// Moves what `src` has queued into the (empty) pipe. `first`: nothing has moved in this
