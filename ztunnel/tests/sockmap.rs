@@ -439,3 +439,34 @@ fn splice_does_not_see_redirected_bytes_and_a_peek_does() {
     assert_eq!(app.read(&mut got).unwrap(), sent.len());
     assert_eq!(&got[..sent.len()], sent);
 }
+
+/// The kernel's second limit: a reader already blocked in `read` on a hop end when the reset
+/// arrives is woken with EAGAIN, not ECONNRESET (tcp_bpf's receive path returns EAGAIN when a
+/// wake-up finds nothing in its queue, blocking socket or not). A non-blocking reader such as
+/// ztunnel retries and then sees the reset; an app that reads blocking sees an error that
+/// blocking sockets never give. The e2e suite's apps fail this way with `AMESH_SOCKMAP=on`.
+#[test]
+fn a_blocked_reader_is_woken_by_a_reset_with_eagain() {
+    let bed = Bed::new("blocked");
+    let hops = load(&bed);
+    let (ztunnel, mut app) = bed.inbound_hop(8080);
+    eventually("the hop in the hash", || {
+        hops.ends().contains(&key_of(&app))
+    });
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        app.read(&mut buf)
+    });
+    // Let the reader block first.
+    std::thread::sleep(Duration::from_millis(200));
+    let sock = Socket::from(ztunnel);
+    sock.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(sock);
+    let got = reader.join().unwrap();
+    let kind = got.as_ref().map_err(|e| e.kind()).err();
+    assert_eq!(
+        kind,
+        Some(ErrorKind::WouldBlock),
+        "a blocked reader saw {got:?}: the kernel now reports the reset itself"
+    );
+}

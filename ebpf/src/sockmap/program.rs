@@ -33,6 +33,20 @@ static AMESH_HOP_PODS: HashMap<u64, HopPod> = HashMap::with_max_entries(MAX_HOP_
 #[map]
 static AMESH_HOP_ACTIVE: LruHashMap<HopKey, u8> = LruHashMap::with_max_entries(MAX_HOPS, 0);
 
+/// Hop ends that sent bytes through TCP (`HopKey` of the sender) and must go on doing so. A
+/// sender's first `sendmsg` can come before its peer has joined (the peer's callback runs
+/// when the handshake's last ACK is processed): those bytes go by TCP to the peer's receive
+/// queue, and redirecting later ones would put them in the peer's redirect queue, which its
+/// reader drains first, out of order. So the first `sendmsg` decides for the connection's
+/// life. Entries of closed connections are pushed out by newer ones.
+#[map]
+static AMESH_HOP_PLAIN: LruHashMap<HopKey, u8> = LruHashMap::with_max_entries(MAX_HOPS, 0);
+
+/// Hop ends whose first `sendmsg` was redirected (`HopKey` of the sender): see
+/// [`AMESH_HOP_PLAIN`].
+#[map]
+static AMESH_HOP_REDIRECTED: LruHashMap<HopKey, u8> = LruHashMap::with_max_entries(MAX_HOPS, 0);
+
 #[sock_ops]
 pub fn amesh_hop_sockops(ctx: SockOpsContext) -> u32 {
     let how = match ctx.op() {
@@ -98,16 +112,31 @@ pub fn amesh_hop_sk_msg(ctx: SkMsgContext) -> u32 {
     }
     // SAFETY: as above; the helper reads the message's socket.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let mut peer = HopKey {
+    let me = HopKey {
         netns_cookie: cookie,
-        local_ip4: m.remote_ip4,
-        remote_ip4: m.local_ip4,
-        local_port: port_from_remote(m.remote_port),
-        remote_port: m.local_port,
+        local_ip4: m.local_ip4,
+        remote_ip4: m.remote_ip4,
+        local_port: m.local_port,
+        remote_port: port_from_remote(m.remote_port),
     };
+    // SAFETY: the values are only tested for presence.
+    if unsafe { AMESH_HOP_PLAIN.get(&me) }.is_some() {
+        return SK_PASS;
+    }
+    let decided = unsafe { AMESH_HOP_REDIRECTED.get(&me) }.is_some();
+    let mut peer = me.peer();
     // Found: the bytes go to the peer's receive queue (SK_PASS with the redirect set).
-    // Not found (the peer closed, or never joined): SK_PASS without it, plain TCP.
-    let _ = AMESH_HOPS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS));
+    // Not found (the peer has not joined yet, or closed): SK_PASS without it, plain TCP,
+    // and for good if this was the first send.
+    let redirected =
+        AMESH_HOPS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS);
+    if !decided {
+        let _ = if redirected {
+            AMESH_HOP_REDIRECTED.insert(&me, &1, 0)
+        } else {
+            AMESH_HOP_PLAIN.insert(&me, &1, 0)
+        };
+    }
     SK_PASS
 }
 
