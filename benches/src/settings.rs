@@ -37,7 +37,7 @@ pub struct Cli {
     /// CI smoke: 2 s throughput runs, 2,000 round trips, small connection counts, one repetition.
     #[arg(long)]
     pub quick: bool,
-    /// Where the JSON result goes (default: target/bench/<layout>.json).
+    /// Where the JSON result goes (default: `target/bench/<layout>.json`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Repetitions of every measurement (medians are reported).
