@@ -146,6 +146,23 @@ struct Instance {
     bypass: BpfHashMap<MapData, [u8; 12], u8>,
 }
 
+/// Takes map `name` out of a loaded object, typed (`what`: the step named in errors). Shared by
+/// the capture program's loader and the hop programs' (`capture::sockmap`).
+pub(super) fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    what: &'static str,
+) -> Result<T, (&'static str, BoxError)>
+where
+    T: TryFrom<aya::maps::Map>,
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or((what, format!("map {name} is not in the object").into()))?;
+    T::try_from(map).map_err(|e| (what, e.into()))
+}
+
 /// Loads an instance of the program for a pod at `pod_ip` (errors name the step).
 fn load_instance(pod_ip: Ipv4Addr, dns: bool) -> Result<Instance, (&'static str, BoxError)> {
     let ip4 = u32::from_ne_bytes(pod_ip.octets());
@@ -161,14 +178,8 @@ fn load_instance(pod_ip: Ipv4Addr, dns: bool) -> Result<Instance, (&'static str,
         .map_err(|e| ("finding the program", e))?
         .load()
         .map_err(|e| ("loading the sk_lookup program", e.into()))?;
-    let map = ebpf
-        .take_map(LISTENERS_MAP)
-        .ok_or(("finding the listeners map", "not in the object".into()))?;
-    let listeners = SockMap::try_from(map).map_err(|e| ("opening the listeners map", e.into()))?;
-    let map = ebpf
-        .take_map(BYPASS_MAP)
-        .ok_or(("finding the bypass map", "not in the object".into()))?;
-    let bypass = BpfHashMap::try_from(map).map_err(|e| ("opening the bypass map", e.into()))?;
+    let listeners = take_map(&mut ebpf, LISTENERS_MAP, "opening the listeners map")?;
+    let bypass = take_map(&mut ebpf, BYPASS_MAP, "opening the bypass map")?;
     Ok(Instance {
         ebpf,
         listeners,

@@ -29,6 +29,8 @@ use aya::{Ebpf, EbpfLoader};
 use ebpf_common::hops::{HopKey, HopPod, HOPS_MAP, HOP_PODS_MAP, SK_MSG_PROGRAM, SOCK_OPS_PROGRAM};
 use tracing::{debug, info};
 
+use super::ebpf::take_map;
+
 use crate::netns::Netns;
 
 /// The programs' object built by `build.rs` from `ebpf/src/sockmap`.
@@ -146,18 +148,11 @@ impl Hops {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| fail("loading the hop programs' object", e.into()))?;
-        let hops: SockHash<MapData, [u8; 24]> = ebpf
-            .take_map(HOPS_MAP)
-            .ok_or_else(|| fail("finding the hop map", "not in the object".into()))
-            .and_then(|m| {
-                SockHash::try_from(m).map_err(|e| fail("opening the hop map", e.into()))
-            })?;
-        let pods: BpfHashMap<MapData, u64, [u8; 8]> = ebpf
-            .take_map(HOP_PODS_MAP)
-            .ok_or_else(|| fail("finding the pods map", "not in the object".into()))
-            .and_then(|m| {
-                BpfHashMap::try_from(m).map_err(|e| fail("opening the pods map", e.into()))
-            })?;
+        let hops: SockHash<MapData, [u8; 24]> =
+            take_map(&mut ebpf, HOPS_MAP, "opening the hop map").map_err(|(w, e)| fail(w, e))?;
+        let pods: BpfHashMap<MapData, u64, [u8; 8]> =
+            take_map(&mut ebpf, HOP_PODS_MAP, "opening the pods map")
+                .map_err(|(w, e)| fail(w, e))?;
         let msg: &mut SkMsg = ebpf
             .program_mut(SK_MSG_PROGRAM)
             .ok_or_else(|| fail("finding the sk_msg program", "not in the object".into()))?
