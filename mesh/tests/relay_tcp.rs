@@ -6,7 +6,7 @@
 //! The tests take one lock: the pipe count is read from this process's descriptor table.
 
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,9 +111,19 @@ async fn bulk_both_ways_at_once_arrives_whole_and_counted_through_pipes() {
     let (up_sum, down_sum) = (Sha256::digest(&up).to_vec(), Sha256::digest(&down).to_vec());
     let (app_r, app_w) = app.into_split();
     let (server_r, server_w) = server.into_split();
-    let during = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        pipes()
+    // The most pipes seen while the transfer runs (sampled until both directions have one,
+    // or the transfer is over).
+    let done = Arc::new(AtomicBool::new(false));
+    let during = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut most = 0;
+            while most < before + 4 && !done.load(Ordering::Relaxed) {
+                most = most.max(pipes());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        }
     });
     let ((up_len, up_got), (down_len, down_got), ..) = timeout(LIMIT, async {
         tokio::join!(
@@ -125,6 +135,7 @@ async fn bulk_both_ways_at_once_arrives_whole_and_counted_through_pipes() {
     })
     .await
     .unwrap();
+    done.store(true, Ordering::Relaxed);
     assert_eq!((up_len, down_len), (UP as u64, DOWN as u64));
     assert!(up_got == up_sum, "upload corrupted");
     assert!(down_got == down_sum, "download corrupted");
