@@ -151,6 +151,11 @@ pub async fn run(
     };
     let deployer = match (&kube_client, &config.waypoints) {
         (Some(client), Some(settings)) => {
+            // A broken built-in template stops the controller now, naming the file and field,
+            // instead of failing each waypoint later.
+            crate::deployer::Template::builtin()
+                .and_then(|template| template.check())
+                .map_err(anyhow::Error::new)?;
             info!(image = settings.image, "deploying waypoint Gateways");
             Some(
                 WaypointDeployer::new(client.clone(), settings.clone())

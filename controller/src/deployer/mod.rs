@@ -3,7 +3,8 @@
 //!
 //! For each such Gateway the controller publishes the mesh root into its namespace (the
 //! ConfigMap `istio-ca-root-cert`, which the waypoint mounts to verify the controller), then
-//! makes a ServiceAccount, a Service and a Deployment named after the Gateway ([`objects`]),
+//! makes a ServiceAccount, a Service and a Deployment named after the Gateway ([`objects`], from
+//! the template `deploy/waypoint/waypoint.yaml` built into the binary),
 //! each with a controller owner reference to the Gateway so that deleting the Gateway deletes
 //! them. It then reports on the Gateway's `status` ([`status`]): the Service's address, and the
 //! conditions `Accepted` and `Programmed` (True once the Deployment has an available replica).
@@ -31,7 +32,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-pub use objects::WaypointGateway;
+pub use objects::{Template, TemplateError, WaypointGateway};
 pub use status::{Cond, Report};
 pub use task::WaypointDeployer;
 
@@ -145,6 +146,9 @@ pub enum DeployError {
     /// The mesh root could not be published into the Gateway's namespace.
     #[error(transparent)]
     Root(#[from] PublishError),
+    /// The built-in waypoint template cannot make the objects (a bug caught by its check).
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 /// What [`reconcile`] found.
@@ -302,7 +306,7 @@ async fn deploy(
 
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     if let Ensured::Foreign(_) =
-        apply::ensure(&accounts, &objects::service_account(gw), &gw.uid).await?
+        apply::ensure(&accounts, &objects::service_account(gw, settings)?, &gw.uid).await?
     {
         debug!(
             gateway = gw.key(),
@@ -312,7 +316,7 @@ async fn deploy(
     }
     // The Service before the Deployment: when its name is taken, no pod starts for nothing.
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let service = match apply::ensure(&services, &objects::service(gw), &gw.uid).await? {
+    let service = match apply::ensure(&services, &objects::service(gw, settings)?, &gw.uid).await? {
         Ensured::Foreign(_) => {
             return Ok(Deployed::Conflict {
                 what: format!("Service {}", gw.key()),
@@ -322,7 +326,7 @@ async fn deploy(
     };
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deployment =
-        match apply::ensure(&deployments, &objects::deployment(gw, settings), &gw.uid).await? {
+        match apply::ensure(&deployments, &objects::deployment(gw, settings)?, &gw.uid).await? {
             Ensured::Foreign(_) => {
                 return Ok(Deployed::Conflict {
                     what: format!("Deployment {}", gw.key()),
