@@ -7,13 +7,15 @@
 //! - [`topology`] over [`netns`] and [`cmd`]: the network (bridge, nodes, pods, routes).
 //! - [`cluster`]: [`Lab`] — manifests in, a running cluster out; [`hooks`] for the mesh.
 //! - [`reap`]: `down`, `down_all`, `cleanup_stale` from any process, via [`rundir`] and [`state`].
+//! - [`caps`]: the capabilities the lab's ztunnels run with (the DaemonSet's list).
 //! - [`waypoints`]: the `waypoint` binary in each waypoint Gateway's pod; [`probe`]: the
-//!   kubelet's readiness probe.
+//!   kubelet's readiness probe; [`ztunnels`]: a node's ztunnel rolled over (an upgrade).
 //! - [`echo`]: the app in every pod; [`client`]: talking to it from inside a pod; [`apps`]: the
 //!   subcommands that run it (and the keeper) from the lab's binary or any other.
 
 pub mod apiserver;
 pub mod apps;
+pub mod caps;
 pub mod client;
 pub mod cluster;
 pub mod clusterdns;
@@ -37,6 +39,7 @@ pub mod state;
 pub mod summary;
 pub mod topology;
 pub mod waypoints;
+pub mod ztunnels;
 
 pub use cluster::{Lab, LabError, LabOptions};
 pub use plan::{AddressPlan, LabId};

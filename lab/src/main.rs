@@ -82,6 +82,22 @@ enum Cmd {
     },
     /// Talk to an echo app from inside a pod: raw TCP echo, or an HTTP GET.
     Client(ClientArgs),
+    /// Roll one node's ztunnel over, as a DaemonSet rolling update does: SIGTERM, drain
+    /// (killed after the grace period), start the new process, wait until it is ready.
+    RestartZtunnel {
+        #[arg(long)]
+        id: Option<LabId>,
+        /// The node (node1, node2, ...).
+        #[arg(long)]
+        node: String,
+        /// Directory holding the new `ztunnel` binary (default: the lab's).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds ztunnel may take to drain and exit before it is killed (the DaemonSet's
+        /// terminationGracePeriodSeconds).
+        #[arg(long, default_value_t = lab::ztunnels::DEFAULT_GRACE.as_secs())]
+        grace_secs: u64,
+    },
     /// The pod apps and the keeper (hidden).
     #[command(flatten)]
     App(lab::apps::AppCmd),
@@ -168,6 +184,22 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Status { id, json } => status(id, json),
         Cmd::Client(args) => client_cmd(args),
+        Cmd::RestartZtunnel {
+            id,
+            node,
+            bin_dir,
+            grace_secs,
+        } => {
+            let id = reap::resolve(id.as_ref())?;
+            let done = lab::ztunnels::restart_detached(
+                &id,
+                &node,
+                bin_dir.as_deref(),
+                std::time::Duration::from_secs(grace_secs),
+            )?;
+            println!("{done}");
+            Ok(())
+        }
         Cmd::App(app) => app.run(),
     }
 }

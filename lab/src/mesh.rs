@@ -284,7 +284,18 @@ pub const LAB_WORKER_THREADS: &str = "1";
 /// (the node's ztunnel pod must have been started: [`NodeInfo::ztunnel`]). Returns without
 /// waiting for readiness.
 pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Result<(), LabError> {
-    let state = lab.state().clone();
+    let (netns, cmd) = ztunnel_command(lab.state(), opts, node)?;
+    lab.spawn(&ztunnel_name(&node.name), &netns, cmd)?;
+    Ok(())
+}
+
+/// The command that runs `node`'s ztunnel (its environment, its capabilities) and the netns
+/// of the node's ztunnel pod it runs in. Writes the node's resolver file on the way.
+pub fn ztunnel_command(
+    state: &LabState,
+    opts: &MeshOptions,
+    node: &NodeInfo,
+) -> Result<(String, Command), LabError> {
     let node = state
         .node(&node.name)
         .cloned()
@@ -296,7 +307,7 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         ));
     };
     let ztunnel = opts.bin_dir.join("ztunnel");
-    let dir = node_dir(&state, &node.name);
+    let dir = node_dir(state, &node.name);
     std::fs::create_dir_all(&dir).map_err(|e| hook_error("on_manifests_written", e))?;
     // The node's resolver, as the kubelet gives ztunnel's pod one: the lab's root netns,
     // where a test may answer (or, to play a slow upstream, swallow) the queries ztunnel
@@ -307,17 +318,17 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
     let mut cmd = Command::new(&ztunnel);
     match opts.control_plane {
         ControlPlane::LocalFile => {
-            cmd.env("LOCAL_XDS_PATH", config_path(&state))
-                .env("LOCAL_CA_DIR", ca_dir(&state));
+            cmd.env("LOCAL_XDS_PATH", config_path(state))
+                .env("LOCAL_CA_DIR", ca_dir(state));
         }
         ControlPlane::Controller => {
             let url = format!("https://{}:{CONTROLLER_PORT}", state.root_ip);
-            let root = ca_dir(&state).join(mesh::certs::ROOT_CERT_FILE);
+            let root = ca_dir(state).join(mesh::certs::ROOT_CERT_FILE);
             cmd.env("XDS_ADDRESS", &url)
                 .env("CA_ADDRESS", &url)
                 .env("XDS_ROOT_CA", &root)
                 .env("CA_ROOT_CA", &root)
-                .env("AMESH_TOKEN", node_token(&state, &node.name));
+                .env("AMESH_TOKEN", node_token(state, &node.name));
         }
     }
     let (pod_ns, pod_name) = pod.pod.split_once('/').unwrap_or(("", pod.pod.as_str()));
@@ -325,7 +336,7 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         .env("INSTANCE_IP", pod.ip.to_string())
         .env("POD_NAME", pod_name)
         .env("POD_NAMESPACE", pod_ns)
-        .env("AMESH_CNI_SOCKET", cni_socket(&state, &node.name))
+        .env("AMESH_CNI_SOCKET", cni_socket(state, &node.name))
         .env("AMESH_STATE_FILE", dir.join("pods.json"))
         .env("AMESH_BPF_PIN_DIR", bpf_pin_dir(&state.id, &node.name))
         .env("AMESH_RESOLV_CONF", &resolv_conf)
@@ -346,8 +357,10 @@ pub fn start_ztunnel(lab: &mut Lab, opts: &MeshOptions, node: &NodeInfo) -> Resu
         mode => cmd.env("CAPTURE_MODE", mode),
     };
     cmd.envs(opts.ztunnel_env.iter().map(|(k, v)| (k, v)));
-    lab.spawn(&ztunnel_name(&node.name), &pod.netns, cmd)?;
-    Ok(())
+    // Root, but only the capabilities the DaemonSet grants: the lab proves that list.
+    let caps = crate::caps::ztunnel_caps().map_err(|e| hook_error("start_ztunnel", e))?;
+    crate::caps::restrict(&mut cmd, caps);
+    Ok((pod.netns, cmd))
 }
 
 /// Starts the ztunnel of `pod`'s node in `pod` (the node's ztunnel pod, its sandbox wired)

@@ -69,6 +69,22 @@ pub enum ProcessError {
     },
 }
 
+/// Where the output of the lab process `name` goes: `<run dir>/logs/<name>.log`, the name
+/// made safe for a file name.
+pub fn log_file(run_dir: &Path, name: &str) -> PathBuf {
+    let file: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    run_dir.join("logs").join(format!("{file}.log"))
+}
+
 /// Starts `cmd` inside `netns` in a session of its own (so a terminal's Ctrl-C does not reach
 /// it), with stdout and stderr appended to `log`. `keep_fd`, if given, stays open in the child
 /// (the lab lock a keeper process holds).

@@ -500,17 +500,7 @@ impl Lab {
         netns: &str,
         cmd: Command,
     ) -> Result<ProcessRecord, LabError> {
-        let file: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let log = self.state.run_dir.join("logs").join(format!("{file}.log"));
+        let log = process::log_file(&self.state.run_dir, name);
         let (child, record) = process::spawn_in_netns(name, netns, cmd, &log, None)?;
         self.children.push((name.to_string(), child));
         self.state.processes.push(record.clone());
