@@ -5,6 +5,7 @@
 //! app runs.
 
 pub mod agent;
+pub mod install;
 pub mod kube;
 pub mod plugin;
 
