@@ -541,11 +541,11 @@ fn kubeconfig_is_written_from_the_service_account() {
         .unwrap();
     assert_ok(&out);
     let entry = &node.json("10-bridge.conflist")["plugins"][2];
-    assert_eq!(entry["kubeconfig"], "/etc/cni/net.d/amesh-cni.kubeconfig");
-    let local = node.conf().join("amesh-cni.kubeconfig");
+    assert_eq!(entry["kubeconfig"], "/etc/cni/net.d/amesh-cni-kubeconfig");
+    let local = node.conf().join("amesh-cni-kubeconfig");
     let mode = std::fs::metadata(&local).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the kubeconfig holds a token");
-    let kubeconfig: Value = serde_yaml::from_str(&node.read("amesh-cni.kubeconfig")).unwrap();
+    let kubeconfig: Value = serde_yaml::from_str(&node.read("amesh-cni-kubeconfig")).unwrap();
     assert_eq!(
         kubeconfig["clusters"][0]["cluster"]["server"],
         "https://10.96.0.1:6443"

@@ -1,4 +1,5 @@
-//! The node-agent protocol between the `amesh-cni` plugin and ztunnel, and ztunnel's side of it.
+//! The node-agent protocol between the `amesh-cni` plugin and ztunnel, and ztunnel's side of it;
+//! the plugin itself, and its installer ([`install`]).
 //!
 //! One request and one response per unix-socket connection, each a JSON document on one line.
 //! The plugin blocks the pod's start until ztunnel answers, so capture is in place before the

@@ -15,7 +15,7 @@ use super::json::Json;
 
 /// The kubeconfig file the installer writes for the plugin, in the conf dir (its extension
 /// is none the runtimes load).
-pub const KUBECONFIG_NAME: &str = "amesh-cni.kubeconfig";
+pub const KUBECONFIG_NAME: &str = "amesh-cni-kubeconfig";
 
 /// Where the installer stands with the conf dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
