@@ -1,6 +1,8 @@
 //! Each node's container runtime, as far as pod networking goes, doing what containerd does:
 //! the node has a CNI configuration list (Debian's `ptp` plugin with `host-local` IPAM from the
-//! node's pod CIDR, then `amesh-cni` when the mesh runs), and a pod's ADD runs the `loopback`
+//! node's pod CIDR, then `amesh-cni` when the mesh runs, put there by the real installer,
+//! `amesh-cni install --once`, as the DaemonSet's install step does on a node), and a pod's ADD
+//! runs the `loopback`
 //! plugin, then each plugin of the list in order (DEL: in reverse), each as its own process in
 //! the node's network namespace, with its configuration on stdin (plus `name`, `cniVersion`
 //! and the previous plugin's result as `prevResult`) and the `CNI_*` environment. The pod's IP
@@ -91,7 +93,7 @@ pub struct Attached {
 /// The amesh part of a node's configuration.
 #[derive(Clone, Debug)]
 pub struct MeshPlugin {
-    /// Directory of the `amesh-cni` binary.
+    /// Directory of the `amesh-cni` binary the installer copies into the node's bin dir.
     pub bin_dir: PathBuf,
     /// ztunnel's node-agent socket on this node.
     pub ztunnel_socket: PathBuf,
@@ -99,15 +101,16 @@ pub struct MeshPlugin {
     pub kubeconfig: PathBuf,
 }
 
-/// A node's CNI configuration list (what `/etc/cni/net.d/*.conflist` holds on a node).
-pub fn conflist(node: &NodeInfo, ipam_dir: &Path, mesh: Option<&MeshPlugin>) -> Value {
+/// A node's CNI configuration list as its network plugin writes it (what
+/// `/etc/cni/net.d/*.conflist` holds on a node before amesh is installed).
+pub fn conflist(node: &NodeInfo, ipam_dir: &Path) -> Value {
     let mut ranges = vec![json!([{"subnet": node.pod_cidr.to_string()}])];
     let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
     if let Some(cidr6) = node.pod_cidr6 {
         ranges.push(json!([{"subnet": cidr6.to_string()}]));
         routes.push(json!({"dst": "::/0"}));
     }
-    let mut plugins = vec![json!({
+    let plugins = vec![json!({
         "type": "ptp",
         "ipMasq": false,
         "ipam": {
@@ -117,13 +120,6 @@ pub fn conflist(node: &NodeInfo, ipam_dir: &Path, mesh: Option<&MeshPlugin>) -> 
             "dataDir": ipam_dir,
         },
     })];
-    if let Some(m) = mesh {
-        plugins.push(json!({
-            "type": "amesh-cni",
-            "ztunnel_socket": m.ztunnel_socket,
-            "kubeconfig": m.kubeconfig,
-        }));
-    }
     json!({"cniVersion": CNI_VERSION, "name": "lab", "plugins": plugins})
 }
 
@@ -132,7 +128,14 @@ pub fn node_dir(state: &LabState, node: &str) -> PathBuf {
     state.run_dir.join("nodes").join(node).join("cni")
 }
 
-/// Writes the node's configuration list (and its IPAM folder) and returns its path.
+/// Where the installer puts the node's copy of `amesh-cni` (its CNI bin dir).
+fn node_bin_dir(state: &LabState, node: &str) -> PathBuf {
+    node_dir(state, node).join("bin")
+}
+
+/// Writes the node's configuration list (and its IPAM folder) and returns its path; with the
+/// mesh, then runs `amesh-cni install --once` on the node's dirs, which copies the plugin into
+/// the node's bin dir and appends its entry to the list.
 pub fn write_conflist(
     state: &LabState,
     node: &NodeInfo,
@@ -142,9 +145,47 @@ pub fn write_conflist(
     let ipam = dir.join("ipam");
     std::fs::create_dir_all(&ipam)?;
     let path = dir.join("10-lab.conflist");
-    let list = conflist(node, &ipam, mesh);
+    let list = conflist(node, &ipam);
     std::fs::write(&path, serde_json::to_vec_pretty(&list).unwrap_or_default())?;
+    if let Some(m) = mesh {
+        install_plugin(&dir, &node_bin_dir(state, &node.name), m)?;
+    }
     Ok(path)
+}
+
+/// Runs the real installer once on a node's CNI dirs.
+fn install_plugin(conf_dir: &Path, bin_dir: &Path, mesh: &MeshPlugin) -> std::io::Result<()> {
+    let installer = mesh.bin_dir.join("amesh-cni");
+    let out = Command::new(&installer)
+        .arg("install")
+        .arg("--once")
+        .arg("--cni-conf-dir")
+        .arg(conf_dir)
+        .arg("--cni-bin-dir")
+        .arg(bin_dir)
+        .arg("--ztunnel-socket")
+        .arg(&mesh.ztunnel_socket)
+        .arg("--kubeconfig")
+        .arg(&mesh.kubeconfig)
+        // The lab's own kubeconfig is given; a KUBERNETES_SERVICE_HOST of the machine
+        // running the lab must not make the installer write another.
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("CNI_COMMAND")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            std::io::Error::other(format!("running {} install: {e}", installer.display()))
+        })?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{} install --once failed ({}): {}{}",
+            installer.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+        )));
+    }
+    Ok(())
 }
 
 /// The node's runtime: where its configuration and plugins are.
@@ -345,9 +386,11 @@ impl NodeRuntime {
 }
 
 /// The runtime of `node` as the lab configured it (its configuration list on disk, the
-/// mesh's plugin directory).
+/// node's bin dir the installer copied `amesh-cni` into).
 pub fn for_node(state: &LabState, node: &NodeInfo) -> std::io::Result<NodeRuntime> {
-    let extra: Vec<PathBuf> = state.mesh.iter().map(|m| m.bin_dir.clone()).collect();
+    let extra: Vec<PathBuf> = (state.mesh.iter())
+        .map(|_| node_bin_dir(state, &node.name))
+        .collect();
     NodeRuntime::load(
         node,
         &node_dir(state, &node.name).join("10-lab.conflist"),
