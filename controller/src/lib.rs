@@ -12,7 +12,9 @@
 //! - [`ca`]: the certificate authority (`IstioCertificateService`) for node agents, and its
 //!   root: kept in a folder or a Kubernetes Secret, published as a ConfigMap for ztunnel.
 //! - [`deployer`]: on the Kubernetes API, the waypoint Gateways made into ServiceAccounts,
-//!   Services and Deployments they own, with their status reported on the Gateway.
+//!   Services and Deployments they own (from the template `deploy/waypoint/waypoint.yaml`),
+//!   with their status reported on the Gateway.
+//! - [`crds`]: amesh's own CRDs (`deploy/base/policy-crds.yaml`), generated from the types.
 //! - [`tls`]: the TLS port's serving certificate (from the mesh CA) and handshakes.
 //! - [`listen`]: the gRPC ports' accept loops and bounds (connections, streams, sizes).
 //! - [`istio_status`]: on the Kubernetes API, what amesh ignored in each VirtualService and
@@ -21,13 +23,15 @@
 //!   (feature `jwks`, part of `server`; the lab's file mode uses it alone).
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 //!
-//! `source`, `xds`, `ca`, `deployer`, `tls` and `app` are the `server` feature (on by default); without it the
+//! `source`, `xds`, `ca`, `deployer`, `crds`, `tls` and `app` are the `server` feature (on by default); without it the
 //! library is the translation alone (the lab's use).
 
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
 pub mod ca;
+#[cfg(feature = "server")]
+pub mod crds;
 #[cfg(feature = "server")]
 pub mod deployer;
 #[cfg(feature = "server")]

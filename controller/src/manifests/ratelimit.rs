@@ -5,6 +5,11 @@
 //!
 //! The spec rejects unknown fields: a misspelt `requestPerSecond` must fail loudly instead of
 //! silently removing a limit.
+//!
+//! With the `server` feature the spec types also derive their JSON schema and
+//! [`HttpLocalRateLimitPolicyResource`], the kind as kube-rs knows it, whose CRD
+//! ([`crate::crds`]) is what `deploy/base/policy-crds.yaml` holds: the CRD is generated from
+//! these types, so the schema and the parser cannot drift apart.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -33,15 +38,59 @@ pub struct HttpLocalRateLimitPolicy {
 }
 
 /// What is limited, and how much.
+// Two printcolumns each say `type_ = "integer"`, which clippy takes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(
+    feature = "server",
+    derive(serde::Serialize, schemars::JsonSchema, kube::CustomResource)
+)]
+#[cfg_attr(
+    feature = "server",
+    kube(
+        group = "policy.amesh.io",
+        version = "v1alpha1",
+        kind = "HTTPLocalRateLimitPolicy",
+        root = "HttpLocalRateLimitPolicyResource",
+        plural = "httplocalratelimitpolicies",
+        namespaced,
+        status = "crate::crds::OpenStatus",
+        category = "amesh",
+        label("app.kubernetes.io/part-of", "amesh"),
+        doc = "The local rate limit a waypoint enforces (policy.amesh.io/v1alpha1).",
+        printcolumn(
+            name = "Total_RPS",
+            type_ = "integer",
+            json_path = ".spec.total.requestsPerSecond"
+        ),
+        printcolumn(
+            name = "Identity_RPS",
+            type_ = "integer",
+            json_path = ".spec.identity.requestsPerSecond"
+        ),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpLocalRateLimitPolicySpec {
     /// The waypoint Gateway (all its requests) or Service (requests to it) limited; Linkerd's
     /// single form.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "server",
+        schemars(transform = crate::crds::gateway_or_service)
+    )]
     pub target_ref: Option<PolicyTargetReference>,
     /// Several targets, as Istio's waypoint policies name them.
     #[serde(default, deserialize_with = "nullable")]
+    #[cfg_attr(
+        feature = "server",
+        schemars(transform = crate::crds::gateway_or_service)
+    )]
     pub target_refs: Vec<PolicyTargetReference>,
     /// Requests per second for all clients together.
     #[serde(default)]
@@ -63,33 +112,41 @@ impl HttpLocalRateLimitPolicySpec {
 
 /// A rate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limit {
     /// Requests per second; the burst is one second's worth.
+    #[cfg_attr(feature = "server", schemars(range(min = 1, max = u32::MAX)))]
     pub requests_per_second: u32,
 }
 
 /// A limit for some clients.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Override {
     /// Requests per second for each of the clients named.
+    #[cfg_attr(feature = "server", schemars(range(min = 1, max = u32::MAX)))]
     pub requests_per_second: u32,
     /// The clients: ServiceAccounts.
     #[serde(default, deserialize_with = "nullable")]
+    #[cfg_attr(feature = "server", schemars(length(min = 1)))]
     pub client_refs: Vec<ClientRef>,
 }
 
 /// A client, by its ServiceAccount.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientRef {
     /// `""` or `core`.
     #[serde(default)]
     pub group: String,
     /// `ServiceAccount`.
+    #[cfg_attr(feature = "server", schemars(extend("enum" = ["ServiceAccount"])))]
     pub kind: String,
     /// The ServiceAccount's name.
+    #[cfg_attr(feature = "server", schemars(length(min = 1)))]
     pub name: String,
     /// Its namespace; absent → the policy's.
     #[serde(default)]

@@ -21,7 +21,10 @@ pub struct WorkloadSelector {
 }
 
 /// A policy's attachment to a Gateway (waypoint) or Service instead of a workload selector.
+// Its schema (feature `server`) is part of amesh's own CRDs (crate::crds): the doc comments
+// here are the CRD's field descriptions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetReference {
     /// API group of the target (`gateway.networking.k8s.io`, `""` for core).
@@ -30,6 +33,7 @@ pub struct PolicyTargetReference {
     /// Kind of the target (`Gateway`, `Service`, `ServiceEntry`, `GatewayClass`).
     pub kind: String,
     /// Name of the target.
+    #[cfg_attr(feature = "server", schemars(length(min = 1)))]
     pub name: String,
     /// Namespace of the target; only the policy's own namespace is allowed by Istio.
     #[serde(default)]
