@@ -12,6 +12,7 @@
 //! passes a clean end on with `shutdown(SHUT_WR)`, so the bytes still queued in the socket are
 //! delivered and a normal close stays a FIN.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
@@ -59,59 +60,79 @@ pub enum RelayError {
 }
 
 /// Copies both ways until both directions have ended, or either side fails.
-pub async fn relay(mut tcp: TcpStream, tunnel: H2Stream) -> RelayStats {
+//
+// Not an `async fn`: the halves are split before the future is made, so its state holds them
+// once (an `async fn` keeps its arguments beside the locals made from them for the whole
+// relay, and this future lives as long as the tunnel).
+pub fn relay(tcp: TcpStream, tunnel: H2Stream) -> impl Future<Output = RelayStats> + Send {
     abort_on_close(&tcp);
     let (mut reader, mut writer) = tunnel.into_split();
-    let mut stats = RelayStats::default();
-    let result = {
-        let (mut tcp_r, mut tcp_w) = tcp.split();
-        let up = tcp_to_tunnel(&mut tcp_r, &mut writer, &mut stats.sent);
-        let down = tunnel_to_tcp(&mut reader, &mut tcp_w, &mut stats.received);
-        tokio::try_join!(up, down).map(|_| ())
-    };
-    end(result, &tcp, &mut writer, stats)
+    async move {
+        let mut tcp = tcp;
+        let mut stats = RelayStats::default();
+        let result = {
+            let (mut tcp_r, mut tcp_w) = tcp.split();
+            let up = tcp_to_tunnel(&mut tcp_r, &mut writer, &mut stats.sent);
+            let down = tunnel_to_tcp(&mut reader, &mut tcp_w, &mut stats.received);
+            tokio::try_join!(up, down).map(|_| ())
+        };
+        end(result, &tcp, &mut writer, stats)
+    }
 }
 
 /// Like [`relay`] for a tunnel whose CONNECT is not answered yet: the application's bytes go
 /// into the tunnel at once (early data), the other direction starts with the 200. A refusal
 /// ends the relay with [`RelayError::NotEstablished`] and resets the TCP connection, so the
 /// application never takes the bytes it sent for delivered.
-pub async fn relay_connecting(mut tcp: TcpStream, connecting: Connecting) -> RelayStats {
+//
+// Not an `async fn`, for the reason given at [`relay`]; and the answer's future is boxed and
+// dropped once answered, so its state (the response head, the authority) is not kept for the
+// tunnel's life.
+pub fn relay_connecting(
+    tcp: TcpStream,
+    connecting: Connecting,
+) -> impl Future<Output = RelayStats> + Send {
     abort_on_close(&tcp);
     let (mut writer, answer) = connecting.into_parts();
-    let mut stats = RelayStats::default();
-    let result = {
-        let (mut tcp_r, mut tcp_w) = tcp.split();
-        let up = tcp_to_tunnel(&mut tcp_r, &mut writer, &mut stats.sent);
-        tokio::pin!(up, answer);
-        let mut up_result = None;
-        // Until the answer: keep sending; a failing application needs no answer to be cut.
-        let answered = loop {
-            tokio::select! {
-                biased;
-                a = &mut answer => break Ok(a),
-                r = &mut up, if up_result.is_none() => match r {
-                    Err(e @ RelayError::Downstream(_)) => break Err(e),
-                    // A refusal can reset the stream before its answer is read: the answer
-                    // says why, so it decides.
-                    other => up_result = Some(other),
-                },
-            }
-        };
-        match answered {
-            Err(e) => Err(e),
-            Ok(Err(refused)) => Err(RelayError::NotEstablished(refused)),
-            Ok(Ok(mut reader)) => {
-                let down = tunnel_to_tcp(&mut reader, &mut tcp_w, &mut stats.received);
-                match up_result {
-                    Some(Err(e)) => Err(e),
-                    Some(Ok(())) => down.await,
-                    None => tokio::try_join!(up, down).map(|_| ()),
+    let answer = Box::pin(answer);
+    async move {
+        let mut answer = answer;
+        let mut tcp = tcp;
+        let mut stats = RelayStats::default();
+        let result = {
+            let (mut tcp_r, mut tcp_w) = tcp.split();
+            let up = tcp_to_tunnel(&mut tcp_r, &mut writer, &mut stats.sent);
+            tokio::pin!(up);
+            let mut up_result = None;
+            // Until the answer: keep sending; a failing application needs no answer to be cut.
+            let answered = loop {
+                tokio::select! {
+                    biased;
+                    a = &mut answer => break Ok(a),
+                    r = &mut up, if up_result.is_none() => match r {
+                        Err(e @ RelayError::Downstream(_)) => break Err(e),
+                        // A refusal can reset the stream before its answer is read: the answer
+                        // says why, so it decides.
+                        other => up_result = Some(other),
+                    },
+                }
+            };
+            drop(answer);
+            match answered {
+                Err(e) => Err(e),
+                Ok(Err(refused)) => Err(RelayError::NotEstablished(refused)),
+                Ok(Ok(mut reader)) => {
+                    let down = tunnel_to_tcp(&mut reader, &mut tcp_w, &mut stats.received);
+                    match up_result {
+                        Some(Err(e)) => Err(e),
+                        Some(Ok(())) => down.await,
+                        None => tokio::try_join!(up, down).map(|_| ()),
+                    }
                 }
             }
-        }
-    };
-    end(result, &tcp, &mut writer, stats)
+        };
+        end(result, &tcp, &mut writer, stats)
+    }
 }
 
 /// Makes closing `tcp` abort the connection (RST, linger 0) instead of ending it cleanly, so
@@ -204,9 +225,15 @@ async fn tunnel_to_tcp(
         .await
         .map_err(RelayError::Upstream)?
     {
+        let burst = chunks.len();
         *count += write_chunks(tcp, &mut chunks)
             .await
             .map_err(RelayError::Downstream)?;
+        if burst <= 1 {
+            // Light traffic: drop the list so a quiet tunnel holds none; a burst of frames
+            // (bulk) keeps it for the next one.
+            chunks = Vec::new();
+        }
     }
     // END_STREAM: the peer is done sending; pass the FIN on and keep the other direction.
     close_gracefully(tcp.as_ref());
