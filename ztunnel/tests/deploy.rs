@@ -315,6 +315,7 @@ fn ztunnel_runs_with_exactly_its_capabilities() {
         assert_ne!(context["privileged"], true);
         assert_eq!(context["runAsUser"], 0);
         assert_eq!(context["readOnlyRootFilesystem"], true);
+        assert_eq!(context["allowPrivilegeEscalation"], false);
         assert_eq!(context["capabilities"]["drop"][0], "ALL");
         let mut added: Vec<&str> = context["capabilities"]["add"]
             .as_sequence()
