@@ -366,6 +366,31 @@ fn single_conf_is_converted_then_restored_on_uninstall() {
 }
 
 #[test]
+fn a_converted_conf_changed_since_stays_a_list_on_uninstall() {
+    let node = Node::new();
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    let mut installer = node.start(&["--uninstall-on-exit"]);
+    wait_until("the .conf is converted", || {
+        has_amesh(&node, "10-bridge.conflist")
+    });
+    // The network agent adds a plugin to the list (without amesh, as agents do).
+    let mut changed = without_amesh(node.json("10-bridge.conflist"));
+    changed["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+    node.write("10-bridge.conflist", &changed.to_string());
+    wait_until("amesh is back", || has_amesh(&node, "10-bridge.conflist"));
+
+    installer.sigterm();
+    assert_eq!(installer.wait_exit(), 0, "{}", installer.log());
+    // The agent's change is kept; the old single-plugin file would lose it.
+    assert_eq!(node.json("10-bridge.conflist"), changed);
+    assert!(!node.exists("10-bridge.conf"));
+    assert!(!node.exists("10-bridge.conf.amesh-cni-original"));
+}
+
+#[test]
 fn installing_twice_leaves_one_entry_and_replaces_an_old_one() {
     let node = Node::new();
     // An entry from an older install, in the middle, with another socket.
@@ -426,6 +451,12 @@ fn watch_puts_amesh_back_follows_a_new_primary_and_uninstalls() {
         types(&node.json("10-bridge.conflist")),
         ["bridge", "portmap", "amesh-cni"]
     );
+    // One write per change it had to undo: its own writes and reads did not set it off again.
+    let added = installer
+        .log()
+        .matches("added amesh-cni to the CNI chain")
+        .count();
+    assert_eq!(added, 4, "{}", installer.log());
 
     installer.sigterm();
     assert_eq!(installer.wait_exit(), 0, "{}", installer.log());
