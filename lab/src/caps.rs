@@ -8,17 +8,34 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// What ztunnel's DaemonSet (`deploy/base/ztunnel.yaml`) adds after dropping ALL, in
-/// Kubernetes' spelling (no `CAP_`): NET_ADMIN for nft rules, policy routes, transparent and
-/// marked sockets; SYS_ADMIN for entering pods' netns, bpf() and bpffs. Not NET_RAW, which
-/// Istio's ztunnel adds. ARCHITECTURE.md ("Capabilities") has the evidence; e2e
-/// `capabilities.rs` checks the DaemonSet says the same.
+/// What ztunnel's DaemonSet (`deploy/base/ztunnel.yaml`, nft capture) adds after dropping
+/// ALL, in Kubernetes' spelling (no `CAP_`): NET_ADMIN for nft rules, policy routes,
+/// transparent and marked sockets; SYS_ADMIN for entering pods' netns, bpf() and bpffs. Not
+/// NET_RAW, which Istio's ztunnel adds. ARCHITECTURE.md ("Capabilities") has the evidence;
+/// e2e `capabilities.rs` checks the DaemonSet says the same.
 pub const ZTUNNEL_CAPS: &[&str] = &["NET_ADMIN", "SYS_ADMIN"];
 
-/// Overrides [`ZTUNNEL_CAPS`] for the lab's ztunnels: a comma-separated list of names
+/// What eBPF capture needs besides [`ZTUNNEL_CAPS`] (the `ebpf` overlay adds it): the answer
+/// to a steered DNS query goes out of a transparent socket bound to the address the app
+/// asked, the nameserver's port 53, a privileged port in the pod's netns (nft's redirect
+/// needs no such bind: conntrack rewrites the reply).
+pub const EBPF_EXTRA_CAPS: &[&str] = &["NET_BIND_SERVICE"];
+
+/// Overrides the set of the lab's ztunnels: a comma-separated list of names
 /// (`NET_ADMIN,SYS_ADMIN`, any case, `CAP_` prefix allowed; empty: no capability at all), so a
 /// test can try fewer.
 pub const ZTUNNEL_CAPS_ENV: &str = "AMESH_LAB_ZTUNNEL_CAPS";
+
+/// The names the DaemonSet grants ztunnel for `capture_mode` (ztunnel's `CAPTURE_MODE`; empty
+/// or `auto` may pick eBPF, so it gets eBPF's set; `nft`, or anything else such as istio-cni
+/// capturing for ztunnel, the base's).
+pub fn granted(capture_mode: &str) -> Vec<&'static str> {
+    let mut names = ZTUNNEL_CAPS.to_vec();
+    if matches!(capture_mode, "" | "auto" | "ebpf") {
+        names.extend_from_slice(EBPF_EXTRA_CAPS);
+    }
+    names
+}
 
 /// The kernel's capability names by number (`include/uapi/linux/capability.h`, up to 6.x).
 const NAMES: [&str; 41] = [
@@ -67,7 +84,7 @@ const NAMES: [&str; 41] = [
 
 /// A capability name that is not one.
 #[derive(Debug, thiserror::Error)]
-#[error("{source_name}: unknown capability {name:?} (expected names such as NET_ADMIN, SYS_ADMIN)")]
+#[error("{source_name}: unknown capability {name:?} (expected names such as NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE)")]
 pub struct CapsError {
     /// Where the name came from (the variable, or the file and field).
     pub source_name: String,
@@ -122,14 +139,15 @@ impl CapSet {
     }
 }
 
-/// The set the lab's ztunnels run with: [`ZTUNNEL_CAPS_ENV`] if set, else [`ZTUNNEL_CAPS`].
-pub fn ztunnel_caps() -> Result<CapSet, CapsError> {
+/// The set the lab's ztunnels run with: [`ZTUNNEL_CAPS_ENV`] if set, else what the DaemonSet
+/// grants for `capture_mode` ([`granted`]).
+pub fn ztunnel_caps(capture_mode: &str) -> Result<CapSet, CapsError> {
     match std::env::var(ZTUNNEL_CAPS_ENV) {
         Ok(list) => {
             let names: Vec<&str> = list.split(',').filter(|s| !s.trim().is_empty()).collect();
             CapSet::from_names(&names, ZTUNNEL_CAPS_ENV)
         }
-        Err(_) => CapSet::from_names(ZTUNNEL_CAPS, "lab::caps::ZTUNNEL_CAPS"),
+        Err(_) => CapSet::from_names(&granted(capture_mode), "lab::caps::granted"),
     }
 }
 
@@ -234,6 +252,17 @@ mod tests {
             err.contains("AMESH_LAB_ZTUNNEL_CAPS") && err.contains("NET_ADMN"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ebpf_capture_is_granted_the_dns_bind_and_nft_is_not() {
+        assert_eq!(granted("nft"), ["NET_ADMIN", "SYS_ADMIN"]);
+        for mode in ["", "auto", "ebpf"] {
+            assert_eq!(
+                granted(mode),
+                ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"]
+            );
+        }
     }
 
     /// A real child started through [`restrict`] has exactly the set, effective and bounding

@@ -358,7 +358,8 @@ pub fn ztunnel_command(
     };
     cmd.envs(opts.ztunnel_env.iter().map(|(k, v)| (k, v)));
     // Root, but only the capabilities the DaemonSet grants: the lab proves that list.
-    let caps = crate::caps::ztunnel_caps().map_err(|e| hook_error("start_ztunnel", e))?;
+    let caps = crate::caps::ztunnel_caps(&opts.capture_mode)
+        .map_err(|e| hook_error("start_ztunnel", e))?;
     crate::caps::restrict(&mut cmd, caps);
     Ok((pod.netns, cmd))
 }

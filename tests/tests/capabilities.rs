@@ -9,18 +9,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e::{addr, MeshLab};
+use e2e::{addr, capture_mode, MeshLab};
 use lab::caps::{self, CapSet};
 
-/// The DaemonSet's set as the lab spells it.
-fn lab_set() -> BTreeSet<String> {
-    caps::ZTUNNEL_CAPS.iter().map(|s| s.to_string()).collect()
+/// The set the lab grants for `capture_mode`, as a set of names.
+fn lab_set(capture_mode: &str) -> BTreeSet<String> {
+    caps::granted(capture_mode)
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 #[test]
 fn every_ztunnel_runs_with_exactly_the_granted_capabilities() {
     let mut m = MeshLab::up("l4", 2);
-    let want = caps::ztunnel_caps().expect("the lab's capability set");
+    let want = caps::ztunnel_caps(&capture_mode()).expect("the lab's capability set");
     for node in ["node1", "node2"] {
         let pid = m.ztunnel_pid(node);
         for field in ["CapEff", "CapPrm", "CapBnd"] {
@@ -66,8 +69,10 @@ fn render(dir: &Path) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 YAML")
 }
 
-/// The securityContext of the container that runs ztunnel in the DaemonSet `ztunnel`.
-fn ztunnel_security(yaml: &str, dir: &Path) -> serde_yaml::Value {
+/// The securityContext of the container that runs ztunnel in the DaemonSet `ztunnel`, and
+/// how it captures: its `CAPTURE_MODE` (empty: unset), or `zds` when istio-cni captures for it
+/// (`INPOD_UDS`).
+fn ztunnel_security(yaml: &str, dir: &Path) -> (serde_yaml::Value, String) {
     // kubectl separates the rendered objects with `---` lines.
     for doc in yaml.split("\n---\n") {
         let obj: serde_yaml::Value = serde_yaml::from_str(doc).expect("rendered YAML parses");
@@ -86,7 +91,16 @@ fn ztunnel_security(yaml: &str, dir: &Path) -> serde_yaml::Value {
             .iter()
             .find(|c| runs_ztunnel(c))
             .unwrap_or_else(|| panic!("{}: no ztunnel container", dir.display()));
-        return container["securityContext"].clone();
+        let env = |name: &str| {
+            (container["env"].as_sequence().into_iter().flatten())
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].as_str().unwrap_or_default().to_string())
+        };
+        let mode = match env("INPOD_UDS") {
+            Some(_) => "zds".to_string(),
+            None => env("CAPTURE_MODE").unwrap_or_default(),
+        };
+        return (container["securityContext"].clone(), mode);
     }
     panic!("{}: no DaemonSet ztunnel", dir.display());
 }
@@ -110,7 +124,7 @@ fn the_daemonset_grants_what_the_lab_runs_with() {
         dirs.extend(more);
     }
     for dir in dirs {
-        let sc = ztunnel_security(&render(&dir), &dir);
+        let (sc, mode) = ztunnel_security(&render(&dir), &dir);
         assert_ne!(
             sc["privileged"].as_bool(),
             Some(true),
@@ -124,9 +138,9 @@ fn the_daemonset_grants_what_the_lab_runs_with() {
         );
         assert_eq!(
             names(&sc["capabilities"]["add"]),
-            lab_set(),
-            "{}: ztunnel's added capabilities differ from lab::caps::ZTUNNEL_CAPS, with which \
-             the e2e suite runs",
+            lab_set(&mode),
+            "{}: ztunnel's added capabilities differ from lab::caps::granted({mode:?}), with \
+             which the e2e suite runs",
             dir.display()
         );
     }
