@@ -55,24 +55,32 @@ pub struct Started {
 /// What one node's rollover did.
 #[derive(Clone, Debug)]
 pub struct Rollover {
-    pub stopped: Stopped,
+    /// `None`: no ztunnel ran on the node (it had crashed or been stopped), so only a start.
+    pub stopped: Option<Stopped>,
     pub started: Started,
 }
 
 impl std::fmt::Display for Rollover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (old, new) = (&self.stopped, &self.started);
+        let new = &self.started;
+        match &self.stopped {
+            Some(old) => write!(
+                f,
+                "ztunnel on {}: pid {} {} after {:.1}s; ",
+                old.node,
+                old.pid,
+                if old.drained {
+                    "drained and exited"
+                } else {
+                    "killed at the grace period"
+                },
+                old.took.as_secs_f64(),
+            )?,
+            None => write!(f, "ztunnel was not running; ")?,
+        }
         write!(
             f,
-            "ztunnel on {}: pid {} {} after {:.1}s; pid {} ({}) ready after {:.1}s",
-            old.node,
-            old.pid,
-            if old.drained {
-                "drained and exited"
-            } else {
-                "killed at the grace period"
-            },
-            old.took.as_secs_f64(),
+            "pid {} ({}) ready after {:.1}s",
             new.pid,
             new.binary.display(),
             new.took.as_secs_f64(),
@@ -155,7 +163,8 @@ pub fn start(lab: &mut Lab, node: &str, bin_dir: Option<&Path>) -> Result<Starte
     })
 }
 
-/// Rolls `node`'s ztunnel of a lab this process owns over: [`stop`], then [`start`].
+/// Rolls `node`'s ztunnel of a lab this process owns over: [`stop`] (if it runs), then
+/// [`start`].
 pub fn restart(
     lab: &mut Lab,
     node: &str,
@@ -163,7 +172,10 @@ pub fn restart(
     grace: Duration,
 ) -> Result<Rollover, LabError> {
     options(lab.state(), bin_dir)?;
-    let stopped = stop(lab.state(), node, grace)?;
+    let stopped = running(lab.state(), node)
+        .is_ok()
+        .then(|| stop(lab.state(), node, grace))
+        .transpose()?;
     let started = start(lab, node, bin_dir)?;
     Ok(Rollover { stopped, started })
 }
@@ -179,7 +191,10 @@ pub fn restart_detached(
     let mut state = LabState::load(id)?;
     let info = (state.node(node).cloned()).ok_or_else(|| error(format!("no node {node}")))?;
     let opts = options(&state, bin_dir)?;
-    let stopped = stop(&state, node, grace)?;
+    let stopped = running(&state, node)
+        .is_ok()
+        .then(|| stop(&state, node, grace))
+        .transpose()?;
     let began = Instant::now();
     let name = mesh::ztunnel_name(node);
     let (netns, cmd) = mesh::ztunnel_command(&state, &opts, &info)?;
