@@ -6,6 +6,7 @@
 //! instead of each dialling its own. Keys are found in a sharded table ([`Interner`]), so
 //! tunnels to different peers do not meet on one lock either.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -182,12 +183,17 @@ impl Pool {
     /// start sending (the server holds early bytes within the stream's window until it has
     /// connected to the app), which saves a round trip before the app's first bytes arrive.
     /// Reading needs the answer; [`Connecting::into_parts`] gives the future of it.
-    pub async fn open(&self, req: TunnelRequest) -> Result<Connecting, HboneError> {
-        // Boxed: picking a connection and opening a stream keep ~1.5 KiB of state (the CONNECT
-        // request, the pool key, h2's readiness future). Inline, that state would set the size
-        // of the caller's task, whose later relay is smaller, for the tunnel's whole life;
-        // boxed it is freed as soon as the stream is open.
-        Box::pin(self.open_inner(req)).await
+    //
+    // Boxed, and not an `async fn`: picking a connection and opening a stream keep ~1.5 KiB
+    // of state (the CONNECT request, the pool key, h2's readiness future). Inline, that state
+    // (or, from an `async fn`, at least the request it was called with) would be part of the
+    // caller's task, whose later relay is smaller, for the tunnel's whole life; boxed it is
+    // freed as soon as the stream is open.
+    pub fn open(
+        &self,
+        req: TunnelRequest,
+    ) -> impl Future<Output = Result<Connecting, HboneError>> + Send + '_ {
+        Box::pin(self.open_inner(req))
     }
 
     async fn open_inner(&self, req: TunnelRequest) -> Result<Connecting, HboneError> {

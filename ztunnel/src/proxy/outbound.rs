@@ -204,7 +204,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
             service,
             target,
         } if workload.addresses.contains(&pod.info.ip) => {
-            super::same_pod::serve(&shared, &pod, tcp, peer, workload, service, target).await;
+            // Boxed here and below: a future is as large as its largest route, and every HBONE
+            // tunnel's task would otherwise carry the size of these other routes for its life.
+            Box::pin(super::same_pod::serve(
+                &shared, &pod, tcp, peer, workload, service, target,
+            ))
+            .await;
         }
         Route::Hbone {
             workload,
@@ -263,7 +268,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
                 SecurityPolicy::None,
             );
             let conn = shared.metrics.open(labels);
-            direct(
+            Box::pin(direct(
                 &pod,
                 tcp,
                 peer,
@@ -272,7 +277,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
                 Some(&workload),
                 "plain",
                 conn,
-            )
+            ))
             .await;
         }
         Route::Passthrough { target } => {
@@ -285,7 +290,17 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
                 SecurityPolicy::None,
             );
             let conn = shared.metrics.open(labels);
-            direct(&pod, tcp, peer, target, start, None, "passthrough", conn).await;
+            Box::pin(direct(
+                &pod,
+                tcp,
+                peer,
+                target,
+                start,
+                None,
+                "passthrough",
+                conn,
+            ))
+            .await;
         }
         Route::NoEndpoints { service } => {
             warn!(service = %service.hostname, "service has no healthy endpoints; closing");
@@ -321,18 +336,28 @@ fn tunnel_request(
 }
 
 /// Carries `tcp` through the tunnel `req` asks for, until either side is done.
-async fn tunnel(pod: &Pod, tcp: TcpStream, req: TunnelRequest) -> RelayStats {
+//
+// Not an `async fn`: the request (~300 bytes) goes into the pool's boxed open future at once
+// instead of staying in this future, which lives as long as the tunnel.
+fn tunnel(
+    pod: &Pod,
+    tcp: TcpStream,
+    req: TunnelRequest,
+) -> impl std::future::Future<Output = RelayStats> + Send + '_ {
     // From here on the app is owed an answer: should ztunnel die before the relay ends, the
     // kernel resets the app's socket rather than closing it as if the answer were complete
     // (the relay keeps the arm until a clean end).
     abort_on_close(&tcp);
     // The app's first bytes travel with the CONNECT instead of a round trip later.
-    match pod.pool.open(req).await {
-        Ok(connecting) => relay_connecting(tcp, connecting).await,
-        Err(e) => RelayStats {
-            error: Some(RelayError::NotEstablished(e)),
-            ..RelayStats::default()
-        },
+    let open = pod.pool.open(req);
+    async move {
+        match open.await {
+            Ok(connecting) => relay_connecting(tcp, connecting).await,
+            Err(e) => RelayStats {
+                error: Some(RelayError::NotEstablished(e)),
+                ..RelayStats::default()
+            },
+        }
     }
 }
 
