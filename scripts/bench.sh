@@ -3,6 +3,8 @@
 # Arguments go to amesh-bench (`--quick`, `--reps N`, `--out FILE`, ...; `--help` lists them).
 # `--layout pair` measures ztunnel alone instead: two namespaces with a dedicated-mode ztunnel
 # each (HBONE and plain-TCP passthrough against direct, pinned and unpinned; `--workers N`).
+# `AMESH_BENCH_ZTUNNEL=/path/to/ztunnel` runs the pair layout with another ztunnel build (e.g. a
+# copy of the previous one, to compare two builds in alternating runs).
 # `AMESH_BENCH=controller` runs the controller-at-scale benchmark instead, `AMESH_BENCH=waypoint`
 # the waypoint one (amesh's waypoint against Envoy as a waypoint, HTTP/1.1 and HTTP/2).
 set -euo pipefail

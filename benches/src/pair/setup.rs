@@ -39,6 +39,8 @@ const MARK_MASK: &str = "0xfff";
 const OUTBOUND_PORT: u16 = 15001;
 const READY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15021);
 pub const STATS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
+/// Environment variable naming the ztunnel binary to run instead of the one beside amesh-bench.
+const ZTUNNEL_ENV: &str = "AMESH_BENCH_ZTUNNEL";
 const STARTUP: Duration = Duration::from_secs(20);
 
 /// The running pair. Dropping it removes everything (see the module doc).
@@ -81,12 +83,18 @@ impl PairLayout {
         };
         pair.network()?;
         pair.write_config()?;
-        let binary = std::env::current_exe()
-            .context("cannot find the amesh-bench binary")?
-            .with_file_name("ztunnel");
+        // `AMESH_BENCH_ZTUNNEL` names another build (e.g. a copy of the previous one, to
+        // compare two builds in alternating runs); by default the one beside amesh-bench.
+        let binary = match std::env::var_os(ZTUNNEL_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()
+                .context("cannot find the amesh-bench binary")?
+                .with_file_name("ztunnel"),
+        };
         if !binary.is_file() {
             bail!(
-                "no ztunnel binary beside amesh-bench ({}): build it (scripts/bench.sh does)",
+                "no ztunnel binary at {} ({ZTUNNEL_ENV} or beside amesh-bench): build it \
+                 (scripts/bench.sh does)",
                 binary.display()
             );
         }
