@@ -507,6 +507,28 @@ fn waits_for_a_primary_and_rides_out_a_malformed_one() {
 }
 
 #[test]
+fn a_conf_dir_removed_and_made_again_is_watched_again() {
+    let node = Node::new();
+    node.write("10-bridge.conflist", BRIDGE);
+    let mut installer = node.start(&[]);
+    wait_until("amesh is installed", || {
+        has_amesh(&node, "10-bridge.conflist")
+    });
+    std::fs::remove_dir_all(node.conf()).unwrap();
+    std::fs::create_dir(node.conf()).unwrap();
+    node.write("10-calico.conflist", CALICO);
+    // Well before the 30 s re-check: the new dir is polled, then watched.
+    wait_until("amesh is in the new dir", || {
+        has_amesh(&node, "10-calico.conflist")
+    });
+    node.write("10-calico.conflist", CALICO);
+    wait_until("amesh is back after a rewrite", || {
+        has_amesh(&node, "10-calico.conflist")
+    });
+    assert!(installer.running(), "{}", installer.log());
+}
+
+#[test]
 fn malformed_configs_fail_once_naming_the_file_and_field() {
     for (text, field) in [
         (

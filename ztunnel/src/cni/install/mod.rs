@@ -8,7 +8,8 @@
 //! capture, so the entry goes back as soon as the file is closed, not at the next poll. A slow
 //! re-check ([`RECHECK`]) covers what an event cannot report (a lost event queue, the
 //! service-account token rotating); a config that cannot be parsed is retried every
-//! [`RETRY`]. The loop never spins: a pass that finds the entry in place writes nothing, so
+//! [`RETRY`], and so is a dir that cannot be watched (no inotify, or the dir is gone; a dir
+//! made again is watched again). The loop never spins: a pass that finds the entry in place writes nothing, so
 //! its own reads and writes do not wake it again.
 
 pub mod conf;
@@ -16,10 +17,11 @@ pub mod json;
 pub mod node;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
@@ -221,10 +223,17 @@ async fn run(args: InstallArgs) -> i32 {
         warn!(dir = %args.cni_conf_dir.display(), "cannot create the CNI conf dir: {e}");
     }
     let changed = Arc::new(Notify::new());
-    // Held for the loop's life: dropping it ends the watch.
-    let _watcher = watch(&args, changed.clone());
+    let mut watch = DirWatch {
+        dir: args.cni_conf_dir.clone(),
+        changed: changed.clone(),
+        armed: None,
+        lost: Arc::new(AtomicBool::new(false)),
+        warned: false,
+    };
     let mut last: Option<State> = None;
     loop {
+        // Armed before the pass, so a change made during it wakes the next one.
+        let watching = !args.once && watch.ensure();
         let state = pass(&args, &source, &plan, &entry);
         if last.as_ref() != Some(&state) {
             report(&state, &args);
@@ -237,6 +246,8 @@ async fn run(args: InstallArgs) -> i32 {
         }
         let wait = match state {
             State::Blocked(_) => RETRY,
+            // Unwatched (no inotify, or the dir is gone): a short poll instead.
+            _ if !watching => RETRY,
             _ => RECHECK,
         };
         last = Some(state);
@@ -312,13 +323,82 @@ fn uninstall(args: &InstallArgs, installed: &Installed) -> i32 {
     }
 }
 
-/// Watches the conf dir; `None` (logged) when inotify is not available, and the loop then
-/// relies on its re-checks.
-fn watch(args: &InstallArgs, changed: Arc<Notify>) -> Option<RecommendedWatcher> {
-    if args.once {
-        return None;
+/// The inotify watch of the conf dir. A watch follows the directory's inode, not its path, so
+/// a directory removed and made again is watched again (its id changed).
+struct DirWatch {
+    dir: PathBuf,
+    changed: Arc<Notify>,
+    /// The watch and the (device, inode) of the directory it watches.
+    armed: Option<(RecommendedWatcher, (u64, u64))>,
+    /// Set by the watch when the directory itself went away (removed or renamed): a new one
+    /// may have the old one's inode number, so the id alone would not tell.
+    lost: Arc<AtomicBool>,
+    /// Whether the failure to watch was logged (once until it works again).
+    warned: bool,
+}
+
+impl DirWatch {
+    /// Watches the directory now at the path unless that is done; whether it is watched.
+    fn ensure(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::metadata(&self.dir)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let lost = self.lost.swap(false, Ordering::Relaxed);
+        if let (Some((_, watched)), Some(id), false) = (&self.armed, id, lost) {
+            if *watched == id {
+                return true;
+            }
+        }
+        self.armed = None;
+        let armed = id
+            .ok_or_else(|| "it does not exist".to_string())
+            .and_then(|id| {
+                arm(&self.dir, self.changed.clone(), self.lost.clone())
+                    .map(|w| (w, id))
+                    .map_err(|e| {
+                        format!("{e} (check fs.inotify.max_user_watches and max_user_instances)")
+                    })
+            });
+        match armed {
+            Ok(a) => {
+                if self.warned {
+                    info!(dir = %self.dir.display(), "watching the CNI conf dir again");
+                }
+                self.warned = false;
+                self.armed = Some(a);
+                true
+            }
+            Err(e) => {
+                if !self.warned {
+                    warn!(dir = %self.dir.display(),
+                        "cannot watch the CNI conf dir: {e}; checking it every {RETRY:?} instead");
+                }
+                self.warned = true;
+                false
+            }
+        }
     }
+}
+
+/// An inotify watch of `dir` that wakes `changed` on anything but reads, and sets `lost` when
+/// `dir` itself is removed or renamed.
+fn arm(
+    dir: &std::path::Path,
+    changed: Arc<Notify>,
+    lost: Arc<AtomicBool>,
+) -> notify::Result<RecommendedWatcher> {
+    let watched = dir.to_path_buf();
     let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = &event {
+            let gone = matches!(
+                e.kind,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+            );
+            if gone && e.paths.iter().any(|p| p == &watched) {
+                lost.store(true, Ordering::Relaxed);
+            }
+        }
         let relevant = match &event {
             // Reading a file opens and closes it: not a change (else our own reads would wake
             // the loop forever).
@@ -334,17 +414,9 @@ fn watch(args: &InstallArgs, changed: Arc<Notify>) -> Option<RecommendedWatcher>
             changed.notify_one();
         }
     };
-    let dir = &args.cni_conf_dir;
-    match RecommendedWatcher::new(handler, notify::Config::default())
-        .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w))
-    {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(dir = %dir.display(), "cannot watch the CNI conf dir ({e}); checking it every \
-                {RECHECK:?} instead (check fs.inotify.max_user_watches and max_user_instances)");
-            None
-        }
-    }
+    let mut watcher = RecommendedWatcher::new(handler, notify::Config::default())?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }
 
 /// Waits until the conf dir has been quiet for [`SETTLE`] (at most [`MAX_SETTLE`]).
