@@ -102,8 +102,8 @@ fn running(state: &LabState, node: &str) -> Result<ProcessRecord, LabError> {
 }
 
 /// Stops `node`'s running ztunnel as the kubelet stops a container: SIGTERM, up to `grace`
-/// to drain and exit, then SIGKILL. Its pods are uncaptured-but-held until a new one starts
-/// (eBPF: their flows dropped; nft: refused).
+/// to drain and exit, then SIGKILL. Its pods stay captured with nobody serving the capture
+/// until a new one starts (eBPF: their flows dropped; nft: refused).
 pub fn stop(state: &LabState, node: &str, grace: Duration) -> Result<Stopped, LabError> {
     let record = running(state, node)?;
     let began = Instant::now();
