@@ -68,11 +68,31 @@ pub fn copy_binary(source: &Path, bin_dir: &Path) -> Result<bool, String> {
     if same_file(source, &target) {
         return Ok(false);
     }
-    let bytes = fs::read(source)
-        .map_err(|e| format!("reading the plugin binary {}: {e}", source.display()))?;
-    fs::create_dir_all(bin_dir)
-        .and_then(|()| write_atomic(&target, &bytes, 0o755))
-        .map_err(|e| format!("installing the plugin binary as {}: {e}", target.display()))?;
+    if !source.is_file() {
+        return Err(format!(
+            "the plugin binary {} is not a file",
+            source.display()
+        ));
+    }
+    let tmp = bin_dir.join(format!(".{}.amesh-cni-tmp", conf::PLUGIN_TYPE));
+    // fs::copy copies in the kernel (copy_file_range): the binary is tens of MB.
+    let copied = (|| {
+        fs::create_dir_all(bin_dir)?;
+        fs::copy(source, &tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+        fs::File::open(&tmp)?.sync_all()?;
+        // A rename, so a runtime running the old binary keeps it, and a new run gets the
+        // whole new one.
+        fs::rename(&tmp, &target)
+    })();
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!(
+            "installing the plugin binary {} as {}: {e}",
+            source.display(),
+            target.display()
+        ));
+    }
     Ok(true)
 }
 
