@@ -100,13 +100,17 @@ impl Node {
 
     /// The installer running in watch mode, its output in a file.
     fn start(&self, extra: &[&str]) -> Installer {
+        self.spawn(self.command(extra))
+    }
+
+    /// Runs `cmd` (an installer command), its output in a file.
+    fn spawn(&self, mut cmd: Command) -> Installer {
         let log = self
             .dir
             .path()
             .join(format!("installer-{}.log", rand_suffix()));
         let out = std::fs::File::create(&log).unwrap();
-        let child = self
-            .command(extra)
+        let child = cmd
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -610,6 +614,22 @@ fn kubeconfig_is_written_from_the_service_account() {
         format!("{loaded:?}").contains("10.96.0.1:6443"),
         "{loaded:?}"
     );
+
+    // Uninstall takes the kubeconfig away with the entry.
+    let mut cmd = node.command(&[
+        "--uninstall-on-exit",
+        "--service-account-dir",
+        sa.to_str().unwrap(),
+    ]);
+    cmd.env("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+    let mut installer = node.spawn(cmd);
+    wait_until("the installer has done its first pass", || {
+        installer.log().contains("amesh-cni is in the CNI chain")
+    });
+    installer.sigterm();
+    assert_eq!(installer.wait_exit(), 0, "{}", installer.log());
+    assert!(!local.exists(), "the kubeconfig is still there");
+    assert!(!has_amesh(&node, "10-bridge.conflist"));
 }
 
 /// What the runtime hands the plugin for one entry of the list: the entry plus the list's
