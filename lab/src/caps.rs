@@ -161,6 +161,13 @@ pub fn of_process(pid: i32, field: &str) -> Option<CapSet> {
         .and_then(CapSet::from_status_hex)
 }
 
+/// Whether `pid` runs with `no_new_privs` (`NoNewPrivs:` of `/proc/<pid>/status`).
+pub fn no_new_privs(pid: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("NoNewPrivs:"))?;
+    Some(value.trim() == "1")
+}
+
 /// `capget`/`capset`'s header (`struct __user_cap_header_struct`).
 #[repr(C)]
 struct CapHeader {
@@ -181,8 +188,9 @@ struct CapData {
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
 /// Makes `cmd`'s process keep only `set`: in the child, before `exec`, every other
-/// capability leaves the bounding set, the inheritable set is emptied and ambient
-/// capabilities are cleared. The caller's own capabilities are untouched (the child's other
+/// capability leaves the bounding set, the inheritable set is emptied, ambient capabilities
+/// are cleared and `no_new_privs` is set (the DaemonSet's `allowPrivilegeEscalation: false`:
+/// what ztunnel runs, such as `nft`, never gets more than it holds). The caller's own capabilities are untouched (the child's other
 /// pre-exec steps, such as entering a netns, still have them), and the program, run as root,
 /// starts with exactly `set` effective.
 pub fn restrict(cmd: &mut Command, set: CapSet) {
@@ -229,6 +237,9 @@ pub fn restrict(cmd: &mut Command, set: CapSet) {
                 0,
             ) != 0
             {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -290,11 +301,13 @@ mod tests {
         let bnd = of_process(pid, "CapBnd");
         let inh = of_process(pid, "CapInh");
         let amb = of_process(pid, "CapAmb");
+        let nnp = no_new_privs(pid);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(eff, Some(set), "effective: {:?}", eff.map(CapSet::names));
         assert_eq!(bnd, Some(set), "bounding: {:?}", bnd.map(CapSet::names));
         assert_eq!(inh, Some(CapSet(0)));
         assert_eq!(amb, Some(CapSet(0)));
+        assert_eq!(nnp, Some(true));
     }
 }

@@ -39,6 +39,8 @@ fn every_ztunnel_runs_with_exactly_the_granted_capabilities() {
         for field in ["CapInh", "CapAmb"] {
             assert_eq!(caps::of_process(pid, field), Some(CapSet(0)), "{field}");
         }
+        // allowPrivilegeEscalation: false.
+        assert_eq!(caps::no_new_privs(pid), Some(true), "{node}'s NoNewPrivs");
     }
     // And with them it captures and tunnels: a cross-node call over HBONE.
     let server: SocketAddr = addr(m.ip("server-2"), 8080);
@@ -129,6 +131,12 @@ fn the_daemonset_grants_what_the_lab_runs_with() {
             sc["privileged"].as_bool(),
             Some(true),
             "{}: ztunnel is privileged",
+            dir.display()
+        );
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{}: ztunnel may escalate, the lab's ztunnels run with no_new_privs",
             dir.display()
         );
         assert!(
