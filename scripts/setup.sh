@@ -9,7 +9,10 @@ log() { printf '[setup] %s\n' "$*"; }
 # pkg-config and a C compiler build the TLS library (aws-lc) that rustls uses; nsenter
 # (util-linux) runs nft in pod namespaces; tcpdump checks in tests that the wire carries TLS;
 # curl is a pod-side HTTPS client in tests; containernetworking-plugins is each lab node's primary CNI plugin (ptp + host-local IPAM).
-APT_PACKAGES=(build-essential pkg-config iproute2 nftables procps util-linux tcpdump curl containernetworking-plugins)
+# The images (scripts/images.sh): musl-tools compiles aws-lc's C for the static musl binaries,
+# buildah builds the images without a daemon, ca-certificates is the controller image's CA bundle.
+APT_PACKAGES=(build-essential pkg-config iproute2 nftables procps util-linux tcpdump curl containernetworking-plugins
+  musl-tools buildah ca-certificates)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +39,11 @@ for c in rustfmt clippy; do
   fi
 done
 log "toolchain: $(rustc --version)"
+# The images' binaries are static: built for musl (scripts/images.sh).
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  log "adding rustup target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl
+fi
 
 # cargo-deny checks the dependency tree's licenses, banned crates and sources (deny.toml).
 if cargo deny --version >/dev/null 2>&1; then

@@ -12,12 +12,17 @@
 //! main heap: `malloc_trim` cannot shrink the top of a thread's own heap, and with a handful of
 //! threads, mostly served by glibc's per-thread caches, one heap costs no contention worth
 //! measuring.
+//!
+//! The static musl build of the container image (`scripts/images.sh`) has musl's allocator,
+//! which has none of these knobs: there both calls do nothing.
 
 use std::time::Duration;
 
 /// Allocations above this get their own mapping (glibc's default starts at 128 KiB and grows).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const MMAP_THRESHOLD: i32 = 4 << 20;
 /// Free memory at the top of the heap that `free` leaves alone (glibc: 128 KiB, also moving).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const TRIM_THRESHOLD: i32 = 64 << 20;
 /// How often free pages go back to the kernel.
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
