@@ -33,6 +33,10 @@ AMESH_LAB_CONTROL_PLANE=file cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp
 # policy routing, no netfilter in the pods); once more with Istio's nft rules.
 echo "[test] end-to-end scenarios with CAPTURE_MODE=nft"
 CAPTURE_MODE=nft cargo test -p amesh-e2e --locked 2>&1 | tee -a /tmp/amesh-test.log
+# The container images: static musl binaries on empty bases, built with buildah, then each
+# image's config, static binaries and `--version` (run as a container) checked.
+echo "[test] container images (scripts/images.sh --check)"
+bash scripts/images.sh --check
 # Fuzz smoke: every cargo-fuzz target (fuzz/) built and run for 10 s; the long runs are
 # `bash scripts/fuzz.sh 600`.
 echo "[test] fuzz smoke (scripts/fuzz.sh 10)"
