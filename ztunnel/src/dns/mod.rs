@@ -14,7 +14,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::proxy::{Pod, Shared};
 
@@ -240,7 +240,7 @@ pub async fn serve(
                         // app asked, or its resolver drops the answer.
                         Some(dst) => {
                             if let Err(e) = reply_from(&pod, dst, from, &reply).await {
-                                debug!(%dst, %from, error = %e, "sending a DNS reply failed");
+                                reply_failed(dst, from, &e);
                             }
                         }
                         // Addressed to us (nft REDIRECT: conntrack rewrites the reply).
@@ -316,6 +316,21 @@ fn recvmsg_with_dst(
         }
     }
     Ok((msg.bytes, from, dst))
+}
+
+/// Logs a failed DNS reply. A refused bind (no `CAP_NET_BIND_SERVICE`, so port 53 is out of
+/// reach) fails every lookup of every pod, so it is a warning, once per process; anything
+/// else is one client's trouble and stays at debug.
+fn reply_failed(dst: SocketAddr, from: SocketAddr, e: &std::io::Error) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if e.kind() == std::io::ErrorKind::PermissionDenied
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        warn!(%dst, %from, error = %e, "cannot answer DNS from the address the pod asked \
+            (binding a port below 1024 needs CAP_NET_BIND_SERVICE); pods' lookups will time out");
+    } else {
+        debug!(%dst, %from, error = %e, "sending a DNS reply failed");
+    }
 }
 
 /// Sends `reply` to `client` from `dst` (not a local address): a transparent socket in the
