@@ -246,19 +246,24 @@ async fn a_server_reset_resets_the_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stops_reading_stops_the_app_without_loss() {
     let _serial = SERIAL.lock().await;
-    const LEN: usize = 48 << 20;
+    // What the path may hold with nobody reading: the app's send buffer, the relay's receive
+    // buffer, the relay's pipe (512 KiB at most), the relay's send buffer and the server's
+    // receive buffer, each at the largest size the kernel lets autotuning reach on this
+    // machine. The transfer is longer than that, so the app must be stopped.
+    let ceiling = 2 * (tcp_buffer_max("tcp_rmem") + tcp_buffer_max("tcp_wmem")) + (1 << 20);
+    let len = ceiling + (16 << 20);
     let (app, server, relay) = relayed().await;
     let (mut server_r, server_w) = server.into_split();
     let (_app_r, mut app_w) = app.into_split();
-    let data = pattern(3, LEN);
+    let data = pattern(3, len);
     let sum = Sha256::digest(&data).to_vec();
     let written = Arc::new(AtomicUsize::new(0));
     let progress = written.clone();
     let writer = tokio::spawn(async move {
         let mut at = 0;
-        while at < LEN {
+        while at < len {
             at += app_w
-                .write(&data[at..(at + (64 << 10)).min(LEN)])
+                .write(&data[at..(at + (64 << 10)).min(len)])
                 .await
                 .unwrap();
             progress.store(at, Ordering::Relaxed);
@@ -281,17 +286,20 @@ async fn a_server_that_stops_reading_stops_the_app_without_loss() {
         last,
         "the app never stopped"
     );
-    assert!(last < 32 << 20, "{last} bytes taken with nobody reading");
+    assert!(
+        last < ceiling,
+        "{last} bytes taken with nobody reading (the buffers allow {ceiling})"
+    );
     // The server reads again: everything arrives, in order.
-    let (len, got) = timeout(LIMIT, receive_all(&mut server_r)).await.unwrap();
-    assert_eq!(len, LEN as u64);
+    let (received, got) = timeout(LIMIT, receive_all(&mut server_r)).await.unwrap();
+    assert_eq!(received, len as u64);
     assert!(got == sum, "bytes lost or reordered");
     writer.await.unwrap();
     // The server's FIN ends the other direction, and with it the relay.
     drop(server_w);
     let stats = timeout(LIMIT, relay).await.unwrap().unwrap();
     assert!(stats.error.is_none(), "{:?}", stats.error);
-    assert_eq!(stats.sent, LEN as u64);
+    assert_eq!(stats.sent, len as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,4 +352,15 @@ async fn urgent_data_does_not_stall_the_bytes_behind_it() {
     drop((app, server));
     let stats = timeout(LIMIT, relay).await.unwrap().unwrap();
     assert_eq!(stats.sent, 6);
+}
+
+/// The largest buffer autotuning may give a TCP socket here (`/proc/sys/net/ipv4/<name>`'s
+/// third field).
+fn tcp_buffer_max(name: &str) -> usize {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{path}: no third field in {text:?}"))
 }
