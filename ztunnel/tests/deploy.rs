@@ -31,7 +31,12 @@ const RENDERINGS: [&str; 4] = [
 /// (CAP_NET_ADMIN); with eBPF capture also DNS answers from port 53 (CAP_NET_BIND_SERVICE).
 /// istio-cni's pods are captured by Istio's agent, as the base's are by nft.
 fn capabilities(dir: &str) -> Vec<&'static str> {
-    let mut caps = lab::caps::granted(if dir == "overlays/ebpf" { "ebpf" } else { "nft" });
+    let mode = if dir == "overlays/ebpf" {
+        "ebpf"
+    } else {
+        "nft"
+    };
+    let mut caps = lab::caps::granted(mode);
     caps.sort();
     caps
 }
