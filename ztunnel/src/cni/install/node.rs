@@ -122,12 +122,7 @@ pub fn primary(dir: &Path) -> Result<Option<Primary>, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("listing the CNI conf dir {}: {e}", dir.display())),
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| conf::is_config_name(n))
-        .collect();
-    names.sort();
+    let names = config_names(entries);
     for name in names {
         let path = dir.join(&name);
         if path.is_dir() {
@@ -221,12 +216,7 @@ pub fn uninstall_entries(dir: &Path) -> bool {
     let Ok(entries) = fs::read_dir(dir) else {
         return true;
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| conf::is_config_name(n))
-        .collect();
-    names.sort();
+    let names = config_names(entries);
     let mut ok = true;
     for name in names {
         let path = dir.join(&name);
@@ -316,4 +306,16 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, String> {
     write_atomic(path, bytes, 0o600)
         .map(|()| true)
         .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// The names in a CNI conf dir listing that may be CNI configs, in the runtime's (lexical)
+/// order: what both the primary-config search and uninstall walk.
+fn config_names(entries: fs::ReadDir) -> Vec<String> {
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| conf::is_config_name(n))
+        .collect();
+    names.sort();
+    names
 }
