@@ -1,0 +1,116 @@
+//! The command line: subcommands and their flags (clap), shared by `main.rs` and the shell
+//! completions.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// amesh: inspect and explain an ambient mesh.
+#[derive(Debug, Parser)]
+#[command(name = "amesh", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the mesh runs: a Kubernetes cluster (the default: the current kubeconfig context) or
+/// a lab on this machine.
+#[derive(Debug, Args, Clone)]
+pub struct TargetArgs {
+    /// Inspect the lab with this id (`amesh-lab status` lists them) instead of a cluster.
+    #[arg(long, global = true)]
+    pub lab: Option<String>,
+    /// kubeconfig context to use (default: the current one).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Namespace the mesh's components run in.
+    #[arg(long, global = true, default_value = "istio-system")]
+    pub istio_namespace: String,
+}
+
+/// Output formats of the table commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The controller, each node's ztunnel and each waypoint: version, readiness, xDS, certificates.
+    Status(StatusArgs),
+    /// What a ztunnel knows: workloads, services, policies or certificates.
+    Config(ConfigArgs),
+    /// What would happen to a connection or request, and why.
+    Explain(ExplainArgs),
+    /// The service graph from the proxies' metrics.
+    Graph(GraphArgs),
+    /// Shell completions on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// The tables of `amesh config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigKind {
+    Workloads,
+    Services,
+    Policies,
+    Certificates,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[arg(value_enum)]
+    pub kind: ConfigKind,
+    /// The node whose ztunnel to read (default: the first node's).
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The source pod, `NAME` or `NAMESPACE/NAME`.
+    pub source: String,
+    /// The destination, `HOST:PORT` or `IP:PORT` (a Service name, its FQDN, or an address).
+    pub destination: String,
+    /// Explain an HTTP request: `--http GET /path`.
+    #[arg(long, num_args = 2, value_names = ["METHOD", "PATH"])]
+    pub http: Option<Vec<String>>,
+    /// A request header for `--http`, `K=V` (repeatable).
+    #[arg(long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Output formats of `amesh graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum GraphOutput {
+    #[default]
+    Svg,
+    Png,
+    Dot,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The window rates are computed over (`30s`, `5m`).
+    #[arg(long, default_value = "1m")]
+    pub since: String,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: GraphOutput,
+}

@@ -1,0 +1,1 @@
+//! Where the mesh runs and how its components' endpoints are reached (being written).
