@@ -79,6 +79,13 @@ impl mesh::admin::AdminSource for Report {
             "services": services,
             "routes": routes,
             "policies": policies,
+            // The L7 resources themselves (protobuf `amesh.l7.v1.LocalL7Config`, base64), from
+            // which `amesh explain` rebuilds this L7 snapshot to decide a request as the
+            // waypoint would.
+            "l7Config": base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                prost::Message::encode_to_vec(&l7.sources.to_local()),
+            ),
             "certificates": mesh::admin::certificates(&self.certs),
         })
     }

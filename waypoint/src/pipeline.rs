@@ -102,7 +102,12 @@ pub async fn handle(
     // The URI is shared bytes: cloning it lets the query be read while headers change.
     let uri = req.uri().clone();
     let jwt = match crate::l7::jwt::authenticate(
-        applicable(&wp, service.as_deref(), &l7.authentications, |p| &p.targets),
+        applicable(
+            wp.gateway_ref(),
+            service.as_deref(),
+            &l7.authentications,
+            |p| &p.targets,
+        ),
         req.headers_mut(),
         uri.query(),
     ) {
@@ -124,7 +129,7 @@ pub async fn handle(
         headers: req.headers(),
         auth: jwt.as_deref(),
     };
-    if let Decision::Deny(policy) = decide(&wp, &l7, service.as_deref(), &attrs) {
+    if let Decision::Deny(policy) = decide(wp.gateway_ref(), &l7, service.as_deref(), &attrs) {
         debug!(?policy, principal = attrs.principal, "request denied");
         return Ok(local_reply(
             record,
@@ -133,7 +138,9 @@ pub async fn handle(
             "-",
         ));
     }
-    let mut limits = applicable(&wp, service.as_deref(), &l7.rate_limits, |p| &p.targets);
+    let mut limits = applicable(wp.gateway_ref(), service.as_deref(), &l7.rate_limits, |p| {
+        &p.targets
+    });
     if let Some(limit) = limits.find(|p| !p.limiter.try_acquire(attrs.principal)) {
         debug!(policy = %limit.key, principal = attrs.principal, "rate limited");
         return Ok(local_reply(
@@ -147,32 +154,24 @@ pub async fn handle(
     // Routing.
     // Made once: routing and the endpoint choice both key by it.
     let mut service_key = service.as_ref().map(|s| s.key());
-    let table = service_key
-        .as_ref()
-        .and_then(|k| l7.routes.get(k))
-        .filter(|t| t.covers(ctx.addr.port()));
-    let route: Option<&Route> = match table {
-        Some(table) => {
-            let view = RouteView {
-                method: req.method(),
-                path: req.uri().path(),
-                query: req.uri().query(),
-                headers: req.headers(),
-                port: ctx.addr.port(),
-            };
-            match table.find(&view) {
-                Some(r) => Some(r),
-                None => {
-                    return Ok(local_reply(
-                        record,
-                        StatusCode::NOT_FOUND,
-                        "no route matched\n",
-                        "NR",
-                    ))
-                }
-            }
+    let view = RouteView {
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        port: ctx.addr.port(),
+    };
+    let route: Option<&Route> = match select_route(&l7, service_key.as_deref(), &view) {
+        RouteChoice::Default => None,
+        RouteChoice::Matched(r) => Some(r),
+        RouteChoice::NoMatch => {
+            return Ok(local_reply(
+                record,
+                StatusCode::NOT_FOUND,
+                "no route matched\n",
+                "NR",
+            ))
         }
-        None => None,
     };
     if let Some(r) = route {
         record.route = Some((r.route_name.clone(), r.rule_index));
@@ -300,23 +299,73 @@ pub async fn handle(
     Ok(forward::forward(fwd, record, req).await)
 }
 
-/// The policies of `all` bound to this waypoint or to `service`.
-fn applicable<'a, P>(
-    wp: &'a Waypoint,
+/// The Gateway a waypoint implements, as the `targetRefs` of its policies name it.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl Waypoint {
+    pub fn gateway_ref(&self) -> GatewayRef<'_> {
+        GatewayRef {
+            namespace: &self.namespace,
+            name: &self.gateway,
+        }
+    }
+}
+
+/// The policies of `all` bound to the waypoint `gw` or to `service`.
+pub fn applicable<'a, P>(
+    gw: GatewayRef<'a>,
     service: Option<&'a Service>,
     all: &'a std::collections::BTreeMap<String, Arc<P>>,
     targets: impl Fn(&P) -> &[PolicyTarget] + 'a,
 ) -> impl Iterator<Item = &'a P> + 'a {
-    all.values().map(|p| &**p).filter(move |p| {
-        targets(p).iter().any(|t| match t {
-            PolicyTarget::Gateway { namespace, name } => {
-                *namespace == wp.namespace && *name == wp.gateway
-            }
-            PolicyTarget::Service { namespace, name } => {
-                service.is_some_and(|s| s.namespace == *namespace && s.name == *name)
-            }
-        })
-    })
+    all.values()
+        .map(|p| &**p)
+        .filter(move |p| targets(p).iter().any(|t| binds(t, gw, service)))
+}
+
+/// Whether a policy target names the waypoint `gw` or `service`.
+fn binds(t: &PolicyTarget, gw: GatewayRef<'_>, service: Option<&Service>) -> bool {
+    match t {
+        PolicyTarget::Gateway { namespace, name } => namespace == gw.namespace && name == gw.name,
+        PolicyTarget::Service { namespace, name } => {
+            service.is_some_and(|s| s.namespace == *namespace && s.name == *name)
+        }
+    }
+}
+
+/// How a request's route is chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteChoice<'a> {
+    /// No route attaches to the service's port: the service's default routing (the addressed
+    /// service or pod).
+    Default,
+    /// The first route whose port and match hold.
+    Matched(&'a Route),
+    /// Routes attach to the port and none matches: 404 `NR`.
+    NoMatch,
+}
+
+/// The route of a request to the service `service_key` (`<namespace>/<hostname>`, `None`
+/// for a request addressed to a pod), as the request path and `amesh explain` choose it.
+pub fn select_route<'a>(
+    l7: &'a crate::l7::L7Snapshot,
+    service_key: Option<&str>,
+    view: &RouteView<'_>,
+) -> RouteChoice<'a> {
+    let table = service_key
+        .and_then(|k| l7.routes.get(k))
+        .filter(|t| t.covers(view.port));
+    match table {
+        None => RouteChoice::Default,
+        Some(table) => match table.find(view) {
+            Some(r) => RouteChoice::Matched(r),
+            None => RouteChoice::NoMatch,
+        },
+    }
 }
 
 /// Envoy's answer to a token that verifies under no rule: 401 with the reason and a
@@ -335,23 +384,17 @@ fn jwt_rejected(
     resp
 }
 
-/// The decision of the L7 policies bound to this waypoint or to `service`.
-pub(crate) fn decide(
-    wp: &Waypoint,
+/// The decision of the L7 policies bound to the waypoint `gw` or to `service`.
+pub fn decide(
+    gw: GatewayRef<'_>,
     l7: &crate::l7::L7Snapshot,
     service: Option<&Service>,
     attrs: &RequestAttrs<'_>,
 ) -> Decision {
-    let applicable = l7.policies.values().filter(|p| {
-        p.targets.iter().any(|t| match t {
-            PolicyTarget::Gateway { namespace, name } => {
-                *namespace == wp.namespace && *name == wp.gateway
-            }
-            PolicyTarget::Service { namespace, name } => {
-                service.is_some_and(|s| s.namespace == *namespace && s.name == *name)
-            }
-        })
-    });
+    let applicable = l7
+        .policies
+        .values()
+        .filter(|p| p.targets.iter().any(|t| binds(t, gw, service)));
     authz::evaluate(applicable.map(|p| &**p), attrs)
 }
 

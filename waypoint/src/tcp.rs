@@ -35,7 +35,7 @@ where
         headers: &empty,
         auth: None,
     };
-    if let Decision::Deny(policy) = decide(&wp, &l7, service.as_deref(), &attrs) {
+    if let Decision::Deny(policy) = decide(wp.gateway_ref(), &l7, service.as_deref(), &attrs) {
         debug!(?policy, "TCP connection denied");
         return;
     }

@@ -31,12 +31,13 @@ impl<'a> Peer<'a> {
     }
 }
 
-/// A policy without rules matches nothing (`any` of none is false).
-pub(super) fn policy_matches(policy: &Policy, peer: &Peer<'_>) -> bool {
+/// The index of the policy's first rule that holds for `peer`; a policy without rules
+/// matches nothing.
+pub(super) fn matching_rule(policy: &Policy, peer: &Peer<'_>) -> Option<usize> {
     policy
         .rules
         .iter()
-        .any(|rule| rule.clauses.iter().all(|c| clause_holds(c, peer)))
+        .position(|rule| rule.clauses.iter().all(|c| clause_holds(c, peer)))
 }
 
 fn clause_holds(clause: &Clause, peer: &Peer<'_>) -> bool {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::state::{Policy, PolicyAction, Snapshot, Workload};
 use crate::Identity;
 
-use matcher::{policy_matches, Peer};
+use matcher::{matching_rule, Peer};
 
 /// What authorization knows about a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +28,14 @@ pub struct ConnInfo {
     pub dst_port: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Verdict {
     Allow,
     Deny,
 }
 
 /// Why the verdict is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Reason {
     /// No DENY matched and no ALLOW policy applies.
     NoAllowPolicies,
@@ -48,11 +48,13 @@ pub enum Reason {
 }
 
 /// The outcome of [`authorize`], for the data path, access logs and the 401 reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
     pub verdict: Verdict,
     /// The deciding policy, `ns/name`, when one policy decided.
     pub policy: Option<String>,
+    /// The index of the deciding policy's first rule that matched, when one policy decided.
+    pub rule: Option<usize>,
     pub reason: Reason,
 }
 
@@ -61,10 +63,11 @@ impl Decision {
         self.verdict == Verdict::Allow
     }
 
-    fn by(verdict: Verdict, reason: Reason, policy: &Policy) -> Decision {
+    fn by(verdict: Verdict, reason: Reason, policy: &Policy, rule: usize) -> Decision {
         Decision {
             verdict,
             policy: Some(policy.key()),
+            rule: Some(rule),
             reason,
         }
     }
@@ -109,34 +112,63 @@ pub fn authorize(snapshot: &Snapshot, dst: &Workload, conn: &ConnInfo) -> Decisi
 
 fn decide<'a>(policies: impl Iterator<Item = &'a Arc<Policy>>, peer: &Peer<'_>) -> Decision {
     let mut any_allow = false;
-    let mut allowed_by: Option<&Policy> = None;
+    let mut allowed_by: Option<(&Policy, usize)> = None;
     for p in policies {
         match p.action {
             PolicyAction::Deny => {
-                if policy_matches(p, peer) {
-                    return Decision::by(Verdict::Deny, Reason::DenyMatched, p);
+                if let Some(rule) = matching_rule(p, peer) {
+                    return Decision::by(Verdict::Deny, Reason::DenyMatched, p, rule);
                 }
             }
             PolicyAction::Allow => {
                 any_allow = true;
                 // Keep looking after a match: a later DENY still wins.
-                if allowed_by.is_none() && policy_matches(p, peer) {
-                    allowed_by = Some(p);
+                if allowed_by.is_none() {
+                    allowed_by = matching_rule(p, peer).map(|rule| (&**p, rule));
                 }
             }
         }
     }
     match (allowed_by, any_allow) {
-        (Some(p), _) => Decision::by(Verdict::Allow, Reason::AllowMatched, p),
+        (Some((p, rule)), _) => Decision::by(Verdict::Allow, Reason::AllowMatched, p, rule),
         (None, false) => Decision {
             verdict: Verdict::Allow,
             policy: None,
+            rule: None,
             reason: Reason::NoAllowPolicies,
         },
         (None, true) => Decision {
             verdict: Verdict::Deny,
             policy: None,
+            rule: None,
             reason: Reason::NoAllowMatched,
         },
     }
+}
+
+/// One policy that applies to a destination, and whether it matches a connection: what
+/// `amesh explain` lists next to the [`Decision`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyMatch {
+    /// `ns/name`.
+    pub policy: String,
+    pub action: PolicyAction,
+    pub dry_run: bool,
+    /// The first rule that matches, `None` if none does.
+    pub rule: Option<usize>,
+}
+
+/// Every policy that applies to `dst`, in evaluation order, with the rule of each that
+/// matches `conn`: the same matching [`authorize`] decides with.
+pub fn policy_matches(snapshot: &Snapshot, dst: &Workload, conn: &ConnInfo) -> Vec<PolicyMatch> {
+    let peer = Peer::new(conn);
+    snapshot
+        .policies_for(dst)
+        .map(|p| PolicyMatch {
+            policy: p.key(),
+            action: p.action,
+            dry_run: p.dry_run,
+            rule: matching_rule(p, &peer),
+        })
+        .collect()
 }

@@ -31,6 +31,31 @@ pub struct L7Snapshot {
     pub authentications: BTreeMap<String, Arc<JwtPolicy>>,
     /// Local rate limits, by `<namespace>/<name>`.
     pub rate_limits: BTreeMap<String, Arc<RateLimitPolicy>>,
+    /// The resources this snapshot was converted from, by the same keys: `/config_dump`
+    /// reports them so `amesh explain` can rebuild this snapshot ([`L7Store::replace`]) and
+    /// decide a request with the waypoint's own code.
+    pub sources: Sources,
+}
+
+/// The `amesh.l7.v1` resources of one [`L7Snapshot`], as received.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub routes: BTreeMap<String, pb::ServiceRoutes>,
+    pub policies: BTreeMap<String, pb::Authorization>,
+    pub authentications: BTreeMap<String, pb::RequestAuthentication>,
+    pub rate_limits: BTreeMap<String, pb::RateLimit>,
+}
+
+impl Sources {
+    /// All of them in the local-file message, which [`L7Store::replace`] loads.
+    pub fn to_local(&self) -> pb::LocalL7Config {
+        pb::LocalL7Config {
+            routes: self.routes.values().cloned().collect(),
+            policies: self.policies.values().cloned().collect(),
+            authentications: self.authentications.values().cloned().collect(),
+            rate_limits: self.rate_limits.values().cloned().collect(),
+        }
+    }
 }
 
 /// Lock-free reads of the current [`L7Snapshot`]. Cheap to clone.
@@ -56,6 +81,7 @@ impl L7Store {
         let mut policies = old.policies.clone();
         let mut authentications = old.authentications.clone();
         let mut rate_limits = old.rate_limits.clone();
+        let mut sources = old.sources.clone();
         match type_url {
             SERVICE_ROUTES_TYPE_URL => {
                 for r in upserts {
@@ -64,11 +90,13 @@ impl L7Store {
                         .ok_or_else(|| format!("{}: no resource", r.name))?;
                     let p = pb::ServiceRoutes::decode(any.value.as_slice())
                         .map_err(|e| format!("{}: not a ServiceRoutes: {e}", r.name))?;
-                    let table = RouteTable::from_proto(p).map_err(|e| e.to_string())?;
+                    let table = RouteTable::from_proto(p.clone()).map_err(|e| e.to_string())?;
+                    sources.routes.insert(r.name.clone(), p);
                     routes.insert(r.name, Arc::new(table));
                 }
                 for name in removed {
                     routes.remove(name);
+                    sources.routes.remove(name);
                 }
             }
             L7_AUTHORIZATION_TYPE_URL => {
@@ -78,11 +106,13 @@ impl L7Store {
                         .ok_or_else(|| format!("{}: no resource", r.name))?;
                     let p = pb::Authorization::decode(any.value.as_slice())
                         .map_err(|e| format!("{}: not an Authorization: {e}", r.name))?;
-                    let policy = L7Policy::from_proto(p).map_err(|e| e.to_string())?;
+                    let policy = L7Policy::from_proto(p.clone()).map_err(|e| e.to_string())?;
+                    sources.policies.insert(r.name.clone(), p);
                     policies.insert(r.name, Arc::new(policy));
                 }
                 for name in removed {
                     policies.remove(name);
+                    sources.policies.remove(name);
                 }
             }
             REQUEST_AUTHENTICATION_TYPE_URL => {
@@ -92,11 +122,13 @@ impl L7Store {
                         .ok_or_else(|| format!("{}: no resource", r.name))?;
                     let p = pb::RequestAuthentication::decode(any.value.as_slice())
                         .map_err(|e| format!("{}: not a RequestAuthentication: {e}", r.name))?;
-                    let policy = JwtPolicy::from_proto(p).map_err(|e| e.to_string())?;
+                    let policy = JwtPolicy::from_proto(p.clone()).map_err(|e| e.to_string())?;
+                    sources.authentications.insert(r.name.clone(), p);
                     authentications.insert(r.name, Arc::new(policy));
                 }
                 for name in removed {
                     authentications.remove(name);
+                    sources.authentications.remove(name);
                 }
             }
             RATE_LIMIT_TYPE_URL => {
@@ -107,12 +139,14 @@ impl L7Store {
                     let p = pb::RateLimit::decode(any.value.as_slice())
                         .map_err(|e| format!("{}: not a RateLimit: {e}", r.name))?;
                     let previous = old.rate_limits.get(&r.name).map(|p| &**p);
-                    let policy =
-                        RateLimitPolicy::from_proto(p, previous).map_err(|e| e.to_string())?;
+                    let policy = RateLimitPolicy::from_proto(p.clone(), previous)
+                        .map_err(|e| e.to_string())?;
+                    sources.rate_limits.insert(r.name.clone(), p);
                     rate_limits.insert(r.name, Arc::new(policy));
                 }
                 for name in removed {
                     rate_limits.remove(name);
+                    sources.rate_limits.remove(name);
                 }
             }
             other => return Err(format!("type {other} is not an L7 type")),
@@ -122,25 +156,30 @@ impl L7Store {
             policies,
             authentications,
             rate_limits,
+            sources,
         }));
         Ok(())
     }
 
     /// Replaces everything with a local file's content.
     pub fn replace(&self, config: pb::LocalL7Config) -> Result<(), String> {
+        let mut sources = Sources::default();
         let mut routes = BTreeMap::new();
         for r in config.routes {
-            let table = RouteTable::from_proto(r).map_err(|e| e.to_string())?;
+            let table = RouteTable::from_proto(r.clone()).map_err(|e| e.to_string())?;
+            sources.routes.insert(table.name.clone(), r);
             routes.insert(table.name.clone(), Arc::new(table));
         }
         let mut policies = BTreeMap::new();
         for p in config.policies {
-            let policy = L7Policy::from_proto(p).map_err(|e| e.to_string())?;
+            let policy = L7Policy::from_proto(p.clone()).map_err(|e| e.to_string())?;
+            sources.policies.insert(policy.key.clone(), p);
             policies.insert(policy.key.clone(), Arc::new(policy));
         }
         let mut authentications = BTreeMap::new();
         for a in config.authentications {
-            let policy = JwtPolicy::from_proto(a).map_err(|e| e.to_string())?;
+            let policy = JwtPolicy::from_proto(a.clone()).map_err(|e| e.to_string())?;
+            sources.authentications.insert(policy.key.clone(), a);
             authentications.insert(policy.key.clone(), Arc::new(policy));
         }
         let old = self.snapshot();
@@ -148,7 +187,9 @@ impl L7Store {
         for r in config.rate_limits {
             let key = format!("{}/{}", r.namespace, r.name);
             let previous = old.rate_limits.get(&key).map(|p| &**p);
-            let policy = RateLimitPolicy::from_proto(r, previous).map_err(|e| e.to_string())?;
+            let policy =
+                RateLimitPolicy::from_proto(r.clone(), previous).map_err(|e| e.to_string())?;
+            sources.rate_limits.insert(policy.key.clone(), r);
             rate_limits.insert(policy.key.clone(), Arc::new(policy));
         }
         self.current.store(Arc::new(L7Snapshot {
@@ -156,6 +197,7 @@ impl L7Store {
             policies,
             authentications,
             rate_limits,
+            sources,
         }));
         Ok(())
     }
