@@ -3,6 +3,15 @@
 
 use mesh::telemetry::LogFormat;
 
+// The static musl build (the container image) allocates with mimalloc. musl's own malloc gives
+// every allocation above ~128 KiB (relay buffers, TLS and HTTP/2 frame buffers) a mapping of its
+// own and unmaps it on free, so each buffer cost page faults, zeroing and TLB shootdowns: about
+// half of the HBONE throughput and twice the CPU per GB of the glibc build (ARCHITECTURE.md,
+// Images). The glibc build keeps glibc's malloc, tuned in `ztunnel::memory`.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 ztunnel: amesh's node proxy (Istio ambient's ztunnel, wire compatible)
 
