@@ -63,6 +63,16 @@ pub struct Listeners {
     pub tls: Option<TcpListener>,
     /// Plaintext (15010): the lab's and local tools' port.
     pub plaintext: Option<TcpListener>,
+    /// The live graph page (`--graph-addr`), off unless asked for.
+    pub graph: Option<GraphListener>,
+}
+
+/// The live graph page's port and how often it scrapes the proxies
+/// ([`graph_page`](crate::graph_page)).
+#[derive(Debug)]
+pub struct GraphListener {
+    pub listener: TcpListener,
+    pub interval: Duration,
 }
 
 /// Everything the controller needs to run.
@@ -205,6 +215,12 @@ pub async fn run(
     if !auth.accepts_nobody() {
         ads = ads.with_auth(auth.clone());
     }
+    let graph_page = listeners.graph.map(|g| {
+        if let Ok(addr) = g.listener.local_addr() {
+            info!(%addr, interval = ?g.interval, "serving the live graph page");
+        }
+        crate::graph_page::spawn(g.listener, manifests.clone(), g.interval)
+    });
     let ca_service = CaService::new(ca.clone(), auth, manifests, config.max_ttl);
 
     // On shutdown the source stops, which closes the snapshot watch, which ends every ADS
@@ -223,6 +239,9 @@ pub async fn run(
             task.abort();
         }
         if let Some(task) = status_reporter {
+            task.abort();
+        }
+        if let Some(task) = graph_page {
             task.abort();
         }
         drop(root_tx);

@@ -21,6 +21,9 @@
 //!   DestinationRule, written on the object's status.
 //! - [`jwks`]: RequestAuthentication `jwksUri` keys fetched and refreshed as istiod does
 //!   (feature `jwks`, part of `server`; the lab's file mode uses it alone).
+//! - [`graph`]: the service graph from the proxies' Prometheus metrics (parser, rates, DOT,
+//!   SVG, JSON), shared with `amesh graph`; [`graph_page`]: the live graph page the controller
+//!   serves with `--graph-addr` (feature `server`).
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 //!
 //! `source`, `xds`, `ca`, `deployer`, `crds`, `tls` and `app` are the `server` feature (on by default); without it the
@@ -34,6 +37,9 @@ pub mod ca;
 pub mod crds;
 #[cfg(feature = "server")]
 pub mod deployer;
+pub mod graph;
+#[cfg(feature = "server")]
+pub mod graph_page;
 #[cfg(feature = "server")]
 pub mod istio_status;
 #[cfg(feature = "jwks")]

@@ -109,6 +109,14 @@ struct Args {
     /// fetch is retried after 5s. Gateway API duration, e.g. `20m`, `90s`.
     #[arg(long, env = "AMESH_JWKS_REFRESH", default_value = "20m", value_parser = controller::translate::parse_duration)]
     jwks_refresh: Duration,
+    /// Serve the live service graph page (HTML, `/graph.json`, `/graph.svg`, `/graph.dot`) on
+    /// this address, e.g. `0.0.0.0:15014`; off by default. The controller then scrapes every
+    /// ztunnel's and waypoint's :15020/metrics every --graph-interval.
+    #[arg(long, env = "AMESH_GRAPH_ADDR", default_value = "off")]
+    graph_addr: String,
+    /// How often the graph page's scrapes run (Gateway API duration: `5s`, `1m`).
+    #[arg(long, default_value = "5s", value_parser = controller::translate::parse_duration)]
+    graph_interval: Duration,
 }
 
 /// Values of `--auth`.
@@ -178,6 +186,14 @@ fn main() -> anyhow::Result<()> {
     };
     let tls_addr = optional_addr("--tls-addr", &args.tls_addr)?;
     let plain_addr = optional_addr("--xds-addr", &args.xds_addr)?;
+    let graph_addr = optional_addr("--graph-addr", &args.graph_addr)?;
+    if args.graph_interval < Duration::from_secs(1) {
+        anyhow::bail!(
+            "--graph-interval {:?}: at least 1s (each round scrapes every proxy)",
+            args.graph_interval
+        );
+    }
+    let graph_interval = args.graph_interval;
     if tls_addr.is_none() && plain_addr.is_none() {
         anyhow::bail!("--tls-addr and --xds-addr are both off: nothing to serve on");
     }
@@ -235,6 +251,10 @@ fn main() -> anyhow::Result<()> {
         let listeners = Listeners {
             tls: bind(tls_addr).await?,
             plaintext: bind(plain_addr).await?,
+            graph: bind(graph_addr).await?.map(|listener| app::GraphListener {
+                listener,
+                interval: graph_interval,
+            }),
         };
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {

@@ -63,6 +63,7 @@ async fn start() -> Running {
         Listeners {
             tls: None,
             plaintext: Some(listener),
+            graph: None,
         },
         async {
             let _ = stopped.await;

@@ -90,6 +90,7 @@ async fn start() -> Running {
         Listeners {
             tls: Some(listener),
             plaintext: None,
+            graph: None,
         },
         async {
             let _ = stopped.await;
