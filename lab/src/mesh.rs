@@ -496,7 +496,7 @@ fn missing_from_config(state: &LabState, ztunnel_netns: &str) -> Vec<String> {
         .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
     let workloads = dump
         .as_ref()
-        .and_then(|d| d["config"]["workloads"].as_array().cloned())
+        .and_then(|d| d["workloads"].as_array().cloned())
         .unwrap_or_default();
     state
         .pods

@@ -23,7 +23,6 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::accept::AcceptLoop;
-use crate::certs::CertStore;
 use crate::telemetry::LogReload;
 
 /// What a proxy reports on its admin and Prometheus endpoints.
@@ -169,47 +168,51 @@ async fn route<S: AdminSource, B>(
     }
 }
 
-/// `/logging?level=<filter>`: replaces the log filter (`RUST_LOG` syntax).
+/// How `/logging` is used, sent with every answer that is not a success.
+const LOGGING_HELP: &str = "usage: /logging                         the filter in force
+       /logging?level=<level>          every target at <level>
+       /logging?level=<target>:<level>[,<target>:<level>...]   some targets (access: the access log)
+       /logging?reset                  back to the filter the process started with
+       (reset and level combine: level applies to the filter the process started with)
+levels: off, error, warn, info, debug, trace
+";
+
+/// `/logging`: istioctl's syntax (`level=access:debug`, `level=debug`, `reset`); with neither,
+/// the filter in force. A parameter it does not know or a bad level is a 400 naming it.
 fn logging<S>(admin: &Admin<S>, query: Option<&str>) -> Response<Full<Bytes>> {
-    let level = query.and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("level="))
-            .map(str::to_string)
-    });
-    match (level, &admin.log_reload) {
-        (None, _) => text(
-            StatusCode::OK,
-            "use /logging?level=<filter>, e.g. level=debug or level=info,access=debug\n",
-        ),
-        (Some(_), None) => text(
+    let mut level = None;
+    let mut reset = false;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "level" => level = Some(value.into_owned()),
+            "reset" => reset = true,
+            other => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}\n{LOGGING_HELP}"),
+                )
+            }
+        }
+    }
+    let Some(reload) = &admin.log_reload else {
+        return text(
             StatusCode::NOT_IMPLEMENTED,
             "log level cannot be changed in this process\n",
-        ),
-        (Some(l), Some(reload)) => match reload(&l) {
-            Ok(()) => text(StatusCode::OK, format!("log level set to {l}\n")),
-            Err(e) => text(
-                StatusCode::BAD_REQUEST,
-                format!("invalid level {l:?}: {e}\n"),
-            ),
-        },
+        );
+    };
+    if level.is_none() && !reset {
+        return text(
+            StatusCode::OK,
+            format!("current log level is {}\n", reload.current()),
+        );
     }
-}
-
-/// The certificates part of a `/config_dump`: identity, serial and validity of each
-/// certificate in `store`.
-pub fn certificates(store: &CertStore) -> serde_json::Value {
-    store
-        .list()
-        .into_iter()
-        .map(|c| {
-            serde_json::json!({
-                "identity": c.identity.to_string(),
-                "serial": c.serial,
-                "notBefore": rfc3339(c.not_before),
-                "notAfter": rfc3339(c.not_after),
-            })
-        })
-        .collect()
+    match reload.change(level.as_deref().unwrap_or(""), reset) {
+        Ok(now) => text(StatusCode::OK, format!("current log level is {now}\n")),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid level: {e}\n{LOGGING_HELP}"),
+        ),
+    }
 }
 
 /// A time as RFC 3339 in UTC, or as seconds since the epoch if it cannot be formatted.
@@ -226,6 +229,9 @@ fn rfc3339(t: std::time::SystemTime) -> String {
         })
         .unwrap_or_else(|| secs.to_string())
 }
+
+mod certs;
+pub use certs::{certificates, CertDump, CertsDump};
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,116 @@
 //! Logging of every amesh binary: a `tracing` subscriber filtered by `RUST_LOG` (default
-//! `info`), text or JSON lines, and a [`LogReload`] that replaces the filter at runtime (the
-//! admin endpoint's `/logging?level=`).
+//! `info`), text or JSON lines, and a [`LogReload`] that changes the filter at runtime (the
+//! admin endpoint's `/logging?level=`, in istioctl's syntax).
+//!
+//! The rules every binary follows (through [`init`], or [`init_with_default`] where the default
+//! level is not `info`): text lines carry ANSI colour codes only when stdout is a terminal, so a
+//! log file or a collector reading a container's stdout gets plain text; `LOG_FORMAT=json`
+//! (Istio's setting; [`LogFormat::from_env`]) writes one flat JSON object per line, the message
+//! and every field at the top level next to `timestamp`, `level` and `target`.
+
+use std::sync::Mutex;
 
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
-/// Replaces the log filter at runtime; the argument uses `RUST_LOG` syntax (`debug`,
-/// `info,mesh::hbone=debug`). The error says why a filter was not accepted.
-pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Changes the log filter at runtime. Keeps the filter the process started with (for
+/// `reset`) and the one in force, so a change to one target keeps the others.
+pub struct LogReload {
+    initial: String,
+    current: Mutex<String>,
+    apply: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+}
+
+impl LogReload {
+    /// `initial` is the filter in force (`RUST_LOG` syntax); `apply` installs a new one and
+    /// says why it could not.
+    pub fn new(
+        initial: impl Into<String>,
+        apply: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static,
+    ) -> LogReload {
+        let initial = initial.into();
+        LogReload {
+            current: Mutex::new(initial.clone()),
+            initial,
+            apply: Box::new(apply),
+        }
+    }
+
+    /// The filter in force, in `RUST_LOG` syntax.
+    pub fn current(&self) -> String {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Applies an istioctl-style change (see [`merge_levels`]) and returns the new filter.
+    pub fn change(&self, level: &str, reset: bool) -> Result<String, String> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let base = if reset { &self.initial } else { &*current };
+        let next = merge_levels(base, level)?;
+        (self.apply)(&next)?;
+        *current = next.clone();
+        Ok(next)
+    }
+}
+
+/// The levels a log line or a target may be set to.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Applies `change`, a comma-separated list of `<level>` (every target) or
+/// `<target>:<level>` (istioctl's syntax; `<target>=<level>` is accepted too), to `base`, a
+/// filter in `RUST_LOG` syntax. A bare level replaces the default level and drops every
+/// per-target directive (`level=debug` means everything at debug); a target's level replaces what `base` said
+/// of that target and keeps the rest. `access` is the access log's target in amesh as in
+/// Istio. An empty `change` leaves `base` as it is. The error names the bad item.
+pub fn merge_levels(base: &str, change: &str) -> Result<String, String> {
+    let mut default: Option<String> = None;
+    let mut targets: Vec<(String, String)> = Vec::new();
+    for directive in base.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.split_once('=') {
+            Some((target, level)) => targets.push((target.to_string(), level.to_string())),
+            None if LEVELS.contains(&directive.to_ascii_lowercase().as_str()) => {
+                default = Some(directive.to_ascii_lowercase())
+            }
+            // A target without a level (`mesh::hbone`) enables all of it: keep it as it is.
+            None => targets.push((directive.to_string(), String::new())),
+        }
+    }
+    for item in change.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (target, level) = match item.rsplit_once([':', '=']) {
+            Some((t, l)) => (Some(t.trim()), l.trim()),
+            None => (None, item),
+        };
+        let level = level.to_ascii_lowercase();
+        if !LEVELS.contains(&level.as_str()) {
+            return Err(format!(
+                "{item:?}: {level:?} is not a level (one of {})",
+                LEVELS.join(", ")
+            ));
+        }
+        match target {
+            Some("") => return Err(format!("{item:?}: the target before ':' is empty")),
+            Some(t) if !t.chars().all(|c| c.is_alphanumeric() || "_:.-".contains(c)) => {
+                return Err(format!("{item:?}: {t:?} is not a target name"))
+            }
+            Some(t) => {
+                targets.retain(|(have, _)| have != t);
+                targets.push((t.to_string(), level));
+            }
+            None => {
+                default = Some(level);
+                targets.clear();
+            }
+        }
+    }
+    let mut out: Vec<String> = default.into_iter().collect();
+    out.extend(
+        targets
+            .into_iter()
+            .map(|(t, l)| if l.is_empty() { t } else { format!("{t}={l}") }),
+    );
+    Ok(out.join(","))
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,25 +130,76 @@ impl LogFormat {
             _ => LogFormat::Text,
         }
     }
+
+    /// `LOG_FORMAT` of this process's environment.
+    pub fn from_env() -> LogFormat {
+        LogFormat::from_setting(std::env::var("LOG_FORMAT").ok().as_deref())
+    }
 }
 
 /// Installs the process's subscriber: filter from `RUST_LOG` (`info` when unset or invalid),
-/// lines in `format` on stdout. Returns the handle that changes the filter later. Call once, before anything logs; a
-/// second call leaves the first subscriber in place and returns an error.
+/// lines in `format` on stdout. Returns the handle that changes the filter later. Call once,
+/// before anything logs; a second call leaves the first subscriber in place and returns an
+/// error.
 pub fn init(format: LogFormat) -> Result<LogReload, String> {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default(format, "info")
+}
+
+/// As [`init`], with `default` as the filter when `RUST_LOG` is unset or invalid.
+pub fn init_with_default(format: LogFormat, default: &str) -> Result<LogReload, String> {
+    let (filter, initial) = match std::env::var("RUST_LOG") {
+        Ok(v) if EnvFilter::try_new(&v).is_ok() => (EnvFilter::new(&v), v),
+        _ => (EnvFilter::new(default), default.to_string()),
+    };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     // Colour codes only for a person at a terminal: a log file or a collector reading the
     // container's stdout gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let installed = match format {
-        LogFormat::Json => registry.with(fmt::layer().json()).try_init(),
+        // Flattened: the message and fields at the top level, as Istio's JSON lines have them.
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_ansi(false))
+            .try_init(),
         LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi)).try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
-    Ok(Box::new(move |level: &str| {
+    Ok(LogReload::new(initial, move |level: &str| {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_levels;
+
+    #[test]
+    fn istioctl_levels_merge_into_the_filter() {
+        assert_eq!(
+            merge_levels("info", "access:debug").unwrap(),
+            "info,access=debug"
+        );
+        assert_eq!(
+            merge_levels("info,access=debug", "access:warn,mesh::hbone:trace").unwrap(),
+            "info,access=warn,mesh::hbone=trace"
+        );
+        assert_eq!(merge_levels("info,access=debug", "debug").unwrap(), "debug");
+        assert_eq!(
+            merge_levels("warn", "access=INFO").unwrap(),
+            "warn,access=info"
+        );
+        assert_eq!(merge_levels("info,mesh", "").unwrap(), "info,mesh");
+    }
+
+    #[test]
+    fn bad_levels_are_named() {
+        let e = merge_levels("info", "access:loud").unwrap_err();
+        assert!(e.contains("\"loud\" is not a level"), "{e}");
+        let e = merge_levels("info", ":debug").unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = merge_levels("info", "a b:debug").unwrap_err();
+        assert!(e.contains("not a target"), "{e}");
+        assert!(merge_levels("info", "ztunnel=loud").is_err());
+    }
 }

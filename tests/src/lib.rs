@@ -178,7 +178,7 @@ impl MeshLab {
         .map(|(_, body)| body)
         .unwrap_or_default();
         let dump: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        dump["config"]["policies"]
+        dump["policies"]
             .as_array()
             .into_iter()
             .flatten()

@@ -350,16 +350,21 @@ fn admin_endpoints_and_sigterm_drain() {
     assert_eq!(names, BTreeSet::from(["client-a", "server-1"]));
     let certs = dump["certificates"].as_array().expect("certificates");
     assert!(
-        certs
-            .iter()
-            .any(|c| c["identity"] == CLIENT_A && c["notAfter"].is_string()),
+        certs.iter().any(|c| c["identity"] == CLIENT_A
+            && c["state"] == "Available"
+            && c["certChain"][0]["expirationTime"].is_string()
+            && c["certChain"][0]["serialNumber"].is_string()),
         "{certs:?}"
     );
-    assert!(dump["config"]["workloads"]
-        .as_array()
-        .is_some_and(|w| w.len() >= 5));
+    assert!(dump["workloadState"].as_object().is_some_and(|w| w
+        .values()
+        .any(|p| p["info"]["name"] == "client-a" && p["state"] == "Up")));
+    assert!(dump["workloads"].as_array().is_some_and(|w| w.len() >= 5));
     assert_eq!(get(admin, "/logging?level=debug").0, 200);
     assert_eq!(get(admin, "/logging?level=ztunnel=loud").0, 400);
+    assert_eq!(get(admin, "/logging?level=access:debug").0, 200);
+    assert_eq!(get(admin, "/logging?level=access:loud").0, 400);
+    assert_eq!(get(admin, "/logging?reset").0, 200);
     let ready = std::net::SocketAddr::new(ztunnel.ip.into(), 15021);
     assert_eq!(get(ready, "/healthz/ready").0, 200);
 

@@ -16,6 +16,8 @@ pub struct Report {
     pub waypoint: Arc<Waypoint>,
     pub registry: Registry,
     pub certs: mesh::certs::CertStore,
+    /// The roots peers are verified against, for the certificates' `rootCerts`.
+    pub roots: mesh::certs::TrustRoots,
 }
 
 impl mesh::admin::AdminSource for Report {
@@ -86,7 +88,7 @@ impl mesh::admin::AdminSource for Report {
                 &base64::engine::general_purpose::STANDARD,
                 prost::Message::encode_to_vec(&l7.sources.to_local()),
             ),
-            "certificates": mesh::admin::certificates(&self.certs),
+            "certificates": mesh::admin::certificates(&self.certs, &self.roots),
         })
     }
 

@@ -113,6 +113,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
             waypoint: waypoint.clone(),
             registry,
             certs: store.clone(),
+            roots: tls.roots().clone(),
         },
         ready: ready.clone(),
         log_reload,

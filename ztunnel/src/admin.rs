@@ -1,6 +1,6 @@
 //! What ztunnel reports on the admin endpoints ([`mesh::admin`] serves them: 15000, 15020,
-//! 15021): its config, captured pods and certificates on `/config_dump`, Istio's TCP metrics
-//! on `/metrics`.
+//! 15021): on `/config_dump` its config, certificates and captured pods in Istio ztunnel's
+//! shape (see [`crate::dump`]), Istio's TCP metrics on `/metrics`.
 
 use std::sync::Arc;
 
@@ -20,14 +20,23 @@ pub struct Report {
 }
 
 impl mesh::admin::AdminSource for Report {
-    /// Everything ztunnel currently knows, for operators: config, captured pods, certificates.
+    /// Everything ztunnel currently knows, for operators and istioctl: `workloads`,
+    /// `services`, `policies`, `certificates`, `workloadState`, plus `version` and `pods`.
     async fn config_dump(&self) -> serde_json::Value {
         let snapshot = self.shared.state.snapshot();
-        serde_json::json!({
-            "config": crate::dump::snapshot(&snapshot),
-            "pods": self.pods.list().await,
-            "certificates": mesh::admin::certificates(self.shared.tls.store()),
-        })
+        let pods = self.pods.list().await;
+        let mut dump = crate::dump::snapshot(&snapshot);
+        let tls = &self.shared.tls;
+        dump.insert(
+            "certificates".into(),
+            mesh::admin::certificates(tls.store(), tls.roots()),
+        );
+        dump.insert("workloadState".into(), crate::dump::workload_state(&pods));
+        dump.insert(
+            "pods".into(),
+            serde_json::to_value(&pods).unwrap_or_default(),
+        );
+        dump.into()
     }
 
     fn metrics(&self) -> String {

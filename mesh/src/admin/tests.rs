@@ -4,7 +4,7 @@ struct Fake;
 
 impl AdminSource for Fake {
     async fn config_dump(&self) -> serde_json::Value {
-        serde_json::json!({"config": {"version": 7}})
+        serde_json::json!({"workloads": [], "version": 7})
     }
 
     fn metrics(&self) -> String {
@@ -55,29 +55,103 @@ async fn metrics_and_config_dump_come_from_the_source() {
     let r = route(&admin, Endpoint::Admin, get("/config_dump")).await;
     assert_eq!(r.headers()[http::header::CONTENT_TYPE], "application/json");
     let dump: serde_json::Value = serde_json::from_str(&body(r).await).unwrap();
-    assert_eq!(dump["config"]["version"], 7);
+    assert_eq!(dump["version"], 7);
+}
+
+/// A reload that records every filter it is asked to install and refuses none.
+fn recording_reload() -> (LogReload, Arc<parking_lot::Mutex<Vec<String>>>) {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let reload = LogReload::new("info", move |filter: &str| {
+        log.lock().push(filter.to_string());
+        Ok(())
+    });
+    (reload, seen)
+}
+
+/// One HTTP/1.1 request over a real socket; the status code and body.
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
 }
 
 #[tokio::test]
-async fn logging_reloads_or_says_why_not() {
+async fn logging_takes_istioctls_syntax_on_a_real_socket() {
+    let (reload, seen) = recording_reload();
+    let admin = Arc::new(admin(Some(reload)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, admin, Endpoint::Admin));
+
+    // istioctl's form, as `istioctl ztunnel-config log --level access:debug` sends it.
+    let (status, body) = http(addr, "POST", "/logging?level=access%3Adebug").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "current log level is info,access=debug\n")
+    );
+    // Another target keeps the first; a listing shows both.
+    let (status, _) = http(addr, "POST", "/logging?level=mesh::hbone:trace").await;
+    assert_eq!(status, 200);
+    let (status, body) = http(addr, "GET", "/logging").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        "current log level is info,access=debug,mesh::hbone=trace\n"
+    );
+    // A bare level sets everything.
+    let (_, body) = http(addr, "POST", "/logging?level=warn").await;
+    assert_eq!(body, "current log level is warn\n");
+    // reset: back to the start, then the level given with it.
+    let (_, body) = http(addr, "POST", "/logging?reset&level=access:debug").await;
+    assert_eq!(body, "current log level is info,access=debug\n");
+    let (_, body) = http(addr, "POST", "/logging?reset").await;
+    assert_eq!(body, "current log level is info\n");
+    assert_eq!(
+        *seen.lock(),
+        [
+            "info,access=debug",
+            "info,access=debug,mesh::hbone=trace",
+            "warn",
+            "info,access=debug",
+            "info"
+        ]
+    );
+
+    // Never silently ignored: a bad level, target or parameter is a 400 that names it, and
+    // nothing is installed.
+    for (path, names) in [
+        ("/logging?level=access:loud", "\"loud\" is not a level"),
+        ("/logging?level=:debug", "empty"),
+        ("/logging?lvl=debug", "unknown parameter \"lvl\""),
+    ] {
+        let (status, body) = http(addr, "POST", path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(names), "{path}: {body}");
+        assert!(body.contains("usage:"), "{path}: {body}");
+    }
+    assert_eq!(seen.lock().len(), 5);
+}
+
+#[tokio::test]
+async fn logging_says_when_the_process_cannot_change_it() {
     let without = admin(None);
     let r = route(&without, Endpoint::Admin, get("/logging?level=debug")).await;
     assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
-    let reload: LogReload = Box::new(|level: &str| {
-        if level == "debug" {
-            Ok(())
-        } else {
-            Err("no such level".into())
-        }
-    });
-    let with = admin(Some(reload));
-    let r = route(&with, Endpoint::Admin, get("/logging?level=debug")).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = route(&with, Endpoint::Admin, get("/logging?level=loud")).await;
+    let refusing = admin(Some(LogReload::new("info", |_: &str| {
+        Err("the subscriber is gone".to_string())
+    })));
+    let r = route(&refusing, Endpoint::Admin, get("/logging?level=debug")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(body(r).await.contains("no such level"));
-    let r = route(&with, Endpoint::Admin, get("/logging")).await;
-    assert!(body(r).await.contains("level="));
+    assert!(body(r).await.contains("the subscriber is gone"));
 }
 
 #[tokio::test]

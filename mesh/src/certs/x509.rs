@@ -55,6 +55,19 @@ pub(crate) fn facts(der: &[u8]) -> Result<CertFacts, String> {
     })
 }
 
+/// One certificate as Istio ztunnel's `/config_dump` shows it: serial in decimal (istioctl
+/// parses it base 10), validity bounds. The error is a short reason, as for [`facts`].
+pub(crate) fn dump_facts(der: &[u8]) -> Result<(String, SystemTime, SystemTime), String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    let validity = cert.validity();
+    Ok((
+        cert.serial.to_string(),
+        system_time(validity.not_before.timestamp()),
+        system_time(validity.not_after.timestamp()),
+    ))
+}
+
 /// The SubjectPublicKeyInfo DER of a certificate, to check that a key belongs to it.
 pub(crate) fn spki(der: &[u8]) -> Result<Vec<u8>, String> {
     let (_, cert) =
