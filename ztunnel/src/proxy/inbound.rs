@@ -160,6 +160,7 @@ impl ConnectHandler for Inbound {
                     target,
                     &self.pod,
                     source_workload.as_deref(),
+                    conn.src_identity.as_ref(),
                     "hbone",
                     &stats,
                     start,

@@ -115,6 +115,7 @@ async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, peer: Socket
                 target,
                 &pod,
                 source_workload.as_deref(),
+                None,
                 "plaintext",
                 &stats,
                 start,

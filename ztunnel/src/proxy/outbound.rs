@@ -384,6 +384,8 @@ fn tunnel_done(
                 target,
                 pod,
                 Some(workload),
+                // The tunnel's server proved this identity in the handshake.
+                Some(&workload.identity),
                 "hbone",
                 stats,
                 start,
@@ -413,7 +415,9 @@ async fn direct(
                 stats.received,
                 stats.error.as_ref().map(|_| "UC"),
             );
-            access_log("outbound", peer, target, pod, workload, kind, &stats, start);
+            access_log(
+                "outbound", peer, target, pod, workload, None, kind, &stats, start,
+            );
         }
         Err(e) => {
             conn.close(0, 0, Some("UF"));
@@ -422,6 +426,13 @@ async fn direct(
     }
 }
 
+/// One access-log line (target `access`, message `connection complete`) with the field names
+/// of Istio's ztunnel: `src.*` and `dst.*` (`addr`, `workload`, `namespace`, `identity`, and
+/// `dst.hbone_addr` for a tunnel), `direction`, `bytes_sent`, `bytes_recv`, `duration`
+/// (`<n>ms`) and `error`. `pod` is the captured pod on this side (the source outbound, the
+/// destination inbound); `peer_identity` is the other side's identity as the mTLS handshake
+/// proved it, `None` where nothing proved one (plaintext, passthrough): a workload's claimed
+/// identity is never logged as the peer's.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn access_log(
     direction: &str,
@@ -429,22 +440,45 @@ pub(crate) fn access_log(
     dst: SocketAddr,
     pod: &Pod,
     peer_workload: Option<&Workload>,
+    peer_identity: Option<&mesh::Identity>,
     kind: &str,
     stats: &mesh::hbone::RelayStats,
     start: Instant,
 ) {
+    let peer_name = peer_workload.map_or("", |w| w.name.as_str());
+    let peer_namespace = peer_workload.map_or("", |w| w.namespace.as_str());
+    let peer_identity = peer_identity.map(|i| i.to_string()).unwrap_or_default();
+    let pod_identity = pod.identity.to_string();
+    let (src_workload, src_namespace, src_identity, dst_workload, dst_namespace, dst_identity) =
+        if direction == "inbound" {
+            let (n, ns) = (pod.info.name.as_str(), pod.info.namespace.as_str());
+            (peer_name, peer_namespace, peer_identity.as_str(), n, ns, pod_identity.as_str())
+        } else {
+            let (n, ns) = (pod.info.name.as_str(), pod.info.namespace.as_str());
+            (n, ns, pod_identity.as_str(), peer_name, peer_namespace, peer_identity.as_str())
+        };
+    // Istio writes `dst.hbone_addr` only for a tunnelled connection: the address inside it.
+    let hbone_addr = if kind == "hbone" {
+        dst.to_string()
+    } else {
+        String::new()
+    };
     info!(
         target: "access",
         direction,
-        protocol = kind,
         src.addr = %src,
+        src.workload = src_workload,
+        src.namespace = src_namespace,
+        src.identity = src_identity,
         dst.addr = %dst,
-        pod = %format!("{}/{}", pod.info.namespace, pod.info.name),
-        identity = %pod.identity,
-        peer.workload = peer_workload.map(|w| w.name.as_str()).unwrap_or(""),
+        dst.hbone_addr = hbone_addr,
+        dst.workload = dst_workload,
+        dst.namespace = dst_namespace,
+        dst.identity = dst_identity,
+        protocol = kind,
         bytes_sent = stats.sent,
         bytes_recv = stats.received,
-        duration_ms = start.elapsed().as_millis() as u64,
+        duration = %format_args!("{}ms", start.elapsed().as_millis()),
         error = stats.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
         "connection complete"
     );

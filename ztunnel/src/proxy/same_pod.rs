@@ -75,6 +75,8 @@ pub(crate) async fn serve(
                 target,
                 pod,
                 Some(&workload),
+                // Both ends are this pod: its own identity, no handshake needed.
+                Some(&pod.identity),
                 "same-pod",
                 &stats,
                 start,
