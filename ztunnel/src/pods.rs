@@ -269,6 +269,8 @@ impl PodManager {
             let old = pods.remove(&info.uid);
             if let Some(old) = &old {
                 self.forget_unused(&pods, &old.pod.identity);
+                self.shared.metrics.pods.stopped.inc();
+                self.shared.metrics.pods.active.set(pods.len() as i64);
             }
             old
         };
@@ -285,10 +287,17 @@ impl PodManager {
         )
         .ok()
         .map(|identity| Adding::new(&self.adding, identity));
-        // The wait for the certificate happens here, with no lock but the uid's.
-        let running = self.start(info, handle).await?;
+        // The wait for the certificate happens here, with no lock but the uid's. Pending in
+        // the metrics until then, whatever the outcome.
+        let pending = &self.shared.metrics.pods.pending;
+        pending.inc();
+        let started = self.start(info, handle).await;
+        pending.dec();
+        let running = started?;
         let mut pods = self.pods.lock().await;
         pods.insert(running.pod.info.uid.clone(), running);
+        self.shared.metrics.pods.started.inc();
+        self.shared.metrics.pods.active.set(pods.len() as i64);
         self.persist(&pods)?;
         Ok(true)
     }
@@ -306,6 +315,8 @@ impl PodManager {
             let Some(running) = pods.remove(uid) else {
                 return Ok(false);
             };
+            self.shared.metrics.pods.stopped.inc();
+            self.shared.metrics.pods.active.set(pods.len() as i64);
             self.forget_unused(&pods, &running.pod.identity);
             running
         };
@@ -460,6 +471,8 @@ impl PodManager {
             let mut pods = self.pods.lock().await;
             pods.drain().map(|(_, running)| running).collect()
         };
+        self.shared.metrics.pods.stopped.inc_by(taken.len() as u64);
+        self.shared.metrics.pods.active.set(0);
         // Every listener closes now, the capture's copies too (else the kernel would keep
         // queueing new connections that nobody accepts any more): new connections are
         // refused while the open ones finish.

@@ -69,13 +69,14 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     let state = StateStore::new();
 
     // Config source. Keep the handle alive for the life of the process.
-    let (synced, _source) = start_config_source(&config, &state)?;
+    let metrics = Arc::new(Metrics::new());
+    let (synced, _source) = start_config_source(&config, &state, &metrics)?;
 
     let shared = Arc::new(Shared {
         state,
         tls,
         certs: Some(certs),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         settings: H2Settings::default(),
         mark: config.packet_mark,
         node: config.node_name.clone(),
@@ -213,6 +214,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
 fn start_config_source(
     config: &Config,
     state: &StateStore,
+    metrics: &Metrics,
 ) -> anyhow::Result<(
     futures::future::BoxFuture<'static, ()>,
     Box<dyn std::any::Any + Send>,
@@ -248,6 +250,8 @@ fn start_config_source(
                 .map(|r| r.with_server_name(server_name.clone()));
             let handle = mesh::xds::spawn(xds, Arc::new(state.clone()))
                 .with_context(|| format!("XDS_ADDRESS={address}"))?;
+            // The xDS families of `/metrics` read the client's status.
+            metrics.watch_xds(handle.watch_status());
             let synced = handle.wait_synced();
             Ok((
                 Box::pin(async move {

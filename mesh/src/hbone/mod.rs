@@ -26,7 +26,9 @@ pub use pool::{Connecting, Pool, PoolKey, PoolStats, SocketFactory, TunnelReques
 pub use relay::{
     abort_on_close, close_gracefully, relay, relay_connecting, RelayError, RelayStats,
 };
-pub use request::{forwarded_header, ConnectRequest, Refusal};
+pub use request::{
+    baggage_header, connect_headers, forwarded_header, traceparent_header, ConnectRequest, Refusal,
+};
 // The sans-IO request checks, public for the fuzz targets (`fuzz/`), not an API to build on.
 #[doc(hidden)]
 pub use request::{build_connect, inspect, Inspection};

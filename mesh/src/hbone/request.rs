@@ -88,6 +88,72 @@ pub fn forwarded_header(client: SocketAddr, host: Option<&str>) -> HeaderValue {
     })
 }
 
+/// A W3C `traceparent` starting a new trace: version `00`, a random 16-byte trace id, a random
+/// 8-byte parent id, flags `00` (not sampled), as Istio's ztunnel sends on each CONNECT.
+pub fn traceparent_header() -> HeaderValue {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    // All-zero ids are invalid in W3C trace context; a random one is zero with probability
+    // 2^-128 (2^-64), but a zero would make the header invalid, so it is replaced.
+    let trace: u128 = rng.random::<u128>().max(1);
+    let parent: u64 = rng.random::<u64>().max(1);
+    HeaderValue::from_str(&format!("00-{trace:032x}-{parent:016x}-00"))
+        .expect("hex digits are a valid header value")
+}
+
+/// Istio's `baggage` for a CONNECT from `source`: `k8s.cluster.name`, `k8s.namespace.name`,
+/// `k8s.<kind>.name` (`deployment`, `cronjob`, `pod`, `job`), `service.name` (the canonical
+/// service) and `service.version` (the canonical revision). An empty value, or one with
+/// characters W3C baggage would need escaped, is left out. `None` when nothing is known.
+/// Information for telemetry only: a destination never takes identity from it.
+pub fn baggage_header(source: &crate::state::Workload) -> Option<HeaderValue> {
+    let kind = match source.workload_type {
+        crate::state::WorkloadType::Deployment => "deployment",
+        crate::state::WorkloadType::CronJob => "cronjob",
+        crate::state::WorkloadType::Pod => "pod",
+        crate::state::WorkloadType::Job => "job",
+    };
+    let workload_key = format!("k8s.{kind}.name");
+    let entries = [
+        ("k8s.cluster.name", source.cluster_id.as_str()),
+        ("k8s.namespace.name", source.namespace.as_str()),
+        (workload_key.as_str(), source.workload_name.as_str()),
+        ("service.name", source.canonical_name.as_str()),
+        ("service.version", source.canonical_revision.as_str()),
+    ];
+    let value = entries
+        .iter()
+        .filter(|(_, v)| {
+            !v.is_empty()
+                && v.bytes().all(|b| {
+                    b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'=' | b'%' | b'"' | b'\\')
+                })
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    if value.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// The headers of a CONNECT from a captured app: `forwarded` (see [`forwarded_header`]), a
+/// fresh `traceparent`, and `baggage` describing `source` when it is known.
+pub fn connect_headers(
+    client: SocketAddr,
+    host: Option<&str>,
+    source: Option<&crate::state::Workload>,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::FORWARDED, forwarded_header(client, host));
+    headers.insert("traceparent", traceparent_header());
+    if let Some(baggage) = source.and_then(baggage_header) {
+        headers.insert("baggage", baggage);
+    }
+    headers
+}
+
 /// Builds the CONNECT request for a tunnel to `authority`.
 pub fn build_connect(
     authority: &str,

@@ -152,6 +152,9 @@ impl XdsClient {
             self.publish(|s| {
                 s.connected = false;
                 s.last_error = Some(error.to_string());
+                *s.terminations
+                    .entry(error.termination_reason())
+                    .or_default() += 1;
             });
             tokio::select! {
                 _ = &mut stop => break,
@@ -210,6 +213,13 @@ impl XdsClient {
                 Err(status) => return XdsError::from_status(&self.address, &status),
             };
             *healthy = true;
+            let bytes: usize = response
+                .resources
+                .iter()
+                .filter_map(|r| r.resource.as_ref())
+                .map(|any| any.value.len())
+                .sum();
+            self.status.send_modify(|s| s.message_bytes += bytes as u64);
             let was_synced = self.state.synced();
             let reply = self.state.on_response(response, &*self.handler);
             match &reply.verdict {

@@ -38,6 +38,16 @@ pub enum XdsError {
 }
 
 impl XdsError {
+    /// Istio's name for why a stream ended this way (the `reason` label of
+    /// `istio_xds_connection_terminations_total`).
+    pub fn termination_reason(&self) -> &'static str {
+        match self {
+            XdsError::Connect { .. } => "ConnectionError",
+            XdsError::Closed { .. } => "Reconnect",
+            _ => "Error",
+        }
+    }
+
     /// Classifies a gRPC status from the stream, with what to check for the common ones.
     pub(crate) fn from_status(address: &str, status: &tonic::Status) -> Self {
         let mut message = status.message().to_string();

@@ -21,6 +21,12 @@ pub struct XdsStatus {
     pub last_error: Option<String>,
     /// The most recent response this client refused.
     pub last_nack: Option<Nack>,
+    /// Streams ended, by Istio's termination reason (`ConnectionError`: no connection;
+    /// `Error`: the stream failed with a gRPC status; `Reconnect`: the server closed it
+    /// cleanly and the client connects again), for `istio_xds_connection_terminations_total`.
+    pub terminations: std::collections::BTreeMap<&'static str, u64>,
+    /// Bytes of resources received in responses, for `istio_xds_message_bytes_total`.
+    pub message_bytes: u64,
 }
 
 /// The state of one subscribed type.

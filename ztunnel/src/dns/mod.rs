@@ -154,13 +154,27 @@ async fn forward_to_all(query: &Message, raw: &[u8], servers: &[SocketAddr]) -> 
 }
 
 /// Answers one raw query; `None` when there is nothing to answer (not DNS, or not a query).
-async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
+/// `protocol` is the transport it came on (`udp`, `tcp`), for the metrics.
+async fn handle(shared: &Shared, pod: &Pod, raw: &[u8], protocol: &'static str) -> Option<Vec<u8>> {
     let query = Message::from_vec(raw).ok()?;
     let zone = Zone {
         namespace: &pod.info.namespace,
         domain: &shared.cluster_domain,
     };
-    let resolution = resolve(&shared.state.snapshot(), zone, &query);
+    let snapshot = shared.state.snapshot();
+    // Counted as Istio's ztunnel does: one request per query received, by its first question's
+    // type, with the asking pod's canonical service.
+    let labels = crate::metrics::DnsLabels::new(
+        &query
+            .queries
+            .first()
+            .map(|q| q.query_type().to_string())
+            .unwrap_or_default(),
+        protocol,
+        snapshot.workload_by_ip(pod.info.ip).map(|w| &**w),
+    );
+    shared.metrics.dns.requests.get_or_create(&labels).inc();
+    let resolution = resolve(&snapshot, zone, &query);
     let servfail = || {
         Message::error_msg(
             query.metadata.id,
@@ -182,7 +196,13 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8]) -> Option<Vec<u8>> {
                 debug!("too many DNS queries in flight upstream; answering SERVFAIL");
                 return servfail().to_vec().ok();
             };
-            match forward_to_all(&query, raw, &shared.resolvers.all()).await {
+            let started = std::time::Instant::now();
+            let answer = forward_to_all(&query, raw, &shared.resolvers.all()).await;
+            shared
+                .metrics
+                .dns
+                .forwarded(&labels, started.elapsed(), answer.is_some());
+            match answer {
                 Some(bytes) => return Some(bytes),
                 None => servfail(),
             }
@@ -232,7 +252,7 @@ pub async fn serve(
                 let (shared, pod, udp) = (shared.clone(), pod.clone(), udp.clone());
                 queries.spawn(async move {
                     let _in_flight = in_flight;
-                    let Some(reply) = handle(&shared, &pod, &raw).await else {
+                    let Some(reply) = handle(&shared, &pod, &raw, "udp").await else {
                         return;
                     };
                     match dst.filter(|d| Some(*d) != local) {
@@ -392,7 +412,7 @@ async fn serve_tcp_conn(
             Ok(Ok(n)) if n == len => {}
             _ => return,
         }
-        let Some(reply) = handle(shared, pod, &raw).await else {
+        let Some(reply) = handle(shared, pod, &raw, "tcp").await else {
             debug!("dropping a malformed DNS message over TCP");
             return;
         };

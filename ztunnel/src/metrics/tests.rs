@@ -42,10 +42,55 @@ fn flagged_and_unflagged_closes_count_apart_and_add_up() {
         sample(&text, "istio_tcp_connections_closed_total", "DENY"),
         3
     );
-    assert_eq!(sample(&text, "istio_tcp_connections_closed_total", "UF"), 1);
+    // Envoy's UF is Istio ztunnel's CONNECT; DENY and CONNECT closes are failures too.
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_closed_total", "CONNECT"),
+        1
+    );
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_failed_total", "CONNECT"),
+        1
+    );
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_failed_total", "DENY"),
+        3
+    );
     assert_eq!(sample(&text, "istio_tcp_received_bytes_total", "-"), 16);
     assert_eq!(sample(&text, "istio_tcp_sent_bytes_total", "-"), 22);
     // A flagged set is interned once, however many connections close with it.
     assert_eq!(metrics.flagged.len(), 2);
     assert_eq!(metrics.sets.len(), 1);
+}
+
+#[test]
+fn a_broken_connection_is_closed_not_failed_and_plain_tcp_is_unknown_policy() {
+    let metrics = Metrics::new();
+    let plain = ConnLabels::new(
+        Reporter::Source,
+        None,
+        None,
+        None,
+        None,
+        SecurityPolicy::None,
+    );
+    metrics.open(plain).close(3, 4, Some("UC"));
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "istio_tcp_connections_closed_total", "-"), 1);
+    assert!(!text.contains("response_flags=\"UC\""), "{text}");
+    assert!(!text
+        .lines()
+        .any(|l| l.starts_with("istio_tcp_connections_failed_total{")));
+    assert!(
+        text.contains("connection_security_policy=\"unknown\""),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "istio_build{{component=\"ztunnel\",tag=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    // Declared with no xDS client: the dashboard's query finds the family, empty.
+    assert!(
+        text.contains("# TYPE istio_xds_connection_terminations counter"),
+        "{text}"
+    );
 }

@@ -84,6 +84,9 @@ impl ConnectHandler for Inbound {
                 .find(|s| dst_workload.services.contains_key(&s.key()))
                 .cloned()
         });
+        // Else the service whose target port the client reached, as Istio's ztunnel names it.
+        let service = service
+            .or_else(|| crate::metrics::service_for_port(&snapshot, &dst_workload, target.port()));
         let labels = ConnLabels::new(
             Reporter::Destination,
             source_workload.as_deref(),

@@ -85,7 +85,10 @@ pub fn route(snapshot: &Snapshot, caller: Caller<'_>, dst: SocketAddr) -> Route 
         {
             return route;
         }
-        return with_workload(workload.clone(), None, dst);
+        // Addressed to the pod: the service whose target port this is names the traffic in
+        // the metrics, as Istio's ztunnel does.
+        let service = crate::metrics::service_for_port(snapshot, workload, dst.port());
+        return with_workload(workload.clone(), service, dst);
     }
     Route::Passthrough { target: dst }
 }
@@ -218,7 +221,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
         } => {
             let host = service.as_ref().map(|s| s.hostname.as_str());
             let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
-            let req = tunnel_request(&pod, peer, host, &workload, hbone, target);
+            let req = tunnel_request(
+                &pod,
+                peer,
+                host,
+                source.as_deref(),
+                &workload,
+                hbone,
+                target,
+            );
             let labels = ConnLabels::new(
                 Reporter::Source,
                 source.as_deref(),
@@ -238,7 +249,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, pod: Arc<Pod>, tcp: TcpStream, p
         } => {
             let WaypointPod { workload, address } = waypoint;
             let host = service.as_ref().map(|s| s.hostname.as_str());
-            let req = tunnel_request(&pod, peer, host, &workload, address, authority);
+            let req = tunnel_request(
+                &pod,
+                peer,
+                host,
+                source.as_deref(),
+                &workload,
+                address,
+                authority,
+            );
             // As Istio's ztunnel: the destination is the peer that proved its identity (the
             // waypoint), the service is the one the app addressed. The waypoint reports the
             // hop to the app's pod itself.
@@ -320,12 +339,13 @@ fn tunnel_request(
     pod: &Pod,
     peer: SocketAddr,
     host: Option<&str>,
+    source: Option<&Workload>,
     workload: &Workload,
     address: SocketAddr,
     authority: SocketAddr,
 ) -> TunnelRequest {
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::FORWARDED, forwarded_header(peer, host));
+    // `forwarded`, a new `traceparent` and the source's `baggage`, as Istio's ztunnel sends.
+    let headers = mesh::hbone::connect_headers(peer, host, source);
     TunnelRequest {
         source: pod.identity.clone(),
         destination: workload.identity(),
@@ -452,10 +472,24 @@ pub(crate) fn access_log(
     let (src_workload, src_namespace, src_identity, dst_workload, dst_namespace, dst_identity) =
         if direction == "inbound" {
             let (n, ns) = (pod.info.name.as_str(), pod.info.namespace.as_str());
-            (peer_name, peer_namespace, peer_identity.as_str(), n, ns, pod_identity.as_str())
+            (
+                peer_name,
+                peer_namespace,
+                peer_identity.as_str(),
+                n,
+                ns,
+                pod_identity.as_str(),
+            )
         } else {
             let (n, ns) = (pod.info.name.as_str(), pod.info.namespace.as_str());
-            (n, ns, pod_identity.as_str(), peer_name, peer_namespace, peer_identity.as_str())
+            (
+                n,
+                ns,
+                pod_identity.as_str(),
+                peer_name,
+                peer_namespace,
+                peer_identity.as_str(),
+            )
         };
     // Istio writes `dst.hbone_addr` only for a tunnelled connection: the address inside it.
     let hbone_addr = if kind == "hbone" {
