@@ -8,7 +8,7 @@
 //! (Istio's setting; [`LogFormat::from_env`]) writes one flat JSON object per line, the message
 //! and every field at the top level next to `timestamp`, `level` and `target`.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
@@ -17,8 +17,11 @@ use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 pub struct LogReload {
     initial: String,
     current: Mutex<String>,
-    apply: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    apply: ApplyFilter,
 }
+
+/// Installs a filter (`RUST_LOG` syntax) or says why it could not.
+type ApplyFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 impl LogReload {
     /// `initial` is the filter in force (`RUST_LOG` syntax); `apply` installs a new one and
@@ -37,15 +40,12 @@ impl LogReload {
 
     /// The filter in force, in `RUST_LOG` syntax.
     pub fn current(&self) -> String {
-        self.current
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        self.current.lock().clone()
     }
 
     /// Applies an istioctl-style change (see [`merge_levels`]) and returns the new filter.
     pub fn change(&self, level: &str, reset: bool) -> Result<String, String> {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.lock();
         let base = if reset { &self.initial } else { &*current };
         let next = merge_levels(base, level)?;
         (self.apply)(&next)?;

@@ -211,7 +211,16 @@ pub struct DnsMetrics {
     upstream_duration: Family<DnsLabels, Histogram>,
 }
 
+// The families are keyed per query, not per byte or per connection: a DNS query already costs
+// a parse and often an upstream round trip, so one family lock per query is not worth an
+// interned label set (the rule `get_or_create` is disallowed for is the connection path's).
+#[allow(clippy::disallowed_methods)]
 impl DnsMetrics {
+    /// Counts one query a pod sent to the DNS proxy.
+    pub fn received(&self, labels: &DnsLabels) {
+        self.requests.get_or_create(labels).inc();
+    }
+
     /// Counts one forward to the upstream nameservers and how long it took; `answered` is
     /// false when none of them answered.
     pub fn forwarded(&self, labels: &DnsLabels, took: Duration, answered: bool) {
@@ -362,6 +371,8 @@ impl Metrics {
 
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("istio_build", "Build of this component", build.clone());
+        // Set once at start, never on a connection's path.
+        #[allow(clippy::disallowed_methods)]
         build
             .get_or_create(&BuildLabels {
                 component: "ztunnel".into(),

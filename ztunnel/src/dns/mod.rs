@@ -173,7 +173,7 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8], protocol: &'static str) 
         protocol,
         snapshot.workload_by_ip(pod.info.ip).map(|w| &**w),
     );
-    shared.metrics.dns.requests.get_or_create(&labels).inc();
+    shared.metrics.dns.received(&labels);
     let resolution = resolve(&snapshot, zone, &query);
     let servfail = || {
         Message::error_msg(
@@ -196,7 +196,7 @@ async fn handle(shared: &Shared, pod: &Pod, raw: &[u8], protocol: &'static str) 
                 debug!("too many DNS queries in flight upstream; answering SERVFAIL");
                 return servfail().to_vec().ok();
             };
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let answer = forward_to_all(&query, raw, &shared.resolvers.all()).await;
             shared
                 .metrics

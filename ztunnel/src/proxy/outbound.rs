@@ -9,10 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use http::HeaderMap;
 use mesh::hbone::{
-    abort_on_close, forwarded_header, relay_connecting, RelayError, RelayStats, TunnelRequest,
-    HBONE_PORT,
+    abort_on_close, relay_connecting, RelayError, RelayStats, TunnelRequest, HBONE_PORT,
 };
 use mesh::state::{GatewayAddress, Service, Snapshot, TunnelProtocol, Workload};
 use rand::Rng;
