@@ -840,19 +840,7 @@ fn plaintext_target(
         .iter()
         .find(|e| e.workload.healthy && !e.workload.addresses.is_empty())
         .ok_or_else(|| anyhow!("service {} has no healthy endpoint", service.key()))?;
-    let port = endpoint
-        .port_map
-        .get(&dst.port())
-        .copied()
-        .filter(|p| *p != 0)
-        .or_else(|| {
-            service
-                .ports
-                .iter()
-                .find(|p| p.service_port == dst.port() && p.target_port != 0)
-                .map(|p| p.target_port)
-        })
-        .unwrap_or(dst.port());
+    let port = ztunnel::proxy::outbound::target_port(service, endpoint, dst.port());
     Ok((Some(endpoint.workload.clone()), port))
 }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use mesh::hbone::{
     abort_on_close, relay_connecting, RelayError, RelayStats, TunnelRequest, HBONE_PORT,
 };
-use mesh::state::{GatewayAddress, Service, Snapshot, TunnelProtocol, Workload};
+use mesh::state::{Endpoint, GatewayAddress, Service, Snapshot, TunnelProtocol, Workload};
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -126,21 +126,30 @@ fn to_endpoint(snapshot: &Snapshot, service: &Arc<Service>, dst: SocketAddr) -> 
         };
     }
     let pick = endpoints[rand::rng().random_range(0..endpoints.len())];
-    let target_port = pick
+    let target = SocketAddr::new(
+        pick.workload.addresses[0],
+        target_port(service, pick, dst.port()),
+    );
+    with_workload(pick.workload.clone(), Some(service.clone()), target)
+}
+
+/// The port on `endpoint` that `service_port` of `service` reaches: the endpoint's own mapping
+/// (a named target port resolved per pod), else the service's target port, else the same port.
+/// Public for `amesh explain`, which must land where this proxy lands.
+pub fn target_port(service: &Service, endpoint: &Endpoint, service_port: u16) -> u16 {
+    endpoint
         .port_map
-        .get(&dst.port())
+        .get(&service_port)
         .copied()
         .filter(|p| *p != 0)
         .or_else(|| {
             service
                 .ports
                 .iter()
-                .find(|p| p.service_port == dst.port() && p.target_port != 0)
+                .find(|p| p.service_port == service_port && p.target_port != 0)
                 .map(|p| p.target_port)
         })
-        .unwrap_or(dst.port());
-    let target = SocketAddr::new(pick.workload.addresses[0], target_port);
-    with_workload(pick.workload.clone(), Some(service.clone()), target)
+        .unwrap_or(service_port)
 }
 
 fn with_workload(

@@ -196,9 +196,11 @@ fn routes() {
             "no endpoints in empty",
         ),
         (
+            // Addressed to the pod, named after the service whose target port it is (the
+            // metrics' destination_service, as Istio's); no waypoint of that service applies.
             "pod IP in the mesh",
             "10.0.0.1", "client", "10.0.1.5:8080",
-            "hbone to 10.0.1.5:8080 peer cart service -",
+            "hbone to 10.0.1.5:8080 peer cart service cart",
         ),
         (
             "unknown address",
