@@ -250,12 +250,12 @@ fn routes() {
         (
             "the waypoint calling its pod: straight to the pod",
             "10.0.9.1", "waypoint", "10.0.4.5:9080",
-            "hbone to 10.0.4.5:9080 peer ratings service -",
+            "hbone to 10.0.4.5:9080 peer ratings service ratings",
         ),
         (
             "an unhealthy pod of the waypoint is still the waypoint",
             "10.0.9.3", "waypoint", "10.0.4.5:9080",
-            "hbone to 10.0.4.5:9080 peer ratings service -",
+            "hbone to 10.0.4.5:9080 peer ratings service ratings",
         ),
         (
             "the waypoint by address calling its pod: straight to the pod",
