@@ -357,20 +357,31 @@ async fn http1_get(
         .body(Empty::<Bytes>::new())
         .with_context(|| format!("{path:?} is not a valid request path"))?;
     let resp = sender.send_request(req).await?;
+    let body = success_body(resp, "").await;
+    conn.abort();
+    body
+}
+
+/// The start of a body, for an error message.
+/// The body of a successful answer, read up to [`MAX_BODY`]; otherwise an error with the status
+/// (`from` says who answered) and the start of the body. One reader for both ways in.
+async fn success_body<B>(resp: http::Response<B>, from: &str) -> anyhow::Result<Vec<u8>>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| anyhow!("reading the body: {e}"))?
         .to_bytes();
-    conn.abort();
     if !status.is_success() {
-        bail!("status {status}: {}", snippet(&body));
+        bail!("status {status}{from}: {}", snippet(&body));
     }
     Ok(body.to_vec())
 }
 
-/// The start of a body, for an error message.
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -437,15 +448,6 @@ impl KubeTarget {
             .await
             .map_err(|_| anyhow!("no answer within {GET_TIMEOUT:?}"))?
             .with_context(|| format!("GET {uri}"))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| anyhow!("reading the body: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            bail!("status {status} from the pod proxy: {}", snippet(&body));
-        }
-        Ok(body.to_vec())
+        success_body(resp, " from the pod proxy").await
     }
 }
