@@ -10,9 +10,12 @@
 //! read by name and unknown ones ignored, so new labels on the proxies' side change nothing.
 //!
 //! ztunnel reports a connection on both sides (`reporter="source"` and `"destination"`) when
-//! both ends are meshed: an edge's TCP counters take, per counter, the larger of the two
-//! reporters' sums, so a connection seen twice counts once and one seen by one side still
-//! counts. No feature of the crate is needed: the CLI uses it without the controller's servers.
+//! both ends are meshed, often from two nodes' ztunnels: the counters are kept per reporter
+//! across all expositions and an edge takes, per counter, the larger of the two reporters'
+//! sums, so a connection seen twice counts once and one seen by one side still counts. A
+//! connection that goes through a waypoint shows as two TCP hops (source → waypoint, waypoint
+//! → destination) plus the waypoint's request edge (source → destination). No feature of the
+//! crate is needed: the CLI uses it without the controller's servers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -180,10 +183,15 @@ impl Ord for OrdF64 {
     }
 }
 
-/// One scrape of all proxies folded into edges.
+/// One scrape of all proxies, folded into edges.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counters {
-    pub edges: BTreeMap<(NodeId, NodeId), EdgeCounters>,
+    /// ztunnels' TCP counters per edge and reporter (`source`, `destination`), summed over
+    /// every ztunnel's exposition: the two ends of one connection are often on two nodes, so
+    /// its two reports arrive in two expositions and are only merged in [`Counters::edges`].
+    tcp: BTreeMap<(NodeId, NodeId), BTreeMap<String, EdgeCounters>>,
+    /// Waypoints' request counters and duration buckets per edge.
+    http: BTreeMap<(NodeId, NodeId), EdgeCounters>,
 }
 
 fn known(v: Option<&String>) -> Option<&str> {
@@ -221,8 +229,6 @@ impl Counters {
     /// Adds one proxy's exposition. Families other than Istio's TCP and request metrics are
     /// ignored.
     pub fn add_exposition(&mut self, text: &str) -> Result<(), ParseError> {
-        // Per reporter first, so that both sides of one connection are not added together.
-        let mut tcp: BTreeMap<(NodeId, NodeId), BTreeMap<String, EdgeCounters>> = BTreeMap::new();
         for s in parse_exposition(text)? {
             let name = s.name.as_str();
             let is_tcp = name.starts_with("istio_tcp_");
@@ -236,7 +242,12 @@ impl Counters {
             let service = known(l.get("destination_service")).map(str::to_string);
             if is_tcp {
                 let reporter = l.get("reporter").cloned().unwrap_or_default();
-                let e = tcp.entry(key).or_default().entry(reporter).or_default();
+                let e = self
+                    .tcp
+                    .entry(key)
+                    .or_default()
+                    .entry(reporter)
+                    .or_default();
                 e.services.extend(service);
                 let flags = l.get("response_flags").map(String::as_str).unwrap_or("-");
                 match name {
@@ -264,10 +275,16 @@ impl Counters {
                     _ => {}
                 }
             } else {
-                let e = self.edges.entry(key).or_default();
+                let e = self.http.entry(key).or_default();
                 e.services.extend(service);
                 if name == "istio_requests_total" {
                     e.requests += s.value;
+                    // The waypoint's side of the request: how the caller reached it.
+                    match l.get("connection_security_policy").map(String::as_str) {
+                        Some("mutual_tls") => e.mtls += s.value,
+                        Some(_) => e.plaintext += s.value,
+                        None => {}
+                    }
                     let code: u16 = l
                         .get("response_code")
                         .and_then(|c| c.parse().ok())
@@ -290,31 +307,34 @@ impl Counters {
                 }
             }
         }
-        for (key, by_reporter) in tcp {
-            let e = self.edges.entry(key).or_default();
-            let mut best = EdgeCounters::default();
-            for r in by_reporter.values() {
-                best.tcp_opened = best.tcp_opened.max(r.tcp_opened);
-                best.tcp_closed = best.tcp_closed.max(r.tcp_closed);
-                best.tcp_denied = best.tcp_denied.max(r.tcp_denied);
-                best.tcp_failed = best.tcp_failed.max(r.tcp_failed);
-                best.bytes_received = best.bytes_received.max(r.bytes_received);
-                best.bytes_sent = best.bytes_sent.max(r.bytes_sent);
-                best.mtls = best.mtls.max(r.mtls);
-                best.plaintext = best.plaintext.max(r.plaintext);
-                best.services.extend(r.services.iter().cloned());
-            }
-            e.tcp_opened += best.tcp_opened;
-            e.tcp_closed += best.tcp_closed;
-            e.tcp_denied += best.tcp_denied;
-            e.tcp_failed += best.tcp_failed;
-            e.bytes_received += best.bytes_received;
-            e.bytes_sent += best.bytes_sent;
-            e.mtls += best.mtls;
-            e.plaintext += best.plaintext;
-            e.services.extend(best.services);
-        }
         Ok(())
+    }
+
+    /// The edges: the waypoints' request counters, and the ztunnels' TCP counters with both
+    /// reporters of a connection merged. Per counter the larger reporter's sum is taken, so a
+    /// connection seen by both ends counts once and one seen by one end still counts. A
+    /// connection refused by the destination's policy is `DENY` at the destination but a
+    /// failed CONNECT (`CONNECT`) at the source: it counts as denied, not also as failed.
+    pub fn edges(&self) -> BTreeMap<(NodeId, NodeId), EdgeCounters> {
+        let mut out = self.http.clone();
+        for (key, by_reporter) in &self.tcp {
+            let e = out.entry(key.clone()).or_default();
+            let max = |f: fn(&EdgeCounters) -> f64| by_reporter.values().map(f).fold(0.0, f64::max);
+            let unsuccessful = max(|r| r.tcp_failed + r.tcp_denied);
+            let denied = max(|r| r.tcp_denied);
+            e.tcp_opened += max(|r| r.tcp_opened);
+            e.tcp_closed += max(|r| r.tcp_closed);
+            e.tcp_denied += denied;
+            e.tcp_failed += (unsuccessful - denied).max(0.0);
+            e.bytes_received += max(|r| r.bytes_received);
+            e.bytes_sent += max(|r| r.bytes_sent);
+            e.mtls += max(|r| r.mtls);
+            e.plaintext += max(|r| r.plaintext);
+            for r in by_reporter.values() {
+                e.services.extend(r.services.iter().cloned());
+            }
+        }
+        out
     }
 }
 
@@ -421,8 +441,11 @@ impl Graph {
         let empty = EdgeCounters::default();
         let mut nodes = BTreeSet::new();
         let mut edges = Vec::new();
-        for ((src, dst), total) in &after.edges {
-            let earlier = before.and_then(|b| b.edges.get(&(src.clone(), dst.clone())));
+        let before = before.map(Counters::edges);
+        for ((src, dst), total) in &after.edges() {
+            let earlier = before
+                .as_ref()
+                .and_then(|b| b.get(&(src.clone(), dst.clone())));
             let window = diff(earlier.unwrap_or(&empty), total);
             nodes.insert(src.clone());
             nodes.insert(dst.clone());
@@ -654,3 +677,7 @@ fn xml(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+#[path = "graph_tests.rs"]
+mod tests;

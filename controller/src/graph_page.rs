@@ -70,6 +70,8 @@ pub struct Denial {
 struct Scrape {
     at: Instant,
     counters: Counters,
+    /// The proxies whose expositions the counters are made of.
+    proxies: Vec<ScrapeTarget>,
 }
 
 #[derive(Default)]
@@ -186,6 +188,7 @@ async fn scrape_loop(
         // Proxies gone from the manifests are forgotten.
         s.last_text.retain(|t, _| targets.contains(t));
         let mut counters = Counters::default();
+        let proxies: Vec<ScrapeTarget> = s.last_text.keys().cloned().collect();
         let mut bad = Vec::new();
         for (t, text) in &s.last_text {
             if let Err(e) = counters.add_exposition(text) {
@@ -200,14 +203,15 @@ async fn scrape_loop(
         let mut new_denials = Vec::new();
         if let Some(prev) = s.history.back() {
             let g = Graph::between(Some(&prev.counters), &counters, 1.0);
+            let prev_edges = prev.counters.edges();
             for e in g.edges {
                 let grew = e.window.tcp_denied + e.window.requests_denied;
-                // The first sight of an edge is its whole history, not a recent denial.
-                let seen_before = prev
-                    .counters
-                    .edges
-                    .contains_key(&(e.source.clone(), e.destination.clone()));
-                if grew > 0.0 && seen_before {
+                // An edge new in this scrape is recent traffic, unless a proxy joined the
+                // scrape (started, or answered again): its first exposition is its whole
+                // history, not what happened since the last round.
+                let seen_before =
+                    prev_edges.contains_key(&(e.source.clone(), e.destination.clone()));
+                if grew > 0.0 && (seen_before || prev.proxies == proxies) {
                     new_denials.push(Denial {
                         time_ms: now_ms,
                         source: e.source,
@@ -225,6 +229,7 @@ async fn scrape_loop(
         s.history.push_back(Scrape {
             at: Instant::now(),
             counters,
+            proxies,
         });
         while s.history.len() > HISTORY {
             s.history.pop_front();
