@@ -73,7 +73,9 @@ pub enum ConfigKind {
 pub struct ConfigArgs {
     #[arg(value_enum)]
     pub kind: ConfigKind,
-    /// The node whose ztunnel to read (default: the first node's).
+    /// The node whose ztunnel to read. Without it: workloads, services and policies from the
+    /// first node's ztunnel (every ztunnel holds the whole mesh's), certificates from every
+    /// node's ztunnel, with a NODE column.
     #[arg(long)]
     pub node: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
