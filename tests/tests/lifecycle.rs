@@ -50,6 +50,7 @@ fn accept_one(listener: &TcpListener) -> TcpStream {
                 s.set_nonblocking(false).unwrap();
                 s.set_read_timeout(Some(LIMIT)).unwrap();
                 s.set_write_timeout(Some(LIMIT)).unwrap();
+                keep_alive(&s);
                 return s;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
@@ -132,7 +133,25 @@ fn connect(m: &MeshLab, server: SocketAddr) -> TcpStream {
         .connect("client-a", server, LIMIT)
         .expect("connect from client-a");
     s.set_write_timeout(Some(LIMIT)).unwrap();
+    keep_alive(&s);
     s
+}
+
+/// TCP keepalive after 2 s of silence, then every second, as a long-lived app would set it.
+///
+/// Why the tests need it: a killed ztunnel's reset is one packet, and the kernel takes it only
+/// if its sequence number is exactly the next expected one. When the app's kernel had dropped
+/// the last segments in flight (its receive backlog full, which happens under load), the reset
+/// lands out of sequence and the kernel answers with a challenge ACK instead; under eBPF
+/// capture that ACK meets the dead ztunnel's capture, whose listener is gone, and is dropped.
+/// An app that only reads then learns of the cut from its next packet: a keepalive probe, which
+/// the restarted ztunnel's listener answers with a reset.
+fn keep_alive(s: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(2))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(20);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
 }
 
 #[test]
@@ -151,10 +170,11 @@ fn killing_the_source_ztunnel_resets_the_client_mid_download() {
     rx.recv_timeout(LIMIT)
         .expect("the download never got going");
     kill_ztunnel(&m, "node1");
+    // Back at once, as the DaemonSet brings it back (see `keep_alive` for why the apps need it).
+    restart_ztunnel(&mut m, "node1");
 
     let end = reader.join().unwrap();
     let (sent, send_error) = sender.join().unwrap();
-    restart_ztunnel(&mut m, "node1");
     match end {
         End::Error(_, e) => assert!(is_reset(&e), "the client saw {e}, not a reset"),
         End::Clean(read) => panic!(
@@ -192,10 +212,11 @@ fn killing_the_destination_ztunnel_resets_both_apps_mid_upload() {
     });
     rx.recv_timeout(LIMIT).expect("the upload never got going");
     kill_ztunnel(&m, "node2");
+    // Back at once, as the DaemonSet brings it back (see `keep_alive` for why the apps need it).
+    restart_ztunnel(&mut m, "node2");
 
     let server_end = reader.join().unwrap();
     let client_end = sender.join().unwrap();
-    restart_ztunnel(&mut m, "node2");
     match server_end {
         End::Error(_, e) => assert!(is_reset(&e), "the server saw {e}, not a reset"),
         End::Clean(read) => panic!(
