@@ -1,6 +1,7 @@
 //! The HTTP endpoints every amesh proxy serves, as Istio's proxies do: admin on 15000
 //! (`/config_dump`, `/logging`, `/quitquitquit`), Prometheus on 15020 (`/metrics`,
-//! `/stats/prometheus`) and readiness on 15021 (`/healthz/ready`).
+//! `/stats/prometheus`, plus a read-only `/config_dump`) and readiness on 15021
+//! (`/healthz/ready`).
 //!
 //! What the endpoints report comes from the binary through [`AdminSource`]; readiness is a
 //! [`Readiness`] flag the binary sets, and `/quitquitquit` notifies a [`Notify`] the binary
@@ -65,7 +66,7 @@ pub struct Admin<S> {
 pub enum Endpoint {
     /// 15000: `/config_dump`, `/logging`, `/quitquitquit`.
     Admin,
-    /// 15020: `/metrics`, `/stats/prometheus`.
+    /// 15020: `/metrics`, `/stats/prometheus`, and `/config_dump` read-only.
     Stats,
     /// 15021: `/healthz/ready`.
     Readiness,
@@ -158,7 +159,13 @@ async fn route<S: AdminSource, B>(
             );
             r
         }
-        (Endpoint::Admin, &Method::GET, "/config_dump") => json(&admin.source.config_dump().await),
+        // Also on the stats port, read-only, for what can reach a pod's address but not its
+        // loopback (a Kubernetes API server's pod proxy, for `amesh config`): the dump holds
+        // config, public certificates and pod names, never a private key. Nothing that changes
+        // the proxy (`/logging`, `/quitquitquit`) is served there.
+        (Endpoint::Admin | Endpoint::Stats, &Method::GET, "/config_dump") => {
+            json(&admin.source.config_dump().await)
+        }
         (Endpoint::Admin, _, "/logging") => logging(admin, req.uri().query()),
         (Endpoint::Admin, &Method::POST, "/quitquitquit") => {
             admin.quit.notify_one();

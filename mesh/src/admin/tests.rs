@@ -58,6 +58,57 @@ async fn metrics_and_config_dump_come_from_the_source() {
     assert_eq!(dump["version"], 7);
 }
 
+#[tokio::test]
+async fn stats_port_serves_the_dump_read_only() {
+    let (reload, seen) = recording_reload();
+    let admin = admin(Some(reload));
+    let r = route(&admin, Endpoint::Stats, get("/config_dump")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let dump: serde_json::Value = serde_json::from_str(&body(r).await).unwrap();
+    assert_eq!(dump["version"], 7);
+    // Nothing that changes the proxy answers there.
+    for (method, path) in [
+        (Method::GET, "/logging?level=debug"),
+        (Method::POST, "/logging?level=debug"),
+        (Method::POST, "/quitquitquit"),
+        (Method::POST, "/config_dump"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        let r = route(&admin, Endpoint::Stats, req).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "{path} on the stats port"
+        );
+    }
+    assert!(
+        seen.lock().is_empty(),
+        "the log filter changed: {:?}",
+        seen.lock()
+    );
+    let quit = admin.quit.notified();
+    tokio::pin!(quit);
+    assert!(
+        futures_poll_once(quit.as_mut()).await.is_none(),
+        "/quitquitquit on the stats port notified the drain"
+    );
+}
+
+/// Polls a future once: `Some` if it was ready.
+async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// A reload that records every filter it is asked to install and refuses none.
 fn recording_reload() -> (LogReload, Arc<parking_lot::Mutex<Vec<String>>>) {
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
