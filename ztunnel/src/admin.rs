@@ -17,11 +17,14 @@ pub type Admin = mesh::admin::Admin<Report>;
 pub struct Report {
     pub shared: Arc<Shared>,
     pub pods: Arc<PodManager>,
+    /// The capture backend in use ([`Capture::mode`](crate::capture::Capture::mode)).
+    pub capture_mode: &'static str,
 }
 
 impl mesh::admin::AdminSource for Report {
     /// Everything ztunnel currently knows, for operators and istioctl: `workloads`,
-    /// `services`, `policies`, `certificates`, `workloadState`, plus `version` and `pods`.
+    /// `services`, `policies`, `certificates`, `workloadState`, plus `version`, `pods` and
+    /// `proxy` (build version, node, capture mode, xDS client state).
     async fn config_dump(&self) -> serde_json::Value {
         let snapshot = self.shared.state.snapshot();
         let pods = self.pods.list().await;
@@ -35,6 +38,14 @@ impl mesh::admin::AdminSource for Report {
         dump.insert(
             "pods".into(),
             serde_json::to_value(&pods).unwrap_or_default(),
+        );
+        dump.insert(
+            "proxy".into(),
+            crate::dump::proxy(
+                self.capture_mode,
+                &self.shared.node,
+                self.shared.metrics.xds_status(),
+            ),
         );
         dump.into()
     }

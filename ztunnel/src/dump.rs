@@ -3,7 +3,8 @@
 //! own, adjusted where istioctl's reader is stricter than the file: service `ports` always a
 //! map, waypoint `destination` always a string, services list their `endpoints`),
 //! `certificates` and `workloadState`. amesh's extras sit beside them: `version` (of the
-//! config snapshot) and `pods` (the captured pods with their netns).
+//! config snapshot), `pods` (the captured pods with their netns) and `proxy` (build version,
+//! node, capture mode, xDS client state).
 
 use serde_json::{json, Map, Value};
 
@@ -55,6 +56,18 @@ pub fn snapshot(snapshot: &Snapshot) -> Map<String, Value> {
     out.insert("policies".into(), policies.into());
     out.insert("version".into(), snapshot.version().into());
     out
+}
+
+/// `proxy`: what this ztunnel is and how it runs, for `amesh status`: its build `version`,
+/// `node`, `captureMode` (the backend in use: `nft`, `ebpf`, or `none` where ztunnel does not
+/// capture) and `xds`, the xDS client's state (`null` with a local config file).
+pub fn proxy(capture_mode: &str, node: &str, xds: Option<mesh::xds::XdsStatus>) -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": node,
+        "captureMode": capture_mode,
+        "xds": xds,
+    })
 }
 
 /// `workloadState`: one entry per captured pod, keyed by its uid, as Istio's in-pod handler

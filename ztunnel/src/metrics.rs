@@ -480,6 +480,11 @@ impl Metrics {
         let _ = self.xds.set(status);
     }
 
+    /// The xDS client's status now; `None` with a file config source.
+    pub fn xds_status(&self) -> Option<XdsStatus> {
+        self.xds.get().map(|rx| rx.borrow().clone())
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -117,6 +117,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
         source: Report {
             shared: shared.clone(),
             pods: pods.clone(),
+            capture_mode: capture.mode(),
         },
         ready: ready.clone(),
         log_reload,

@@ -399,6 +399,10 @@ impl EbpfCapture {
 }
 
 impl Capture for EbpfCapture {
+    fn mode(&self) -> &'static str {
+        "ebpf"
+    }
+
     fn install<'a>(
         &'a self,
         pod: &'a PodNetns,

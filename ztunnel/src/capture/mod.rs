@@ -104,6 +104,12 @@ pub trait Capture: Send + Sync {
     /// Called once after a restart, when every pod of the state file is installed again:
     /// releases what an earlier process left for pods that did not come back.
     fn restored(&self) {}
+
+    /// The backend's name as `CAPTURE_MODE` spells it (`nft`, `ebpf`), what `auto` resolved
+    /// to; `none` where ztunnel does not capture. Reported on `/config_dump`.
+    fn mode(&self) -> &'static str {
+        "none"
+    }
 }
 
 /// Lets one of ztunnel's connections to the app, from `source` to `port`, through capture for

@@ -155,6 +155,10 @@ impl Capture for NftCapture {
     fn remove<'a>(&'a self, pod: &'a PodNetns) -> BoxFuture<'a, Result<(), CaptureError>> {
         Box::pin(remove(pod))
     }
+
+    fn mode(&self) -> &'static str {
+        "nft"
+    }
 }
 
 /// Installs (or re-installs) capture in the pod's netns.
