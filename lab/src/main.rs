@@ -47,6 +47,10 @@ enum Cmd {
         /// IPv6 untouched).
         #[arg(long)]
         dual_stack: bool,
+        /// Serve the controller's live service graph page on this port of the lab's root netns
+        /// address (reachable from that netns: `ip netns exec amesh-<id>-root <browser>`).
+        #[arg(long, value_name = "PORT")]
+        graph_port: Option<u16>,
     },
     /// Bring a lab up with the mesh, send traffic between every pod and service, print what
     /// happened, and tear the lab down.
@@ -149,6 +153,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             no_mesh,
             capture,
             dual_stack,
+            graph_port,
         } => up(
             dir,
             nodes,
@@ -156,6 +161,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             foreground,
             (!no_mesh).then_some(capture),
             dual_stack,
+            graph_port,
         ),
         Cmd::Demo { dir, nodes } => {
             print!("{}", lab::demo::run(&dir, nodes)?);
@@ -211,12 +217,14 @@ fn up(
     foreground: bool,
     mesh: Option<String>,
     dual_stack: bool,
+    graph_port: Option<u16>,
 ) -> anyhow::Result<()> {
     let binary = lab::cluster::find_binary()?;
     let options = LabOptions {
         id,
         mesh: mesh.map(|capture_mode| lab::mesh::MeshOptions {
             capture_mode,
+            graph_port,
             ..lab::mesh::MeshOptions::beside(&binary)
         }),
         binary: Some(binary),
@@ -225,6 +233,12 @@ fn up(
     };
     let lab = Lab::up(&dir, nodes, options)
         .with_context(|| format!("bringing up a lab from {}", dir.display()))?;
+    if let Some(addr) = lab::mesh::graph_addr(lab.state()) {
+        println!(
+            "live service graph: http://{addr}/ (from the lab's root netns: ip netns exec {} ...)",
+            lab.state().root_netns
+        );
+    }
     if !foreground {
         let state = lab.detach()?;
         print!("{}", summary::render(&state, true));

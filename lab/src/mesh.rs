@@ -242,12 +242,40 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
         .args(["--xds-addr", "off"])
         .arg("--tokens")
         .arg(&tokens_file)
+        .args(graph_args(&state, opts))
         .env(
             "RUST_LOG",
             std::env::var("AMESH_LAB_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
         );
     lab.spawn(CONTROLLER, &state.root_netns, cmd)?;
     lab.wait_listening(CONTROLLER, &[CONTROLLER_PORT])
+}
+
+/// The controller's live graph page flags (1 s scrapes, so a lab's page follows traffic
+/// closely): on the root netns address, which reaches every
+/// pod's :15020 (the page scrapes the proxies there); a browser in that netns opens it.
+fn graph_args(state: &LabState, opts: &MeshOptions) -> Vec<String> {
+    match opts.graph_port {
+        Some(port) => vec![
+            "--graph-addr".into(),
+            format!("{}:{port}", state.root_ip),
+            "--graph-interval".into(),
+            "1s".into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// The address of the controller's live graph page, when the lab runs it.
+pub fn graph_addr(state: &LabState) -> Option<std::net::SocketAddr> {
+    let mesh = state.mesh.as_ref()?;
+    if mesh.control_plane != ControlPlane::Controller {
+        return None;
+    }
+    Some(std::net::SocketAddr::new(
+        state.root_ip.into(),
+        mesh.graph_port?,
+    ))
 }
 
 /// Where the lab's ztunnels pin their pods' eBPF links (on bpffs, which ztunnel mounts).

@@ -19,6 +19,10 @@ pub struct MeshOptions {
     /// Extra environment of every ztunnel (a test's setting, e.g. the DNS proxy off).
     #[serde(default)]
     pub ztunnel_env: Vec<(String, String)>,
+    /// The controller's live graph page (`--graph-addr`) on this port of the lab's root netns
+    /// address; `None`: off (the controller's default). Only with the controller.
+    #[serde(default)]
+    pub graph_port: Option<u16>,
 }
 
 /// The lab's source of ztunnel config and certificates. On command lines (and in
@@ -65,6 +69,7 @@ impl MeshOptions {
             capture_mode: std::env::var("CAPTURE_MODE").unwrap_or_default(),
             control_plane: ControlPlane::from_env(),
             ztunnel_env: Vec::new(),
+            graph_port: None,
         }
     }
 }
