@@ -18,6 +18,8 @@ pub struct Report {
     pub certs: mesh::certs::CertStore,
     /// The roots peers are verified against, for the certificates' `rootCerts`.
     pub roots: mesh::certs::TrustRoots,
+    /// The xDS client's status, once it is started; never set with config files.
+    pub xds: Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<mesh::xds::XdsStatus>>>,
 }
 
 impl mesh::admin::AdminSource for Report {
@@ -89,6 +91,13 @@ impl mesh::admin::AdminSource for Report {
                 prost::Message::encode_to_vec(&l7.sources.to_local()),
             ),
             "certificates": mesh::admin::certificates(&self.certs, &self.roots),
+            // For `amesh status`: the build, the L4 snapshot's version and the xDS client's
+            // state (`null` with config files).
+            "version": snapshot.version(),
+            "proxy": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "xds": self.xds.get().map(|rx| rx.borrow().clone()),
+            },
         })
     }
 

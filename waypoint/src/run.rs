@@ -108,12 +108,14 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
     // Admin endpoints first: readiness says "not ready" until config and certificate are in.
     let ready = Readiness::default();
     let quit = Arc::new(Notify::new());
+    let xds_status = Arc::new(std::sync::OnceLock::new());
     let admin = Arc::new(Admin {
         source: Report {
             waypoint: waypoint.clone(),
             registry,
             certs: store.clone(),
             roots: tls.roots().clone(),
+            xds: xds_status.clone(),
         },
         ready: ready.clone(),
         log_reload,
@@ -182,6 +184,7 @@ pub async fn run(config: Config, log_reload: Option<LogReload>) -> anyhow::Resul
                 }),
             )
             .with_context(|| format!("XDS_ADDRESS={address}"))?;
+            let _ = xds_status.set(handle.watch_status());
             if let Err(e) = handle.wait_synced().await {
                 warn!(error = %e, "xDS never synced");
             }
