@@ -57,11 +57,23 @@ impl MeshLab {
 
     /// A lab of the manifests in `dir`.
     pub fn up_dir(dir: &std::path::Path, nodes: usize) -> MeshLab {
+        MeshLab::up_dir_with(dir, nodes, |_| {})
+    }
+
+    /// Like [`MeshLab::up_dir`], with the mesh's options changed by `tweak` (the controller's
+    /// graph page on).
+    pub fn up_dir_with(
+        dir: &std::path::Path,
+        nodes: usize,
+        tweak: impl FnOnce(&mut MeshOptions),
+    ) -> MeshLab {
         let serial = SERIAL.lock();
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let binary = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
+        let mut mesh = MeshOptions::beside(&binary);
+        tweak(&mut mesh);
         let options = LabOptions {
-            mesh: Some(MeshOptions::beside(&binary)),
+            mesh: Some(mesh),
             binary: Some(binary),
             startup_timeout: Duration::from_secs(30),
             ..LabOptions::default()
