@@ -65,6 +65,9 @@ pub struct Listeners {
     pub plaintext: Option<TcpListener>,
     /// The live graph page (`--graph-addr`), off unless asked for.
     pub graph: Option<GraphListener>,
+    /// The read-only debug endpoints (`--debug-addr`, [`debug`](crate::debug)): what
+    /// `amesh status` reads.
+    pub debug: Option<TcpListener>,
 }
 
 /// The live graph page's port and how often it scrapes the proxies
@@ -107,6 +110,15 @@ pub struct Config {
     pub jwks: JwksSettings,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves ADS and the CA on `listeners` until `shutdown` resolves, then ends the ADS streams
 /// (clients keep their config and reconnect elsewhere or later) and returns.
 pub async fn run(
@@ -118,6 +130,16 @@ pub async fn run(
         anyhow::bail!("nothing to serve on: both the TLS and the plaintext port are off");
     }
     let mut shutdown = Box::pin(shutdown);
+    // First, so that it answers "not ready" while the CA and the source start.
+    let debug_state = Arc::new(crate::debug::DebugState::default());
+    let debug_task = listeners.debug.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving the debug endpoints");
+        }
+        crate::debug::spawn(listener, debug_state.clone())
+    });
+    // Whatever way `run` returns, the debug listener stops with it.
+    let _debug_guard = debug_task.map(AbortOnDrop);
     let kube_client = match &config.source {
         Source::Folder { .. } => None,
         Source::Kube { kubeconfig } => {
@@ -133,6 +155,7 @@ pub async fn run(
     };
     // The root never changes while the process runs (a new Secret or new plug-in files take
     // effect at restart); the watch is what the publisher follows, so it is kept until the end.
+    debug_state.set_ca(&ca);
     let (root_tx, root_rx) = tokio::sync::watch::channel(ca.root_pem());
     // The deployer publishes the root into each waypoint's namespace too.
     let deployer_root = root_rx.clone();
@@ -211,7 +234,9 @@ pub async fn run(
         config.translate.clone(),
         config.debounce,
     );
+    debug_state.set_resources(resources.clone());
     let mut ads = AdsServer::new(resources);
+    debug_state.set_clients(ads.clients());
     if !auth.accepts_nobody() {
         ads = ads.with_auth(auth.clone());
     }
@@ -295,6 +320,8 @@ pub async fn run(
         let serve = router().serve_with_incoming_shutdown(incoming, stopped());
         servers.spawn(async move { serve.await.context("gRPC server (plaintext)") });
     }
+    // The CA is loaded, the first translation published and the ports serve.
+    debug_state.set_ready();
     while let Some(done) = servers.join_next().await {
         done.context("gRPC server task")??;
     }

@@ -36,6 +36,8 @@ pub mod ca;
 #[cfg(feature = "server")]
 pub mod crds;
 #[cfg(feature = "server")]
+pub mod debug;
+#[cfg(feature = "server")]
 pub mod deployer;
 pub mod graph;
 #[cfg(feature = "server")]

@@ -114,6 +114,12 @@ struct Args {
     /// ztunnel's and waypoint's :15020/metrics every --graph-interval.
     #[arg(long, env = "AMESH_GRAPH_ADDR", default_value = "off")]
     graph_addr: String,
+    /// Serve the read-only debug endpoints (`/debug/status`, `/debug/connections`, `/ready`:
+    /// version, readiness, config version, connected xDS clients, CA root expiry; no secret)
+    /// on this address, istiod's 15014 port; `off` (the default: a second controller on the
+    /// same host would fail to bind it). The manifests in deploy/ turn it on.
+    #[arg(long, env = "AMESH_DEBUG_ADDR", default_value = "off")]
+    debug_addr: String,
     /// How often the graph page's scrapes run (Gateway API duration: `5s`, `1m`).
     #[arg(long, default_value = "5s", value_parser = controller::translate::parse_duration)]
     graph_interval: Duration,
@@ -187,6 +193,7 @@ fn main() -> anyhow::Result<()> {
     let tls_addr = optional_addr("--tls-addr", &args.tls_addr)?;
     let plain_addr = optional_addr("--xds-addr", &args.xds_addr)?;
     let graph_addr = optional_addr("--graph-addr", &args.graph_addr)?;
+    let debug_addr = optional_addr("--debug-addr", &args.debug_addr)?;
     if args.graph_interval < Duration::from_secs(1) {
         anyhow::bail!(
             "--graph-interval {:?}: at least 1s (each round scrapes every proxy)",
@@ -255,6 +262,7 @@ fn main() -> anyhow::Result<()> {
                 listener,
                 interval: graph_interval,
             }),
+            debug: bind(debug_addr).await?,
         };
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {

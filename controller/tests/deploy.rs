@@ -303,6 +303,20 @@ fn controller_flags_exist_and_the_tls_port_is_served() {
             .unwrap()
             .iter()
             .any(|p| p["port"].as_u64() == Some(15012)));
+        // The debug listener `amesh status` reads is on, on the port the container declares
+        // (the API server's pod proxy needs no Service, only the pod's port).
+        let debug: std::net::SocketAddr = flag(&args, "--debug-addr", "off")
+            .parse()
+            .expect("--debug-addr is an address in the deployment");
+        assert!(
+            container["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["containerPort"].as_u64() == Some(u64::from(debug.port()))),
+            "the debug port {} is not a container port",
+            debug.port()
+        );
     }
 }
 

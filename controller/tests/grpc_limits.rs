@@ -64,6 +64,7 @@ async fn start() -> Running {
             tls: None,
             plaintext: Some(listener),
             graph: None,
+            debug: None,
         },
         async {
             let _ = stopped.await;

@@ -91,6 +91,7 @@ async fn start() -> Running {
             tls: Some(listener),
             plaintext: None,
             graph: None,
+            debug: None,
         },
         async {
             let _ = stopped.await;

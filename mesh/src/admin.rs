@@ -223,7 +223,7 @@ fn logging<S>(admin: &Admin<S>, query: Option<&str>) -> Response<Full<Bytes>> {
 }
 
 /// A time as RFC 3339 in UTC, or as seconds since the epoch if it cannot be formatted.
-fn rfc3339(t: std::time::SystemTime) -> String {
+pub fn rfc3339(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -238,7 +238,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 mod certs;
-pub use certs::{certificates, CertDump, CertsDump};
+pub use certs::{cert as cert_dump, certificates, CertDump, CertsDump};
 
 #[cfg(test)]
 mod tests;

@@ -166,6 +166,32 @@ impl ResourceSet {
         self.types.get(type_url)
     }
 
+    /// A version of the whole set: the hash of every type, name and version, in order. Equal
+    /// sets have equal digests, also in another controller process (the debug page's
+    /// `configVersion`).
+    pub fn digest(&self) -> String {
+        let mut types: Vec<_> = self.types.iter().collect();
+        types.sort_by_key(|(t, _)| *t);
+        let mut bytes = Vec::new();
+        for (type_url, resources) in types {
+            for (name, r) in resources {
+                for part in [type_url.as_str(), name, &r.version] {
+                    bytes.extend_from_slice(part.as_bytes());
+                    bytes.push(0);
+                }
+            }
+        }
+        version_of(&bytes)
+    }
+
+    /// Type URL → how many resources of it there are, sorted by type.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.types
+            .iter()
+            .map(|(t, r)| (t.clone(), r.len()))
+            .collect()
+    }
+
     /// The version of one resource.
     pub fn version(&self, type_url: &str, name: &str) -> Option<&str> {
         self.get(type_url)?.get(name).map(|r| r.version.as_str())

@@ -33,6 +33,8 @@ pub struct AdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
     /// When set, every stream must authenticate as a node or a workload (as the CA requires).
     auth: Option<crate::ca::Authenticator>,
+    /// The open streams, for the debug listener.
+    clients: crate::debug::Clients,
 }
 
 impl AdsServer {
@@ -42,7 +44,13 @@ impl AdsServer {
         AdsServer {
             resources,
             auth: None,
+            clients: crate::debug::Clients::default(),
         }
+    }
+
+    /// The streams open now and their state (shared with every clone of this server).
+    pub fn clients(&self) -> crate::debug::Clients {
+        self.clients.clone()
     }
 
     /// Requires every stream to authenticate as a node or a workload (waypoints run as their
@@ -99,7 +107,10 @@ impl AggregatedDiscoveryService for AdsServer {
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let span = tracing::info_span!("ads", %peer);
-        tokio::spawn(run_stream(requests, caller, self.resources.clone(), tx).instrument(span));
+        let registration = self.clients.register(&peer);
+        tokio::spawn(
+            run_stream(requests, caller, self.resources.clone(), tx, registration).instrument(span),
+        );
         let out = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
@@ -116,6 +127,7 @@ async fn run_stream(
     caller: Option<Caller>,
     mut resources: watch::Receiver<Arc<ResourceSet>>,
     tx: Responses,
+    registration: crate::debug::Registration,
 ) {
     let mut session: Option<Session> = None;
     loop {
@@ -157,7 +169,9 @@ async fn run_stream(
                 // `borrow`, not `borrow_and_update`: a new snapshot must still wake the
                 // other branch, which pushes it to every type subscribed so far.
                 let set = resources.borrow().clone();
-                if !send_all(&tx, session.on_request(request, &set)).await {
+                let responses = session.on_request(request, &set);
+                registration.update(session.status());
+                if !send_all(&tx, responses).await {
                     break;
                 }
             }
@@ -168,7 +182,9 @@ async fn run_stream(
                 }
                 let set = resources.borrow_and_update().clone();
                 if let Some(session) = session.as_mut() {
-                    if !send_all(&tx, session.on_update(&set)).await {
+                    let responses = session.on_update(&set);
+                    registration.update(session.status());
+                    if !send_all(&tx, responses).await {
                         break;
                     }
                 }

@@ -49,6 +49,40 @@ struct TypeState {
     held: HashMap<String, String>,
     /// name → version the client refused; not sent again while the version is the same.
     rejected: HashMap<String, String>,
+    /// Nonce number of the last response of this type sent, and of the last one ACKed.
+    last_sent: Option<u64>,
+    last_acked: Option<u64>,
+    /// Responses of this type the client refused.
+    nacks: u64,
+}
+
+/// What the controller's debug page shows of one stream ([`Session::status`]).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    pub node_id: String,
+    /// `ztunnel`, or `waypoint <ns>/<gateway>`.
+    pub client: String,
+    /// Responses sent and not answered yet.
+    pub pending: usize,
+    pub types: Vec<TypeSessionStatus>,
+}
+
+/// One subscribed type of a stream.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeSessionStatus {
+    pub type_url: String,
+    pub wildcard: bool,
+    /// Resources the client holds (as far as the server knows).
+    pub resources: usize,
+    /// Nonces (decimal) of the last response sent and the last ACKed; equal when the client
+    /// has accepted everything sent so far.
+    pub last_sent_nonce: Option<String>,
+    pub last_acked_nonce: Option<String>,
+    pub nacks: u64,
+    /// Resources not sent again until they change, after the client refused them.
+    pub rejected: usize,
 }
 
 /// What one response carried, to undo it on NACK.
@@ -122,6 +156,9 @@ impl Session {
                 }
                 (Some(sent), None) => {
                     debug!(node = %self.node_id, type_url = %sent.type_url, nonce = %response_nonce, "xDS: ACK");
+                    if let Some(ty) = self.types.get_mut(&sent.type_url) {
+                        ty.last_acked = response_nonce.parse().ok();
+                    }
                 }
                 (None, Some(error)) => warn!(
                     node = %self.node_id,
@@ -183,6 +220,38 @@ impl Session {
             .collect()
     }
 
+    /// What the debug page shows of this stream.
+    pub fn status(&self) -> SessionStatus {
+        let mut types: Vec<TypeSessionStatus> = self
+            .types
+            .iter()
+            .map(|(type_url, t)| TypeSessionStatus {
+                type_url: type_url.clone(),
+                wildcard: t.wildcard,
+                resources: t.held.len(),
+                last_sent_nonce: t.last_sent.map(|n| n.to_string()),
+                last_acked_nonce: t.last_acked.map(|n| n.to_string()),
+                nacks: t.nacks,
+                rejected: t.rejected.len(),
+            })
+            .collect();
+        types.sort_by(|a, b| a.type_url.cmp(&b.type_url));
+        SessionStatus {
+            node_id: self.node_id.clone(),
+            client: match &self.client {
+                Client::Ztunnel => "ztunnel".into(),
+                Client::Waypoint { gateway } => {
+                    format!(
+                        "waypoint {}",
+                        gateway.as_deref().unwrap_or("(unknown gateway)")
+                    )
+                }
+            },
+            pending: self.pending.len(),
+            types,
+        }
+    }
+
     /// The versions the server believes the client holds for `type_url`.
     pub fn held(&self, type_url: &str) -> Option<&HashMap<String, String>> {
         self.types.get(type_url).map(|t| &t.held)
@@ -209,6 +278,7 @@ impl Session {
         let Some(ty) = self.types.get_mut(&type_url) else {
             return Vec::new();
         };
+        ty.nacks += 1;
         for change in &changes {
             // Only if nothing newer was sent since: a later response owns the entry then.
             if ty.held.get(&change.name) == change.sent.as_ref() {
@@ -306,6 +376,7 @@ impl Session {
             };
         }
 
+        ty.last_sent = Some(self.next_nonce);
         let number = self.next_nonce;
         self.next_nonce += 1;
         self.pending.insert(

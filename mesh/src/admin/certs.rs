@@ -56,7 +56,8 @@ pub fn certificates(store: &CertStore, roots: &TrustRoots) -> serde_json::Value 
     serde_json::to_value(dump).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
 
-fn cert(der: &CertificateDer<'_>) -> CertDump {
+/// One certificate as the dump shows it (also the controller's debug page, for its root).
+pub fn cert(der: &CertificateDer<'_>) -> CertDump {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let (serial_number, valid_from, expiration_time) = match crate::certs::x509::dump_facts(der) {
