@@ -18,6 +18,9 @@ pub use crate::probe::{http_get, http_status};
 
 /// The controller's xDS + CA port in the root netns.
 pub const CONTROLLER_PORT: u16 = 15012;
+/// The controller's read-only debug port in the root netns (`--debug-addr`, istiod's 15014),
+/// always on in a lab: `amesh --lab <id> status` reads it.
+pub const CONTROLLER_DEBUG_PORT: u16 = 15014;
 /// Name of the controller process in the lab's process records.
 pub const CONTROLLER: &str = "amesh-controller";
 
@@ -243,12 +246,14 @@ pub fn start_controller(lab: &mut Lab, opts: &MeshOptions) -> Result<(), LabErro
         .arg("--tokens")
         .arg(&tokens_file)
         .args(graph_args(&state, opts))
+        .arg("--debug-addr")
+        .arg(format!("{}:{CONTROLLER_DEBUG_PORT}", state.root_ip))
         .env(
             "RUST_LOG",
             std::env::var("AMESH_LAB_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
         );
     lab.spawn(CONTROLLER, &state.root_netns, cmd)?;
-    lab.wait_listening(CONTROLLER, &[CONTROLLER_PORT])
+    lab.wait_listening(CONTROLLER, &[CONTROLLER_PORT, CONTROLLER_DEBUG_PORT])
 }
 
 /// The controller's live graph page flags (1 s scrapes, so a lab's page follows traffic
