@@ -12,7 +12,6 @@ use controller::app::{self, Auth, Config, Listeners, Source};
 use controller::ca::{NodeTokens, ObjectName, DEFAULT_MAX_TTL};
 use controller::deployer::WaypointSettings;
 use controller::TranslateOptions;
-use tracing_subscriber::EnvFilter;
 
 /// How long open connections get to close after SIGTERM before the process exits anyway.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -155,12 +154,14 @@ enum SourceKind {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // As every amesh binary: `RUST_LOG`, `LOG_FORMAT=json`, colour only on a terminal. On
+    // stderr, where the controller has always logged.
+    mesh::telemetry::init_to(
+        mesh::telemetry::LogFormat::from_env(),
+        "info",
+        mesh::telemetry::LogOutput::Stderr,
+    )
+    .map_err(anyhow::Error::msg)?;
     let args = Args::parse();
 
     let mut tokens = match &args.tokens {

@@ -168,16 +168,17 @@ pub fn run_if_app(args: &[OsString]) -> Option<ExitCode> {
     })
 }
 
-/// Logs of the lab's processes: stderr, `RUST_LOG` or info.
+/// Logs of the lab's processes: stderr (an app's stdout may be its answer), `RUST_LOG` or
+/// info, `LOG_FORMAT=json` as every amesh binary; they log into files, so colour codes only
+/// when someone watches a terminal (`mesh::telemetry`).
 pub fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // The lab's processes log into files: colour codes only when someone watches a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = mesh::telemetry::init_to(
+        mesh::telemetry::LogFormat::from_env(),
+        "info",
+        mesh::telemetry::LogOutput::Stderr,
+    ) {
+        eprintln!("amesh-lab: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! `info`), text or JSON lines, and a [`LogReload`] that changes the filter at runtime (the
 //! admin endpoint's `/logging?level=`, in istioctl's syntax).
 //!
-//! The rules every binary follows (through [`init`], or [`init_with_default`] where the default
-//! level is not `info`): text lines carry ANSI colour codes only when stdout is a terminal, so a
+//! The rules every binary follows (through [`init`], [`init_with_default`] where the default
+//! level is not `info`, or [`init_to`] for stderr: the controller, the lab, the benchmarks):
+//! text lines carry ANSI colour codes only when their output is a terminal, so a
 //! log file or a collector reading a container's stdout gets plain text; `LOG_FORMAT=json`
 //! (Istio's setting; [`LogFormat::from_env`]) writes one flat JSON object per line, the message
 //! and every field at the top level next to `timestamp`, `level` and `target`.
@@ -137,6 +138,17 @@ impl LogFormat {
     }
 }
 
+/// The stream log lines go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogOutput {
+    /// The proxies' and the controller's: what a container runtime collects.
+    #[default]
+    Stdout,
+    /// For programs whose stdout is their answer (the CLI, benchmarks printing results, the
+    /// lab's apps whose stdout a test reads).
+    Stderr,
+}
+
 /// Installs the process's subscriber: filter from `RUST_LOG` (`info` when unset or invalid),
 /// lines in `format` on stdout. Returns the handle that changes the filter later. Call once,
 /// before anything logs; a second call leaves the first subscriber in place and returns an
@@ -147,6 +159,11 @@ pub fn init(format: LogFormat) -> Result<LogReload, String> {
 
 /// As [`init`], with `default` as the filter when `RUST_LOG` is unset or invalid.
 pub fn init_with_default(format: LogFormat, default: &str) -> Result<LogReload, String> {
+    init_to(format, default, LogOutput::Stdout)
+}
+
+/// As [`init_with_default`], writing to `output`.
+pub fn init_to(format: LogFormat, default: &str, output: LogOutput) -> Result<LogReload, String> {
     let (filter, initial) = match std::env::var("RUST_LOG") {
         Ok(v) if EnvFilter::try_new(&v).is_ok() => (EnvFilter::new(&v), v),
         _ => (EnvFilter::new(default), default.to_string()),
@@ -154,14 +171,31 @@ pub fn init_with_default(format: LogFormat, default: &str) -> Result<LogReload, 
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     // Colour codes only for a person at a terminal: a log file or a collector reading the
-    // container's stdout gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // container's output gets plain text.
+    let ansi = match output {
+        LogOutput::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        LogOutput::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let writer = move || -> Box<dyn std::io::Write> {
+        match output {
+            LogOutput::Stdout => Box::new(std::io::stdout()),
+            LogOutput::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let installed = match format {
         // Flattened: the message and fields at the top level, as Istio's JSON lines have them.
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_ansi(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_ansi(false)
+                    .with_writer(writer),
+            )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(writer))
+            .try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(LogReload::new(initial, move |level: &str| {

@@ -36,7 +36,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let format = LogFormat::from_setting(std::env::var("AMESH_LOG_FORMAT").ok().as_deref());
+    // Istio's `LOG_FORMAT`, as the ztunnel and the controller read it.
+    let format = LogFormat::from_env();
     let log_reload = match mesh::telemetry::init(format) {
         Ok(reload) => reload,
         Err(e) => {

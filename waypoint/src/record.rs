@@ -132,8 +132,10 @@ impl Record {
             return;
         }
         let ua = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
-        // Istio's access log fields, one line per request. Every value is borrowed or
-        // displayed in place: the line is the only thing formatted.
+        // Istio's access log fields (the names of its default JSON access log: Envoy's
+        // `duration` in ms, `downstream_remote_address`, `request_id`, `route_name`), plus
+        // `source_principal` and `destination_service`, one line per request. Every value is
+        // borrowed or displayed in place: the line is the only thing formatted.
         tracing::info!(
             target: "access",
             // `%`: values printed as they are (a bare `&str` field would be quoted).
@@ -144,13 +146,13 @@ impl Record {
             response_flags = %self.flags,
             bytes_received = request_bytes,
             bytes_sent = response_bytes,
-            duration_ms = elapsed.as_millis() as u64,
+            duration = elapsed.as_millis() as u64,
             upstream_host = %OrDash(self.upstream),
-            downstream_peer = %self.ctx.peer_addr,
+            downstream_remote_address = %self.ctx.peer_addr,
             source_principal = %&*self.ctx.peer_principal,
             destination_service = %self.service.as_ref().map_or("unknown", |s| s.hostname.as_str()),
-            route = %self.route.as_ref().map_or("default", |(r, _)| r.as_str()),
-            x_request_id = %self.request_id.to_str().unwrap_or("-"),
+            route_name = %self.route.as_ref().map_or("default", |(r, _)| r.as_str()),
+            request_id = %self.request_id.to_str().unwrap_or("-"),
             authority = %&*self.authority,
             user_agent = %ua.unwrap_or("-"),
             "request"

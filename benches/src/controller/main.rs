@@ -60,13 +60,13 @@ pub struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // Results go to stdout: logs to stderr, `warn` unless `RUST_LOG` says otherwise.
+    mesh::telemetry::init_to(
+        mesh::telemetry::LogFormat::from_env(),
+        "warn",
+        mesh::telemetry::LogOutput::Stderr,
+    )
+    .map_err(anyhow::Error::msg)?;
     let shape = manifests::Shape {
         pods: cli.pods,
         services: cli.services,

@@ -128,13 +128,13 @@ fn main() -> std::process::ExitCode {
 
 fn bench_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // Results go to stdout: logs to stderr, `warn` unless `RUST_LOG` says otherwise.
+    mesh::telemetry::init_to(
+        mesh::telemetry::LogFormat::from_env(),
+        "warn",
+        mesh::telemetry::LogOutput::Stderr,
+    )
+    .map_err(anyhow::Error::msg)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("amesh-bench-waypoint builds network namespaces: run it as root");

@@ -133,7 +133,7 @@ pub fn main(args: InstallArgs) -> i32 {
     if args.check {
         return check(&args);
     }
-    if let Err(e) = mesh::telemetry::init(mesh::telemetry::LogFormat::Text) {
+    if let Err(e) = mesh::telemetry::init(mesh::telemetry::LogFormat::from_env()) {
         eprintln!("amesh-cni install: {e}");
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
