@@ -183,16 +183,9 @@ pub fn init_to(format: LogFormat, default: &str, output: LogOutput) -> Result<Lo
         }
     };
     let installed = match format {
-        // Flattened: the message and fields at the top level, as Istio's JSON lines have them.
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_ansi(false)
-                    .with_writer(writer),
-            )
-            .try_init(),
+        // Flat: the message, the event's fields and those of the spans it happened in at the
+        // top level, as Istio's JSON lines have them (tracing's own JSON nests span fields).
+        LogFormat::Json => registry.with(json_layer(writer)).try_init(),
         LogFormat::Text => registry
             .with(fmt::layer().with_ansi(ansi).with_writer(writer))
             .try_init(),
@@ -204,9 +197,143 @@ pub fn init_to(format: LogFormat, default: &str, output: LogOutput) -> Result<Lo
     }))
 }
 
+/// The layer of `LOG_FORMAT=json`: [`FlatJson`] lines to `writer`, span fields recorded as
+/// JSON so they can be lifted to the top level.
+fn json_layer<S, W>(writer: W) -> fmt::Layer<S, fmt::format::JsonFields, FlatJson, W>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + 'static,
+{
+    fmt::layer()
+        .fmt_fields(fmt::format::JsonFields::new())
+        .event_format(FlatJson)
+        .with_ansi(false)
+        .with_writer(writer)
+}
+
+/// One JSON object per event: `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, the
+/// fields of the spans the event is in (outermost first, so an inner span's value wins) and the
+/// event's own fields (which win over the spans'), all at the top level.
+struct FlatJson;
+
+impl<S, N> fmt::FormatEvent<S, N> for FlatJson
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &fmt::FmtContext<'_, S, N>,
+        mut writer: fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use fmt::time::FormatTime;
+        let mut line = serde_json::Map::new();
+        let mut now = String::new();
+        fmt::time::SystemTime.format_time(&mut fmt::format::Writer::new(&mut now))?;
+        line.insert("timestamp".into(), now.into());
+        let meta = event.metadata();
+        line.insert("level".into(), meta.level().as_str().into());
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                // With `JsonFields`, a span's recorded fields are a JSON object.
+                let Some(fields) = extensions.get::<fmt::FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(fields)) =
+                    serde_json::from_str::<serde_json::Value>(fields)
+                {
+                    line.extend(fields);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        line.insert("target".into(), meta.target().into());
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// Writes an event's fields into a JSON object: numbers and booleans as such, the rest as
+/// text (`Display` where the value was recorded with `%`, else `Debug`).
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::merge_levels;
+
+    /// A writer into a shared buffer, to read what the layer wrote.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_are_flat_with_span_fields_lifted() {
+        use tracing_subscriber::prelude::*;
+        let buf = Buffer::default();
+        let out = buf.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(super::json_layer(move || out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let pod = tracing::info_span!("pod", pod = "default/client", attempt = 1u64);
+            let _pod = pod.enter();
+            let conn = tracing::info_span!("conn", peer = %"10.0.0.1:5000", attempt = 2u64);
+            let _conn = conn.enter();
+            tracing::info!(target: "access", bytes_sent = 7u64, ok = true, dst.addr = %"10.0.0.2:80", "connection complete");
+        });
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj["message"], "connection complete");
+        assert_eq!(obj["level"], "INFO");
+        assert_eq!(obj["target"], "access");
+        assert_eq!(obj["pod"], "default/client");
+        assert_eq!(obj["peer"], "10.0.0.1:5000");
+        // The inner span's value wins.
+        assert_eq!(obj["attempt"], 2);
+        assert_eq!(obj["bytes_sent"], 7);
+        assert_eq!(obj["ok"], true);
+        assert_eq!(obj["dst.addr"], "10.0.0.2:80");
+        assert!(obj["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(
+            obj.values().all(|v| !v.is_object() && !v.is_array()),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'));
+    }
 
     #[test]
     fn istioctl_levels_merge_into_the_filter() {
