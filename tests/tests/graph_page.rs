@@ -269,6 +269,101 @@ fn graph_page_and_cli_follow_the_traffic() {
         );
     }
     drop(browser);
+
+    // 3. `amesh graph`: `--since 0s` reads the proxies once (totals); `--since 2s` asks the
+    //    controller's page where it runs, else reads the proxies twice, 2 s apart.
+    let id = mesh.lab.state().id.to_string();
+    for since in ["0s", "2s"] {
+        let g = amesh_json(&id, since);
+        let e = cli_edge(&g, PRODUCTPAGE, DETAILS);
+        assert!(e["total"]["requests"].as_f64() >= Some(3.0), "{e:#}");
+        assert_eq!(e["security"], "mtls", "{e:#}");
+        assert_eq!(e["denied"], 0.0, "{e:#}");
+        let e = cli_edge(&g, REVIEWS_V1, RATINGS);
+        assert!(e["total"]["requests"].as_f64() >= Some(1.0), "{e:#}");
+        assert_eq!(e["denied"], 0.0, "{e:#}");
+        let e = cli_edge(&g, PRODUCTPAGE, RATINGS);
+        assert!(e["denied"].as_f64() >= Some(1.0), "{e:#}");
+        assert_eq!(e["allowed"], 0.0, "{e:#}");
+        if since == "0s" {
+            assert_eq!(g["window_seconds"], 0.0, "{g:#}");
+        } else {
+            assert!(g["window_seconds"].as_f64() > Some(0.0), "{g:#}");
+        }
+    }
+    let svg = String::from_utf8(amesh(&id, &["-o", "svg", "--since", "0s"])).expect("UTF-8");
+    assert!(svg.starts_with("<svg "), "{svg}");
+    for (src, dst) in [(PRODUCTPAGE, DETAILS), (REVIEWS_V1, RATINGS)] {
+        assert!(
+            svg.contains(&format!(
+                "data-source=\"{src}\" data-destination=\"{dst}\" data-denied=\"0\""
+            )),
+            "{src} -> {dst} in {svg}"
+        );
+    }
+    assert!(
+        svg.contains(&format!(
+            "data-source=\"{PRODUCTPAGE}\" data-destination=\"{RATINGS}\" data-denied=\"1"
+        )),
+        "{svg}"
+    );
+    let dot = String::from_utf8(amesh(&id, &["-o", "dot", "--since", "0s"])).expect("UTF-8");
+    assert!(dot.starts_with("digraph amesh {"), "{dot}");
+    let line = dot
+        .lines()
+        .find(|l| l.contains(&format!("\"{PRODUCTPAGE}\" -> \"{RATINGS}\"")))
+        .unwrap_or_else(|| panic!("no productpage -> ratings edge in {dot}"));
+    assert!(
+        line.contains("denied") && line.contains("color=red"),
+        "{line}"
+    );
+    let png = amesh(&id, &["-o", "png", "--since", "0s"]);
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "not a PNG: {} bytes",
+        png.len()
+    );
+}
+
+/// The `amesh` binary cargo built beside the lab's.
+fn amesh_binary() -> PathBuf {
+    let lab = e2e::lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
+    let amesh = lab.with_file_name("amesh");
+    assert!(
+        amesh.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        amesh.display()
+    );
+    amesh
+}
+
+/// `amesh --lab <id> graph <args>`'s stdout; panics with stderr when it fails.
+fn amesh(id: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(amesh_binary())
+        .args(["--lab", id, "graph"])
+        .args(args)
+        .output()
+        .expect("run amesh");
+    assert!(
+        out.status.success(),
+        "amesh graph {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn amesh_json(id: &str, since: &str) -> Value {
+    serde_json::from_slice(&amesh(id, &["-o", "json", "--since", since])).expect("graph JSON")
+}
+
+/// Edge `src -> dst` of `amesh graph -o json`.
+fn cli_edge<'a>(g: &'a Value, src: &str, dst: &str) -> &'a Value {
+    g["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["source"]["name"] == src && e["destination"]["name"] == dst)
+        .unwrap_or_else(|| panic!("no edge {src} -> {dst} in {g:#}"))
 }
 
 /// The page's URL, when the lab runs it.
