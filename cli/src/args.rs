@@ -115,9 +115,10 @@ pub struct GraphArgs {
     /// The proxies keep counters, not history, so a rate needs two readings `--since` apart.
     /// Where the controller's live graph page runs (a lab started with `--graph-port`), it
     /// keeps readings of the last minutes and answers at once with the rates over `--since`
-    /// (as near as its readings allow; shorter if it has not run that long). Otherwise amesh reads every ztunnel's and waypoint's
-    /// metrics now and again after `--since` (it waits), and prints the rates between the two
-    /// readings. `--since 0s` reads once: totals since each proxy started, no rates.
+    /// (as near as its readings allow; shorter if it has not run that long). Otherwise amesh
+    /// reads every ztunnel's and waypoint's metrics now and again after `--since` (it waits),
+    /// and prints the rates between the two readings. `--since 0s` reads once: totals since
+    /// each proxy started, no rates.
     #[arg(long, default_value = "10s")]
     pub since: String,
     /// svg (drawn by amesh), dot (Graphviz), png (Graphviz's `dot -Tpng`), json (the model).
