@@ -11,7 +11,8 @@
 //! attaches the `pod` and `container` target labels to what it scrapes from a pod; the test
 //! attaches them the same way. The `container_*` series are the kubelet's (cAdvisor), not a
 //! proxy's: for those the test checks that the DaemonSet's names (`ztunnel-*` pods, container
-//! `istio-proxy`) are the ones the queries select.
+//! `istio-proxy`) are the ones the queries select. Last, the lab processes' log files are checked
+//! for ANSI colour codes (they write to files, not a terminal).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -620,4 +621,19 @@ fn ztunnel_series_answer_istios_dashboards_and_ours() {
         "{forwarded} forwarded DNS requests on node1:\n{}",
         dump()
     );
+
+    // The lab's processes (ztunnels, the controller, the apps) write into files, not a
+    // terminal: their lines carry no ANSI colour codes (#21, logs a person can read).
+    let logs = m.lab.run_dir().join("logs");
+    let mut read = 0;
+    for entry in std::fs::read_dir(&logs).unwrap_or_else(|e| panic!("{logs:?}: {e}")) {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        read += 1;
+        assert!(
+            !bytes.contains(&0x1b),
+            "ESC bytes (colour codes) in {path:?}"
+        );
+    }
+    assert!(read >= 2, "{read} log files in {logs:?}");
 }
