@@ -269,6 +269,25 @@ fn graph_page_and_cli_follow_the_traffic() {
         );
     }
     drop(browser);
+    // The page's endpoints refuse what they do not serve, saying why.
+    if let (Some(a), true) = (e2e::lab::mesh::graph_addr(mesh.lab.state()), controller) {
+        let root = mesh.lab.state().root_netns.clone();
+        let get = |path: &'static str| {
+            e2e::lab::netns::run_in(&root, move || e2e::lab::mesh::http_get(a, path))
+                .expect("enter the root netns")
+                .expect("the page answers")
+        };
+        let (status, body) = get("/graph.json?window=abc");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("window=\"abc\""), "{body}");
+        assert_eq!(get("/nope").0, 404);
+        let (status, dot) = get("/graph.dot?window=5");
+        assert_eq!(status, 200);
+        assert!(
+            dot.contains(&format!("\"{REVIEWS_V1}\" -> \"{RATINGS}\"")),
+            "{dot}"
+        );
+    }
 
     // 3. `amesh graph`: `--since 0s` reads the proxies once (totals); `--since 2s` asks the
     //    controller's page where it runs, else reads the proxies twice, 2 s apart.
