@@ -1,5 +1,7 @@
 //! A stand-in for the Kubernetes API server where the real one cannot run (the lab, tests):
-//! the read-only part amesh's components ask for — one pod, one namespace, `/version` — over
+//! the read-only part amesh's components ask for — one pod, one namespace, `/version`, pods
+//! listed by label (equality selectors) and the pod proxy's GET (`pods/{name}:{port}/proxy/…`,
+//! forwarded from the root netns to the pod's address, as `amesh` uses it) — over
 //! HTTPS with a bearer token, answered from a folder of manifests (what the lab's "cluster"
 //! holds right now) in the API's own JSON, with 401/404 `Status` bodies as the API server
 //! writes them. The folder is read on every request, so what the lab writes (a pod scheduled,
@@ -123,8 +125,18 @@ impl ApiServer {
                         return;
                     };
                     let service = hyper::service::service_fn(move |req| {
-                        let answer = server.answer(&manifests, &req);
-                        async move { Ok::<_, Infallible>(answer) }
+                        let (server, manifests) = (server.clone(), manifests.clone());
+                        async move {
+                            // The pod proxy waits on the pod; everything else answers at once.
+                            let answer = match server.authorized_proxy(&manifests, &req) {
+                                Some(ProxyRequest::Forward(addr, path)) => {
+                                    proxy_get(addr, &path).await
+                                }
+                                Some(ProxyRequest::Refused(refused)) => *refused,
+                                None => server.answer(&manifests, &req),
+                            };
+                            Ok::<_, Infallible>(answer)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -132,6 +144,80 @@ impl ApiServer {
                 })
             })
             .await
+    }
+
+    /// For a pod proxy request (`/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/{path}`):
+    /// the pod's address and the path to GET there, or the error answer (unauthorized, not a
+    /// GET, no such pod or no IP yet). `None` for any other request.
+    fn authorized_proxy(
+        &self,
+        manifests: &LoadedManifests,
+        req: &Request<Incoming>,
+    ) -> Option<ProxyRequest> {
+        let path = req.uri().path();
+        let rest = path.strip_prefix("/api/v1/namespaces/")?;
+        let (ns, rest) = rest.split_once("/pods/")?;
+        let (target, proxied) = rest.split_once("/proxy")?;
+        if ns.contains('/') || target.contains('/') {
+            return None;
+        }
+        if let Err(refused) = self.check(req) {
+            return Some(ProxyRequest::Refused(refused));
+        }
+        let (name, port) = match target.split_once(':') {
+            Some((name, port)) => (name, port.parse::<u16>().ok()),
+            None => (target, None),
+        };
+        let Some(port) = port else {
+            return Some(ProxyRequest::Refused(Box::new(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("{target:?}: give the port, <pod>:<port>"),
+            ))));
+        };
+        let m = manifests.get();
+        let key = controller::manifests::ObjectKey::new(ns, name);
+        let ip = m
+            .pods
+            .get(&key)
+            .and_then(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok());
+        let Some(ip) = ip else {
+            return Some(ProxyRequest::Refused(Box::new(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("pods \"{name}\" not found, or has no IP yet"),
+            ))));
+        };
+        let mut path = if proxied.is_empty() { "/" } else { proxied }.to_string();
+        if let Some(q) = req.uri().query() {
+            path = format!("{path}?{q}");
+        }
+        Some(ProxyRequest::Forward(SocketAddr::new(ip, port), path))
+    }
+
+    /// The bearer token and the method (this server only reads).
+    fn check(&self, req: &Request<Incoming>) -> Result<(), Box<Response<Full<Bytes>>>> {
+        let expected = format!("Bearer {}", self.token);
+        let authorized = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == expected);
+        if !authorized {
+            return Err(Box::new(status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized",
+            )));
+        }
+        if req.method() != http::Method::GET {
+            return Err(Box::new(status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "this API server only reads",
+            )));
+        }
+        Ok(())
     }
 
     fn answer(
@@ -150,24 +236,14 @@ impl ApiServer {
                 reply(StatusCode::OK, json!("ok"))
             };
         }
-        let expected = format!("Bearer {}", self.token);
-        let authorized = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == expected);
-        if !authorized {
-            return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
-        }
-        if req.method() != http::Method::GET {
-            return status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "this API server only reads",
-            );
+        if let Err(refused) = self.check(req) {
+            return *refused;
         }
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let selector = label_selector(req.uri().query());
         match parts.as_slice() {
+            ["api", "v1", "namespaces", ns, "pods"] => pods(&manifests.get(), Some(ns), &selector),
+            ["api", "v1", "pods"] => pods(&manifests.get(), None, &selector),
             ["api", "v1", "namespaces", ns, "pods", name] => pod(&manifests.get(), ns, name),
             ["api", "v1", "namespaces", ns] => namespace(&manifests.get(), ns),
             _ => status(
@@ -187,6 +263,97 @@ fn pod(m: &Manifests, namespace: &str, name: &str) -> Response<Full<Bytes>> {
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("pods \"{name}\" not found"),
+        ),
+    }
+}
+
+/// A pod proxy request: where to forward it, or the answer refusing it.
+enum ProxyRequest {
+    Forward(SocketAddr, String),
+    Refused(Box<Response<Full<Bytes>>>),
+}
+
+/// The `labelSelector` of a query as `key=value` pairs (equality only: what amesh asks).
+fn label_selector(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "labelSelector")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter_map(|term| {
+                    let (k, v) = term.split_once('=')?;
+                    Some((
+                        k.trim_end_matches('=').trim().to_string(),
+                        v.trim().to_string(),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A `PodList` of the pods in `namespace` (all when `None`) carrying every label of `selector`.
+fn pods(
+    m: &Manifests,
+    namespace: Option<&str>,
+    selector: &[(String, String)],
+) -> Response<Full<Bytes>> {
+    let items: Vec<serde_json::Value> = m
+        .pods
+        .iter()
+        .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+        .filter(|(_, p)| {
+            let labels = p.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .map(|(_, p)| json!(p))
+        .collect();
+    reply(
+        StatusCode::OK,
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}),
+    )
+}
+
+/// The pod proxy's GET: HTTP/1.1 to the pod (the server runs in the root netns, which routes
+/// to every pod), its status and body passed back; a pod that does not answer is a 503 as the
+/// API server gives.
+async fn proxy_get(addr: SocketAddr, path: &str) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        let conn = tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, 64 << 20)
+            .collect()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .to_bytes();
+        conn.abort();
+        Ok::<_, std::io::Error>(Response::from_parts(parts, Full::new(body)))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("error trying to reach service: {e}"),
+        ),
+        Err(_) => status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "error trying to reach service: timeout",
         ),
     }
 }
