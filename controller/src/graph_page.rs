@@ -6,7 +6,8 @@
 //! ztunnels (`app=ztunnel`) and waypoints (`gateway.networking.k8s.io/gateway-name`), each with
 //! a timeout and a body limit, all at once. It keeps the last [`HISTORY`] scrapes (rates over a
 //! window are the difference of two of them) and the last [`DENIALS`] denials: an edge whose
-//! DENY-flagged connections or 403 answers grew between two scrapes. A proxy that does not
+//! DENY-flagged connections or 403 answers grew between two scrapes, on the proxies read in
+//! both (a proxy's first exposition is its whole past, not recent). A proxy that does not
 //! answer keeps its last exposition (so its counters do not seem to restart) and is listed
 //! with its error on the page. Memory is bounded by those two rings and the proxies' own
 //! label sets.
@@ -70,8 +71,6 @@ pub struct Denial {
 struct Scrape {
     at: Instant,
     counters: Counters,
-    /// The proxies whose expositions the counters are made of.
-    proxies: Vec<ScrapeTarget>,
 }
 
 #[derive(Default)]
@@ -173,7 +172,28 @@ async fn scrape_loop(
             async move { (t.clone(), scrape(&client, t).await) }
         }))
         .await;
-        let mut s = state.lock();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        state
+            .lock()
+            .record(targets, results, Instant::now(), now_ms);
+    }
+}
+
+impl State {
+    /// Folds one round of scrapes in: each proxy's exposition (or its error), the counters of
+    /// all, the denials that are new since the round before, and the round into the history.
+    fn record(
+        &mut self,
+        targets: Vec<ScrapeTarget>,
+        results: Vec<(ScrapeTarget, Result<String, String>)>,
+        at: Instant,
+        now_ms: u64,
+    ) {
+        let s = self;
+        let before = s.last_text.clone();
         s.errors.clear();
         for (t, got) in results {
             match got {
@@ -188,7 +208,6 @@ async fn scrape_loop(
         // Proxies gone from the manifests are forgotten.
         s.last_text.retain(|t, _| targets.contains(t));
         let mut counters = Counters::default();
-        let proxies: Vec<ScrapeTarget> = s.last_text.keys().cloned().collect();
         let mut bad = Vec::new();
         for (t, text) in &s.last_text {
             if let Err(e) = counters.add_exposition(text) {
@@ -196,22 +215,26 @@ async fn scrape_loop(
             }
         }
         s.errors.extend(bad);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        // Recent denials: what grew between the last round and this one on the proxies read
+        // in both. A proxy read for the first time brings its whole past, which is not recent;
+        // one that failed this round kept its last exposition, so nothing of it grew.
+        let common: Vec<&ScrapeTarget> = (s.last_text.keys())
+            .filter(|t| before.contains_key(*t))
+            .collect();
+        let fold = |texts: &BTreeMap<ScrapeTarget, String>| {
+            let mut c = Counters::default();
+            for t in &common {
+                // A bad exposition is reported above; here it only adds nothing.
+                let _ = c.add_exposition(&texts[*t]);
+            }
+            c
+        };
         let mut new_denials = Vec::new();
-        if let Some(prev) = s.history.back() {
-            let g = Graph::between(Some(&prev.counters), &counters, 1.0);
-            let prev_edges = prev.counters.edges();
+        if !common.is_empty() {
+            let g = Graph::between(Some(&fold(&before)), &fold(&s.last_text), 1.0);
             for e in g.edges {
                 let grew = e.window.tcp_denied + e.window.requests_denied;
-                // An edge new in this scrape is recent traffic, unless a proxy joined the
-                // scrape (started, or answered again): its first exposition is its whole
-                // history, not what happened since the last round.
-                let seen_before =
-                    prev_edges.contains_key(&(e.source.clone(), e.destination.clone()));
-                if grew > 0.0 && (seen_before || prev.proxies == proxies) {
+                if grew > 0.0 {
                     new_denials.push(Denial {
                         time_ms: now_ms,
                         source: e.source,
@@ -226,16 +249,36 @@ async fn scrape_loop(
         while s.denials.len() > DENIALS {
             s.denials.pop_front();
         }
-        s.history.push_back(Scrape {
-            at: Instant::now(),
-            counters,
-            proxies,
-        });
+        s.history.push_back(Scrape { at, counters });
         while s.history.len() > HISTORY {
             s.history.pop_front();
         }
         s.targets = targets;
         s.scrapes += 1;
+    }
+
+    /// The graph of the last round, with rates over the newest earlier round at least
+    /// `window` seconds older (else the oldest kept); empty before the first round.
+    fn graph(&self, window: f64) -> Graph {
+        let Some(last) = self.history.back() else {
+            // Before the first scrape: an empty graph (the page says so), not an error.
+            return Graph::between(None, &Counters::default(), 0.0);
+        };
+        let first = self
+            .history
+            .iter()
+            .rev()
+            .skip(1)
+            .find(|p| last.at.duration_since(p.at).as_secs_f64() >= window)
+            .or_else(|| self.history.front().filter(|p| !std::ptr::eq(*p, last)));
+        match first {
+            Some(p) => Graph::between(
+                Some(&p.counters),
+                &last.counters,
+                last.at.duration_since(p.at).as_secs_f64(),
+            ),
+            None => Graph::between(None, &last.counters, 0.0),
+        }
     }
 }
 
@@ -341,28 +384,7 @@ fn answer(state: &Mutex<State>, req: &Request<hyper::body::Incoming>) -> Respons
         Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     };
     let s = state.lock();
-    let graph = match s.history.back() {
-        // Before the first scrape: an empty graph (the page says so), not an error.
-        None => Graph::between(None, &Counters::default(), 0.0),
-        Some(last) => {
-            // The newest scrape at least `window` older than the last, else the oldest kept.
-            let first = s
-                .history
-                .iter()
-                .rev()
-                .skip(1)
-                .find(|p| last.at.duration_since(p.at).as_secs_f64() >= window)
-                .or_else(|| s.history.front().filter(|p| !std::ptr::eq(*p, last)));
-            match first {
-                Some(p) => Graph::between(
-                    Some(&p.counters),
-                    &last.counters,
-                    last.at.duration_since(p.at).as_secs_f64(),
-                ),
-                None => Graph::between(None, &last.counters, 0.0),
-            }
-        }
-    };
+    let graph = s.graph(window);
     match path {
         "/graph.svg" => reply(StatusCode::OK, "image/svg+xml", graph.to_svg()),
         "/graph.dot" => reply(StatusCode::OK, "text/vnd.graphviz", graph.to_dot()),
@@ -386,3 +408,7 @@ fn answer(state: &Mutex<State>, req: &Request<hyper::body::Incoming>) -> Respons
         }
     }
 }
+
+#[cfg(test)]
+#[path = "graph_page_tests.rs"]
+mod tests;
