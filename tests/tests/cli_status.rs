@@ -115,6 +115,10 @@ fn ztunnel_dump(mesh: &MeshLab, node: &str) -> String {
     .expect("ztunnel answers /config_dump")
 }
 
+fn status_note(status: &Value) -> &str {
+    status["note"].as_str().unwrap_or_default()
+}
+
 #[test]
 fn status_and_config_agree_with_the_lab() {
     let dir = std::env::temp_dir().join(format!("amesh-cli-status-{}", std::process::id()));
@@ -420,6 +424,66 @@ fn status_and_config_agree_with_the_lab() {
             .as_array()
             .map(Vec::len),
         certs.as_array().map(Vec::len)
+    );
+
+    // ---- Cluster mode: the same answers through the lab's stand-in API server (pods by
+    // label, the pod proxy to the stats port's read-only /config_dump and to readiness),
+    // with amesh run in the root netns, where the API server listens.
+    let kube = |args: &[&str]| -> Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &state.root_netns])
+            .arg(amesh_binary())
+            .args(args)
+            .args(["-o", "json"])
+            .env("KUBECONFIG", e2e::lab::mesh::kubeconfig_path(&state))
+            .output()
+            .expect("run amesh in the root netns");
+        assert!(
+            out.status.success(),
+            "amesh (cluster mode) {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("amesh's JSON")
+    };
+    assert_eq!(
+        kube(&["config", "workloads"]),
+        workloads,
+        "cluster mode and lab mode read different workloads"
+    );
+    let identities = |v: &Value| -> BTreeSet<(String, String)> {
+        (v.as_array().into_iter().flatten())
+            .map(|c| {
+                (
+                    c["node"].as_str().unwrap_or_default().to_string(),
+                    c["identity"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        identities(&kube(&["config", "certificates"])),
+        identities(&certs)
+    );
+    let cluster_status = kube(&["status"]);
+    let cluster_ztunnels: Vec<&Value> = (cluster_status["components"].as_array().into_iter())
+        .flatten()
+        .filter(|c| c["kind"] == "ztunnel")
+        .collect();
+    assert_eq!(
+        cluster_ztunnels.len(),
+        state.nodes.len(),
+        "{cluster_status:#}"
+    );
+    for z in cluster_ztunnels {
+        assert_eq!(z["ready"], true, "{z:#}");
+        assert_eq!(z["captureMode"], capture.as_str(), "{z:#}");
+        assert!(z["error"].is_null(), "{z:#}");
+    }
+    // The lab's controller runs in the root netns, not as a pod: the cluster has none.
+    assert!(
+        status_note(&cluster_status).contains("no running controller pod"),
+        "{cluster_status:#}"
     );
 
     // ---- /config_dump compatibility: as istioctl decodes it.
