@@ -12,6 +12,11 @@ use mesh::telemetry::LogFormat;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_arena_eager_commit` in `mi_option_e` of the mimalloc libmimalloc-sys builds (v3;
+/// the crate names only some of the options).
+#[cfg(target_env = "musl")]
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
 const USAGE: &str = "\
 ztunnel: amesh's node proxy (Istio ambient's ztunnel, wire compatible)
 
@@ -34,6 +39,15 @@ See ARCHITECTURE.md (ztunnel, config) for all of them.
 ";
 
 fn main() {
+    // mimalloc commits its arenas eagerly where the kernel overcommits, and what it touches
+    // there stays resident: 6.5 MiB more RSS idle and 10 MiB more after a burst than with lazy
+    // commit, at no measured CPU cost (ARCHITECTURE.md, Images). Set before anything
+    // else allocates, so the arena is reserved with the option in force.
+    #[cfg(target_env = "musl")]
+    // SAFETY: sets a process-wide allocator option; no other thread exists yet.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+    }
     // Informational commands need no configuration.
     match std::env::args().nth(1).as_deref() {
         None => {}
