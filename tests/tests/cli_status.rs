@@ -115,6 +115,14 @@ fn ztunnel_dump(mesh: &MeshLab, node: &str) -> String {
     .expect("ztunnel answers /config_dump")
 }
 
+/// xDS clients of the lab's controller: each node's ztunnel and each waypoint pod.
+fn clients_expected(state: &LabState) -> usize {
+    let waypoints = (state.pods.iter())
+        .filter(|p| state.waypoints.iter().any(|w| w.runs_in(p)))
+        .count();
+    state.nodes.len() + waypoints
+}
+
 fn status_note(status: &Value) -> &str {
     status["note"].as_str().unwrap_or_default()
 }
@@ -192,6 +200,36 @@ fn status_and_config_agree_with_the_lab() {
                 w.key()
             );
         }
+        // The debug endpoint's per-client state: every type each client subscribed to has been
+        // answered, and the client ACKed the last response (a steady lab has nothing in flight).
+        let debug = SocketAddr::new(state.root_ip.into(), 15014);
+        let connections = || -> Value {
+            let body = e2e::lab::netns::run_in(&state.root_netns, move || {
+                e2e::lab::mesh::http_get(debug, "/debug/connections")
+            })
+            .expect("enter the root netns")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+            serde_json::from_str(&body).unwrap_or_default()
+        };
+        e2e::wait_for(
+            "every xDS client to have ACKed the last response of each type",
+            std::time::Duration::from_secs(10),
+            || {
+                let all = connections();
+                let clients = all.as_array().cloned().unwrap_or_default();
+                clients.len() == clients_expected(&state)
+                    && clients.iter().all(|c| {
+                        let types = c["types"].as_array().cloned().unwrap_or_default();
+                        !types.is_empty()
+                            && types.iter().all(|t| {
+                                t["lastSentNonce"].is_string()
+                                    && t["lastSentNonce"] == t["lastAckedNonce"]
+                                    && t["nacks"] == 0
+                            })
+                    })
+            },
+        );
     } else {
         assert_eq!(status["controlPlane"], "file", "{status:#}");
         assert!(controllers.is_empty(), "{status:#}");
