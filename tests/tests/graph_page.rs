@@ -7,8 +7,9 @@
 //!   shows up without a reload, the refused edge with its denials; no console error, no failed
 //!   request. Only where the control plane is the controller (the page is the controller's);
 //!   with the local-file control plane that part is skipped, saying so.
-//! - `amesh --lab <id> graph -o json|svg|dot`: the same edges, the refused one with its
-//!   denials, in every control-plane and capture mode.
+//! - `amesh --lab <id> graph -o json|svg|dot|png`: the same edges, the refused one with its
+//!   denials, in every control-plane and capture mode; and in cluster mode (the lab's
+//!   stand-in API server) the same edges and denials.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -310,6 +311,40 @@ fn graph_page_and_cli_follow_the_traffic() {
             assert!(g["window_seconds"].as_f64() > Some(0.0), "{g:#}");
         }
     }
+    // Cluster mode: the same edges and denials through the lab's stand-in API server (pods
+    // by label, the pod proxy to each proxy's :15020/metrics), amesh run in the root netns.
+    let state = mesh.lab.state();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &state.root_netns])
+        .arg(amesh_binary())
+        .args(["graph", "-o", "json", "--since", "0s"])
+        .env("KUBECONFIG", e2e::lab::mesh::kubeconfig_path(state))
+        .output()
+        .expect("run amesh in the root netns");
+    assert!(
+        out.status.success(),
+        "amesh graph (cluster mode) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cluster: Value = serde_json::from_slice(&out.stdout).expect("graph JSON");
+    let decisions = |g: &Value| -> Vec<(String, String, f64)> {
+        let mut v: Vec<_> = (g["edges"].as_array().into_iter().flatten())
+            .map(|e| {
+                (
+                    e["source"]["name"].as_str().unwrap_or_default().to_string(),
+                    e["destination"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    e["denied"].as_f64().unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v
+    };
+    assert_eq!(decisions(&cluster), decisions(&amesh_json(&id, "0s")));
+
     let svg = String::from_utf8(amesh(&id, &["-o", "svg", "--since", "0s"])).expect("UTF-8");
     assert!(svg.starts_with("<svg "), "{svg}");
     for (src, dst) in [(PRODUCTPAGE, DETAILS), (REVIEWS_V1, RATINGS)] {
