@@ -89,6 +89,7 @@ async function main() {
           source: tr.dataset.source,
           destination: tr.dataset.destination,
           denied: Number(tr.dataset.denied),
+          recentDenials: Number(tr.dataset.recentDenials),
           cells: Array.from(tr.children).map((td) => td.textContent),
         })),
         denials: all("#denials li").map((li) => ({

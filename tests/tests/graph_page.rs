@@ -253,6 +253,11 @@ fn graph_page_and_cli_follow_the_traffic() {
         assert_eq!(s["mark"], "first-load", "the page was reloaded: {s:#}");
         assert_eq!(s["navigations"], 1, "{s:#}");
         assert_eq!(denied(svg_edge(&s, REVIEWS_V1, RATINGS)), 0.0, "{s:#}");
+        // The edge's row counts its recent denials; the allowed edges' rows none.
+        let r = row(&s, PRODUCTPAGE, RATINGS).expect("row");
+        assert!(r["recentDenials"].as_f64() >= Some(1.0), "{r:#}");
+        let r = row(&s, REVIEWS_V1, RATINGS).expect("row");
+        assert_eq!(r["recentDenials"], 0.0, "{r:#}");
         let label = svg_edge(&s, PRODUCTPAGE, RATINGS).expect("edge")["label"]
             .as_str()
             .unwrap_or_default()
