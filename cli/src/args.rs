@@ -40,6 +40,13 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The controller, each node's ztunnel and each waypoint: version, readiness, xDS, certificates.
+    ///
+    /// Reads the controller's debug endpoint (15014: version, readiness, config version, xDS
+    /// clients, CA root expiry; a lab on a local config file has no controller and says so),
+    /// and each ztunnel's and waypoint's readiness (15021) and /config_dump (version, xDS
+    /// state, config version, certificates and earliest expiry, captured pods, capture mode).
+    /// CONFIG VERSION is the controller's digest of all it serves, and each proxy's own
+    /// snapshot counter. Exits non-zero when a component is not ready or does not answer.
     Status(StatusArgs),
     /// What a ztunnel knows: workloads, services, policies or certificates.
     Config(ConfigArgs),
