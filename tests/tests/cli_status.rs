@@ -535,6 +535,34 @@ fn status_and_config_agree_with_the_lab() {
         });
         istioctl::check(&dump, &state, &n.name, &captured_on(&state, &n.name), now);
     }
+
+    // ---- A ztunnel that is gone: status still reports the rest, names the missing one, and
+    // fails (scripts see it).
+    e2e::lab::ztunnels::stop(&state, "node2", std::time::Duration::from_secs(5))
+        .expect("stop node2's ztunnel");
+    let out = Command::new(amesh_binary())
+        .args(["--lab", &state.id.to_string(), "status", "-o", "json"])
+        .output()
+        .expect("run amesh");
+    assert!(
+        !out.status.success(),
+        "status succeeded with a ztunnel gone"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ztunnel istio-system/ztunnel-node2"),
+        "{stderr}"
+    );
+    let after: Value = serde_json::from_slice(&out.stdout).expect("status still prints JSON");
+    let by_node = |node: &str| {
+        (after["components"].as_array().into_iter().flatten())
+            .find(|c| c["kind"] == "ztunnel" && c["node"] == node)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(by_node("node2")["error"].is_string(), "{after:#}");
+    assert_eq!(by_node("node1")["ready"], true, "{after:#}");
+    assert!(by_node("node1")["error"].is_null(), "{after:#}");
 }
 
 /// The /config_dump as istioctl decodes it: the field names (JSON tags) and types of the Go
