@@ -45,6 +45,8 @@ pub enum Command {
     /// clients, CA root expiry; a lab on a local config file has no controller and says so),
     /// and each ztunnel's and waypoint's readiness (15021) and /config_dump (version, xDS
     /// state, config version, certificates and earliest expiry, captured pods, capture mode).
+    /// SYNC is the controller's view of each proxy's stream, as istioctl proxy-status shows it:
+    /// SYNCED when every response sent is ACKed, STALE when not, NOT CONNECTED.
     /// CONFIG VERSION is the controller's digest of all it serves, and each proxy's own
     /// snapshot counter. Exits non-zero when a component is not ready or does not answer.
     Status(StatusArgs),

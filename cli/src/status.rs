@@ -59,6 +59,11 @@ pub struct ComponentStatus {
     pub capture_mode: Option<String>,
     /// The controller: its xDS clients (node ids).
     pub clients: Option<Vec<String>>,
+    /// Proxies, as the controller sees their stream (istioctl proxy-status's notion):
+    /// `SYNCED` when every type's last response sent is ACKed, `STALE` when one is not (or
+    /// was NACKed), `NOT CONNECTED` when the controller has no stream from this proxy's IP.
+    /// `None` without a controller to ask.
+    pub controller_sync: Option<String>,
     /// What could not be read.
     pub error: Option<String>,
 }
@@ -108,14 +113,24 @@ pub async fn collect(target: &Target) -> anyhow::Result<Status> {
         ),
     };
     let mut components = Vec::new();
+    // Every controller's clients, for the proxies' SYNCED column.
+    let mut streams: Option<Vec<Value>> = None;
     for c in &controllers {
-        components.push(controller(target, c).await);
+        let (line, clients) = controller(target, c).await;
+        if let Some(clients) = clients {
+            streams.get_or_insert_with(Vec::new).extend(clients);
+        }
+        components.push(line);
     }
-    for z in target.ztunnels().await? {
-        components.push(proxy(target, &z).await);
-    }
-    for w in target.waypoints().await? {
-        components.push(proxy(target, &w).await);
+    for p in target
+        .ztunnels()
+        .await?
+        .into_iter()
+        .chain(target.waypoints().await?)
+    {
+        let mut line = proxy(target, &p).await;
+        line.controller_sync = streams.as_deref().map(|s| sync_of(s, &p));
+        components.push(line);
     }
     Ok(Status {
         target: target.describe(),
@@ -143,8 +158,37 @@ fn string(v: &Value, pointer: &str) -> Option<String> {
     }
 }
 
-/// The controller's line, from its debug endpoint.
-async fn controller(target: &Target, c: &Component) -> ComponentStatus {
+/// How the controller's streams see proxy `p`: its stream is the one whose node id holds
+/// the proxy's IP (`ztunnel~<ip>~…`, `waypoint~<ip>~…`, Istio's node id layout).
+fn sync_of(streams: &[Value], p: &Component) -> String {
+    let ip = p.ip.to_string();
+    let mine: Vec<&Value> = streams
+        .iter()
+        .filter(|s| {
+            (s.get("nodeId").and_then(Value::as_str))
+                .is_some_and(|id| id.split('~').nth(1) == Some(ip.as_str()))
+        })
+        .collect();
+    if mine.is_empty() {
+        return "NOT CONNECTED".into();
+    }
+    let synced = mine.iter().all(|s| {
+        let types = s.get("types").and_then(Value::as_array);
+        types.is_some_and(|types| {
+            !types.is_empty()
+                && types.iter().all(|t| {
+                    t.get("lastSentNonce").is_some_and(Value::is_string)
+                        && t.get("lastSentNonce") == t.get("lastAckedNonce")
+                        && t.get("nacks").and_then(Value::as_u64) == Some(0)
+                })
+        })
+    });
+    if synced { "SYNCED" } else { "STALE" }.into()
+}
+
+/// The controller's line, from its debug endpoint, and its xDS streams (`None` when it did
+/// not answer).
+async fn controller(target: &Target, c: &Component) -> (ComponentStatus, Option<Vec<Value>>) {
     let mut out = base(c);
     let s = match target
         .get_json(c, CONTROLLER_DEBUG_PORT, "/debug/status")
@@ -153,7 +197,7 @@ async fn controller(target: &Target, c: &Component) -> ComponentStatus {
         Ok(s) => s,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
-            return out;
+            return (out, None);
         }
     };
     out.version = string(&s, "/version");
@@ -168,7 +212,8 @@ async fn controller(target: &Target, c: &Component) -> ComponentStatus {
     let root_expiry = string(&s, "/ca/root/expirationTime");
     out.certificates = Some(usize::from(root_expiry.is_some()));
     out.earliest_expiry = root_expiry;
-    out
+    let streams = s.get("clients").and_then(Value::as_array).cloned();
+    (out, Some(streams.unwrap_or_default()))
 }
 
 /// A ztunnel's or waypoint's line: readiness, then its `/config_dump`.
@@ -248,6 +293,7 @@ pub fn render(s: &Status) -> String {
         "VERSION",
         "READY",
         "XDS",
+        "SYNC",
         "CONFIG VERSION",
         "CERTS",
         "EARLIEST EXPIRY",
@@ -269,6 +315,7 @@ pub fn render(s: &Status) -> String {
             c.version.clone().unwrap_or_else(dash),
             c.ready.map_or_else(dash, |r| r.to_string()),
             xds,
+            c.controller_sync.clone().unwrap_or_else(dash),
             c.config_version.clone().unwrap_or_else(dash),
             c.certificates.map_or_else(dash, |n| n.to_string()),
             c.earliest_expiry.clone().unwrap_or_else(dash),

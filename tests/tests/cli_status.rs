@@ -230,9 +230,21 @@ fn status_and_config_agree_with_the_lab() {
                     })
             },
         );
+        // ... which `amesh status` shows per proxy, as istioctl proxy-status does.
+        let now_synced = amesh_json(&mesh, &["status"]);
+        for c in (now_synced["components"].as_array().into_iter()).flatten() {
+            if c["kind"] != "controller" {
+                assert_eq!(c["controllerSync"], "SYNCED", "{c:#}");
+            }
+        }
     } else {
         assert_eq!(status["controlPlane"], "file", "{status:#}");
         assert!(controllers.is_empty(), "{status:#}");
+        // No controller to ask about the proxies' streams.
+        assert!(
+            components.iter().all(|c| c["controllerSync"].is_null()),
+            "{status:#}"
+        );
         assert!(
             status["note"]
                 .as_str()
