@@ -571,19 +571,33 @@ impl Graph {
                 ""
             };
             let (sx, ex) = (x1 + NODE_W / 2.0, x2 - NODE_W / 2.0);
-            // Self-loops and backward edges bow out so that they stay visible.
-            let (cx, cy) = if ex > sx {
+            // An edge to the next column is nearly straight. One that skips columns bows
+            // below the rows, deeper the more it skips, so that it does not run through the
+            // nodes in between; self-loops and backward edges bow out too.
+            let columns = ((ex - sx) / (NODE_W + COL_GAP)).round();
+            let (cx, cy) = if ex > sx && columns <= 1.0 {
                 ((sx + ex) / 2.0, (y1 + y2) / 2.0 + (i % 3) as f64 * 6.0)
+            } else if ex > sx {
+                let depth = (NODE_H + ROW_GAP) * (1.0 + 0.5 * (i % 3) as f64) * columns;
+                ((sx + ex) / 2.0, y1.max(y2) + depth)
             } else {
                 ((sx + ex) / 2.0, y1.max(y2) + NODE_H * 1.5)
             };
+            // The label sits on the curve, at a point that moves along it from edge to edge
+            // so that the labels of edges crossing the same gap do not cover each other.
+            let t = 0.35 + 0.1 * (i % 4) as f64;
+            let on_curve = |a: f64, c: f64, b: f64| {
+                (1.0 - t) * (1.0 - t) * a + 2.0 * (1.0 - t) * t * c + t * t * b
+            };
+            let (lx, ly) = (on_curve(sx, cx, ex), on_curve(y1, cy, y2));
             let _ = writeln!(
                 out,
-                r#"<g class="edge" data-source="{s}" data-destination="{d}" data-denied="{den}"><path d="M{sx:.0},{y1:.0} Q{cx:.0},{cy:.0} {ex:.0},{y2:.0}" fill="none" stroke="{color}" stroke-width="1.6"{dash} marker-end="url(#arrow)"/><text x="{cx:.0}" y="{ty:.0}" text-anchor="middle" fill="{color}">{label}</text><title>{s} → {d}</title></g>"#,
+                r#"<g class="edge" data-source="{s}" data-destination="{d}" data-denied="{den}"><path d="M{sx:.0},{y1:.0} Q{cx:.0},{cy:.0} {ex:.0},{y2:.0}" fill="none" stroke="{color}" stroke-width="1.6"{dash} marker-end="url(#arrow)"/><text x="{tx:.0}" y="{ty:.0}" text-anchor="middle" fill="{color}">{label}</text><title>{s} → {d}</title></g>"#,
                 s = xml(e.source.label()),
                 d = xml(e.destination.label()),
                 den = e.denied,
-                ty = cy - 4.0,
+                tx = lx,
+                ty = ly - 4.0,
                 label = xml(&Self::edge_label(e)),
             );
         }
@@ -623,17 +637,18 @@ struct Layout {
 
 impl Layout {
     fn of(g: &Graph) -> Layout {
-        // Longest path from a node without incoming edges; a bounded number of relaxations
-        // keeps a cycle from growing the layers forever.
+        // Longest path from a node without incoming edges, over the edges that close no cycle.
+        // Cycles are the rule here (a -> waypoint -> b and b -> waypoint -> c); a depth-first
+        // walk from the sources marks the edges back to a node still on its path, and those
+        // are left out of the layering (they are drawn all the same).
+        let forward = forward_edges(g);
         let mut layer: BTreeMap<&NodeId, usize> = g.nodes.iter().map(|n| (n, 0)).collect();
-        for _ in 0..g.nodes.len() {
+        // On an acyclic set of edges, as many passes as nodes reach the fixed point.
+        for _ in 0..=g.nodes.len() {
             let mut changed = false;
-            for e in &g.edges {
-                if e.source == e.destination {
-                    continue;
-                }
+            for e in &forward {
                 let want = layer[&e.source] + 1;
-                if want > layer[&e.destination] && want < g.nodes.len() {
+                if want > layer[&e.destination] {
                     layer.insert(&e.destination, want);
                     changed = true;
                 }
@@ -662,9 +677,65 @@ impl Layout {
             height: 2.0 * MARGIN
                 + rows as f64 * NODE_H
                 + (rows - 1) as f64 * ROW_GAP
-                + NODE_H * 2.0,
+                // Room for the edges that bow below the last row (at most half their
+                // control point's depth).
+                + NODE_H
+                + (NODE_H + ROW_GAP) * 0.75 * (cols - 1) as f64,
         }
     }
+}
+
+/// The edges of `g` that close no cycle (nor are self-loops): a depth-first walk, from the
+/// nodes without incoming edges first, drops each edge back to a node on the current path.
+fn forward_edges(g: &Graph) -> Vec<&Edge> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn walk<'g>(
+        n: &'g NodeId,
+        out: &BTreeMap<&'g NodeId, Vec<&'g Edge>>,
+        mark: &mut BTreeMap<&'g NodeId, Mark>,
+        keep: &mut Vec<&'g Edge>,
+    ) {
+        mark.insert(n, Mark::OnPath);
+        for e in out.get(n).into_iter().flatten() {
+            match mark.get(&e.destination).copied().unwrap_or(Mark::New) {
+                Mark::OnPath => {}
+                Mark::Done => keep.push(e),
+                Mark::New => {
+                    keep.push(e);
+                    walk(&e.destination, out, mark, keep);
+                }
+            }
+        }
+        mark.insert(n, Mark::Done);
+    }
+    let mut out: BTreeMap<&NodeId, Vec<&Edge>> = BTreeMap::new();
+    let mut has_incoming = BTreeSet::new();
+    for e in g.edges.iter().filter(|e| e.source != e.destination) {
+        out.entry(&e.source).or_default().push(e);
+        has_incoming.insert(&e.destination);
+    }
+    // Hubs first: walking into the node with the most outgoing edges (a waypoint) before its
+    // callers' other destinations puts the hub before the workloads behind it, and drops the
+    // edges that lead back into it instead.
+    let fan_out: BTreeMap<&NodeId, usize> = out.iter().map(|(n, v)| (*n, v.len())).collect();
+    for v in out.values_mut() {
+        v.sort_by_key(|e| std::cmp::Reverse(fan_out.get(&e.destination).copied().unwrap_or(0)));
+    }
+    let mut mark: BTreeMap<&NodeId, Mark> = BTreeMap::new();
+    let mut keep = Vec::new();
+    let sources = g.nodes.iter().filter(|n| !has_incoming.contains(n));
+    let rest = g.nodes.iter().filter(|n| has_incoming.contains(n));
+    for n in sources.chain(rest) {
+        if mark.get(n).copied().unwrap_or(Mark::New) == Mark::New {
+            walk(n, &out, &mut mark, &mut keep);
+        }
+    }
+    keep
 }
 
 fn dot_quote(s: &str) -> String {

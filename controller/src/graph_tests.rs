@@ -302,3 +302,24 @@ fn dot_and_svg_show_nodes_edges_and_denials() {
     let json = serde_json::to_value(&g).expect("json");
     assert_eq!(json["edges"].as_array().map(Vec::len), Some(g.edges.len()));
 }
+
+#[test]
+fn layout_puts_callers_before_the_waypoint_before_its_backends() {
+    let g = Graph::between(Some(&first()), &second(), 10.0);
+    let layout = Layout::of(&g);
+    let x = |name: &str| layout.pos[&workload(name)].0;
+    // Cycles through the waypoint (reviews -> waypoint -> reviews) do not scramble the
+    // columns: callers, then the waypoint, then what it calls, then what those call.
+    assert!(x("bookinfo/productpage-v1") < x("bookinfo/waypoint"));
+    assert!(x("bookinfo/waypoint") < x("bookinfo/details-v1"));
+    assert!(x("bookinfo/waypoint") < x("bookinfo/reviews-v1"));
+    assert!(x("bookinfo/reviews-v1") < x("bookinfo/ratings-v1"));
+    assert!(x("legacy/curl") < x("bookinfo/details-v1"));
+    // Every node inside the drawing.
+    for (n, (px, py)) in &layout.pos {
+        assert!(
+            *px > 0.0 && *px < layout.width && *py > 0.0 && *py < layout.height,
+            "{n:?}"
+        );
+    }
+}
