@@ -12,15 +12,13 @@
 //! changed (every other method or path is a 404).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -168,31 +166,11 @@ impl DebugState {
 
 /// Serves the debug endpoints on `listener` until the task is aborted.
 pub fn spawn(listener: TcpListener, state: Arc<DebugState>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "debug listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&state, &req)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                // A client gets a minute in all, so none holds a connection forever.
-                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-            });
-        }
-    })
+    tokio::spawn(crate::page_server::serve(
+        listener,
+        "debug listener",
+        move |req| answer(&state, req),
+    ))
 }
 
 fn answer<B>(state: &DebugState, req: &Request<B>) -> Response<Full<Bytes>> {

@@ -23,7 +23,8 @@
 //!   (feature `jwks`, part of `server`; the lab's file mode uses it alone).
 //! - [`graph`]: the service graph from the proxies' Prometheus metrics (parser, rates, DOT,
 //!   SVG, JSON), shared with `amesh graph`; [`graph_page`]: the live graph page the controller
-//!   serves with `--graph-addr` (feature `server`).
+//!   serves with `--graph-addr` (feature `server`); [`debug`]: the read-only debug listener
+//!   (`--debug-addr`); [`page_server`]: the HTTP/1 accept loop both of them use.
 //! - [`app`]: all of it wired on the gRPC ports, as the `amesh-controller` binary runs it.
 //!
 //! `source`, `xds`, `ca`, `deployer`, `crds`, `tls` and `app` are the `server` feature (on by default); without it the
@@ -50,6 +51,8 @@ pub mod jwks;
 pub mod listen;
 pub mod manifests;
 pub mod model;
+#[cfg(feature = "server")]
+pub mod page_server;
 pub mod render;
 #[cfg(feature = "server")]
 pub mod source;

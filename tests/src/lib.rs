@@ -32,6 +32,18 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The `amesh` CLI binary cargo built beside the lab's (`cargo build --bins`).
+pub fn amesh_binary() -> PathBuf {
+    let lab = lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
+    let amesh = lab.with_file_name("amesh");
+    assert!(
+        amesh.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        amesh.display()
+    );
+    amesh
+}
+
 /// Capture backend under test: `CAPTURE_MODE`, so CI can run the suite per mode. Unset, the
 /// lab leaves it unset too and ztunnel picks eBPF, which this machine's kernel supports (the
 /// checks of `capture.rs` would fail if it fell back to nft).
@@ -121,6 +133,19 @@ impl MeshLab {
 
     pub fn ip(&self, pod: &str) -> IpAddr {
         self.lab.pod(pod).expect("pod").ip.into()
+    }
+
+    /// The lab pod whose name starts with `prefix` (Deployments' pods get a suffix): its name
+    /// and address.
+    pub fn pod_prefixed(&self, prefix: &str) -> (String, IpAddr) {
+        let p = self
+            .lab
+            .state()
+            .pods
+            .iter()
+            .find(|p| p.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no pod {prefix}*"));
+        (p.name.clone(), p.ip.into())
     }
 
     pub fn vip(&self, service: &str) -> IpAddr {

@@ -5,7 +5,7 @@
 //! app answers; denied ↔ the connection is refused or reset, or the waypoint answers 403; the
 //! route and backend explain names are the ones the request reaches.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,21 +13,9 @@ use e2e::http::{request, Req};
 use e2e::{addr, wait_for, MeshLab};
 use serde_json::Value;
 
-/// The `amesh` binary cargo built beside the lab's.
-fn amesh_binary() -> std::path::PathBuf {
-    let lab = e2e::lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
-    let amesh = lab.with_file_name("amesh");
-    assert!(
-        amesh.exists(),
-        "{} is missing: run `cargo build --bins` first",
-        amesh.display()
-    );
-    amesh
-}
-
 /// `amesh --lab <id> explain <args> -o json`, parsed; panics with stderr when it fails.
 fn explain(mesh: &MeshLab, args: &[&str]) -> Value {
-    let out = Command::new(amesh_binary())
+    let out = Command::new(e2e::amesh_binary())
         .args(["--lab", &mesh.lab.state().id.to_string(), "explain"])
         .args(args)
         .args(["-o", "json"])
@@ -43,7 +31,7 @@ fn explain(mesh: &MeshLab, args: &[&str]) -> Value {
 
 /// The text form, for the failure messages and one check of the readable output.
 fn explain_text(mesh: &MeshLab, args: &[&str]) -> (bool, String) {
-    let out = Command::new(amesh_binary())
+    let out = Command::new(e2e::amesh_binary())
         .args(["--lab", &mesh.lab.state().id.to_string(), "explain"])
         .args(args)
         .output()
@@ -51,18 +39,6 @@ fn explain_text(mesh: &MeshLab, args: &[&str]) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
-}
-
-/// The lab pod whose name starts with `prefix` (Deployments' pods get a suffix).
-fn pod(mesh: &MeshLab, prefix: &str) -> (String, IpAddr) {
-    let p = mesh
-        .lab
-        .state()
-        .pods
-        .iter()
-        .find(|p| p.name.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no pod {prefix}*"));
-    (p.name.clone(), p.ip.into())
 }
 
 fn verdict(e: &Value) -> &str {
@@ -92,11 +68,11 @@ fn explain_agrees_with_the_data_path() {
     let mesh = MeshLab::up_dir(&dir, 2);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let (productpage, _) = pod(&mesh, "productpage");
-    let (_, details_ip) = pod(&mesh, "details");
-    let (_, reviews_v1_ip) = pod(&mesh, "reviews-v1");
-    let (reviews_v2, _) = pod(&mesh, "reviews-v2");
-    let (_, curl_ip) = pod(&mesh, "curl");
+    let (productpage, _) = mesh.pod_prefixed("productpage");
+    let (_, details_ip) = mesh.pod_prefixed("details");
+    let (_, reviews_v1_ip) = mesh.pod_prefixed("reviews-v1");
+    let (reviews_v2, _) = mesh.pod_prefixed("reviews-v2");
+    let (_, curl_ip) = mesh.pod_prefixed("curl");
     let src = format!("bookinfo/{productpage}");
     let details = addr(details_ip, 9080);
     let reviews_v1 = addr(reviews_v1_ip, 9080);

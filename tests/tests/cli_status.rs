@@ -19,21 +19,9 @@ use e2e::MeshLab;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The `amesh` binary cargo built beside the lab's.
-fn amesh_binary() -> std::path::PathBuf {
-    let lab = e2e::lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
-    let amesh = lab.with_file_name("amesh");
-    assert!(
-        amesh.exists(),
-        "{} is missing: run `cargo build --bins` first",
-        amesh.display()
-    );
-    amesh
-}
-
 /// `amesh --lab <id> <args>`: stdout; panics with stderr when it fails.
 fn amesh(mesh: &MeshLab, args: &[&str]) -> String {
-    let out = Command::new(amesh_binary())
+    let out = Command::new(e2e::amesh_binary())
         .args(["--lab", &mesh.lab.state().id.to_string()])
         .args(args)
         .output()
@@ -482,7 +470,7 @@ fn status_and_config_agree_with_the_lab() {
     let kube = |args: &[&str]| -> Value {
         let out = Command::new("ip")
             .args(["netns", "exec", &state.root_netns])
-            .arg(amesh_binary())
+            .arg(e2e::amesh_binary())
             .args(args)
             .args(["-o", "json"])
             .env("KUBECONFIG", e2e::lab::mesh::kubeconfig_path(&state))
@@ -552,7 +540,7 @@ fn status_and_config_agree_with_the_lab() {
     // fails (scripts see it).
     e2e::lab::ztunnels::stop(&state, "node2", std::time::Duration::from_secs(5))
         .expect("stop node2's ztunnel");
-    let out = Command::new(amesh_binary())
+    let out = Command::new(e2e::amesh_binary())
         .args(["--lab", &state.id.to_string(), "status", "-o", "json"])
         .output()
         .expect("run amesh");

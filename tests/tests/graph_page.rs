@@ -12,7 +12,7 @@
 //!   stand-in API server) the same edges and denials.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -28,18 +28,6 @@ const GRAPH_PORT: u16 = 15090;
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// The lab pod whose name starts with `prefix` (Deployments' pods get a suffix).
-fn pod(mesh: &MeshLab, prefix: &str) -> (String, IpAddr) {
-    let p = mesh
-        .lab
-        .state()
-        .pods
-        .iter()
-        .find(|p| p.name.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no pod {prefix}*"));
-    (p.name.clone(), p.ip.into())
 }
 
 /// An HTTP GET from `from` to `to`: the status, or the connection's error.
@@ -176,9 +164,9 @@ fn graph_page_and_cli_follow_the_traffic() {
     let bookinfo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
     let mesh = MeshLab::up_dir_with(&bookinfo, 2, |m| m.graph_port = Some(GRAPH_PORT));
 
-    let (productpage, _) = pod(&mesh, "productpage");
-    let (reviews_v1, _) = pod(&mesh, "reviews-v1");
-    let (_, ratings_ip) = pod(&mesh, "ratings");
+    let (productpage, _) = mesh.pod_prefixed("productpage");
+    let (reviews_v1, _) = mesh.pod_prefixed("reviews-v1");
+    let (_, ratings_ip) = mesh.pod_prefixed("ratings");
     let details = addr(mesh.vip("details"), 9080);
     let ratings = addr(mesh.vip("ratings"), 9080);
     let ratings_pod = addr(ratings_ip, 9080);
@@ -321,7 +309,7 @@ fn graph_page_and_cli_follow_the_traffic() {
     let state = mesh.lab.state();
     let out = Command::new("ip")
         .args(["netns", "exec", &state.root_netns])
-        .arg(amesh_binary())
+        .arg(e2e::amesh_binary())
         .args(["graph", "-o", "json", "--since", "0s"])
         .env("KUBECONFIG", e2e::lab::mesh::kubeconfig_path(state))
         .output()
@@ -384,21 +372,9 @@ fn graph_page_and_cli_follow_the_traffic() {
     );
 }
 
-/// The `amesh` binary cargo built beside the lab's.
-fn amesh_binary() -> PathBuf {
-    let lab = e2e::lab::cluster::find_binary().expect("amesh-lab binary (cargo build --bins)");
-    let amesh = lab.with_file_name("amesh");
-    assert!(
-        amesh.exists(),
-        "{} is missing: run `cargo build --bins` first",
-        amesh.display()
-    );
-    amesh
-}
-
 /// `amesh --lab <id> graph <args>`'s stdout; panics with stderr when it fails.
 fn amesh(id: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(amesh_binary())
+    let out = Command::new(e2e::amesh_binary())
         .args(["--lab", id, "graph"])
         .args(args)
         .output()
