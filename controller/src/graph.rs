@@ -751,4 +751,4 @@ fn xml(s: &str) -> String {
 
 #[cfg(test)]
 #[path = "graph_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -4,14 +4,8 @@
 use std::time::Duration;
 
 use super::*;
+use crate::graph::tests::{W_A, W_B, Z1_A, Z1_B, Z2_A, Z2_B};
 use crate::graph::NodeKind;
-
-const Z1_A: &str = include_str!("../tests/fixtures/metrics/ztunnel-node1.txt");
-const Z2_A: &str = include_str!("../tests/fixtures/metrics/ztunnel-node2.txt");
-const W_A: &str = include_str!("../tests/fixtures/metrics/waypoint.txt");
-const Z1_B: &str = include_str!("../tests/fixtures/metrics/ztunnel-node1-2.txt");
-const Z2_B: &str = include_str!("../tests/fixtures/metrics/ztunnel-node2-2.txt");
-const W_B: &str = include_str!("../tests/fixtures/metrics/waypoint-2.txt");
 
 fn proxy(kind: &'static str, pod: &str, ip: &str) -> ScrapeTarget {
     ScrapeTarget {

@@ -9,12 +9,12 @@
 
 use super::*;
 
-const Z1_A: &str = include_str!("../tests/fixtures/metrics/ztunnel-node1.txt");
-const Z2_A: &str = include_str!("../tests/fixtures/metrics/ztunnel-node2.txt");
-const W_A: &str = include_str!("../tests/fixtures/metrics/waypoint.txt");
-const Z1_B: &str = include_str!("../tests/fixtures/metrics/ztunnel-node1-2.txt");
-const Z2_B: &str = include_str!("../tests/fixtures/metrics/ztunnel-node2-2.txt");
-const W_B: &str = include_str!("../tests/fixtures/metrics/waypoint-2.txt");
+pub(crate) const Z1_A: &str = include_str!("../tests/fixtures/metrics/ztunnel-node1.txt");
+pub(crate) const Z2_A: &str = include_str!("../tests/fixtures/metrics/ztunnel-node2.txt");
+pub(crate) const W_A: &str = include_str!("../tests/fixtures/metrics/waypoint.txt");
+pub(crate) const Z1_B: &str = include_str!("../tests/fixtures/metrics/ztunnel-node1-2.txt");
+pub(crate) const Z2_B: &str = include_str!("../tests/fixtures/metrics/ztunnel-node2-2.txt");
+pub(crate) const W_B: &str = include_str!("../tests/fixtures/metrics/waypoint-2.txt");
 
 fn counters(texts: &[&str]) -> Counters {
     let mut c = Counters::default();

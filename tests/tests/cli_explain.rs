@@ -57,16 +57,7 @@ fn real_get(mesh: &MeshLab, from: &str, to: SocketAddr) -> Result<String, String
 
 #[test]
 fn explain_agrees_with_the_data_path() {
-    let dir = std::env::temp_dir().join(format!("amesh-explain-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bookinfo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
-    for f in std::fs::read_dir(&bookinfo).expect("examples/bookinfo") {
-        let f = f.expect("entry").path();
-        std::fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("copy");
-    }
-    let mesh = MeshLab::up_dir(&dir, 2);
-    let _ = std::fs::remove_dir_all(&dir);
+    let mesh = MeshLab::up_example("bookinfo", 2);
 
     let (productpage, _) = mesh.pod_prefixed("productpage");
     let (_, details_ip) = mesh.pod_prefixed("details");

@@ -117,16 +117,7 @@ fn status_note(status: &Value) -> &str {
 
 #[test]
 fn status_and_config_agree_with_the_lab() {
-    let dir = std::env::temp_dir().join(format!("amesh-cli-status-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bookinfo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
-    for f in std::fs::read_dir(&bookinfo).expect("examples/bookinfo") {
-        let f = f.expect("entry").path();
-        std::fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("copy");
-    }
-    let mesh = MeshLab::up_dir(&dir, 2);
-    let _ = std::fs::remove_dir_all(&dir);
+    let mesh = MeshLab::up_example("bookinfo", 2);
     let state = mesh.lab.state().clone();
     let controller_mode = state
         .mesh
@@ -361,6 +352,7 @@ fn status_and_config_agree_with_the_lab() {
 
     // ---- amesh config policies: the ztunnel-enforced policies of policy.yaml (those with a
     // selector; targetRefs policies are the waypoint's).
+    let bookinfo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
     let file = std::fs::read_to_string(bookinfo.join("policy.yaml")).expect("policy.yaml");
     let mut l4 = Vec::new();
     let mut at_waypoint = Vec::new();
