@@ -139,6 +139,97 @@ async fn concurrent_tunnels_share_pooled_connections() {
     }
 }
 
+/// TCP connections of this machine's loopback in state ESTABLISHED whose remote end is `to`
+/// (the client ends of HBONE connections to that server), from `/proc/net/tcp`.
+fn established_to(to: std::net::SocketAddr) -> usize {
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("the test server listens on IPv4")
+    };
+    // /proc/net/tcp writes an address as the hex of its 32-bit value in host (little-endian)
+    // order, and the port in hex; state 01 is ESTABLISHED.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(to.ip().octets()),
+        to.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("reading /proc/net/tcp")
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[2] == want && f[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_s_extra_connection_closes_early_and_one_stays_warm() {
+    let settings = H2Settings {
+        idle_timeout: Duration::from_secs(4),
+        surplus_idle_timeout: Duration::from_millis(300),
+        ..H2Settings::default()
+    };
+    let mesh = Mesh::start(settings, vec![]).await;
+    let echo = echo_server().await;
+    let open = |i: usize| {
+        let pool = mesh.pool.clone();
+        let req = mesh.request(echo);
+        async move {
+            let mut t = pool.connect(req).await.expect("tunnel");
+            let msg = format!("tunnel {i}");
+            t.write_all(msg.as_bytes()).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            t.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg.as_bytes());
+            t
+        }
+    };
+    // A burst of 150 tunnels needs two connections (100 streams each).
+    let burst = timeout(LIMIT, futures::future::join_all((0..150).map(open)))
+        .await
+        .expect("opening 150 tunnels");
+    assert_eq!(mesh.pool.stats().connections, 2);
+    assert_eq!(established_to(mesh.hbone_addr), 2);
+    let idle_at = tokio::time::Instant::now();
+    drop(burst);
+
+    // The surplus connection goes after ~0.3 s (closed on the wire, not only forgotten); the
+    // warm one stays.
+    let deadline = idle_at + Duration::from_secs(3);
+    while mesh.pool.stats().connections > 1 || established_to(mesh.hbone_addr) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst's extra connection is still open: {:?}, {} on the wire",
+            mesh.pool.stats(),
+            established_to(mesh.hbone_addr)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        idle_at.elapsed() < Duration::from_secs(4),
+        "closed only at the idle timeout"
+    );
+    assert_eq!(mesh.pool.stats().connections, 1);
+    assert_eq!(established_to(mesh.hbone_addr), 1);
+
+    // The next tunnel rides the warm connection: nothing is dialled.
+    let again = open(150).await;
+    assert_eq!(mesh.pool.stats().connections_opened, 2);
+    drop(again);
+
+    // And once idle for the whole idle timeout, it goes too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mesh.pool.stats().connections > 0 || established_to(mesh.hbone_addr) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the warm connection outlived its idle timeout: {:?}",
+            mesh.pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_half_close_keeps_the_other_direction() {
     let mesh = Mesh::start(H2Settings::default(), vec![]).await;

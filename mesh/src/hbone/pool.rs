@@ -352,22 +352,39 @@ async fn answer(
 
 /// Closes connections that stayed idle past the timeout and forgets dead ones. Ends when the
 /// pool is dropped.
+///
+/// Per peer, the first connection that carries tunnels or is idle (the one new tunnels are
+/// put on first) stays for the whole idle timeout; an idle one behind it is surplus, left
+/// from a burst, and goes after the shorter surplus timeout.
 async fn sweep_idle(pool: Weak<PoolInner>) {
     let period = match pool.upgrade() {
-        Some(p) => (p.settings.idle_timeout / 4).max(Duration::from_millis(100)),
+        Some(p) => {
+            let s = &p.settings;
+            (s.idle_timeout / 4)
+                .min(s.surplus_idle_timeout / 2)
+                .max(Duration::from_millis(100))
+        }
         None => return,
     };
     loop {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
         let timeout = pool.settings.idle_timeout;
+        let surplus = pool.settings.surplus_idle_timeout.min(timeout);
         pool.keys.retain(|_, state| {
             let mut conns = state.conns.lock();
+            let mut one_kept = false;
+            // Dropping our handle lets h2 close the connection once no stream uses it.
             conns.retain(|c| {
-                let idle = c.active.load(Ordering::Acquire) == 0
-                    && c.idle_since.lock().elapsed() >= timeout;
-                // Dropping our handle lets h2 close the connection once no stream uses it.
-                c.usable() && !idle
+                if !c.usable() {
+                    return false;
+                }
+                let keep = c.active.load(Ordering::Acquire) > 0 || {
+                    let limit = if one_kept { surplus } else { timeout };
+                    c.idle_since.lock().elapsed() < limit
+                };
+                one_kept |= keep;
+                keep
             });
             !conns.is_empty() || Arc::strong_count(state) > 1
         });

@@ -30,6 +30,12 @@ pub struct H2Settings {
     pub max_concurrent_streams: u32,
     /// Client: a connection with no tunnels for this long is closed.
     pub idle_timeout: Duration,
+    /// Client: an idle connection while the pool keeps another one to the same peer (the
+    /// extra connections a burst of over `max_streams_per_connection` tunnels opened) is
+    /// closed after this instead: each holds ~100 KiB on both ends (h2's stream tables keep
+    /// the size the burst gave them), and one warm connection per peer is what the next
+    /// tunnels need. At most `idle_timeout`.
+    pub surplus_idle_timeout: Duration,
     /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
     pub handshake_timeout: Duration,
     /// Server: SETTINGS_MAX_HEADER_LIST_SIZE, the largest decoded header block accepted. A
@@ -59,6 +65,7 @@ impl Default for H2Settings {
             max_streams_per_connection: 100,
             max_concurrent_streams: 1000,
             idle_timeout: Duration::from_secs(60),
+            surplus_idle_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_header_list_size: 16 << 10,
             // h2's own defaults today, written out so that a change of theirs is not a change
