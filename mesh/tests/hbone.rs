@@ -84,6 +84,25 @@ async fn one_gib_through_one_tunnel_is_byte_exact() {
     assert_eq!(mesh.pool.stats().connections_opened, 1);
 }
 
+/// Opens tunnel `i` through `mesh` to the echo server at `echo` and checks one echo on it.
+fn echoed_tunnel(
+    mesh: &Mesh,
+    echo: std::net::SocketAddr,
+    i: usize,
+) -> impl std::future::Future<Output = mesh::hbone::H2Stream> {
+    let pool = mesh.pool.clone();
+    let req = mesh.request(echo);
+    async move {
+        let mut t = pool.connect(req).await.expect("tunnel");
+        let msg = format!("tunnel {i}");
+        t.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        t.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg.as_bytes());
+        t
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_tunnels_share_pooled_connections() {
     let settings = H2Settings {
@@ -92,19 +111,7 @@ async fn concurrent_tunnels_share_pooled_connections() {
     };
     let mesh = Mesh::start(settings, vec![]).await;
     let echo = echo_server().await;
-    let opens = (0..200).map(|i| {
-        let pool = mesh.pool.clone();
-        let req = mesh.request(echo);
-        async move {
-            let mut t = pool.connect(req).await.expect("tunnel");
-            let msg = format!("tunnel {i}");
-            t.write_all(msg.as_bytes()).await.unwrap();
-            let mut back = vec![0u8; msg.len()];
-            t.read_exact(&mut back).await.unwrap();
-            assert_eq!(back, msg.as_bytes());
-            t
-        }
-    });
+    let opens = (0..200).map(|i| echoed_tunnel(&mesh, echo, i));
     let tunnels = timeout(LIMIT, futures::future::join_all(opens))
         .await
         .expect("opening 200 tunnels");
@@ -172,19 +179,7 @@ async fn a_burst_s_extra_connection_closes_early_and_one_stays_warm() {
     };
     let mesh = Mesh::start(settings, vec![]).await;
     let echo = echo_server().await;
-    let open = |i: usize| {
-        let pool = mesh.pool.clone();
-        let req = mesh.request(echo);
-        async move {
-            let mut t = pool.connect(req).await.expect("tunnel");
-            let msg = format!("tunnel {i}");
-            t.write_all(msg.as_bytes()).await.unwrap();
-            let mut back = vec![0u8; msg.len()];
-            t.read_exact(&mut back).await.unwrap();
-            assert_eq!(back, msg.as_bytes());
-            t
-        }
-    };
+    let open = |i: usize| echoed_tunnel(&mesh, echo, i);
     // A burst of 150 tunnels needs two connections (100 streams each).
     let burst = timeout(LIMIT, futures::future::join_all((0..150).map(open)))
         .await
