@@ -11,6 +11,7 @@
 //! memory or descriptors, and a browser or `amesh status` elsewhere still gets in.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,7 +53,7 @@ where
 async fn serve_limited<F>(
     listener: TcpListener,
     name: &'static str,
-    limits: std::sync::Arc<SourceLimits>,
+    limits: Arc<SourceLimits>,
     answer: F,
 ) where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
@@ -68,7 +69,7 @@ async fn serve_limited<F>(
                 continue;
             }
         };
-        let permit = match limits.admit(std::os::fd::AsRawFd::as_raw_fd(&stream), peer.ip()) {
+        let permit = match limits.try_acquire(peer.ip()) {
             Ok(permit) => permit,
             Err(why) => {
                 // Dropping the stream closes it; the log is thinned so a flood cannot flood it.
