@@ -23,6 +23,15 @@ const SETUP_HINT: &str = "run scripts/setup.sh once: it installs rust-src and bu
 const SKIP_EBPF_ENV: &str = "AMESH_SKIP_EBPF";
 
 fn main() {
+    // Read at link time by the linker command (scripts/rustc-linker.sh), which cargo does not
+    // track: a new code order must relink ztunnel.
+    for input in [
+        "link/hot-code.order",
+        "../scripts/rustc-linker.sh",
+        "../scripts/link_order.py",
+    ] {
+        println!("cargo:rerun-if-changed={input}");
+    }
     println!("cargo:rerun-if-env-changed={SKIP_EBPF_ENV}");
     if env::var_os(SKIP_EBPF_ENV).is_some() {
         if let Err(e) = write_empty_object() {

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""ztunnel's code layout: which functions go first in its binary, and in what order.
+
+ztunnel's resident memory is mostly its own code. The kernel maps a page fault's whole 64 KiB
+neighbourhood of a binary ("fault-around"), so a function that runs costs the 64 KiB around
+it, and functions that run are spread over the whole 10 MB of text. Placing the functions that
+run at all (at start-up and on the data path) together at the front of the text leaves the rest
+untouched, and unmapped.
+
+Three commands:
+
+- `train OUT CALLGRIND_FILE...` writes the order file from callgrind profiles of ztunnel
+  (`scripts/train-link-order.sh` makes them): every function of the ztunnel binary that ran,
+  the most instructions first.
+- `check BINARY ORDER` fails unless the binary was laid out by the order: most of the order
+  file's Rust functions are in it, and they sit together at the start of its code (the test
+  command runs it on the release ztunnel).
+- `resolve ORDER OUT OBJECT...` is the link step's half (`scripts/rustc-linker.sh`): it finds the
+  order file's functions among the symbols of the objects being linked and writes lld's
+  `--symbol-ordering-file` with their exact names.
+
+The order file holds the exact symbol names of the profiled build. A rebuild keeps most of
+them, but not all: cargo's feature unification (which packages one `cargo build` names) and
+toolchain or dependency updates change the hash of a legacy Rust symbol (`17h<16 hex>E`), the
+crate disambiguator of a v0 one (`Cs<base 62>_`), and the numeric suffixes LLVM gives local
+copies (`.1234`). A name not found as it is is matched without those parts; when that matches
+several symbols (instances of one generic function) all of them are ordered.
+"""
+
+import collections
+import re
+import subprocess
+import sys
+
+LEGACY_HASH = re.compile(r"17h[0-9a-f]{16}E")
+V0_CRATE = re.compile(r"Cs[0-9A-Za-z]*_")
+LOCAL_SUFFIX = re.compile(r"(\.(llvm\.)?[0-9]+)+$")
+# callgrind tells apart functions of one name with a `'N` suffix.
+CALLGRIND_COPY = re.compile(r"'[0-9]+$")
+
+
+def normalise(symbol):
+    symbol = CALLGRIND_COPY.sub("", symbol)
+    symbol = LOCAL_SUFFIX.sub("", symbol)
+    if symbol.startswith("_ZN"):
+        symbol = LEGACY_HASH.sub("E", symbol)
+    elif symbol.startswith("_R"):
+        symbol = V0_CRATE.sub("C", symbol)
+    return symbol
+
+
+def callgrind_costs(path, binary_suffix, costs):
+    """Adds each function's own instruction count (the `fn=` blocks' first event) from one
+    callgrind output file, for functions of the object whose path ends in `binary_suffix`."""
+    in_binary = False
+    function = None
+    skip_next = False
+    with open(path, errors="replace") as f:
+        for line in f:
+            if skip_next:
+                # The line after `calls=` is the call's inclusive cost: not this function's own.
+                skip_next = False
+                continue
+            if line.startswith("ob="):
+                in_binary = line[3:].strip().endswith(binary_suffix)
+            elif line.startswith("fn="):
+                function = line[3:].strip() if in_binary else None
+                if function:
+                    costs[function] += 0
+            elif line.startswith("calls="):
+                skip_next = True
+            elif function and line[:1].isdigit():
+                fields = line.split()
+                if len(fields) >= 2:
+                    costs[function] += int(fields[1])
+
+
+def train(out, files, binary_suffix):
+    costs = collections.Counter()
+    for path in files:
+        callgrind_costs(path, binary_suffix, costs)
+    if not costs:
+        sys.exit(f"link_order: no function of {binary_suffix} in the callgrind files")
+    names = []
+    seen = set()
+    for symbol, _ in costs.most_common():
+        # callgrind's `'N` copies and LLVM's numbered local copies are one function here.
+        name = LOCAL_SUFFIX.sub("", CALLGRIND_COPY.sub("", symbol))
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    with open(out, "w") as f:
+        f.write(
+            "# ztunnel's hot-code order: the functions that ran in a profile of ztunnel, the\n"
+            "# most instructions first, by symbol name. Written by\n"
+            "# scripts/train-link-order.sh; read by scripts/rustc-linker.sh when ztunnel is linked.\n"
+        )
+        for name in names:
+            f.write(name + "\n")
+    print(f"link_order: {len(names)} functions written to {out}", file=sys.stderr)
+
+
+def defined_symbols(objects):
+    """The defined function symbols of the objects: by exact name without LLVM's local-copy
+    suffix, and by normalised name."""
+    exact = collections.defaultdict(list)
+    by_name = collections.defaultdict(list)
+    listing = subprocess.run(
+        ["nm", "--defined-only", "--format=posix", *objects],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] in "tTwW":
+            exact[LOCAL_SUFFIX.sub("", fields[0])].append(fields[0])
+            by_name[normalise(fields[0])].append(fields[0])
+    return exact, by_name
+
+
+def resolve(order, out, objects):
+    exact, by_name = defined_symbols(objects)
+    written = set()
+    found = 0
+    total = 0
+    with open(order) as f, open(out, "w") as o:
+        for line in f:
+            name = line.strip()
+            if not name or name.startswith("#"):
+                continue
+            total += 1
+            # A name not among the Rust objects' symbols may be a C function (aws-lc) in a
+            # static library that is linked by name: lld takes it as it is, and skips a name
+            # it does not find (--no-warn-symbol-ordering).
+            symbols = exact.get(name) or by_name.get(normalise(name))
+            if symbols:
+                found += 1
+            for symbol in symbols or [name]:
+                if symbol not in written:
+                    written.add(symbol)
+                    o.write(symbol + "\n")
+    return found, total
+
+
+def order_names(order):
+    with open(order) as f:
+        return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+
+
+def check(binary, order):
+    """Exits non-zero unless `binary`'s code follows `order` (see the module's doc)."""
+    listing = subprocess.run(
+        ["nm", "--defined-only", "--print-size", "--format=posix", binary],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    exact = collections.defaultdict(list)
+    by_name = collections.defaultdict(list)
+    text_start = None
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[1] not in "tTwW":
+            continue
+        address, size = int(fields[2], 16), int(fields[3], 16)
+        exact[LOCAL_SUFFIX.sub("", fields[0])].append((address, size))
+        by_name[normalise(fields[0])].append((address, size))
+        if size and (text_start is None or address < text_start):
+            text_start = address
+    rust = [n for n in order_names(order) if n.startswith(("_ZN", "_R"))]
+    found = [exact.get(n) or by_name.get(normalise(n)) for n in rust]
+    found = [symbols for symbols in found if symbols]
+    placed = {sym for symbols in found for sym in symbols if sym[1]}
+    total = sum(size for _, size in placed)
+    # Laid out by the order, the ordered functions fill the start of the code; slack for the
+    # C functions of the order (aws-lc) placed among them and for alignment padding.
+    front = text_start + total * 5 // 4
+    in_front = sum(size for address, size in placed if address < front)
+    print(
+        f"link_order: {len(found)} of {len(rust)} Rust functions of {order} are in {binary}; "
+        f"{in_front * 100 // max(total, 1)} % of their {total // 1024} KiB of code is at the start",
+        file=sys.stderr,
+    )
+    if len(found) * 10 < len(rust) * 8:
+        sys.exit("link_order: the order is stale: run scripts/train-link-order.sh")
+    if in_front * 10 < total * 9:
+        sys.exit("link_order: the binary was not linked by the order (see target/release/deps/ztunnel-*.symbol-order.log)")
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[1] == "train":
+        train(argv[2], argv[3:], "/ztunnel")
+    elif len(argv) == 4 and argv[1] == "check":
+        check(argv[2], argv[3])
+    elif len(argv) >= 4 and argv[1] == "resolve":
+        found, total = resolve(argv[2], argv[3], argv[4:])
+        print(f"link_order: {found} of {total} names found among the Rust symbols", file=sys.stderr)
+    else:
+        sys.exit(__doc__.split("\n\n")[0] + "\nusage: link_order.py train OUT FILE... | check BINARY ORDER | resolve ORDER OUT OBJECT...")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

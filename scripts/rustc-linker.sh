@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The linker command for x86_64-unknown-linux-gnu (.cargo/config.toml). It is `cc`, called as
+# rustc calls it, for every link but one: an optimised ztunnel (`*/release/deps/ztunnel-*`,
+# linked by lld) also gets lld's --symbol-ordering-file, which puts the functions that run in
+# ztunnel (ztunnel/link/hot-code.order) together at the front of its code. That halves the
+# code ztunnel keeps mapped; ARCHITECTURE.md, Performance, has the reasoning and the figures.
+# Anything else about the link is untouched, and when the order cannot be applied the link
+# goes on without it. `AMESH_LINK_CC` names another compiler driver than `cc`.
+set -uo pipefail
+
+cc="${AMESH_LINK_CC:-cc}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+order="$here/../ztunnel/link/hot-code.order"
+
+out=""
+lld=no
+objects=()
+prev=""
+for a in "$@"; do
+  [ "$prev" = "-o" ] && out="$a"
+  case "$a" in
+    -fuse-ld=lld) lld=yes ;;
+    *.o) [ -f "$a" ] && objects+=("$a") ;;
+  esac
+  prev="$a"
+done
+
+case "$out" in
+  */release/deps/ztunnel-*) ;;
+  *) exec "$cc" "$@" ;;
+esac
+# The flag is lld's: with another linker (a user's `-C linker-flavor`, say) it would fail the link.
+if [ "$lld" != yes ] || [ ! -f "$order" ] || [ "${#objects[@]}" -eq 0 ]; then
+  exec "$cc" "$@"
+fi
+
+resolved="$out.symbol-order"
+if python3 "$here/link_order.py" resolve "$order" "$resolved" "${objects[@]}" 2>"$out.symbol-order.log"; then
+  exec "$cc" "$@" "-Wl,--symbol-ordering-file=$resolved" -Wl,--no-warn-symbol-ordering
+fi
+echo "scripts/rustc-linker.sh: the code order was not applied (see $out.symbol-order.log)" >&2
+exec "$cc" "$@"

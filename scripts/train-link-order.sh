@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Rewrites ztunnel/link/hot-code.order, the list of functions scripts/rustc-linker.sh puts first in
+# ztunnel's code: runs the quick dedicated-pair benchmark with both ztunnels under callgrind
+# (start-up, xDS-less local config, HBONE and passthrough traffic, 1,000 held tunnels) and
+# keeps every ztunnel function that ran, the most instructions first. Run it as root after
+# changes that move a lot of code (a new dependency version, a new toolchain): a stale order only
+# leaves more of the code mapped, it never breaks a build. Needs valgrind (apt install valgrind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the benchmark creates network namespaces: run it as root" >&2
+  exit 1
+fi
+command -v valgrind >/dev/null || { echo "valgrind is missing: apt install valgrind" >&2; exit 1; }
+source scripts/target-dir.sh
+cargo build --release --locked -p amesh-ztunnel -p amesh-bench >&2
+
+work=$(mktemp -d /tmp/amesh-train.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# The profile is taken from a copy named `ztunnel`: link_order.py keeps that object's functions.
+cp "$CARGO_TARGET_DIR/release/ztunnel" "$work/ztunnel"
+mkdir "$work/out"
+# The bench ends each ztunnel with SIGKILL, so callgrind writes its counts as it goes.
+cat >"$work/run" <<RUN
+#!/bin/sh
+exec valgrind -q --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
+  --dump-every-bb=5000000 --callgrind-out-file=$work/out/cg.%p $work/ztunnel "\$@"
+RUN
+chmod +x "$work/run"
+AMESH_BENCH_ZTUNNEL="$work/run" "$CARGO_TARGET_DIR/release/amesh-bench" --layout pair --quick \
+  --out "$work/bench.json" >"$work/bench.log"
+python3 scripts/link_order.py train ztunnel/link/hot-code.order "$work"/out/cg.*
