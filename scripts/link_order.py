@@ -49,6 +49,11 @@ def normalise(symbol):
     return symbol
 
 
+def exact(symbol):
+    """A symbol's name as the order file keeps it: without callgrind's and LLVM's copy suffixes."""
+    return LOCAL_SUFFIX.sub("", CALLGRIND_COPY.sub("", symbol))
+
+
 def callgrind_costs(path, binary_suffix, costs):
     """Adds each function's own instruction count (the `fn=` blocks' first event) from one
     callgrind output file, for functions of the object whose path ends in `binary_suffix`."""
@@ -85,7 +90,7 @@ def train(out, files, binary_suffix):
     seen = set()
     for symbol, _ in costs.most_common():
         # callgrind's `'N` copies and LLVM's numbered local copies are one function here.
-        name = LOCAL_SUFFIX.sub("", CALLGRIND_COPY.sub("", symbol))
+        name = exact(symbol)
         if name not in seen:
             seen.add(name)
             names.append(name)
@@ -100,47 +105,33 @@ def train(out, files, binary_suffix):
     print(f"link_order: {len(names)} functions written to {out}", file=sys.stderr)
 
 
-def defined_symbols(objects):
-    """The defined function symbols of the objects: by exact name without LLVM's local-copy
-    suffix, and by normalised name."""
-    exact = collections.defaultdict(list)
-    by_name = collections.defaultdict(list)
+def function_symbols(paths):
+    """The defined function symbols of the files, as (name, address, size), with two indexes of
+    them: by exact name (`exact`) and by normalised name."""
     listing = subprocess.run(
-        ["nm", "--defined-only", "--format=posix", *objects],
+        ["nm", "--defined-only", "--print-size", "--format=posix", *paths],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    by_exact = collections.defaultdict(list)
+    by_name = collections.defaultdict(list)
     for line in listing.splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[1] in "tTwW":
-            exact[LOCAL_SUFFIX.sub("", fields[0])].append(fields[0])
-            by_name[normalise(fields[0])].append(fields[0])
-    return exact, by_name
+        if len(fields) < 3 or fields[1] not in "tTwW":
+            continue
+        # An object's undefined-size symbols have no size column.
+        size = int(fields[3], 16) if len(fields) >= 4 else 0
+        symbol = (fields[0], int(fields[2], 16), size)
+        by_exact[exact(fields[0])].append(symbol)
+        by_name[normalise(fields[0])].append(symbol)
+    return by_exact, by_name
 
 
-def resolve(order, out, objects):
-    exact, by_name = defined_symbols(objects)
-    written = set()
-    found = 0
-    total = 0
-    with open(order) as f, open(out, "w") as o:
-        for line in f:
-            name = line.strip()
-            if not name or name.startswith("#"):
-                continue
-            total += 1
-            # A name not among the Rust objects' symbols may be a C function (aws-lc) in a
-            # static library that is linked by name: lld takes it as it is, and skips a name
-            # it does not find (--no-warn-symbol-ordering).
-            symbols = exact.get(name) or by_name.get(normalise(name))
-            if symbols:
-                found += 1
-            for symbol in symbols or [name]:
-                if symbol not in written:
-                    written.add(symbol)
-                    o.write(symbol + "\n")
-    return found, total
+def lookup(name, by_exact, by_name):
+    """The symbols an order-file name stands for: its exact match, else every symbol of its
+    normalised name (instances of one generic function)."""
+    return by_exact.get(name) or by_name.get(normalise(name)) or []
 
 
 def order_names(order):
@@ -148,35 +139,41 @@ def order_names(order):
         return [l.strip() for l in f if l.strip() and not l.startswith("#")]
 
 
+def resolve(order, out, objects):
+    by_exact, by_name = function_symbols(objects)
+    names = order_names(order)
+    written = set()
+    found = 0
+    with open(out, "w") as o:
+        for name in names:
+            # A name not among the Rust objects' symbols may be a C function (aws-lc) in a
+            # static library that is linked by name: lld takes it as it is, and skips a name
+            # it does not find (--no-warn-symbol-ordering).
+            symbols = [s[0] for s in lookup(name, by_exact, by_name)]
+            if symbols:
+                found += 1
+            for symbol in symbols or [name]:
+                if symbol not in written:
+                    written.add(symbol)
+                    o.write(symbol + "\n")
+    return found, len(names)
+
+
 def check(binary, order):
     """Exits non-zero unless `binary`'s code follows `order` (see the module's doc)."""
-    listing = subprocess.run(
-        ["nm", "--defined-only", "--print-size", "--format=posix", binary],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    exact = collections.defaultdict(list)
-    by_name = collections.defaultdict(list)
-    text_start = None
-    for line in listing.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[1] not in "tTwW":
-            continue
-        address, size = int(fields[2], 16), int(fields[3], 16)
-        exact[LOCAL_SUFFIX.sub("", fields[0])].append((address, size))
-        by_name[normalise(fields[0])].append((address, size))
-        if size and (text_start is None or address < text_start):
-            text_start = address
+    by_exact, by_name = function_symbols([binary])
+    sized = [s for symbols in by_exact.values() for s in symbols if s[2]]
+    if not sized:
+        sys.exit(f"link_order: {binary} has no function symbols")
+    text_start = min(s[1] for s in sized)
     rust = [n for n in order_names(order) if n.startswith(("_ZN", "_R"))]
-    found = [exact.get(n) or by_name.get(normalise(n)) for n in rust]
-    found = [symbols for symbols in found if symbols]
-    placed = {sym for symbols in found for sym in symbols if sym[1]}
-    total = sum(size for _, size in placed)
+    found = [symbols for symbols in (lookup(n, by_exact, by_name) for n in rust) if symbols]
+    placed = {sym for symbols in found for sym in symbols if sym[2]}
+    total = sum(size for _, _, size in placed)
     # Laid out by the order, the ordered functions fill the start of the code; slack for the
     # C functions of the order (aws-lc) placed among them and for alignment padding.
     front = text_start + total * 5 // 4
-    in_front = sum(size for address, size in placed if address < front)
+    in_front = sum(size for _, address, size in placed if address < front)
     print(
         f"link_order: {len(found)} of {len(rust)} Rust functions of {order} are in {binary}; "
         f"{in_front * 100 // max(total, 1)} % of their {total // 1024} KiB of code is at the start",
