@@ -6,11 +6,14 @@
 # code ztunnel keeps mapped; ARCHITECTURE.md, Performance, has the reasoning and the figures.
 # Anything else about the link is untouched, and when the order cannot be applied the link
 # goes on without it. `AMESH_LINK_CC` names another compiler driver than `cc`.
+#
+# The scripts run a copy of this file from a fixed path of the build cache (scripts/target-dir.sh
+# says why) and name the clone in `AMESH_LINK_ROOT`; run from the clone, it finds it itself.
 set -uo pipefail
 
 cc="${AMESH_LINK_CC:-cc}"
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-order="$here/../ztunnel/link/hot-code.order"
+root="${AMESH_LINK_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+order="$root/ztunnel/link/hot-code.order"
 
 out=""
 lld=no
@@ -35,7 +38,7 @@ if [ "$lld" != yes ] || [ ! -f "$order" ] || [ "${#objects[@]}" -eq 0 ]; then
 fi
 
 resolved="$out.symbol-order"
-if python3 "$here/link_order.py" resolve "$order" "$resolved" "${objects[@]}" 2>"$out.symbol-order.log"; then
+if python3 "$root/scripts/link_order.py" resolve "$order" "$resolved" "${objects[@]}" 2>"$out.symbol-order.log"; then
   exec "$cc" "$@" "-Wl,--symbol-ordering-file=$resolved" -Wl,--no-warn-symbol-ordering
 fi
 echo "scripts/rustc-linker.sh: the code order was not applied (see $out.symbol-order.log)" >&2

@@ -19,3 +19,20 @@ if [ -f "$amesh_stamp" ] && [ "$(cat "$amesh_stamp")" != "$amesh_root" ]; then
   cargo clean --release $amesh_members
 fi
 echo "$amesh_root" >"$amesh_stamp"
+
+# The linker command (scripts/rustc-linker.sh; ARCHITECTURE.md, Performance, "Code layout").
+# .cargo/config.toml names it inside the clone, and cargo fingerprints every crate with the
+# linker's path: each new clone path would rebuild every dependency (CI's fresh clone took half
+# as long again). So the scripts link through a copy at a fixed path of the cache, the same for
+# every clone, and tell it this clone's root in AMESH_LINK_ROOT, which cargo does not track.
+# The copy is replaced only when the script changed, and by a rename, so a link in progress
+# never reads half a file.
+amesh_linker="$CARGO_TARGET_DIR/.amesh-linker/rustc-linker.sh"
+if ! cmp -s "$amesh_root/scripts/rustc-linker.sh" "$amesh_linker"; then
+  mkdir -p "$(dirname "$amesh_linker")"
+  cp "$amesh_root/scripts/rustc-linker.sh" "$amesh_linker.$$"
+  chmod +x "$amesh_linker.$$"
+  mv -f "$amesh_linker.$$" "$amesh_linker"
+fi
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER="${CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER:-$amesh_linker}"
+export AMESH_LINK_ROOT="$amesh_root"

@@ -47,12 +47,19 @@ impl Keys {
     }
 }
 
-/// The fixture with the run's JWKS in place, in a folder of its own.
-fn fixture_with(jwks: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("amesh-e2e-jwt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The fixture with the run's JWKS in place, in a folder of its own that is removed when the
+/// returned handle drops (hold it for the whole test: the lab reads the folder while it runs).
+fn fixture_with(jwks: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("amesh-e2e-jwt-")
+        .tempdir()
+        .unwrap();
     let text = std::fs::read_to_string(fixture("waypoint_jwt").join("cluster.yaml")).unwrap();
-    std::fs::write(dir.join("cluster.yaml"), text.replace("__JWKS__", jwks)).unwrap();
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        text.replace("__JWKS__", jwks),
+    )
+    .unwrap();
     dir
 }
 
@@ -101,7 +108,8 @@ fn get(m: &MeshLab, to: std::net::SocketAddr, path: &str, token: Option<&str>) -
 #[test]
 fn waypoint_jwt_and_rate_limit() {
     let keys = keys();
-    let m = MeshLab::up_dir(&fixture_with(&keys.jwks), 2);
+    let fixture_dir = fixture_with(&keys.jwks);
+    let m = MeshLab::up_dir(fixture_dir.path(), 2);
     let web = addr(m.vip("web"), 80);
     let limited = addr(m.vip("limited"), 80);
     let jwks_uri = format!("http://{}/jwks.json", addr(m.ip("jwks-1"), 8080));
