@@ -41,6 +41,10 @@ fi
 # shellcheck source=scripts/target-dir.sh
 source scripts/target-dir.sh
 
+# The musl links go through the linker command with lld, for ztunnel's code layout.
+# shellcheck source=scripts/musl-link.sh
+source scripts/musl-link.sh
+
 # vfs needs no kernel overlay support and no fuse: it works as root in any sandbox, at the cost
 # of a full copy per layer (these images have one or two small layers). chroot isolation needs
 # no OCI runtime for `buildah run`, and a FROM scratch + COPY build runs nothing at all.

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The linker command for x86_64-unknown-linux-gnu (.cargo/config.toml). It is `cc`, called as
-# rustc calls it, for every link but one: an optimised ztunnel (`*/release/deps/ztunnel-*`,
+# The linker command for x86_64-unknown-linux-gnu (.cargo/config.toml) and, in the image build,
+# x86_64-unknown-linux-musl (scripts/images.sh). It is `cc`, called as rustc calls it, for
+# every link but one: an optimised ztunnel (`*/deps/ztunnel-*` of any profile but `debug`,
 # linked by lld) also gets lld's --symbol-ordering-file, which puts the functions that run in
-# ztunnel (ztunnel/link/hot-code.order) together at the front of its code. That halves the
-# code ztunnel keeps mapped; ARCHITECTURE.md, Performance, has the reasoning and the figures.
+# ztunnel (ztunnel/link/hot-code.order; hot-code.musl.order for the images' static build)
+# together at the front of its code. That halves the code ztunnel keeps mapped;
+# ARCHITECTURE.md, Performance, has the reasoning and the figures.
 # Anything else about the link is untouched, and when the order cannot be applied the link
 # goes on without it. `AMESH_LINK_CC` names another compiler driver than `cc`.
 #
@@ -13,8 +15,6 @@ set -uo pipefail
 
 cc="${AMESH_LINK_CC:-cc}"
 root="${AMESH_LINK_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-order="$root/ztunnel/link/hot-code.order"
-
 out=""
 lld=no
 objects=()
@@ -29,8 +29,15 @@ for a in "$@"; do
 done
 
 case "$out" in
-  */release/deps/ztunnel-*) ;;
+  */debug/deps/*) exec "$cc" "$@" ;;
+  */deps/ztunnel-*) ;;
   *) exec "$cc" "$@" ;;
+esac
+# The images' static musl ztunnel (thin LTO, another libc) runs other functions under other
+# names than the glibc release build: it has an order of its own.
+case "$out" in
+  */x86_64-unknown-linux-musl/*) order="$root/ztunnel/link/hot-code.musl.order" ;;
+  *) order="$root/ztunnel/link/hot-code.order" ;;
 esac
 # The flag is lld's: with another linker (a user's `-C linker-flavor`, say) it would fail the link.
 if [ "$lld" != yes ] || [ ! -f "$order" ] || [ "${#objects[@]}" -eq 0 ]; then

@@ -50,7 +50,9 @@ bash scripts/bench.sh --quick --out "$CARGO_TARGET_DIR/bench/quick.json"
 # 40 s of measuring with the binaries above already built).
 echo "[test] benchmark smoke, dedicated pair (scripts/bench.sh --layout pair --quick)"
 bash scripts/bench.sh --layout pair --quick --out "$CARGO_TARGET_DIR/bench/pair-quick.json"
-# The release ztunnel's code is laid out by its hot-code order (ARCHITECTURE.md, Performance):
-# fails when the linker command did not apply it, or when the order no longer matches the code.
+# The release ztunnel's code, and the image's, is laid out by its hot-code order
+# (ARCHITECTURE.md, Performance): fails when the linker command did not apply it, or when the
+# order no longer matches the code.
 echo "[test] ztunnel's code layout (scripts/link_order.py check)"
 python3 scripts/link_order.py check "$CARGO_TARGET_DIR/release/ztunnel" ztunnel/link/hot-code.order
+python3 scripts/link_order.py check "$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/image/ztunnel" ztunnel/link/hot-code.musl.order

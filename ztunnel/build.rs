@@ -27,6 +27,7 @@ fn main() {
     // track: a new code order must relink ztunnel.
     for input in [
         "link/hot-code.order",
+        "link/hot-code.musl.order",
         "../scripts/rustc-linker.sh",
         "../scripts/link_order.py",
     ] {
