@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rewrites ztunnel/link/hot-code.order (or hot-code.musl.order), the list of functions
-# scripts/rustc-linker.sh puts first in ztunnel's code: runs the quick dedicated-pair benchmark with both ztunnels under callgrind
-# (start-up, xDS-less local config, HBONE and passthrough traffic, 1,000 held tunnels) and
-# keeps every ztunnel function that ran, the most instructions first. Run it as root after
+# scripts/rustc-linker.sh puts first in ztunnel's code: runs the quick dedicated-pair benchmark
+# with both ztunnels under callgrind (start-up, xDS-less local config, HBONE and passthrough
+# traffic, 1,000 held tunnels) and keeps every ztunnel function that ran, the most instructions
+# first. Run it as root after
 # changes that move a lot of code (a new dependency version, a new toolchain): a stale order only
 # leaves more of the code mapped, it never breaks a build. Needs valgrind (apt install valgrind).
 #
@@ -15,25 +16,26 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 command -v valgrind >/dev/null || { echo "valgrind is missing: apt install valgrind" >&2; exit 1; }
-source scripts/target-dir.sh
-cargo build --release --locked -p amesh-ztunnel -p amesh-bench >&2
 case "${1:-}" in
-  "")
-    binary="$CARGO_TARGET_DIR/release/ztunnel"
-    order=ztunnel/link/hot-code.order
-    ;;
-  --image)
-    # shellcheck source=scripts/musl-link.sh
-    source scripts/musl-link.sh
-    cargo build --locked --profile image --target x86_64-unknown-linux-musl -p amesh-ztunnel --bins >&2
-    binary="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/image/ztunnel"
-    order=ztunnel/link/hot-code.musl.order
-    ;;
+  "" | --image) ;;
   *)
     echo "usage: scripts/train-link-order.sh [--image]" >&2
     exit 1
     ;;
 esac
+source scripts/target-dir.sh
+# The benchmark, and the glibc ztunnel it profiles by default.
+cargo build --release --locked -p amesh-ztunnel -p amesh-bench >&2
+if [ "${1:-}" = --image ]; then
+  # shellcheck source=scripts/musl-link.sh
+  source scripts/musl-link.sh
+  cargo build --locked --profile image --target x86_64-unknown-linux-musl -p amesh-ztunnel --bins >&2
+  binary="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/image/ztunnel"
+  order=ztunnel/link/hot-code.musl.order
+else
+  binary="$CARGO_TARGET_DIR/release/ztunnel"
+  order=ztunnel/link/hot-code.order
+fi
 
 work=$(mktemp -d /tmp/amesh-train.XXXXXX)
 trap 'rm -rf "$work"' EXIT
