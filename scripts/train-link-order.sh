@@ -29,7 +29,10 @@ cargo build --release --locked -p amesh-ztunnel -p amesh-bench >&2
 if [ "${1:-}" = --image ]; then
   # shellcheck source=scripts/musl-link.sh
   source scripts/musl-link.sh
-  cargo build --locked --profile image --target x86_64-unknown-linux-musl -p amesh-ztunnel --bins >&2
+  # The packages images.sh builds together: another set unifies features differently, which
+  # changes the symbol hashes the order is matched by.
+  cargo build --locked --profile image --target x86_64-unknown-linux-musl \
+    -p amesh-controller -p amesh-ztunnel -p amesh-waypoint --bins >&2
   binary="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/image/ztunnel"
   order=ztunnel/link/hot-code.musl.order
 else
