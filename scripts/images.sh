@@ -91,8 +91,7 @@ stage_dynamic() {
 build_images() {
   log "cargo build --profile $PROFILE --target $TARGET (static binaries)"
   local started=$SECONDS
-  cargo build --locked --profile "$PROFILE" --target "$TARGET" \
-    -p amesh-controller -p amesh-ztunnel -p amesh-waypoint --bins
+  amesh_build_image_binaries "$PROFILE"
   log "binaries built in $((SECONDS - started)) s"
 
   # The commit's time stamps the images (their created date and file times), so the same

@@ -3,9 +3,9 @@
 # scripts/rustc-linker.sh puts first in ztunnel's code: runs the quick dedicated-pair benchmark
 # with both ztunnels under callgrind (start-up, xDS-less local config, HBONE and passthrough
 # traffic, 1,000 held tunnels) and keeps every ztunnel function that ran, the most instructions
-# first. Run it as root after
-# changes that move a lot of code (a new dependency version, a new toolchain): a stale order only
-# leaves more of the code mapped, it never breaks a build. Needs valgrind (apt install valgrind).
+# first. Run it as root after changes that move a lot of code (a new dependency version, a new
+# toolchain): a stale order leaves more of the code mapped and fails the test command's layout
+# check, it never breaks a build. Needs valgrind (apt install valgrind).
 #
 # Usage: scripts/train-link-order.sh            the glibc release build's order (hot-code.order)
 #        scripts/train-link-order.sh --image    the images' static musl build's (hot-code.musl.order)
@@ -29,10 +29,8 @@ cargo build --release --locked -p amesh-ztunnel -p amesh-bench >&2
 if [ "${1:-}" = --image ]; then
   # shellcheck source=scripts/musl-link.sh
   source scripts/musl-link.sh
-  # The packages images.sh builds together: another set unifies features differently, which
-  # changes the symbol hashes the order is matched by.
-  cargo build --locked --profile image --target x86_64-unknown-linux-musl \
-    -p amesh-controller -p amesh-ztunnel -p amesh-waypoint --bins >&2
+  # As images.sh builds them: the order is matched by this build's exact symbol names.
+  amesh_build_image_binaries image >&2
   binary="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/image/ztunnel"
   order=ztunnel/link/hot-code.musl.order
 else
