@@ -9,9 +9,10 @@ untouched, and unmapped.
 
 Three commands:
 
-- `train OUT CALLGRIND_FILE...` writes the order file from callgrind profiles of ztunnel
-  (`scripts/train-link-order.sh` makes them): every function of the ztunnel binary that ran,
-  the most instructions first.
+- `train OUT DIR...` writes the order file from callgrind profiles of ztunnel, one folder of
+  `cg.*` files per workload (`scripts/train-link-order.sh` makes them): every function of the
+  ztunnel binary that ran, those that ran in every workload first, then each workload's own,
+  each group the most instructions first.
 - `check BINARY ORDER` fails unless the binary was laid out by the order: most of the order
   file's Rust functions are in it under their exact names, and they sit together at the start
   of its code (the test command runs it on the release ztunnel and on the image's).
@@ -28,6 +29,8 @@ several symbols (instances of one generic function) all of them are ordered.
 """
 
 import collections
+import glob
+import os
 import re
 import subprocess
 import sys
@@ -80,32 +83,48 @@ def callgrind_costs(path, binary_suffix, costs):
                     costs[function] += int(fields[1])
 
 
-def train(out, files, binary_suffix):
-    costs = collections.Counter()
-    for path in files:
-        callgrind_costs(path, binary_suffix, costs)
-    if not costs:
+def train(out, profiles, binary_suffix):
+    """Writes the order from `profiles`, one list of callgrind files per workload profiled.
+    Functions that ran in every workload go first, then the others by the first workload that
+    ran them, each group the most instructions first: every workload's code stays together at the
+    front, apart from one gap at most, however their hot functions interleave by cost."""
+    total = collections.Counter()
+    ran_in = collections.defaultdict(set)
+    for i, files in enumerate(profiles):
+        costs = collections.Counter()
+        for path in files:
+            callgrind_costs(path, binary_suffix, costs)
+        for symbol, cost in costs.items():
+            # callgrind's `'N` copies and LLVM's numbered local copies are one function here.
+            name = exact(symbol)
+            # Code callgrind found no symbol for is named by its address, which no link knows.
+            if name.startswith("0x"):
+                continue
+            total[name] += cost
+            ran_in[name].add(i)
+    if not total:
         sys.exit(f"link_order: no function of {binary_suffix} in the callgrind files")
-    names = []
-    seen = set()
-    for symbol, _ in costs.most_common():
-        # callgrind's `'N` copies and LLVM's numbered local copies are one function here.
-        name = exact(symbol)
-        # Code callgrind found no symbol for is named by its address, which no link knows.
-        if name.startswith("0x"):
-            continue
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
+
+    def group(name):
+        workloads = ran_in[name]
+        return 0 if len(workloads) == len(profiles) else 1 + min(workloads)
+
+    names = sorted(total, key=lambda n: (group(n), -total[n], n))
     with open(out, "w") as f:
         f.write(
-            "# ztunnel's hot-code order: the functions that ran in a profile of ztunnel, the\n"
-            "# most instructions first, by symbol name. Written by\n"
+            "# ztunnel's hot-code order: the functions that ran in profiles of ztunnel, by symbol\n"
+            "# name; those of every workload first, then each workload's own, the most\n"
+            "# instructions first in each group. Written by\n"
             "# scripts/train-link-order.sh; read by scripts/rustc-linker.sh when ztunnel is linked.\n"
         )
         for name in names:
             f.write(name + "\n")
-    print(f"link_order: {len(names)} functions written to {out}", file=sys.stderr)
+    sizes = collections.Counter(group(n) for n in names)
+    groups = ", ".join(
+        f"{sizes[g]} of {'every workload' if g == 0 else f'workload {g} first'}"
+        for g in sorted(sizes)
+    )
+    print(f"link_order: {len(names)} functions written to {out} ({groups})", file=sys.stderr)
 
 
 def function_symbols(paths):
@@ -198,15 +217,19 @@ def check(binary, order):
 
 
 def main(argv):
-    if len(argv) >= 3 and argv[1] == "train":
-        train(argv[2], argv[3:], "/ztunnel")
+    if len(argv) >= 4 and argv[1] == "train":
+        profiles = [sorted(glob.glob(os.path.join(d, "cg.*"))) for d in argv[3:]]
+        for d, files in zip(argv[3:], profiles):
+            if not files:
+                sys.exit(f"link_order: no callgrind file (cg.*) in {d}")
+        train(argv[2], profiles, "/ztunnel")
     elif len(argv) == 4 and argv[1] == "check":
         check(argv[2], argv[3])
     elif len(argv) >= 4 and argv[1] == "resolve":
         found, total = resolve(argv[2], argv[3], argv[4:])
         print(f"link_order: {found} of {total} names found among the Rust symbols", file=sys.stderr)
     else:
-        sys.exit(__doc__.split("\n\n")[0] + "\nusage: link_order.py train OUT FILE... | check BINARY ORDER | resolve ORDER OUT OBJECT...")
+        sys.exit(__doc__.split("\n\n")[0] + "\nusage: link_order.py train OUT DIR... | check BINARY ORDER | resolve ORDER OUT OBJECT...")
 
 
 if __name__ == "__main__":
