@@ -121,7 +121,7 @@ def train(out, profiles, binary_suffix):
             f.write(name + "\n")
     sizes = collections.Counter(group(n) for n in names)
     groups = ", ".join(
-        f"{sizes[g]} of {'every workload' if g == 0 else f'workload {g} first'}"
+        f"{sizes[g]} {'ran in every workload' if g == 0 else f'first ran in workload {g}'}"
         for g in sorted(sizes)
     )
     print(f"link_order: {len(names)} functions written to {out} ({groups})", file=sys.stderr)

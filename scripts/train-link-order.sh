@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rewrites ztunnel/link/hot-code.order (or hot-code.musl.order), the list of functions
 # scripts/rustc-linker.sh puts first in ztunnel's code: runs two quick benchmarks with every
-# ztunnel under callgrind and keeps every ztunnel function that ran, the most instructions first.
+# ztunnel under callgrind and keeps every ztunnel function that ran, grouped by the workloads it
+# ran in (those of both first; `link_order.py train`), the most instructions first in a group.
 # The dedicated pair: start-up from a local config, HBONE and passthrough traffic, 1,000 held
 # tunnels. The lab: a node's ztunnel as it runs on a node, fed and certified by amesh-controller
 # over xDS, its pods added by the CNI plugin over zds and captured with eBPF in one lab and nft in
