@@ -1,8 +1,9 @@
 # Sourced after scripts/target-dir.sh by images.sh and train-link-order.sh: how the images'
-# static musl binaries are built and linked. ztunnel's code is laid out by use, as in the glibc release build
-# (ARCHITECTURE.md, Performance, "Code layout"), but the musl target links with `cc` and GNU ld,
-# which cannot order symbols. So its links go through the same linker command, with rustc's own
-# lld (the gcc-ld shim of the host toolchain, what rustc uses on x86_64-unknown-linux-gnu).
+# static musl binaries are built and linked. ztunnel's code is laid out by use, as in the glibc
+# release build (ARCHITECTURE.md, Performance, "Code layout"), but the musl target links with
+# `cc` and GNU ld, which cannot order symbols. So its links go through the same linker command,
+# with rustc's own lld (the gcc-ld shim of the host toolchain, what rustc uses on
+# x86_64-unknown-linux-gnu).
 amesh_gcc_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
 if [ ! -x "$amesh_gcc_ld/ld.lld" ]; then
   echo "$amesh_gcc_ld/ld.lld missing: the toolchain's lld links the static musl binaries" >&2
