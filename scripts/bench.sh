@@ -39,6 +39,11 @@ done
 bench_kind="${AMESH_BENCH:-lab}"
 # The dedicated pair runs two ztunnels from local files: no CNI plugin, no controller.
 if [ "$bench_kind" = lab ] && [ "$layout" = pair ]; then bench_kind=pair; fi
+# `alone`: package:binary pairs built in a `cargo build` each, after the main one. Built with
+# ztunnel, the controller's and the waypoint's features would be unified into the libraries
+# ztunnel shares with them, and ztunnel's symbols would get other hashes than those its code
+# layout was trained on (scripts/train-link-order.sh builds the same way).
+alone=()
 case "$bench_kind" in
   pair)
     bench=amesh-bench
@@ -49,13 +54,14 @@ case "$bench_kind" in
     bench=amesh-bench
     bins=(ztunnel amesh-cni amesh-bench)
     pkgs=(amesh-ztunnel amesh-bench)
-    if [ "$control_plane" = controller ]; then bins+=(amesh-controller); pkgs+=(amesh-controller); fi
+    if [ "$control_plane" = controller ]; then alone+=(amesh-controller:amesh-controller); fi
     ;;
   waypoint)
     bench=amesh-bench-waypoint
-    bins=(ztunnel amesh-cni waypoint amesh-bench-waypoint)
-    pkgs=(amesh-ztunnel amesh-waypoint amesh-bench)
-    if [ "$control_plane" = controller ]; then bins+=(amesh-controller); pkgs+=(amesh-controller); fi
+    bins=(ztunnel amesh-cni amesh-bench-waypoint)
+    pkgs=(amesh-ztunnel amesh-bench)
+    alone+=(amesh-waypoint:waypoint)
+    if [ "$control_plane" = controller ]; then alone+=(amesh-controller:amesh-controller); fi
     ;;
   controller)
     bench=amesh-bench-controller
@@ -69,4 +75,8 @@ esac
 # the lab's copy of the controller library too.
 echo "[bench] cargo build --release ${pkgs[*]/#/-p } ${bins[*]/#/--bin }" >&2
 cargo build --release --locked "${pkgs[@]/#/-p=}" "${bins[@]/#/--bin=}"
+for pair in "${alone[@]}"; do
+  echo "[bench] cargo build --release -p ${pair%%:*} --bin ${pair#*:}" >&2
+  cargo build --release --locked -p "${pair%%:*}" --bin "${pair#*:}"
+done
 exec "$CARGO_TARGET_DIR/release/$bench" "$@"

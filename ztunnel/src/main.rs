@@ -95,8 +95,22 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(ztunnel::run::run(config, Some(log_reload))) {
-        tracing::error!("ztunnel failed: {e:#}");
-        std::process::exit(1);
+    // `run` runs as a task, not in `block_on` on this thread: its start-up (config, certificates,
+    // capture) allocates and frees megabytes, and mimalloc (the image's allocator) gives a
+    // thread's freed pages back only when that thread calls it again, which a main thread that
+    // only waits never does (3 MiB kept for ever at idle, ARCHITECTURE.md, Images). On a
+    // worker, the periodic release of `ztunnel::memory` collects them.
+    let result =
+        runtime.block_on(async { tokio::spawn(ztunnel::run::run(config, Some(log_reload))).await });
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!("ztunnel failed: {e:#}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            tracing::error!("ztunnel's main task ended abnormally: {e}");
+            std::process::exit(1);
+        }
     }
 }
