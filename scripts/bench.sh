@@ -75,8 +75,8 @@ esac
 # the lab's copy of the controller library too.
 echo "[bench] cargo build --release ${pkgs[*]/#/-p } ${bins[*]/#/--bin }" >&2
 cargo build --release --locked "${pkgs[@]/#/-p=}" "${bins[@]/#/--bin=}"
-for pair in "${alone[@]}"; do
-  echo "[bench] cargo build --release -p ${pair%%:*} --bin ${pair#*:}" >&2
-  cargo build --release --locked -p "${pair%%:*}" --bin "${pair#*:}"
+for unit in "${alone[@]}"; do
+  echo "[bench] cargo build --release -p ${unit%%:*} --bin ${unit#*:}" >&2
+  cargo build --release --locked -p "${unit%%:*}" --bin "${unit#*:}"
 done
 exec "$CARGO_TARGET_DIR/release/$bench" "$@"

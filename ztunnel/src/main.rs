@@ -100,17 +100,12 @@ fn main() {
     // thread's freed pages back only when that thread calls it again, which a main thread that
     // only waits never does (3 MiB kept for ever at idle, ARCHITECTURE.md, Images). On a
     // worker, the periodic release of `ztunnel::memory` collects them.
-    let result =
-        runtime.block_on(async { tokio::spawn(ztunnel::run::run(config, Some(log_reload))).await });
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!("ztunnel failed: {e:#}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            tracing::error!("ztunnel's main task ended abnormally: {e}");
-            std::process::exit(1);
-        }
+    let task = runtime.spawn(ztunnel::run::run(config, Some(log_reload)));
+    let result = runtime
+        .block_on(task)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("ztunnel's main task ended abnormally: {e}")));
+    if let Err(e) = result {
+        tracing::error!("ztunnel failed: {e:#}");
+        std::process::exit(1);
     }
 }
