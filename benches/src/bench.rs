@@ -12,11 +12,11 @@ use anyhow::Context;
 use crate::fixture::{BenchLab, PathKind};
 use crate::host::{load_average, machine};
 use crate::path::BenchPath;
-use crate::report::{self, PathRuns, Report};
+use crate::report::{self, MachineCpu, PathRuns, Report};
 use crate::servers::{Servers, ECHO_PORT};
 use crate::settings::Settings;
 use crate::ztunnel::{self, Ztunnel, AFTER_RUN, SETTLE};
-use crate::{connrate, latency, throughput};
+use crate::{busy, connrate, latency, throughput};
 
 pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let load_start = load_average();
@@ -78,10 +78,22 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         take(PathKind::Compared),
     );
     let ztunnel = ztunnel::costs(&ztunnels, &held, &memory_after, &mesh.cpu, mesh.bytes);
+    let summary = report::summarise(&direct.runs, &mesh.runs);
+    let direct_gbit = report::one_stream_gbit(&direct.runs);
+    let cpus = busy::machine_cpus()?;
+    // The ztunnels measured are the first lab's: only its mesh path has a kernel-only bound.
+    let machine_cpu = report::LabMachineCpu {
+        direct: direct.machine_cpu(cpus, false, direct_gbit),
+        mesh: mesh.machine_cpu(cpus, true, direct_gbit),
+        compared: compared_capture
+            .as_ref()
+            .map(|_| compared.machine_cpu(cpus, false, direct_gbit)),
+    };
     Ok(Report {
         machine: machine(load_start),
         settings: settings.clone(),
-        summary: report::summarise(&direct.runs, &mesh.runs),
+        summary,
+        machine_cpu,
         summary_compared: compared_capture
             .as_ref()
             .map(|_| report::summarise(&direct.runs, &compared.runs)),
@@ -122,8 +134,37 @@ pub struct Measured {
     pub runs: PathRuns,
     /// CPU seconds of each ztunnel (in the order given) during this path's throughput runs.
     pub cpu: Vec<f64>,
+    /// The part of `cpu` spent in the kernel (system time).
+    pub cpu_system: Vec<f64>,
+    /// CPU seconds the whole machine was busy during this path's throughput runs (every
+    /// process and interrupt; see [`busy::machine_busy_secs`]).
+    pub machine_busy: f64,
+    /// Wall-clock seconds of this path's throughput runs.
+    pub throughput_secs: f64,
     /// Bytes this path's throughput runs delivered.
     pub bytes: u64,
+}
+
+impl Measured {
+    /// The whole machine during this path's throughput runs on `cpus` CPUs, against direct's
+    /// 1-stream median `direct_gbit`; `ztunnel_user`: leave the ztunnels' user-space time out
+    /// for the kernel-only ceiling (when the ztunnels measured are the ones this path used).
+    pub fn machine_cpu(&self, cpus: usize, ztunnel_user: bool, direct_gbit: f64) -> MachineCpu {
+        let user: f64 = self
+            .cpu
+            .iter()
+            .zip(&self.cpu_system)
+            .map(|(c, s)| c - s)
+            .sum();
+        MachineCpu::new(
+            self.machine_busy,
+            self.throughput_secs,
+            self.bytes,
+            cpus,
+            ztunnel_user.then_some(user),
+            direct_gbit,
+        )
+    }
 }
 
 /// Every repetition of every measurement on every subject, the subjects' order rotating by
@@ -137,6 +178,7 @@ pub fn repeat(
         .iter()
         .map(|_| Measured {
             cpu: vec![0.0; ztunnels.len()],
+            cpu_system: vec![0.0; ztunnels.len()],
             ..Measured::default()
         })
         .collect();
@@ -199,18 +241,23 @@ fn measure_rep(
         for &i in order {
             let sub = &subjects[i];
             prepare(sub)?;
-            let cpu_before = ztunnel::cpu_all(ztunnels)?;
+            let cpu_before = ztunnel::cpu_split_all(ztunnels)?;
+            let busy_before = busy::machine_busy_secs()?;
             let r = throughput::run(sub.path, streams, s.throughput_duration(), s.write_size)
                 .with_context(|| format!("throughput, {} streams, {}", streams, sub.name))?;
-            let cpu_after = ztunnel::cpu_all(ztunnels)?;
+            let busy_after = busy::machine_busy_secs()?;
+            let cpu_after = ztunnel::cpu_split_all(ztunnels)?;
             progress(&format!(
                 "  throughput {:10} x{streams}: {:.2} Gbit/s",
                 sub.name, r.gbit_per_s
             ));
             let m = &mut measured[i];
-            for (acc, (a, b)) in m.cpu.iter_mut().zip(cpu_after.iter().zip(&cpu_before)) {
-                *acc += a - b;
+            for (i, (a, b)) in cpu_after.iter().zip(&cpu_before).enumerate() {
+                m.cpu[i] += a.total() - b.total();
+                m.cpu_system[i] += a.system - b.system;
             }
+            m.machine_busy += busy_after - busy_before;
+            m.throughput_secs += r.secs;
             m.bytes += r.bytes;
             if streams == 1 {
                 m.runs.throughput_1_stream.push(r);

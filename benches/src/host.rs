@@ -56,10 +56,33 @@ pub fn machine(load_average_start: String) -> Machine {
     }
 }
 
-/// User + system CPU seconds of the whole process so far.
-pub fn cpu_secs(pid: i32) -> anyhow::Result<f64> {
+/// CPU seconds a process has spent so far, in user space and in the kernel on its behalf.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuSplit {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuSplit {
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// Clock ticks per second of `/proc`'s CPU times.
+pub fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// User and system CPU seconds of the whole process so far (`utime`, `stime`).
+pub fn cpu_split(pid: i32) -> anyhow::Result<CpuSplit> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat (did the process exit?)"))?;
+    split_from(&stat, ticks_per_sec())
+}
+
+fn split_from(stat: &str, hz: f64) -> anyhow::Result<CpuSplit> {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat
         .rsplit_once(')')
@@ -74,9 +97,10 @@ pub fn cpu_secs(pid: i32) -> anyhow::Result<f64> {
             .parse()
             .context("utime/stime not a number")
     };
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
+    Ok(CpuSplit {
+        user: ticks(14)? as f64 / hz,
+        system: ticks(15)? as f64 / hz,
+    })
 }
 
 /// `kB` fields of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`, ...) in KiB, in the order asked,
@@ -93,4 +117,28 @@ pub fn status_fields_kib<const N: usize>(pid: i32, fields: [&str; N]) -> anyhow:
             .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_reads_utime_and_stime_after_the_command_name() {
+        // A command name with a space and a parenthesis; utime 250, stime 750 ticks.
+        let stat = "42 (zt (x) 1) S 1 42 42 0 -1 4194560 10 0 0 0 250 750 0 0 20 0 2 0 9 1 1";
+        let c = split_from(stat, 100.0).unwrap();
+        assert_eq!(
+            c,
+            CpuSplit {
+                user: 2.5,
+                system: 7.5
+            }
+        );
+        assert_eq!(c.total(), 10.0);
+        let err = split_from("42 (zt) S 1 42", 100.0).unwrap_err();
+        assert!(err.to_string().contains("short"), "{err}");
+        // This process's own line parses.
+        cpu_split(std::process::id() as i32).unwrap();
+    }
 }

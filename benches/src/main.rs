@@ -12,6 +12,7 @@
 //! - [`bench`](mod@bench): the order they run in; [`report`]: medians, ratios, table and JSON.
 
 mod bench;
+mod busy;
 mod connrate;
 mod fixture;
 mod host;

@@ -76,6 +76,8 @@ pub struct Report {
     /// Direct against the second lab's mesh path ("mesh" in these rows is that path).
     pub summary_compared: Option<Vec<Row>>,
     pub ztunnel: Vec<ZtunnelCost>,
+    /// The whole machine during each path's throughput runs.
+    pub machine_cpu: LabMachineCpu,
     /// Bytes the mesh throughput runs delivered (the CPU figures are per these).
     pub mesh_throughput_bytes: u64,
     pub direct: PathRuns,
@@ -85,6 +87,15 @@ pub struct Report {
     pub notes: Vec<&'static str>,
 }
 
+/// The lab's paths' whole-machine CPU.
+#[derive(Debug, Serialize)]
+pub struct LabMachineCpu {
+    pub direct: MachineCpu,
+    pub mesh: MachineCpu,
+    /// The second lab's mesh path, when one was compared.
+    pub compared: Option<MachineCpu>,
+}
+
 pub const NOTES: &[&str] = &[
     "Throughput counts the bytes the sink received (one direction, nothing echoed back).",
     "Latency: 1 KiB request and 1 KiB response on one kept connection, one exchange at a time.",
@@ -92,12 +103,21 @@ pub const NOTES: &[&str] = &[
     "ztunnel CPU: utime+stime of each ztunnel during the mesh throughput runs; per GB = 10^9 bytes delivered.",
     "RSS after the run: 3 s after the last measurement (ztunnel returns free heap every second); split into anonymous (RssAnon) and file-backed (RssFile) pages.",
     "Memory per connection: (RSS with the connections held open - idle RSS after lab up) / count, per node; it includes what the first connections make stay (the pool's HBONE connections, grown tables). Second round: the same count again on the same ztunnels, (RSS held - RSS just before) / count.",
+    MACHINE_CPU_NOTE,
     "Compared capture (--compare-capture, default ebpf): a second lab of the same layout runs beside the first; its mesh path is measured in the same repetitions, interleaved with the other paths. The ztunnel table is the first lab's.",
 ];
+
+/// What the whole-machine rows mean (both layouts).
+pub const MACHINE_CPU_NOTE: &str = "Whole machine: busy time of all CPUs (/proc/stat: user, nice, system, irq, softirq; not idle, I/O wait or steal) during a path's throughput runs (1 and 4 streams), per GB they delivered, and as a share of all CPUs' time. CPU ceiling: the throughput all CPUs could carry at that cost, over direct's 1-stream median; a path whose CPUs were all busy runs at it. With ztunnel's user space free: the same without the measured ztunnels' user-space time, the bound left if ztunnel's own code cost nothing and only the kernel's work for its sockets remained.";
 
 /// Median of one figure over the runs of a path.
 fn med<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
     median(runs.iter().map(f))
+}
+
+/// The median 1-stream throughput of a path's runs (Gbit/s): what CPU ceilings are put over.
+pub fn one_stream_gbit(runs: &PathRuns) -> f64 {
+    med(&runs.throughput_1_stream, |r| r.gbit_per_s)
 }
 
 /// The summary rows from both paths' runs.
@@ -255,6 +275,14 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+    let mut columns = vec![
+        ("direct", &r.machine_cpu.direct),
+        ("mesh", &r.machine_cpu.mesh),
+    ];
+    if let (Some(mode), Some(c)) = (&r.compared_capture, &r.machine_cpu.compared) {
+        columns.push((mode.as_str(), c));
+    }
+    machine_table(&mut out, &columns);
     connection_failures(&mut out, [&r.direct, &r.mesh, &r.compared]);
     ztunnel_table(
         &mut out,
@@ -266,6 +294,82 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "- {n}");
     }
     out
+}
+
+/// What the whole machine spent on a path's throughput runs, and the throughput its CPUs
+/// could carry at that cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MachineCpu {
+    /// Busy CPU seconds of the whole machine (every process, interrupt and softirq) per GB
+    /// delivered.
+    pub cpu_secs_per_gb: f64,
+    /// Busy time over all CPUs' time during the runs: near 1, the path was CPU-bound.
+    pub busy_fraction: f64,
+    /// The throughput all CPUs could carry at `cpu_secs_per_gb`, over direct's 1-stream median.
+    pub ceiling_ratio: f64,
+    /// The same with the ztunnels' user-space time left out: the bound that no change to
+    /// ztunnel's own code can lift, only fewer or cheaper kernel hops. None for direct.
+    pub ceiling_ratio_kernel_only: Option<f64>,
+}
+
+impl MachineCpu {
+    /// `busy` CPU seconds over `secs` of runs that delivered `bytes`, on `cpus` CPUs;
+    /// `ztunnel_user` the ztunnels' user-space seconds in them; `direct_gbit` direct's
+    /// 1-stream median.
+    pub fn new(
+        busy: f64,
+        secs: f64,
+        bytes: u64,
+        cpus: usize,
+        ztunnel_user: Option<f64>,
+        direct_gbit: f64,
+    ) -> MachineCpu {
+        let gb = bytes as f64 / 1e9;
+        if gb <= 0.0 || secs <= 0.0 || cpus == 0 || direct_gbit <= 0.0 {
+            return MachineCpu::default();
+        }
+        // CPUs × seconds ÷ (CPU seconds per GB) = GB per second; × 8 = Gbit/s.
+        let ceiling = |cpu_secs: f64| cpus as f64 / (cpu_secs / gb) * 8.0 / direct_gbit;
+        MachineCpu {
+            cpu_secs_per_gb: busy / gb,
+            busy_fraction: busy / (secs * cpus as f64),
+            ceiling_ratio: ceiling(busy),
+            ceiling_ratio_kernel_only: ztunnel_user
+                .map(|u| ceiling((busy - u).max(f64::MIN_POSITIVE))),
+        }
+    }
+}
+
+/// The whole machine during each column's throughput runs, one column per path.
+pub fn machine_table(out: &mut String, columns: &[(&str, &MachineCpu)]) {
+    let heads: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let _ = writeln!(
+        out,
+        "\n| whole machine during throughput | {} |",
+        heads.join(" | ")
+    );
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(columns.len()));
+    let line = |out: &mut String, label: &str, f: &dyn Fn(&MachineCpu) -> String| {
+        let cells: Vec<String> = columns.iter().map(|(_, m)| f(m)).collect();
+        let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+    };
+    line(out, "CPU, all CPUs (s per GB)", &|m| {
+        format!("{:.2}", m.cpu_secs_per_gb)
+    });
+    line(out, "busy (share of all CPUs)", &|m| {
+        format!("{:.0} %", m.busy_fraction * 100.0)
+    });
+    line(out, "CPU ceiling (× direct, 1 stream)", &|m| {
+        format!("{:.2}", m.ceiling_ratio)
+    });
+    line(
+        out,
+        "… with ztunnel's user space free (× direct)",
+        &|m| {
+            m.ceiling_ratio_kernel_only
+                .map_or("—".to_string(), |c| format!("{c:.2}"))
+        },
+    );
 }
 
 /// A line saying how many connections of the connection-rate runs failed, if any did.
@@ -346,5 +450,27 @@ pub fn num(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ceiling_is_what_all_cpus_carry_at_the_measured_cost() {
+        // 4 CPU s over 2 s on 2 CPUs for 1 GB: 4 s per GB, all busy; 2 CPUs carry 0.5 GB/s
+        // = 4 Gbit/s, 0.4 × a 10 Gbit/s direct path; without 1 s of ztunnel user time,
+        // 3 s per GB: 5.33 Gbit/s, 0.53 ×.
+        let m = MachineCpu::new(4.0, 2.0, 1_000_000_000, 2, Some(1.0), 10.0);
+        assert!((m.cpu_secs_per_gb - 4.0).abs() < 1e-9);
+        assert!((m.busy_fraction - 1.0).abs() < 1e-9);
+        assert!((m.ceiling_ratio - 0.4).abs() < 1e-9);
+        let k = m.ceiling_ratio_kernel_only.unwrap();
+        assert!((k - 16.0 / 30.0).abs() < 1e-9, "{k}");
+        // Nothing measured: no figures rather than infinities.
+        let none = MachineCpu::new(1.0, 1.0, 0, 2, None, 10.0);
+        assert_eq!(none.ceiling_ratio, 0.0);
+        assert!(none.ceiling_ratio_kernel_only.is_none());
     }
 }

@@ -25,7 +25,7 @@ pub struct Ztunnel {
     pub pid: i32,
 }
 
-pub use crate::host::cpu_secs;
+pub use crate::host::{cpu_split, CpuSplit};
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: i32) -> anyhow::Result<u64> {
@@ -65,9 +65,9 @@ pub fn rss_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<u64>> {
     ztunnels.iter().map(|z| rss_kib(z.pid)).collect()
 }
 
-/// CPU seconds of every ztunnel, in node order.
-pub fn cpu_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<f64>> {
-    ztunnels.iter().map(|z| cpu_secs(z.pid)).collect()
+/// Every ztunnel's CPU time so far, user and system apart.
+pub fn cpu_split_all(ztunnels: &[Ztunnel]) -> anyhow::Result<Vec<CpuSplit>> {
+    ztunnels.iter().map(|z| cpu_split(z.pid)).collect()
 }
 
 /// Opens `count` connections from the mesh client to the echo server, each proven to reach

@@ -197,7 +197,7 @@ pub fn run(
     };
     controller.check_alive()?;
     let (rss_kib, peak_rss_kib) = memory_kib(pid)?;
-    let cpu_secs = crate::host::cpu_secs(pid)?;
+    let cpu_secs = crate::host::cpu_split(pid)?.total();
     drop(controller);
 
     let first_synced = times.iter().map(|t| t.0).min().unwrap_or_default();

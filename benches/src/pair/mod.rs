@@ -111,16 +111,27 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
     let ztunnel = ztunnel::costs(&ztunnels, &held, &memory_after, &hbone_cpu, hbone_bytes);
     let mut measured = measured.into_iter();
     let direct = measured.next().context("no direct path measured")?;
+    // /proc/stat's busy time is the whole machine's, whatever CPUs the bench may use.
+    let cpus = crate::busy::machine_cpus()?;
+    let direct_gbit = crate::report::one_stream_gbit(&direct.runs);
     let pair_paths: Vec<PairPath> = measured
         .zip(names.iter().zip(&labels).skip(1))
         .map(|(m, (&name, &label))| PairPath {
             name,
             label,
-            summary: summarise(&direct.runs, &m.runs),
             ztunnel_cpu_secs_per_gb: m.cpu.iter().map(|c| c / (m.bytes as f64 / 1e9)).collect(),
+            ztunnel_kernel_share: m
+                .cpu
+                .iter()
+                .zip(&m.cpu_system)
+                .map(|(c, s)| if *c > 0.0 { s / c } else { 0.0 })
+                .collect(),
+            machine: m.machine_cpu(cpus, true, direct_gbit),
+            summary: summarise(&direct.runs, &m.runs),
             runs: m.runs,
         })
         .collect();
+    let direct_machine = direct.machine_cpu(cpus, false, direct_gbit);
     let targets = report::targets(&pair_paths, &ztunnel);
     Ok(PairReport {
         layout: "pair",
@@ -129,6 +140,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
         paths: pair_paths,
         ztunnel,
         hbone_throughput_bytes: hbone_bytes,
+        direct_machine,
         targets,
         direct: direct.runs,
         notes: report::NOTES.to_vec(),

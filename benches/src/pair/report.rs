@@ -6,7 +6,10 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::report::{connection_failures, num, ztunnel_table, Machine, PathRuns, Row, ZtunnelCost};
+use crate::report::{
+    connection_failures, machine_table, num, ztunnel_table, Machine, MachineCpu, PathRuns, Row,
+    ZtunnelCost,
+};
 use crate::settings::Settings;
 
 /// One measured path other than direct, and how it compares with direct.
@@ -19,6 +22,10 @@ pub struct PairPath {
     /// CPU seconds of each ztunnel (client side first) per GB this path's throughput runs
     /// delivered.
     pub ztunnel_cpu_secs_per_gb: Vec<f64>,
+    /// The part of each ztunnel's CPU spent in the kernel (system time over user + system).
+    pub ztunnel_kernel_share: Vec<f64>,
+    /// The whole machine during this path's throughput runs.
+    pub machine: MachineCpu,
     /// Every run of this path.
     pub runs: PathRuns,
 }
@@ -32,6 +39,8 @@ pub struct PairReport {
     /// Client side first; CPU over the HBONE throughput runs (pinned and unpinned).
     pub ztunnel: Vec<ZtunnelCost>,
     pub hbone_throughput_bytes: u64,
+    /// The whole machine during the direct path's throughput runs.
+    pub direct_machine: MachineCpu,
     pub targets: Vec<Target>,
     /// Every run of the direct path (the others' are in `paths`).
     pub direct: PathRuns,
@@ -52,6 +61,7 @@ pub const NOTES: &[&str] = &[
     "pinned: each ztunnel's threads on one core (client side CPU 0, server side CPU 1), apps unpinned; unpinned: the scheduler places every thread.",
     "Throughput counts the bytes the sink received; latency is a 1 KiB request and response on one kept connection; connection setup is connect + 1-byte echo + close. Cells: the path's median, then its ratio to direct (rates) or what it adds to direct (times).",
     "ztunnel memory: idle before any traffic; held connections over the hbone path; after the run 3 s after the last measurement. CPU per GB: utime+stime during the hbone throughput runs over the bytes they delivered.",
+crate::report::MACHINE_CPU_NOTE,
 ];
 
 /// The markdown the bench prints.
@@ -111,6 +121,22 @@ pub fn markdown(r: &PairReport) -> String {
         let _ = write!(out, " {} |", cells.join(" + "));
     }
     let _ = writeln!(out);
+    let _ = write!(
+        out,
+        "| ztunnel CPU in the kernel (share, client + server) | |"
+    );
+    for p in &r.paths {
+        let cells: Vec<String> = p
+            .ztunnel_kernel_share
+            .iter()
+            .map(|c| format!("{:.0} %", c * 100.0))
+            .collect();
+        let _ = write!(out, " {} |", cells.join(" + "));
+    }
+    let _ = writeln!(out);
+    let mut columns = vec![("direct", &r.direct_machine)];
+    columns.extend(r.paths.iter().map(|p| (p.label, &p.machine)));
+    machine_table(&mut out, &columns);
     connection_failures(
         &mut out,
         std::iter::once(&r.direct).chain(r.paths.iter().map(|p| &p.runs)),
@@ -199,6 +225,8 @@ mod tests {
             name,
             label: name,
             ztunnel_cpu_secs_per_gb: Vec::new(),
+            ztunnel_kernel_share: Vec::new(),
+            machine: MachineCpu::default(),
             runs: PathRuns::default(),
             summary: rows
                 .iter()

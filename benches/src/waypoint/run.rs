@@ -14,7 +14,7 @@ use lab::{Lab, LabOptions};
 use serde::Serialize;
 
 use crate::envoy::{self, EnvoySetup};
-use crate::host::{self, cpu_secs, status_fields_kib};
+use crate::host::{self, cpu_split, status_fields_kib};
 use crate::load::{self, Load, LoadRun, Proto};
 use crate::Settings;
 
@@ -132,7 +132,7 @@ impl Pids {
         [self.waypoint, self.envoy]
             .into_iter()
             .chain(self.ztunnels.iter().copied())
-            .map(cpu_secs)
+            .map(|pid| cpu_split(pid).map(|c| c.total()))
             .collect()
     }
 }
