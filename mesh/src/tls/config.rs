@@ -58,7 +58,7 @@ impl TlsContext {
                 domain: trust_domain.to_string(),
             });
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(super::aead::provider());
         let spiffe = Arc::new(SpiffeVerifier::new(
             trust_domain.to_string(),
             roots.clone(),

@@ -123,7 +123,12 @@ pub struct Presented {
 impl Presented {
     /// A server presenting this certificate, not asking for a client certificate.
     pub fn server_config(self) -> Arc<ServerConfig> {
-        let mut config = ServerConfig::builder_with_provider(provider())
+        self.server_config_with(provider())
+    }
+
+    /// The same with its own crypto provider (cipher suites, implementations).
+    pub fn server_config_with(self, provider: Arc<CryptoProvider>) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_no_client_auth()
@@ -149,7 +154,11 @@ impl Presented {
 
     /// A client presenting this certificate and accepting any server.
     pub fn client_config(self) -> Arc<ClientConfig> {
-        let provider = provider();
+        self.client_config_with(provider())
+    }
+
+    /// The same with its own crypto provider (cipher suites, implementations).
+    pub fn client_config_with(self, provider: Arc<CryptoProvider>) -> Arc<ClientConfig> {
         let verifier = Arc::new(AcceptAnyServer(provider.clone()));
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
