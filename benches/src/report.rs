@@ -310,6 +310,10 @@ pub struct MachineCpu {
     /// The same with the ztunnels' user-space time left out: the bound that no change to
     /// ztunnel's own code can lift, only fewer or cheaper kernel hops. None for direct.
     pub ceiling_ratio_kernel_only: Option<f64>,
+    /// The throughput all CPUs could carry at `cpu_secs_per_gb` (Gbit/s).
+    pub ceiling_gbit: f64,
+    /// The same without the ztunnels' user-space time.
+    pub ceiling_gbit_kernel_only: Option<f64>,
 }
 
 impl MachineCpu {
@@ -328,14 +332,17 @@ impl MachineCpu {
         if gb <= 0.0 || secs <= 0.0 || cpus == 0 || direct_gbit <= 0.0 {
             return MachineCpu::default();
         }
-        // CPUs × seconds ÷ (CPU seconds per GB) = GB per second; × 8 = Gbit/s.
-        let ceiling = |cpu_secs: f64| cpus as f64 / (cpu_secs / gb) * 8.0 / direct_gbit;
+        // CPUs ÷ (CPU seconds per GB) = GB per second; × 8 = Gbit/s.
+        let ceiling = |cpu_secs: f64| cpus as f64 / (cpu_secs / gb) * 8.0;
+        let gbit = ceiling(busy);
+        let gbit_kernel_only = ztunnel_user.map(|u| ceiling((busy - u).max(f64::MIN_POSITIVE)));
         MachineCpu {
             cpu_secs_per_gb: busy / gb,
             busy_fraction: busy / (secs * cpus as f64),
-            ceiling_ratio: ceiling(busy),
-            ceiling_ratio_kernel_only: ztunnel_user
-                .map(|u| ceiling((busy - u).max(f64::MIN_POSITIVE))),
+            ceiling_ratio: gbit / direct_gbit,
+            ceiling_ratio_kernel_only: gbit_kernel_only.map(|g| g / direct_gbit),
+            ceiling_gbit: gbit,
+            ceiling_gbit_kernel_only: gbit_kernel_only,
         }
     }
 }
@@ -468,6 +475,8 @@ mod tests {
         assert!((m.ceiling_ratio - 0.4).abs() < 1e-9);
         let k = m.ceiling_ratio_kernel_only.unwrap();
         assert!((k - 16.0 / 30.0).abs() < 1e-9, "{k}");
+        assert!((m.ceiling_gbit - 4.0).abs() < 1e-9);
+        assert!((m.ceiling_gbit_kernel_only.unwrap() - 16.0 / 3.0).abs() < 1e-9);
         // Nothing measured: no figures rather than infinities.
         let none = MachineCpu::new(1.0, 1.0, 0, 2, None, 10.0);
         assert_eq!(none.ceiling_ratio, 0.0);
