@@ -252,9 +252,9 @@ fn measure_rep(
                 sub.name, r.gbit_per_s
             ));
             let m = &mut measured[i];
-            for (i, (a, b)) in cpu_after.iter().zip(&cpu_before).enumerate() {
-                m.cpu[i] += a.total() - b.total();
-                m.cpu_system[i] += a.system - b.system;
+            for (z, (a, b)) in cpu_after.iter().zip(&cpu_before).enumerate() {
+                m.cpu[z] += a.total() - b.total();
+                m.cpu_system[z] += a.system - b.system;
             }
             m.machine_busy += busy_after - busy_before;
             m.throughput_secs += r.secs;

@@ -20,6 +20,9 @@ use crate::ztunnel::{self, AFTER_RUN, SETTLE};
 use report::{PairPath, PairReport};
 use setup::PairLayout;
 
+/// Less CPU time than this (a few 1/100 s ticks) gives no kernel share.
+const MIN_SPLIT_SECS: f64 = 0.05;
+
 /// CPU each side's ztunnel gets when pinned (the client's first, as the layout).
 const PIN_CPUS: [usize; 2] = [0, 1];
 
@@ -124,7 +127,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<PairReport> {
                 .cpu
                 .iter()
                 .zip(&m.cpu_system)
-                .map(|(c, s)| if *c > 0.0 { s / c } else { 0.0 })
+                // A few clock ticks say nothing about a split (the passthrough server's).
+                .map(|(c, s)| (*c >= MIN_SPLIT_SECS).then(|| s / c))
                 .collect(),
             machine: m.machine_cpu(cpus, true, direct_gbit),
             summary: summarise(&direct.runs, &m.runs),

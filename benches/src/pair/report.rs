@@ -22,8 +22,9 @@ pub struct PairPath {
     /// CPU seconds of each ztunnel (client side first) per GB this path's throughput runs
     /// delivered.
     pub ztunnel_cpu_secs_per_gb: Vec<f64>,
-    /// The part of each ztunnel's CPU spent in the kernel (system time over user + system).
-    pub ztunnel_kernel_share: Vec<f64>,
+    /// The part of each ztunnel's CPU spent in the kernel (system time over user + system);
+    /// None for a ztunnel that hardly ran on this path.
+    pub ztunnel_kernel_share: Vec<Option<f64>>,
     /// The whole machine during this path's throughput runs.
     pub machine: MachineCpu,
     /// Every run of this path.
@@ -134,7 +135,7 @@ pub fn markdown(r: &PairReport) -> String {
         let cells: Vec<String> = p
             .ztunnel_kernel_share
             .iter()
-            .map(|c| format!("{:.0} %", c * 100.0))
+            .map(|c| c.map_or("—".to_string(), |c| format!("{:.0} %", c * 100.0)))
             .collect();
         let _ = write!(out, " {} |", cells.join(" + "));
     }
