@@ -49,38 +49,39 @@ pub fn provider() -> CryptoProvider {
 /// The suite with `ring` sealing and opening its records, when it is an AES-GCM one.
 fn with_ring(suite: &'static Tls13CipherSuite) -> &'static Tls13CipherSuite {
     // Built once per process: a cipher suite is referenced for 'static by every config.
-    static AES_128: LazyLock<&'static Tls13CipherSuite> = LazyLock::new(|| {
+    type Replaced = LazyLock<Option<&'static Tls13CipherSuite>>;
+    static AES_128: Replaced = LazyLock::new(|| {
         replaced(
             rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
             &ring::aead::AES_128_GCM,
         )
     });
-    static AES_256: LazyLock<&'static Tls13CipherSuite> = LazyLock::new(|| {
+    static AES_256: Replaced = LazyLock::new(|| {
         replaced(
             rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
             &ring::aead::AES_256_GCM,
         )
     });
-    match suite.common.suite {
+    let ours = match suite.common.suite {
         CipherSuite::TLS13_AES_128_GCM_SHA256 => *AES_128,
         CipherSuite::TLS13_AES_256_GCM_SHA384 => *AES_256,
-        _ => suite,
-    }
+        _ => None,
+    };
+    ours.unwrap_or(suite)
 }
 
-/// `suite` (an aws-lc-rs TLS 1.3 suite) with its AEAD done by `ring`'s `algorithm`.
+/// `suite` (an aws-lc-rs TLS 1.3 suite) with its AEAD done by `ring`'s `algorithm`; None if
+/// it is not a TLS 1.3 suite (they all are), so that the suite stays as it is.
 fn replaced(
     suite: SupportedCipherSuite,
     algorithm: &'static ring::aead::Algorithm,
-) -> &'static Tls13CipherSuite {
-    let Some(base) = suite.tls13() else {
-        unreachable!("the TLS13_* suites of aws-lc-rs are TLS 1.3 suites");
-    };
+) -> Option<&'static Tls13CipherSuite> {
+    let base = suite.tls13()?;
     let aead: &'static RingGcm = Box::leak(Box::new(RingGcm {
         algorithm,
         fallback: base.aead_alg,
     }));
-    Box::leak(Box::new(Tls13CipherSuite {
+    Some(Box::leak(Box::new(Tls13CipherSuite {
         common: CipherSuiteCommon {
             suite: base.common.suite,
             hash_provider: base.common.hash_provider,
@@ -90,7 +91,7 @@ fn replaced(
         aead_alg: aead,
         // The mesh speaks TLS over TCP only.
         quic: None,
-    }))
+    })))
 }
 
 /// AES-GCM through `ring`; `fallback` (the aws-lc-rs algorithm of the same suite) answers what
