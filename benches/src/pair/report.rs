@@ -114,32 +114,34 @@ pub fn markdown(r: &PairReport) -> String {
         }
         let _ = writeln!(out);
     }
-    let _ = write!(
-        out,
-        "| ztunnel CPU during throughput (s per GB, client + server) | |"
+    // One row of a figure per ztunnel (client + server) for every path.
+    let ztunnel_row = |out: &mut String, label: &str, cells: &dyn Fn(&PairPath) -> Vec<String>| {
+        let _ = write!(out, "| {label} | |");
+        for p in &r.paths {
+            let _ = write!(out, " {} |", cells(p).join(" + "));
+        }
+        let _ = writeln!(out);
+    };
+    ztunnel_row(
+        &mut out,
+        "ztunnel CPU during throughput (s per GB, client + server)",
+        &|p| {
+            p.ztunnel_cpu_secs_per_gb
+                .iter()
+                .map(|c| format!("{c:.2}"))
+                .collect()
+        },
     );
-    for p in &r.paths {
-        let cells: Vec<String> = p
-            .ztunnel_cpu_secs_per_gb
-            .iter()
-            .map(|c| format!("{c:.2}"))
-            .collect();
-        let _ = write!(out, " {} |", cells.join(" + "));
-    }
-    let _ = writeln!(out);
-    let _ = write!(
-        out,
-        "| ztunnel CPU in the kernel (share, client + server) | |"
+    ztunnel_row(
+        &mut out,
+        "ztunnel CPU in the kernel (share, client + server)",
+        &|p| {
+            p.ztunnel_kernel_share
+                .iter()
+                .map(|c| c.map_or("—".to_string(), |c| format!("{:.0} %", c * 100.0)))
+                .collect()
+        },
     );
-    for p in &r.paths {
-        let cells: Vec<String> = p
-            .ztunnel_kernel_share
-            .iter()
-            .map(|c| c.map_or("—".to_string(), |c| format!("{:.0} %", c * 100.0)))
-            .collect();
-        let _ = write!(out, " {} |", cells.join(" + "));
-    }
-    let _ = writeln!(out);
     let mut columns = vec![("direct", &r.direct_machine)];
     columns.extend(r.paths.iter().map(|p| (p.label, &p.machine)));
     machine_table(&mut out, &columns);
